@@ -1,0 +1,43 @@
+# The front door: make run | test | bench | protos | lint. README and CI call these.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := gen
+PROTOS := $(wildcard protos/chatkore/v1/*.proto)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
+
+.PHONY: run test bench protos lint clean venv
+
+run: $(STAMP) $(GEN)/.stamp
+	$(PY) -m tools.run
+
+test: $(STAMP) $(GEN)/.stamp
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) $(GEN)/.stamp
+	$(PY) -m bench.run $(if $(PEER),--peer $(PEER))
+
+protos: $(GEN)/.stamp
+
+lint: $(STAMP) $(GEN)/.stamp
+	$(VENV)/bin/ruff check services edge tools tests bench
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || \
+	  { echo "chatkore needs Python 3.11 or newer (found $(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Stubs are generated, never edited, and not committed: protos/ is the one source.
+$(GEN)/.stamp: $(PROTOS) $(STAMP)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --grpc_python_out=$(GEN) --pyi_out=$(GEN) $(PROTOS)
+	touch $@
+
+clean:
+	rm -rf $(GEN) $(VENV)

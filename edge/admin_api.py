@@ -1,0 +1,337 @@
+"""The admin API under /admin/v1: users, keys, channels, prices, usage, codes, the ledger."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
+from edge.authn import bearer
+from edge.credits import from_micro, to_micro
+from edge.errors import OpenAIError, invalid
+from edge.openai_api import json_response
+from edge.state import PEERS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RPC_TIMEOUT_S = 15
+
+
+def admin(handler: Handler) -> Handler:
+    """Only the admin key passes."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        await request.app[PEERS].auth.AuthorizeAdmin(auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)),
+                                                     timeout=5)
+        return await handler(request)
+
+    return guarded
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"{}", parse_float=Decimal)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise invalid("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body
+
+
+def _path_id(request: web.Request, name: str = "id") -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or len(raw) > 18:
+        raise OpenAIError(404, f"No such resource: {raw[:40]!r}", code="not_found")
+    return int(raw)
+
+
+def _int(body: dict[str, Any], name: str, default: int = 0, low: int = 0) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"'{name}' must be an integer", name)
+    if value < low or value > 2**31 - 1:
+        raise invalid(f"'{name}' is out of range", name)
+    return value
+
+
+def _str(body: dict[str, Any], name: str, default: str = "", limit: int = 200) -> str:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid(f"'{name}' must be a string", name)
+    if len(value) > limit:
+        raise invalid(f"'{name}' must be at most {limit} characters", name)
+    return value
+
+
+def _str_list(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(f"'{name}' must be an array of strings", name)
+    return value
+
+
+def _timestamp(value: Any, name: str) -> int:
+    """Unix seconds or ISO 8601 (UTC when no zone is given)."""
+    if value is None:
+        return 0
+    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return int(moment.timestamp())
+    raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name)
+
+
+# --- users and keys ----------------------------------------------------------------
+
+
+def _user(u: billing_pb2.User) -> dict[str, Any]:
+    return {"id": u.id, "name": u.name, "balance": from_micro(u.balance), "held": from_micro(u.held),
+            "created": u.created}
+
+
+@admin
+async def create_user(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if not isinstance(body.get("name"), str):
+        raise invalid("Missing required parameter: 'name'.", "name", "missing_required_parameter")
+    message = billing_pb2.CreateUserRequest(name=body["name"])
+    if body.get("credits") is not None:
+        message.credits = to_micro(body["credits"], "credits")
+    user = await request.app[PEERS].billing.CreateUser(message, timeout=RPC_TIMEOUT_S)
+    return json_response(_user(user), status=201)
+
+
+@admin
+async def get_user(request: web.Request) -> web.Response:
+    user = await request.app[PEERS].billing.GetUser(billing_pb2.GetUserRequest(user_id=_path_id(request)),
+                                                    timeout=RPC_TIMEOUT_S)
+    return json_response(_user(user))
+
+
+@admin
+async def top_up(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if "credits" not in body:
+        raise invalid("Missing required parameter: 'credits'.", "credits", "missing_required_parameter")
+    user = await request.app[PEERS].billing.TopUp(
+        billing_pb2.TopUpRequest(user_id=_path_id(request), credits=to_micro(body["credits"], "credits"),
+                                 reference=_str(body, "reference")),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response(_user(user))
+
+
+def _key(k: auth_pb2.KeyInfo) -> dict[str, Any]:
+    return {
+        "id": k.key_id, "user_id": k.user_id, "name": k.name, "hint": k.hint, "models": list(k.models),
+        "credit_limit": from_micro(k.credit_limit) if k.credit_limit else None,
+        "expires_at": k.expires_at or None, "rpm": k.rpm or None, "tpm": k.tpm or None, "ips": list(k.ips),
+        "created": k.created, "revoked": k.revoked,
+    }
+
+
+@admin
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request)
+    limit = body.get("credit_limit")
+    created = await request.app[PEERS].auth.CreateKey(
+        auth_pb2.CreateKeyRequest(
+            user_id=_path_id(request), name=_str(body, "name"), models=_str_list(body, "models"),
+            credit_limit=to_micro(limit, "credit_limit") if limit is not None else 0,
+            expires_at=_timestamp(body.get("expires_at"), "expires_at"),
+            rpm=_int(body, "rpm"), tpm=_int(body, "tpm"), ips=_str_list(body, "ips"),
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({**_key(created.info), "key": created.key}, status=201)
+
+
+@admin
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[PEERS].auth.ListKeys(auth_pb2.ListKeysRequest(user_id=_path_id(request)),
+                                                  timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [_key(k) for k in keys.keys]})
+
+
+@admin
+async def revoke_key(request: web.Request) -> web.Response:
+    await request.app[PEERS].auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=_path_id(request)),
+                                            timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)
+
+
+# --- channels --------------------------------------------------------------------------
+
+_CHANNEL_FIELDS = ("name", "type", "base_url", "api_key", "models", "model_map", "priority", "weight", "enabled",
+                   "settings")
+
+
+def _channel_message(body: dict[str, Any]) -> tuple[inference_pb2.Channel, list[str]]:
+    channel = inference_pb2.Channel()
+    fields = []
+    for name in _CHANNEL_FIELDS:
+        if name not in body or body[name] is None:
+            continue
+        fields.append(name)
+        value = body[name]
+        if name in ("name", "type", "base_url", "api_key"):
+            setattr(channel, name, _str(body, name, limit=8192))
+        elif name == "models":
+            channel.models.extend(_str_list(body, name))
+        elif name == "model_map":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise invalid("'model_map' must map public model names to upstream names", name)
+            channel.model_map.update(value)
+        elif name in ("priority", "weight"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise invalid(f"'{name}' must be an integer", name)
+            if abs(value) > 10**6:
+                raise invalid(f"'{name}' is out of range", name)
+            setattr(channel, name, value)
+        elif name == "enabled":
+            if not isinstance(value, bool):
+                raise invalid("'enabled' must be true or false", name)
+            channel.enabled = value
+        elif name == "settings":
+            if not isinstance(value, dict):
+                raise invalid("'settings' must be an object", name)
+            channel.settings.update(json.loads(json.dumps(value, default=float)))
+    return channel, fields
+
+
+def _channel(c: inference_pb2.Channel) -> dict[str, Any]:
+    return {
+        "id": c.id, "name": c.name, "type": c.type, "base_url": c.base_url, "api_key": c.api_key,
+        "models": list(c.models), "model_map": dict(c.model_map), "priority": c.priority, "weight": c.weight,
+        "enabled": c.enabled, "created": c.created, "health": c.health,
+        "settings": json_format.MessageToDict(c.settings),
+    }
+
+
+@admin
+async def create_channel(request: web.Request) -> web.Response:
+    body = await _body(request)
+    for required in ("name", "base_url", "models"):
+        if required not in body:
+            raise invalid(f"Missing required parameter: '{required}'.", required, "missing_required_parameter")
+    message, fields = _channel_message(body)
+    if "enabled" not in fields:
+        message.enabled = True
+    if "weight" not in fields:
+        message.weight = 1
+    channel = await request.app[PEERS].inference.CreateChannel(message, timeout=RPC_TIMEOUT_S)
+    return json_response(_channel(channel), status=201)
+
+
+@admin
+async def list_channels(request: web.Request) -> web.Response:
+    reply = await request.app[PEERS].inference.ListChannels(inference_pb2.ListChannelsRequest(),
+                                                            timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [_channel(c) for c in reply.channels]})
+
+
+@admin
+async def update_channel(request: web.Request) -> web.Response:
+    message, fields = _channel_message(await _body(request))
+    channel = await request.app[PEERS].inference.UpdateChannel(
+        inference_pb2.UpdateChannelRequest(id=_path_id(request), fields=fields, channel=message),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response(_channel(channel))
+
+
+@admin
+async def delete_channel(request: web.Request) -> web.Response:
+    await request.app[PEERS].inference.DeleteChannel(inference_pb2.DeleteChannelRequest(id=_path_id(request)),
+                                                     timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)
+
+
+# --- prices, usage, codes, ledger ---------------------------------------------------------
+
+
+def _price(p: billing_pb2.Price) -> dict[str, Any]:
+    return {"model": p.model, "prompt": from_micro(p.prompt), "completion": from_micro(p.completion),
+            "min_charge": from_micro(p.min_charge), "context_window": p.context_window,
+            "max_output_tokens": p.max_output_tokens}
+
+
+@admin
+async def set_price(request: web.Request) -> web.Response:
+    body = await _body(request)
+    for required in ("prompt", "completion"):
+        if required not in body:
+            raise invalid(f"Missing required parameter: '{required}'.", required, "missing_required_parameter")
+    message = billing_pb2.SetPriceRequest(model=request.match_info["model"],
+                                          prompt=to_micro(body["prompt"], "prompt"),
+                                          completion=to_micro(body["completion"], "completion"))
+    if body.get("min_charge") is not None:
+        message.min_charge = to_micro(body["min_charge"], "min_charge")
+    price = await request.app[PEERS].billing.SetPrice(message, timeout=RPC_TIMEOUT_S)
+    return json_response(_price(price))
+
+
+@admin
+async def list_prices(request: web.Request) -> web.Response:
+    reply = await request.app[PEERS].billing.ListPrices(billing_pb2.ListPricesRequest(), timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [_price(p) for p in reply.prices]})
+
+
+def _query_int(request: web.Request, name: str) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise invalid(f"'{name}' must be a non-negative integer", name)
+    return int(raw)
+
+
+@admin
+async def usage(request: web.Request) -> web.Response:
+    reply = await request.app[PEERS].billing.ListUsage(
+        billing_pb2.ListUsageRequest(user_id=_query_int(request, "user_id"), limit=_query_int(request, "limit")),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({"data": [
+        {"request_id": r.request_id, "user_id": r.user_id, "key_id": r.key_id, "model": r.model,
+         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+         "credits": from_micro(r.credits), "status": r.status, "usage_source": r.usage_source,
+         "channel_id": r.channel_id or None, "created": r.created}
+        for r in reply.rows
+    ]})
+
+
+@admin
+async def create_redeem_codes(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if "credits" not in body:
+        raise invalid("Missing required parameter: 'credits'.", "credits", "missing_required_parameter")
+    reply = await request.app[PEERS].billing.CreateRedeemCodes(
+        billing_pb2.CreateRedeemCodesRequest(credits=to_micro(body["credits"], "credits"),
+                                             count=_int(body, "count", default=1, low=1)),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({"codes": list(reply.codes)}, status=201)
+
+
+@admin
+async def verify_ledger(request: web.Request) -> web.Response:
+    report = await request.app[PEERS].billing.VerifyLedger(billing_pb2.VerifyLedgerRequest(), timeout=60)
+    return json_response({"ok": report.ok, "entries": report.entries, "ledger_sum": report.ledger_sum,
+                          "open_holds": report.open_holds, "users": report.users,
+                          "problems": list(report.problems)})

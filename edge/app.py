@@ -1,0 +1,40 @@
+"""The edge application factory."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
+
+from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
+from edge import routes
+from edge.authn import KeyCache
+from edge.config import EdgeConfig
+from edge.middleware import Router, add_request_id, errors
+from edge.state import CONFIG, KEYS, PEERS, Peers
+from services.common import peers
+
+
+async def _peers(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    channels = {name: peers.channel(addr) for name, addr in
+                (("auth", cfg.auth_addr), ("billing", cfg.billing_addr), ("inference", cfg.inference_addr))}
+    app[PEERS] = Peers(
+        auth=auth_pb2_grpc.AuthStub(channels["auth"]),
+        billing=billing_pb2_grpc.BillingStub(channels["billing"]),
+        inference=inference_pb2_grpc.InferenceStub(channels["inference"]),
+        health={name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()},
+    )
+    app[KEYS] = KeyCache(app[PEERS].auth, cfg.key_cache_s)
+    yield
+    for channel in channels.values():
+        await channel.close()
+
+
+def make_app(cfg: EdgeConfig) -> web.Application:
+    app = web.Application(router=Router(), middlewares=[errors], client_max_size=cfg.max_body_bytes)
+    app[CONFIG] = cfg
+    app.cleanup_ctx.append(_peers)
+    app.on_response_prepare.append(add_request_id)
+    routes.setup(app)
+    return app

@@ -1,0 +1,132 @@
+"""The OpenAI-compatible API under /v1: parse, validate, one call to a service, answer."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from chatkore.v1 import auth_pb2, billing_pb2, common_pb2, inference_pb2
+from edge import sse, validate
+from edge.authn import bearer, client_ip
+from edge.errors import OpenAIError, invalid
+from edge.state import CONFIG, KEYS, PEERS
+
+_JSON = "application/json"
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(obj, ensure_ascii=False).encode(), content_type=_JSON)
+
+
+async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
+    return await request.app[KEYS].resolve(bearer(request), client_ip(request))
+
+
+async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable]
+                 ) -> web.StreamResponse:
+    key = await authenticate(request)
+    raw = await request.read()
+    fields = check(validate.parse_body(raw))
+    cfg = request.app[CONFIG]
+    message = inference_pb2.RelayRequest(
+        caller=common_pb2.Caller(user_id=key.user_id, key_id=key.key_id, models=key.models,
+                                 credit_limit=key.credit_limit, request_id=request["request_id"]),
+        endpoint=endpoint, model=fields.model, body=raw, stream=fields.stream,
+        include_usage=fields.include_usage, max_tokens=fields.max_tokens, n=fields.n,
+    )
+    inference = request.app[PEERS].inference
+    if fields.stream:
+        return await sse.relay(request, inference.RelayStream(message, timeout=cfg.stream_deadline_s))
+    reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
+    return web.Response(body=reply.body, content_type=_JSON)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, inference_pb2.CHAT_COMPLETIONS, validate.chat)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, inference_pb2.COMPLETIONS, validate.completions)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, inference_pb2.EMBEDDINGS, validate.embeddings)
+
+
+def _model_object(m: inference_pb2.Model) -> dict[str, Any]:
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+
+
+async def _models(request: web.Request) -> list[inference_pb2.Model]:
+    key = await authenticate(request)
+    reply = await request.app[PEERS].inference.ListModels(inference_pb2.ListModelsRequest(allowed=key.models),
+                                                          timeout=10)
+    return list(reply.models)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return json_response({"object": "list", "data": [_model_object(m) for m in await _models(request)]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    wanted = request.match_info["model"]
+    for m in await _models(request):
+        if m.id == wanted:
+            return json_response(_model_object(m))
+    raise OpenAIError(404, f"The model '{wanted}' does not exist", param="model", code="model_not_found")
+
+
+# --- chatgpt-web's balance display: OpenAI's legacy billing endpoints ---------------------
+# It shows hard_limit_usd - total_usage/100 for the current month, so the limit is the
+# balance plus this month's spend, and credits read as dollars.
+
+
+def _month_start(now: dt.datetime) -> dt.datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def _spend(request: web.Request, since: dt.datetime, until: dt.datetime | None) -> billing_pb2.Spend:
+    key = await authenticate(request)
+    return await request.app[PEERS].billing.GetSpend(
+        billing_pb2.GetSpendRequest(user_id=key.user_id, since=int(since.timestamp()),
+                                    until=int(until.timestamp()) if until else 0),
+        timeout=10,
+    )
+
+
+async def billing_subscription(request: web.Request) -> web.Response:
+    now = dt.datetime.now(dt.timezone.utc)
+    spend = await _spend(request, _month_start(now), None)
+    limit = round((spend.balance + spend.spent) / 1_000_000, 6)
+    return json_response({
+        "object": "billing_subscription",
+        "has_payment_method": True,
+        "canceled": False,
+        "delinquent": None,
+        "access_until": 0,
+        "soft_limit_usd": limit,
+        "hard_limit_usd": limit,
+        "system_hard_limit_usd": limit,
+        "plan": {"title": "chatkore credits", "id": "credits"},
+    })
+
+
+def _date(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
+    raw = request.query.get(name)
+    if not raw:
+        return default
+    try:
+        return dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise invalid(f"Invalid '{name}': expected a date as YYYY-MM-DD.", name) from None
+
+
+async def billing_usage(request: web.Request) -> web.Response:
+    now = dt.datetime.now(dt.timezone.utc)
+    start = _date(request, "start_date", _month_start(now))
+    end = _date(request, "end_date", now + dt.timedelta(days=1))
+    spend = await _spend(request, start, end)
+    return json_response({"object": "list", "daily_costs": [], "total_usage": round(spend.spent / 10_000, 4)})

@@ -1,0 +1,42 @@
+"""Every route of the edge, on one screen."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from edge import admin_api as admin
+from edge import health, openai_api as v1
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    # OpenAI-compatible API (DESIGN §4). /v1/v1/... and //v1/... reach these too (middleware.Router).
+    r.add_post("/v1/chat/completions", v1.chat_completions)
+    r.add_post("/v1/completions", v1.completions)
+    r.add_post("/v1/embeddings", v1.embeddings)
+    r.add_get("/v1/models", v1.list_models)
+    r.add_get("/v1/models/{model:.+}", v1.get_model)
+    r.add_get("/v1/dashboard/billing/subscription", v1.billing_subscription)
+    r.add_get("/v1/dashboard/billing/usage", v1.billing_usage)
+    r.add_get("/dashboard/billing/subscription", v1.billing_subscription)
+    r.add_get("/dashboard/billing/usage", v1.billing_usage)
+
+    # Admin API (DESIGN §5), admin key only.
+    r.add_post("/admin/v1/users", admin.create_user)
+    r.add_get("/admin/v1/users/{id}", admin.get_user)
+    r.add_post("/admin/v1/users/{id}/topups", admin.top_up)
+    r.add_post("/admin/v1/users/{id}/keys", admin.create_key)
+    r.add_get("/admin/v1/users/{id}/keys", admin.list_keys)
+    r.add_delete("/admin/v1/keys/{id}", admin.revoke_key)
+    r.add_post("/admin/v1/channels", admin.create_channel)
+    r.add_get("/admin/v1/channels", admin.list_channels)
+    r.add_patch("/admin/v1/channels/{id}", admin.update_channel)
+    r.add_delete("/admin/v1/channels/{id}", admin.delete_channel)
+    r.add_put("/admin/v1/prices/{model:.+}", admin.set_price)
+    r.add_get("/admin/v1/prices", admin.list_prices)
+    r.add_get("/admin/v1/usage", admin.usage)
+    r.add_post("/admin/v1/redeem-codes", admin.create_redeem_codes)
+    r.add_get("/admin/v1/ledger/verify", admin.verify_ledger)
+
+    # Operations.
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)

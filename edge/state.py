@@ -1,0 +1,24 @@
+"""Typed keys for what the edge application shares between handlers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
+
+from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
+from edge.authn import KeyCache
+from edge.config import EdgeConfig
+
+
+@dataclass(frozen=True)
+class Peers:
+    auth: auth_pb2_grpc.AuthStub
+    billing: billing_pb2_grpc.BillingStub
+    inference: inference_pb2_grpc.InferenceStub
+    health: dict[str, health_pb2_grpc.HealthStub]
+
+
+CONFIG = web.AppKey("config", EdgeConfig)
+PEERS = web.AppKey("peers", Peers)
+KEYS = web.AppKey("keys", KeyCache)

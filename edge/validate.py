@@ -1,0 +1,263 @@
+"""OpenAI request bodies checked field by field; what the services need, extracted.
+
+Errors name the offending field in `param`, with OpenAI's wording, so a client
+sees the same 400 it would from OpenAI. Fields not checked here pass through.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edge.errors import OpenAIError, invalid
+
+MAX_MESSAGES = 100_000
+MAX_N = 128
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP"
+            " library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body
+
+
+def _got(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _type_error(param: str, expected: str, value: Any) -> OpenAIError:
+    return invalid(f"Invalid type for '{param}': expected {expected}, but got {_got(value)} instead.", param,
+                   "invalid_type")
+
+
+def _optional_int(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, "an integer", value)
+    if value < low:
+        raise invalid(f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, but got {value}"
+                      " instead.", name, "integer_below_min_value")
+    if high is not None and value > high:
+        raise invalid(f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, but got {value}"
+                      " instead.", name, "integer_above_max_value")
+    return value
+
+
+def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(name, "a number", value)
+    if value < low:
+        raise invalid(f"Invalid '{name}': decimal below minimum value. Expected a value >= {low}, but got {value}"
+                      " instead.", name, "decimal_below_min_value")
+    if value > high:
+        raise invalid(f"Invalid '{name}': decimal above maximum value. Expected a value <= {high}, but got {value}"
+                      " instead.", name, "decimal_above_max_value")
+
+
+def _optional(body: dict[str, Any], name: str, kinds: tuple[type, ...], expected: str) -> Any:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+        raise _type_error(name, expected, value)
+    return value
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None or model == "":
+        raise invalid("you must provide a model parameter", "model")
+    if not isinstance(model, str):
+        raise _type_error("model", "a string", model)
+    if len(model) > 256:
+        raise invalid("Invalid 'model': string too long.", "model", "string_above_max_length")
+    return model
+
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = _optional(body, "stream", (bool,), "a boolean") or False
+    options = _optional(body, "stream_options", (dict,), "an object")
+    if options is not None and not stream:
+        raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
+    include = options.get("include_usage") if options else None
+    if include is not None and not isinstance(include, bool):
+        raise _type_error("stream_options.include_usage", "a boolean", include)
+    return stream, bool(include)
+
+
+def _stop(body: dict[str, Any]) -> None:
+    stop = body.get("stop")
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _type_error("stop", "one of a string or array of strings", stop)
+    if len(stop) > 4:
+        raise invalid("Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array"
+                      f" with length {len(stop)} instead.", "stop", "array_above_max_length")
+
+
+def _common_sampling(body: dict[str, Any]) -> None:
+    _optional_number(body, "temperature", 0, 2)
+    _optional_number(body, "top_p", 0, 1)
+    _optional_number(body, "presence_penalty", -2, 2)
+    _optional_number(body, "frequency_penalty", -2, 2)
+    _optional(body, "logit_bias", (dict,), "an object")
+    _optional(body, "user", (str,), "a string")
+    _optional_int(body, "seed", -(2**63), 2**63 - 1)
+    _stop(body)
+
+
+@dataclass(frozen=True)
+class Relayable:
+    """What the services need to know about a call; the body itself travels as sent."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int  # per choice, 0 = not given
+    n: int
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise invalid("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty"
+                      " array instead.", "messages", "empty_array")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid(f"Invalid 'messages': array too long. Expected at most {MAX_MESSAGES} messages.", "messages",
+                      "array_above_max_length")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _type_error(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise invalid(f"Missing required parameter: '{where}.role'.", f"{where}.role",
+                          "missing_required_parameter")
+        if role not in _ROLES:
+            raise invalid(f"Invalid value: '{str(role)[:40]}'. Supported values are: {', '.join(map(repr, _ROLES))}.",
+                          f"{where}.role", "invalid_value")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise _type_error(f"{where}.content", "one of a string or array of objects", content)
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise _type_error(f"{where}.content", "an array of objects", content)
+        if "name" in message and not isinstance(message["name"], str):
+            raise _type_error(f"{where}.name", "a string", message["name"])
+
+
+def _tools(body: dict[str, Any]) -> None:
+    tools = _optional(body, "tools", (list,), "an array")
+    for i, tool in enumerate(tools or ()):
+        if not isinstance(tool, dict):
+            raise _type_error(f"tools[{i}]", "an object", tool)
+        fn = tool.get("function")
+        if tool.get("type", "function") == "function":
+            if not isinstance(fn, dict):
+                raise invalid(f"Missing required parameter: 'tools[{i}].function'.", f"tools[{i}].function",
+                              "missing_required_parameter")
+            if not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise invalid(f"Missing required parameter: 'tools[{i}].function.name'.", f"tools[{i}].function.name",
+                              "missing_required_parameter")
+    _optional(body, "tool_choice", (str, dict), "one of a string or object")
+    functions = _optional(body, "functions", (list,), "an array")
+    for i, fn in enumerate(functions or ()):
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise invalid(f"Missing required parameter: 'functions[{i}].name'.", f"functions[{i}].name",
+                          "missing_required_parameter")
+    _optional(body, "function_call", (str, dict), "one of a string or object")
+    _optional(body, "response_format", (dict,), "an object")
+    _optional(body, "parallel_tool_calls", (bool,), "a boolean")
+
+
+def chat(body: dict[str, Any]) -> Relayable:
+    model = _model(body)
+    _messages(body)
+    stream, include_usage = _stream(body)
+    n = _optional_int(body, "n", 1, MAX_N) or 1
+    max_tokens = _optional_int(body, "max_tokens", 1)
+    max_completion = _optional_int(body, "max_completion_tokens", 1)
+    _common_sampling(body)
+    _tools(body)
+    _optional(body, "logprobs", (bool,), "a boolean")
+    _optional_int(body, "top_logprobs", 0, 20)
+    return Relayable(model, stream, include_usage, max_completion or max_tokens or 0, n)
+
+
+def _prompt_like(value: Any, param: str, *, required: bool) -> None:
+    """A string, array of strings, array of tokens, or array of token arrays."""
+    if value is None:
+        if required:
+            raise invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+        return
+    if isinstance(value, str):
+        return
+    expected = "one of a string, array of strings, array of integers, or array of arrays of integers"
+    if not isinstance(value, list):
+        raise _type_error(param, expected, value)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return
+    if all(isinstance(v, str) for v in value):
+        return
+    if all(isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value):
+        return
+    raise _type_error(param, expected, value)
+
+
+def completions(body: dict[str, Any]) -> Relayable:
+    model = _model(body)
+    _prompt_like(body.get("prompt"), "prompt", required=True)
+    stream, include_usage = _stream(body)
+    n = _optional_int(body, "n", 1, MAX_N) or 1
+    best_of = _optional_int(body, "best_of", 1, 20)
+    if best_of is not None and best_of < n:
+        raise invalid("best_of must be greater than or equal to n", "best_of")
+    # The legacy endpoint's own default is 16 tokens.
+    max_tokens = _optional_int(body, "max_tokens", 0)
+    _optional(body, "suffix", (str,), "a string")
+    _optional(body, "echo", (bool,), "a boolean")
+    _optional_int(body, "logprobs", 0, 5)
+    _common_sampling(body)
+    return Relayable(model, stream, include_usage, 16 if max_tokens is None else max(max_tokens, 1), best_of or n)
+
+
+def embeddings(body: dict[str, Any]) -> Relayable:
+    model = _model(body)
+    value = body.get("input")
+    _prompt_like(value, "input", required=True)
+    if value == "" or value == [] or (isinstance(value, list) and any(v == "" or v == [] for v in value)):
+        raise invalid("'$.input' is invalid. Please check the API reference: an input cannot be empty.", "input")
+    if isinstance(value, list) and len(value) > 2048:
+        raise invalid("Invalid 'input': array too long. Expected at most 2048 inputs.", "input",
+                      "array_above_max_length")
+    fmt = _optional(body, "encoding_format", (str,), "a string")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise invalid(f"Invalid value: '{fmt[:40]}'. Supported values are: 'float' and 'base64'.", "encoding_format",
+                      "invalid_value")
+    _optional_int(body, "dimensions", 1, 65536)
+    _optional(body, "user", (str,), "a string")
+    return Relayable(model, False, False, 0, 1)

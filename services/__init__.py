@@ -1,0 +1,1 @@
+"""chatkore's gRPC services: auth, billing, inference, and what they share."""

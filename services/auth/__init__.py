@@ -1,0 +1,1 @@
+"""Auth: API keys (stored only as hashes) and the admin key."""

@@ -1,0 +1,27 @@
+"""Auth settings, read once from the environment (names as in DESIGN §3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import DEFAULT_AUTH_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    database_url: Secret
+    admin_key: Secret
+    listen: str
+    grace_s: float
+    pool_size: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> AuthConfig:
+        return cls(
+            database_url=env_secret("DATABASE_URL"),
+            admin_key=env_secret("CHATKORE_ADMIN_KEY"),
+            listen=listen_address("auth", DEFAULT_AUTH_ADDR),
+            grace_s=env_float("CHATKORE_GRACE_S", 20.0),
+            pool_size=env_int("CHATKORE_DB_POOL", 10),
+            log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,133 @@
+"""Auth's domain: issuing, checking and revoking API keys; the admin key."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from services.auth import store
+from services.auth.errors import InvalidApiKey, InvalidRequest, NotFound, PermissionDenied
+from services.auth.store import KeyRow
+from services.common.config import Secret
+
+KEY_PREFIX = "sk-"
+_WRONG_KEY = ("Incorrect API key provided. You can find your API key in the chatkore console, or ask the"
+              " operator for one.")
+
+
+def key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_key() -> str:
+    # 36 random bytes -> 48 url-safe characters: 288 bits, beyond any brute force.
+    return KEY_PREFIX + secrets.token_urlsafe(36)
+
+
+def hint_of(key: str) -> str:
+    return f"{key[:7]}...{key[-4:]}"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    user_id: int
+    name: str
+    models: list[str]
+    credit_limit: int
+    expires_at: int
+    rpm: int
+    tpm: int
+    ips: list[str]
+
+
+def _validate(spec: KeySpec) -> list[str]:
+    """Check a new key's settings; returns its address list in canonical form."""
+    if len(spec.name) > 200:
+        raise InvalidRequest("'name' must be at most 200 characters", param="name")
+    if len(spec.models) > 500 or any(not m or len(m) > 200 for m in spec.models):
+        raise InvalidRequest("'models' must be a list of model names", param="models")
+    if spec.credit_limit < 0:
+        raise InvalidRequest("'credit_limit' cannot be negative", param="credit_limit")
+    if spec.rpm < 0 or spec.tpm < 0:
+        raise InvalidRequest("'rpm' and 'tpm' cannot be negative", param="rpm" if spec.rpm < 0 else "tpm")
+    if spec.expires_at and spec.expires_at <= time.time():
+        raise InvalidRequest("'expires_at' must be in the future", param="expires_at")
+    if len(spec.ips) > 100:
+        raise InvalidRequest("'ips' may list at most 100 networks", param="ips")
+    networks = []
+    for ip in spec.ips:
+        try:
+            networks.append(str(ipaddress.ip_network(ip, strict=False)))
+        except ValueError:
+            raise InvalidRequest(f"'ips' has an invalid network: {ip[:60]!r}", param="ips") from None
+    return networks
+
+
+def _address_allowed(ips: list[str], client_ip: str) -> bool:
+    if not ips:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in ipaddress.ip_network(net) for net in ips)
+
+
+class Keys:
+    def __init__(self, pool: AsyncConnectionPool, admin_key: Secret) -> None:
+        self._pool = pool
+        self._admin_key = admin_key.reveal().encode()
+
+    async def authenticate(self, api_key: str, client_ip: str) -> KeyRow:
+        # Unknown, revoked, expired and disabled answer the same words after the same
+        # work (one hash, one indexed lookup), so the reply says nothing about which.
+        digest = key_hash(api_key[:512])
+        async with self._pool.connection() as conn:
+            row = await store.find_key(conn, digest)
+        now = time.time()
+        if (
+            row is None
+            or not api_key.startswith(KEY_PREFIX)
+            or row.revoked
+            or row.user_disabled
+            or (row.expires_at and row.expires_at <= now)
+        ):
+            raise InvalidApiKey(_WRONG_KEY)
+        if not _address_allowed(row.ips, client_ip):
+            raise InvalidApiKey("This API key may not be used from your address.")
+        return row
+
+    def authorize_admin(self, bearer: str) -> None:
+        if not self._admin_key or not hmac.compare_digest(bearer.encode("utf-8", "surrogatepass"), self._admin_key):
+            raise PermissionDenied("A valid admin key is required.")
+
+    async def create(self, spec: KeySpec) -> tuple[KeyRow, str]:
+        ips = _validate(spec)
+        key = new_key()
+        async with self._pool.connection() as conn:
+            try:
+                row = await store.insert_key(
+                    conn, user_id=spec.user_id, key_hash=key_hash(key), hint=hint_of(key), name=spec.name,
+                    models=spec.models, credit_limit=spec.credit_limit, expires_at=spec.expires_at,
+                    rpm=spec.rpm, tpm=spec.tpm, ips=ips,
+                )
+            except psycopg.errors.ForeignKeyViolation:
+                raise NotFound(f"No user with id {spec.user_id}") from None
+        return row, key
+
+    async def list(self, user_id: int) -> list[KeyRow]:
+        async with self._pool.connection() as conn:
+            return await store.list_keys(conn, user_id)
+
+    async def revoke(self, key_id: int) -> None:
+        async with self._pool.connection() as conn:
+            if not await store.revoke_key(conn, key_id):
+                raise NotFound(f"No API key with id {key_id}")

@@ -1,0 +1,23 @@
+"""Build, start and stop the auth service."""
+from __future__ import annotations
+
+from chatkore.v1 import auth_pb2_grpc
+from services.auth.config import AuthConfig
+from services.auth.keys import Keys
+from services.auth.servicer import AuthServicer
+from services.common import db, grpcserver
+
+
+async def serve(cfg: AuthConfig) -> None:
+    pool = await db.open_pool(cfg.database_url.reveal(), name="auth", max_size=cfg.pool_size)
+    keys = Keys(pool, cfg.admin_key)
+    try:
+        await grpcserver.serve(
+            name="auth",
+            listen=cfg.listen,
+            register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(keys), server),
+            ready=lambda: db.ping(pool),
+            grace_s=cfg.grace_s,
+        )
+    finally:
+        await pool.close()

@@ -1,0 +1,1 @@
+"""Billing: accounts, prices, holds, settlement and the double-entry ledger."""

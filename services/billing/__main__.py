@@ -1,0 +1,11 @@
+"""`python -m services.billing`: run the billing service."""
+import asyncio
+
+from services.billing.config import BillingConfig
+from services.billing.server import serve
+from services.common import logs
+
+if __name__ == "__main__":
+    cfg = BillingConfig.from_env()
+    logs.setup("billing", cfg.log_level)
+    asyncio.run(serve(cfg))

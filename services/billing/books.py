@@ -1,0 +1,249 @@
+"""Billing's domain: accounts, holds and their settlement, the ledger's checks."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from services.billing import store
+from services.billing.errors import (
+    Conflict, HoldClosed, InsufficientQuota, InvalidRequest, ModelNotPriced, NotFound,
+)
+from services.billing.prices import PriceBook
+from services.billing.pricing import Price, completion_budget, plan_hold
+from services.billing.store import RequestRow, UserRow
+
+log = logging.getLogger(__name__)
+
+MAX_CREDITS = 10**9 * 1_000_000  # one billion credits: far beyond any real top-up, far inside bigint
+
+
+@dataclass(frozen=True)
+class Hold:
+    request_id: str
+    amount: int
+    completion_budget: int
+    budget_capped: bool
+
+
+@dataclass(frozen=True)
+class Settlement:
+    request_id: str
+    charged: int
+    released: int
+    state: str
+
+
+def code_hash(code: str) -> bytes:
+    return hashlib.sha256(code.strip().encode()).digest()
+
+
+def _check_credits(credits: int, param: str = "credits") -> None:
+    if credits <= 0 or credits > MAX_CREDITS:
+        raise InvalidRequest(f"'{param}' must be a positive number of credits", param=param)
+
+
+class Books:
+    def __init__(self, pool: AsyncConnectionPool, prices: PriceBook, *, hold_ttl_s: int,
+                 signup_credits: int) -> None:
+        self._pool = pool
+        self.prices = prices
+        self._hold_ttl_s = hold_ttl_s
+        self._signup_credits = signup_credits
+
+    # --- accounts ---------------------------------------------------------------
+
+    async def create_user(self, name: str, credits: int | None) -> UserRow:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise InvalidRequest("'name' must be a non-empty string of at most 200 characters", param="name")
+        amount = self._signup_credits if credits is None else credits
+        if amount < 0 or amount > MAX_CREDITS:
+            raise InvalidRequest("'credits' must be a non-negative number of credits", param="credits")
+        async with self._pool.connection() as conn:
+            return await store.create_user(conn, name, amount)
+
+    async def get_user(self, user_id: int) -> UserRow:
+        async with self._pool.connection() as conn:
+            user = await store.get_user(conn, user_id)
+        if user is None:
+            raise NotFound(f"No user with id {user_id}")
+        return user
+
+    async def top_up(self, user_id: int, credits: int, reference: str) -> UserRow:
+        _check_credits(credits)
+        if len(reference) > 200:
+            raise InvalidRequest("'reference' must be at most 200 characters", param="reference")
+        ref = reference or f"auto:{uuid.uuid4()}"
+        async with self._pool.connection() as conn:
+            try:
+                user = await store.top_up(conn, user_id, credits, ref, "topup")
+            except psycopg.errors.ForeignKeyViolation:
+                raise NotFound(f"No user with id {user_id}") from None
+            if user is not None:
+                return user
+            earlier = await store.get_topup(conn, ref)
+            if earlier != (user_id, credits):
+                raise Conflict(f"Reference {reference!r} was already used for a different top-up",
+                               param="reference")
+            user = await store.get_user(conn, user_id)
+        assert user is not None
+        return user
+
+    # --- holds ------------------------------------------------------------------
+
+    async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
+                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int) -> Hold:
+        if not request_id:
+            raise InvalidRequest("request_id is required")
+        price = await self.prices.get(model)
+        if price is None:
+            raise ModelNotPriced(f"The model `{model}` does not exist or you do not have access to it.",
+                                 param="model")
+        plan = plan_hold(price, prompt_tokens, max_tokens, choices)
+        async with self._pool.connection() as conn:
+            try:
+                amount = await store.reserve(
+                    conn, request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit,
+                    price=price, prompt_tokens=prompt_tokens, desired=plan.desired, minimum=plan.minimum,
+                    channel_id=channel_id, ttl_s=self._hold_ttl_s,
+                )
+            except psycopg.errors.UniqueViolation:
+                # A retried Reserve: the hold exists already; answer with it.
+                existing = await store.get_request(conn, request_id)
+                if existing is None or existing.user_id != user_id:
+                    raise Conflict("request id reused") from None
+                amount = existing.hold
+            if amount is None:
+                await self._explain_refusal(conn, user_id, key_id, credit_limit)
+        budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit)
+        return Hold(request_id, amount, budget, budget < plan.per_choice_limit)
+
+    async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,
+                               credit_limit: int) -> None:
+        user = await store.get_user(conn, user_id)
+        if user is None or user.disabled:
+            raise InsufficientQuota("This account is disabled.")
+        if credit_limit > 0 and await store.key_room(conn, key_id, credit_limit) < user.balance:
+            raise InsufficientQuota("This API key has reached its credit limit. Raise the limit or use"
+                                    " another key.")
+        raise InsufficientQuota("You exceeded your current quota, please top up your chatkore credits."
+                                " Your balance cannot cover this request.")
+
+    async def settle(self, *, request_id: str, prompt_tokens: int, completion_tokens: int, status: str,
+                     usage_source: str, channel_id: int) -> Settlement:
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise InvalidRequest("token counts cannot be negative")
+        async with self._pool.connection() as conn:
+            result = await store.settle(
+                conn, request_id=request_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                status=status or "complete", usage_source=usage_source, channel_id=channel_id,
+            )
+            if result is not None:
+                charged, released = result
+                return Settlement(request_id, charged, released, "settled" if charged else "released")
+            row = await store.get_request(conn, request_id)
+        if row is None:
+            raise NotFound(f"No hold for request {request_id}")
+        if row.status == "expired" and status != "expired":
+            raise HoldClosed(f"The hold for {request_id} was released by the sweeper before it settled")
+        return Settlement(request_id, row.credits, 0, row.state)
+
+    async def sweep(self) -> int:
+        """Release every hold past its deadline (its request died); returns how many."""
+        async with self._pool.connection() as conn:
+            overdue = await store.overdue_holds(conn)
+        for request_id in overdue:
+            try:
+                await self.settle(request_id=request_id, prompt_tokens=0, completion_tokens=0,
+                                  status="expired", usage_source="", channel_id=0)
+                log.warning("released overdue hold", extra={"hold": request_id})
+            except Exception as exc:
+                log.warning("sweep of %s failed: %s", request_id, exc)
+        return len(overdue)
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database may be away; try again next round
+                log.warning("sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    async def open_holds(self) -> int:
+        async with self._pool.connection() as conn:
+            return await store.open_hold_count(conn)
+
+    # --- prices -------------------------------------------------------------------
+
+    async def set_price(self, model: str, prompt: int, completion: int, min_charge: int | None) -> Price:
+        model = model.strip()
+        if not model or len(model) > 200:
+            raise InvalidRequest("model name must be 1 to 200 characters", param="model")
+        for name, value in (("prompt", prompt), ("completion", completion), ("min_charge", min_charge or 0)):
+            if value < 0 or value > MAX_CREDITS:
+                raise InvalidRequest(f"'{name}' must be a non-negative number of credits", param=name)
+        embedding = "embedding" in model
+        default_min = 4_000_000 if embedding else 0
+        price = Price(
+            model=model, prompt=prompt, completion=completion,
+            min_charge=default_min if min_charge is None else min_charge,
+            context_window=8191 if embedding else 128000,
+            max_output_tokens=0 if embedding else 16384,
+        )
+        async with self._pool.connection() as conn:
+            saved = await store.upsert_price(conn, price, keep_min_charge=min_charge is None)
+        self.prices.put(saved)
+        return saved
+
+    async def list_prices(self) -> list[Price]:
+        async with self._pool.connection() as conn:
+            return await store.list_prices(conn)
+
+    # --- usage and the ledger --------------------------------------------------------
+
+    async def usage(self, user_id: int, limit: int) -> list[RequestRow]:
+        limit = 100 if limit <= 0 else min(limit, 1000)
+        async with self._pool.connection() as conn:
+            return await store.list_usage(conn, user_id, limit)
+
+    async def spend(self, user_id: int, since: int, until: int) -> tuple[UserRow, int, int]:
+        until = until or int(time.time()) + 1
+        async with self._pool.connection() as conn:
+            user = await store.get_user(conn, user_id)
+            if user is None:
+                raise NotFound(f"No user with id {user_id}")
+            spent, granted = await store.spend(conn, user_id, since, until)
+        return user, spent, granted
+
+    async def verify(self) -> dict[str, object]:
+        async with self._pool.connection() as conn:
+            return await store.verify_ledger(conn)
+
+    # --- redeem codes ------------------------------------------------------------------
+
+    async def create_codes(self, credits: int, count: int) -> list[str]:
+        _check_credits(credits)
+        if count < 1 or count > 1000:
+            raise InvalidRequest("'count' must be between 1 and 1000", param="count")
+        codes = [f"ck-{secrets.token_urlsafe(18)}" for _ in range(count)]
+        async with self._pool.connection() as conn:
+            await store.create_redeem_codes(conn, credits, [code_hash(c) for c in codes])
+        return codes
+
+    async def redeem(self, user_id: int, code: str) -> UserRow:
+        if not code or len(code) > 100:
+            raise InvalidRequest("'code' is required", param="code")
+        async with self._pool.connection() as conn:
+            user = await store.redeem(conn, user_id, code_hash(code))
+        if user is None:
+            raise InvalidRequest("This redeem code is invalid or has already been used.", param="code",
+                                 code="invalid_redeem_code")
+        return user

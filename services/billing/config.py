@@ -1,0 +1,33 @@
+"""Billing settings, read once from the environment (names as in DESIGN §3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import DEFAULT_BILLING_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address
+
+MICRO = 1_000_000  # micro-credits per credit
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    database_url: Secret
+    listen: str
+    hold_ttl_s: int          # an open hold older than this is swept (its request died)
+    sweep_interval_s: float
+    signup_credits: int      # micro-credits a new user starts with
+    grace_s: float
+    pool_size: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> BillingConfig:
+        return cls(
+            database_url=env_secret("DATABASE_URL"),
+            listen=listen_address("billing", DEFAULT_BILLING_ADDR),
+            hold_ttl_s=env_int("CHATKORE_HOLD_TTL_S", 900),
+            sweep_interval_s=env_float("CHATKORE_SWEEP_INTERVAL_S", 5.0),
+            signup_credits=env_int("CHATKORE_SIGNUP_CREDITS", 100) * MICRO,
+            grace_s=env_float("CHATKORE_GRACE_S", 20.0),
+            pool_size=env_int("CHATKORE_DB_POOL", 10),
+            log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
+        )

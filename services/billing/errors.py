@@ -1,0 +1,32 @@
+"""Billing's failures, each with its wire identity.
+
+    ServiceError
+    ├── InsufficientQuota   INSUFFICIENT_QUOTA   RESOURCE_EXHAUSTED
+    ├── ModelNotPriced      MODEL_NOT_FOUND      NOT_FOUND
+    └── HoldClosed          HOLD_CLOSED          FAILED_PRECONDITION
+"""
+from __future__ import annotations
+
+import grpc
+
+from services.common.errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable
+
+__all__ = ["Conflict", "HoldClosed", "InsufficientQuota", "InvalidRequest", "ModelNotPriced", "NotFound",
+           "Unavailable"]
+
+
+class InsufficientQuota(ServiceError):
+    reason = "INSUFFICIENT_QUOTA"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ModelNotPriced(ServiceError):
+    reason = "MODEL_NOT_FOUND"
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class HoldClosed(ServiceError):
+    """Settle with real usage arrived after the sweeper had released the hold."""
+
+    reason = "HOLD_CLOSED"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,98 @@
+"""Billing's gRPC face: protobuf in, a call on Books, protobuf out."""
+from __future__ import annotations
+
+import grpc
+
+from chatkore.v1 import billing_pb2, billing_pb2_grpc
+from services.billing.books import Books
+from services.billing.pricing import Price
+from services.billing.store import RequestRow, UserRow
+
+
+def _user(u: UserRow) -> billing_pb2.User:
+    return billing_pb2.User(id=u.id, name=u.name, balance=u.balance, held=u.held, created=u.created)
+
+
+def _price(p: Price) -> billing_pb2.Price:
+    return billing_pb2.Price(model=p.model, prompt=p.prompt, completion=p.completion, min_charge=p.min_charge,
+                             context_window=p.context_window, max_output_tokens=p.max_output_tokens)
+
+
+def _usage(r: RequestRow) -> billing_pb2.UsageRow:
+    return billing_pb2.UsageRow(
+        request_id=r.request_id, user_id=r.user_id, key_id=r.key_id, model=r.model,
+        prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, credits=r.credits,
+        status=r.status, usage_source=r.usage_source, created=r.created, channel_id=r.channel_id,
+    )
+
+
+class BillingServicer(billing_pb2_grpc.BillingServicer):
+    def __init__(self, books: Books) -> None:
+        self.books = books
+
+    async def CreateUser(self, request: billing_pb2.CreateUserRequest,
+                         context: grpc.aio.ServicerContext) -> billing_pb2.User:
+        credits = request.credits if request.HasField("credits") else None
+        return _user(await self.books.create_user(request.name, credits))
+
+    async def GetUser(self, request: billing_pb2.GetUserRequest,
+                      context: grpc.aio.ServicerContext) -> billing_pb2.User:
+        return _user(await self.books.get_user(request.user_id))
+
+    async def TopUp(self, request: billing_pb2.TopUpRequest, context: grpc.aio.ServicerContext) -> billing_pb2.User:
+        return _user(await self.books.top_up(request.user_id, request.credits, request.reference))
+
+    async def Reserve(self, request: billing_pb2.ReserveRequest,
+                      context: grpc.aio.ServicerContext) -> billing_pb2.Hold:
+        hold = await self.books.reserve(
+            request_id=request.request_id, user_id=request.user_id, key_id=request.key_id,
+            credit_limit=request.credit_limit, model=request.model, prompt_tokens=request.prompt_tokens,
+            max_tokens=request.max_completion_tokens, choices=request.choices or 1, channel_id=request.channel_id,
+        )
+        return billing_pb2.Hold(request_id=hold.request_id, amount=hold.amount,
+                                completion_budget=hold.completion_budget, budget_capped=hold.budget_capped)
+
+    async def Settle(self, request: billing_pb2.SettleRequest,
+                     context: grpc.aio.ServicerContext) -> billing_pb2.Settlement:
+        s = await self.books.settle(
+            request_id=request.request_id, prompt_tokens=request.prompt_tokens,
+            completion_tokens=request.completion_tokens, status=request.status,
+            usage_source=request.usage_source, channel_id=request.channel_id,
+        )
+        return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state)
+
+    async def SetPrice(self, request: billing_pb2.SetPriceRequest,
+                       context: grpc.aio.ServicerContext) -> billing_pb2.Price:
+        min_charge = request.min_charge if request.HasField("min_charge") else None
+        return _price(await self.books.set_price(request.model, request.prompt, request.completion, min_charge))
+
+    async def ListPrices(self, request: billing_pb2.ListPricesRequest,
+                         context: grpc.aio.ServicerContext) -> billing_pb2.PriceList:
+        return billing_pb2.PriceList(prices=[_price(p) for p in await self.books.list_prices()])
+
+    async def ListUsage(self, request: billing_pb2.ListUsageRequest,
+                        context: grpc.aio.ServicerContext) -> billing_pb2.UsageList:
+        rows = await self.books.usage(request.user_id, request.limit)
+        return billing_pb2.UsageList(rows=[_usage(r) for r in rows])
+
+    async def GetSpend(self, request: billing_pb2.GetSpendRequest,
+                       context: grpc.aio.ServicerContext) -> billing_pb2.Spend:
+        user, spent, granted = await self.books.spend(request.user_id, request.since, request.until)
+        return billing_pb2.Spend(user_id=user.id, spent=spent, balance=user.balance, held=user.held,
+                                 total_granted=granted)
+
+    async def VerifyLedger(self, request: billing_pb2.VerifyLedgerRequest,
+                           context: grpc.aio.ServicerContext) -> billing_pb2.LedgerReport:
+        report = await self.books.verify()
+        problems = list(report["problems"])  # type: ignore[call-overload]
+        return billing_pb2.LedgerReport(
+            ok=not problems, entries=report["entries"], ledger_sum=report["ledger_sum"],  # type: ignore[arg-type]
+            problems=problems, open_holds=report["open_holds"], users=report["users"],  # type: ignore[arg-type]
+        )
+
+    async def CreateRedeemCodes(self, request: billing_pb2.CreateRedeemCodesRequest,
+                                context: grpc.aio.ServicerContext) -> billing_pb2.RedeemCodes:
+        return billing_pb2.RedeemCodes(codes=await self.books.create_codes(request.credits, request.count))
+
+    async def Redeem(self, request: billing_pb2.RedeemRequest, context: grpc.aio.ServicerContext) -> billing_pb2.User:
+        return _user(await self.books.redeem(request.user_id, request.code))

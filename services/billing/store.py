@@ -1,0 +1,417 @@
+"""All of billing's SQL. Money moves in single statements that cannot race."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+
+from services.billing.pricing import Price
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    name: str
+    balance: int
+    held: int
+    created: int
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    request_id: str
+    user_id: int
+    key_id: int
+    model: str
+    channel_id: int
+    hold: int
+    state: str
+    status: str
+    usage_source: str
+    prompt_tokens: int
+    completion_tokens: int
+    credits: int
+    created: int
+
+
+_USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint AS created, disabled"
+_REQUEST_COLUMNS = (
+    "request_id, user_id, key_id, model, coalesce(channel_id, 0), hold, state, coalesce(status, ''),"
+    " coalesce(usage_source, ''), prompt_tokens, completion_tokens, credits,"
+    " extract(epoch FROM created_at)::bigint"
+)
+
+# Two ledger entries, (account, sign), for each kind of movement that credits a user.
+_CREDIT_ENTRIES = "(VALUES ('available', 1), ('funding', -1)) AS e(account, sign)"
+
+
+async def create_user(conn: AsyncConnection, name: str, credits: int) -> UserRow:
+    cur = await conn.execute(
+        f"""
+        WITH u AS (
+            INSERT INTO users (name, balance) VALUES (%(name)s, %(credits)s)
+            RETURNING {_USER_COLUMNS}
+        ), mv AS (
+            SELECT nextval('ledger_movement_seq') AS id FROM u WHERE %(credits)s > 0
+        ), led AS (
+            INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+            SELECT mv.id, 'grant', 'signup:' || u.id, CASE WHEN e.account = 'available' THEN u.id END,
+                   e.account, e.sign * %(credits)s
+            FROM u, mv, {_CREDIT_ENTRIES}
+        )
+        SELECT * FROM u
+        """,
+        {"name": name, "credits": credits},
+    )
+    return UserRow(*await cur.fetchone())
+
+
+async def get_user(conn: AsyncConnection, user_id: int) -> UserRow | None:
+    cur = await conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None
+
+
+async def top_up(conn: AsyncConnection, user_id: int, credits: int, reference: str, kind: str) -> UserRow | None:
+    """Credit a user once per reference; None when the reference was already used."""
+    cur = await conn.execute(
+        f"""
+        WITH t AS (
+            INSERT INTO topups (reference, user_id, credits) VALUES (%(ref)s, %(uid)s, %(credits)s)
+            ON CONFLICT (reference) DO NOTHING
+            RETURNING user_id, credits
+        ), u AS (
+            UPDATE users SET balance = users.balance + t.credits FROM t WHERE users.id = t.user_id
+            RETURNING {_USER_COLUMNS.replace("id,", "users.id,", 1)}
+        ), mv AS (
+            SELECT nextval('ledger_movement_seq') AS id FROM u
+        ), led AS (
+            INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+            SELECT mv.id, %(kind)s, %(ref)s, CASE WHEN e.account = 'available' THEN %(uid)s::bigint END,
+                   e.account, e.sign * %(credits)s
+            FROM mv, {_CREDIT_ENTRIES}
+        )
+        SELECT * FROM u
+        """,
+        {"ref": reference, "uid": user_id, "credits": credits, "kind": kind},
+    )
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None
+
+
+async def get_topup(conn: AsyncConnection, reference: str) -> tuple[int, int] | None:
+    cur = await conn.execute("SELECT user_id, credits FROM topups WHERE reference = %s", (reference,))
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+# --- prices -----------------------------------------------------------------
+
+_PRICE_COLUMNS = "model, prompt_price, completion_price, min_charge, context_window, max_output_tokens"
+
+
+async def list_prices(conn: AsyncConnection) -> list[Price]:
+    cur = await conn.execute(f"SELECT {_PRICE_COLUMNS} FROM models ORDER BY model")
+    return [Price(*row) for row in await cur.fetchall()]
+
+
+async def get_price(conn: AsyncConnection, model: str) -> Price | None:
+    cur = await conn.execute(f"SELECT {_PRICE_COLUMNS} FROM models WHERE model = %s", (model,))
+    row = await cur.fetchone()
+    return Price(*row) if row else None
+
+
+async def upsert_price(conn: AsyncConnection, price: Price, keep_min_charge: bool) -> Price:
+    cur = await conn.execute(
+        f"""
+        INSERT INTO models AS m ({_PRICE_COLUMNS})
+        VALUES (%(model)s, %(prompt)s, %(completion)s, %(min_charge)s, %(context)s, %(max_output)s)
+        ON CONFLICT (model) DO UPDATE SET
+            prompt_price = EXCLUDED.prompt_price,
+            completion_price = EXCLUDED.completion_price,
+            min_charge = CASE WHEN %(keep)s THEN m.min_charge ELSE EXCLUDED.min_charge END,
+            updated_at = now()
+        RETURNING {_PRICE_COLUMNS}
+        """,
+        {
+            "model": price.model, "prompt": price.prompt, "completion": price.completion,
+            "min_charge": price.min_charge, "context": price.context_window,
+            "max_output": price.max_output_tokens, "keep": keep_min_charge,
+        },
+    )
+    return Price(*await cur.fetchone())
+
+
+# --- holds and settlement -----------------------------------------------------
+
+_HOLD_INSERT = """
+    req AS (
+        INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
+                              prompt_price, completion_price, min_charge, prompt_tokens, deadline)
+        SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
+               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s)
+        FROM debit
+        RETURNING hold
+    ), mv AS (
+        SELECT nextval('ledger_movement_seq') AS id FROM req
+    ), led AS (
+        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+        SELECT mv.id, 'hold', %(rid)s, %(uid)s, e.account, e.sign * req.hold
+        FROM req, mv, (VALUES ('available', -1), ('held', 1)) AS e(account, sign)
+    )
+    SELECT hold FROM req
+"""
+
+_RESERVE = """
+    WITH acct AS (
+        SELECT id, LEAST(%(desired)s::bigint, balance) AS amount
+        FROM users WHERE id = %(uid)s AND NOT disabled AND balance >= %(minimum)s
+        FOR UPDATE
+    ), debit AS (
+        UPDATE users u SET balance = u.balance - acct.amount, held = u.held + acct.amount
+        FROM acct WHERE u.id = acct.id
+        RETURNING acct.amount
+    ),
+""" + _HOLD_INSERT
+
+# The user's row is locked before the key's (the join needs `acct` first), the same
+# order settlement takes them in, so the two can never deadlock.
+_RESERVE_LIMITED = """
+    WITH acct AS (
+        SELECT id, balance FROM users WHERE id = %(uid)s AND NOT disabled FOR UPDATE
+    ), ks AS (
+        SELECT k.key_id, %(limit)s::bigint - k.spent - k.held AS room
+        FROM key_spend k, acct WHERE k.key_id = %(kid)s
+        FOR UPDATE OF k
+    ), pick AS (
+        SELECT acct.id, LEAST(%(desired)s::bigint, acct.balance, ks.room) AS amount
+        FROM acct, ks WHERE acct.balance >= %(minimum)s AND ks.room >= %(minimum)s
+    ), debit AS (
+        UPDATE users u SET balance = u.balance - pick.amount, held = u.held + pick.amount
+        FROM pick WHERE u.id = pick.id
+        RETURNING pick.amount
+    ), kdebit AS (
+        UPDATE key_spend k SET held = k.held + debit.amount FROM debit WHERE k.key_id = %(kid)s
+    ),
+""" + _HOLD_INSERT
+
+
+async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
+                  price: Price, prompt_tokens: int, desired: int, minimum: int, channel_id: int,
+                  ttl_s: int) -> int | None:
+    """Hold up to `desired` (at least `minimum`); the amount held, or None if it cannot."""
+    params = {
+        "rid": request_id, "uid": user_id, "kid": key_id, "limit": credit_limit, "model": price.model,
+        "channel": channel_id, "pp": price.prompt, "cp": price.completion, "mc": price.min_charge,
+        "pt": prompt_tokens, "desired": desired, "minimum": minimum, "ttl": ttl_s,
+    }
+    if credit_limit > 0:
+        await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
+        cur = await conn.execute(_RESERVE_LIMITED, params)
+    else:
+        cur = await conn.execute(_RESERVE, params)
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def key_room(conn: AsyncConnection, key_id: int, credit_limit: int) -> int:
+    cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s", (credit_limit, key_id))
+    row = await cur.fetchone()
+    return row[0] if row else credit_limit
+
+
+async def get_request(conn: AsyncConnection, request_id: str) -> RequestRow | None:
+    cur = await conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = %s", (request_id,))
+    row = await cur.fetchone()
+    return RequestRow(*row) if row else None
+
+
+_SETTLE = """
+    WITH r AS (
+        SELECT request_id, user_id, key_id, hold, prompt_price, completion_price, min_charge
+        FROM requests WHERE request_id = %(rid)s AND state = 'held'
+        FOR UPDATE
+    ), c AS (
+        SELECT r.*, CASE WHEN %(pt)s::bigint + %(ct)s::bigint = 0 THEN 0::bigint
+            ELSE LEAST(r.hold, GREATEST(r.min_charge,
+                (%(pt)s::bigint * r.prompt_price + %(ct)s::bigint * r.completion_price + 999) / 1000))
+            END AS charge
+        FROM r
+    ), done AS (
+        UPDATE requests q SET
+            state = CASE WHEN c.charge > 0 THEN 'settled' ELSE 'released' END,
+            status = %(status)s, usage_source = %(source)s,
+            prompt_tokens = %(pt)s, completion_tokens = %(ct)s, credits = c.charge,
+            channel_id = COALESCE(NULLIF(%(channel)s, 0), q.channel_id), settled_at = now()
+        FROM c WHERE q.request_id = c.request_id
+        RETURNING c.user_id, c.key_id, c.hold, c.charge
+    ), acct AS (
+        UPDATE users u SET balance = u.balance + done.hold - done.charge, held = u.held - done.hold
+        FROM done WHERE u.id = done.user_id
+        RETURNING done.key_id, done.hold, done.charge
+    ), ks AS (
+        UPDATE key_spend k SET held = k.held - acct.hold, spent = k.spent + acct.charge
+        FROM acct WHERE k.key_id = acct.key_id
+    ), mv AS (
+        SELECT nextval('ledger_movement_seq') AS charge_mv, nextval('ledger_movement_seq') AS release_mv
+        FROM done
+    ), led AS (
+        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+        SELECT e.movement, e.kind, %(rid)s, e.user_id, e.account, e.amount
+        FROM done, mv, LATERAL (VALUES
+            (mv.charge_mv, 'charge', done.user_id, 'held', -done.charge),
+            (mv.charge_mv, 'charge', NULL::bigint, 'revenue', done.charge),
+            (mv.release_mv, 'release', done.user_id, 'held', done.charge - done.hold),
+            (mv.release_mv, 'release', done.user_id, 'available', done.hold - done.charge)
+        ) AS e(movement, kind, user_id, account, amount)
+        WHERE e.amount <> 0
+    )
+    SELECT charge, hold - charge FROM done
+"""
+
+
+async def settle(conn: AsyncConnection, *, request_id: str, prompt_tokens: int, completion_tokens: int,
+                 status: str, usage_source: str, channel_id: int) -> tuple[int, int] | None:
+    """Close an open hold: (charged, released), or None if it is not open."""
+    cur = await conn.execute(
+        _SETTLE,
+        {"rid": request_id, "pt": prompt_tokens, "ct": completion_tokens, "status": status,
+         "source": usage_source, "channel": channel_id},
+    )
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+async def overdue_holds(conn: AsyncConnection, limit: int = 200) -> list[str]:
+    cur = await conn.execute(
+        "SELECT request_id FROM requests WHERE state = 'held' AND deadline < now() ORDER BY deadline LIMIT %s",
+        (limit,),
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def open_hold_count(conn: AsyncConnection) -> int:
+    cur = await conn.execute("SELECT count(*) FROM requests WHERE state = 'held'")
+    return (await cur.fetchone())[0]
+
+
+# --- usage and reporting ------------------------------------------------------
+
+async def list_usage(conn: AsyncConnection, user_id: int, limit: int) -> list[RequestRow]:
+    cur = await conn.execute(
+        f"""
+        SELECT {_REQUEST_COLUMNS} FROM requests
+        WHERE state <> 'held' AND (%(uid)s = 0 OR user_id = %(uid)s)
+        ORDER BY created_at DESC, request_id LIMIT %(limit)s
+        """,
+        {"uid": user_id, "limit": limit},
+    )
+    return [RequestRow(*row) for row in await cur.fetchall()]
+
+
+async def spend(conn: AsyncConnection, user_id: int, since: int, until: int) -> tuple[int, int]:
+    """(credits charged in [since, until), credits ever granted to the user)."""
+    cur = await conn.execute(
+        """
+        SELECT
+            (SELECT coalesce(sum(credits), 0)::bigint FROM requests
+             WHERE user_id = %(uid)s AND state = 'settled'
+               AND created_at >= to_timestamp(%(since)s) AND created_at < to_timestamp(%(until)s)),
+            (SELECT coalesce(sum(amount), 0)::bigint FROM ledger
+             WHERE user_id = %(uid)s AND account = 'available' AND kind IN ('grant', 'topup', 'redeem'))
+        """,
+        {"uid": user_id, "since": since, "until": until},
+    )
+    row = await cur.fetchone()
+    return row[0], row[1]
+
+
+async def verify_ledger(conn: AsyncConnection) -> dict[str, object]:
+    """Check every invariant of the books; the list of problems is empty when they hold."""
+    problems: list[str] = []
+    cur = await conn.execute("SELECT count(*), coalesce(sum(amount), 0)::bigint FROM ledger")
+    entries, total = await cur.fetchone()
+    if total != 0:
+        problems.append(f"ledger sums to {total}, not 0")
+    cur = await conn.execute(
+        "SELECT movement, sum(amount) FROM ledger GROUP BY movement HAVING sum(amount) <> 0 LIMIT 10"
+    )
+    for movement, amount in await cur.fetchall():
+        problems.append(f"movement {movement} sums to {amount}")
+    cur = await conn.execute(
+        """
+        SELECT u.id, u.balance, coalesce(a.s, 0), u.held, coalesce(h.s, 0), coalesce(r.s, 0)
+        FROM users u
+        LEFT JOIN (SELECT user_id, sum(amount) s FROM ledger WHERE account = 'available' GROUP BY user_id) a
+               ON a.user_id = u.id
+        LEFT JOIN (SELECT user_id, sum(amount) s FROM ledger WHERE account = 'held' GROUP BY user_id) h
+               ON h.user_id = u.id
+        LEFT JOIN (SELECT user_id, sum(hold) s FROM requests WHERE state = 'held' GROUP BY user_id) r
+               ON r.user_id = u.id
+        WHERE u.balance <> coalesce(a.s, 0) OR u.held <> coalesce(h.s, 0) OR u.held <> coalesce(r.s, 0)
+        LIMIT 10
+        """
+    )
+    for uid, balance, avail, held, held_sum, open_sum in await cur.fetchall():
+        problems.append(
+            f"user {uid}: balance {balance} vs ledger {avail}, held {held} vs ledger {held_sum}"
+            f" vs open holds {open_sum}"
+        )
+    cur = await conn.execute(
+        """
+        SELECT (SELECT coalesce(sum(amount), 0) FROM ledger WHERE account = 'revenue'),
+               (SELECT coalesce(sum(credits), 0) FROM requests WHERE state = 'settled')
+        """
+    )
+    revenue, charged = await cur.fetchone()
+    if revenue != charged:
+        problems.append(f"revenue {revenue} differs from the sum of charges {charged}")
+    cur = await conn.execute(
+        "SELECT count(*) FROM requests WHERE credits > hold OR (state = 'held' AND credits <> 0)"
+    )
+    if (bad := (await cur.fetchone())[0]) != 0:
+        problems.append(f"{bad} requests charged more than their hold")
+    cur = await conn.execute("SELECT count(*) FROM users WHERE balance < 0 OR held < 0")
+    if (bad := (await cur.fetchone())[0]) != 0:
+        problems.append(f"{bad} users with a negative balance")
+    cur = await conn.execute("SELECT count(*) FROM users")
+    users = (await cur.fetchone())[0]
+    return {"entries": entries, "ledger_sum": total, "problems": problems, "users": users,
+            "open_holds": await open_hold_count(conn)}
+
+
+# --- redeem codes ----------------------------------------------------------------
+
+async def create_redeem_codes(conn: AsyncConnection, credits: int, code_hashes: list[bytes]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO redeem_codes (code_hash, credits) VALUES (%s, %s)",
+            [(h, credits) for h in code_hashes],
+        )
+
+
+async def redeem(conn: AsyncConnection, user_id: int, code_hash: bytes) -> UserRow | None:
+    cur = await conn.execute(
+        f"""
+        WITH c AS (
+            UPDATE redeem_codes SET redeemed_by = %(uid)s, redeemed_at = now()
+            WHERE code_hash = %(hash)s AND redeemed_by IS NULL
+            RETURNING id, credits
+        ), u AS (
+            UPDATE users SET balance = users.balance + c.credits FROM c WHERE users.id = %(uid)s
+            RETURNING {_USER_COLUMNS.replace("id,", "users.id,", 1)}, c.id AS code_id, c.credits
+        ), mv AS (
+            SELECT nextval('ledger_movement_seq') AS id FROM u
+        ), led AS (
+            INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+            SELECT mv.id, 'redeem', 'code:' || u.code_id, CASE WHEN e.account = 'available' THEN u.id END,
+                   e.account, e.sign * u.credits
+            FROM u, mv, {_CREDIT_ENTRIES}
+        )
+        SELECT id, name, balance, held, created, disabled FROM u
+        """,
+        {"uid": user_id, "hash": code_hash},
+    )
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None

@@ -1,0 +1,1 @@
+"""Plumbing every chatkore process shares: config, logs, database, gRPC lifecycle, errors."""

@@ -1,0 +1,163 @@
+"""One lifecycle for every gRPC service: interceptors, health, signals, graceful stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import psycopg
+import psycopg_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.errors import DETAILS_KEY, ServiceError, Unavailable
+from services.common.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+# Peers send keepalive pings; allow them, and messages as large as an embeddings reply.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+Behavior = Callable[..., Any]
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value
+    return ""
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Turn any exception into a status the caller can map; never leak a traceback."""
+    if isinstance(exc, ServiceError):
+        status = exc.to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # A peer's failure passes through with its detail intact.
+        trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == DETAILS_KEY)
+        await context.abort(exc.code(), exc.details() or "", trailing)
+    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+        log.warning("database unavailable: %s", exc)
+        status = Unavailable("The service is temporarily unavailable; try again shortly.").to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    log.error("unhandled error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _wrap_unary(behavior: Behavior) -> Behavior:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_id_var.set(_request_id(context))
+        try:
+            return await behavior(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            request_id_var.reset(token)
+
+    return call
+
+
+def _wrap_stream(behavior: Behavior) -> Behavior:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_id_var.set(_request_id(context))
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            request_id_var.reset(token)
+
+    return call
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Request id into contextvars; every exception out as a mapped status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health"):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def serve(
+    *,
+    name: str,
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    ready: Callable[[], Awaitable[bool]],
+    grace_s: float,
+    on_draining: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a gRPC server until SIGTERM/SIGINT, then drain and stop.
+
+    `ready` is polled each second; its answer is the health status peers see
+    (a service is SERVING only while it reaches the database).
+    """
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=SERVER_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"chatkore-{name}: cannot listen on {listen}")
+    await server.start()
+    log.info("%s listening on %s", name, listen, extra={"port": port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch_readiness() -> None:
+        last = None
+        while True:
+            ok = await ready()
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                await health_servicer.set("", status)
+                await health_servicer.set(f"chatkore.v1.{name.capitalize()}", status)
+                log.info("health %s", "serving" if ok else "not serving")
+                last = status
+            await asyncio.sleep(1.0)
+
+    watcher = asyncio.create_task(watch_readiness())
+    await stop.wait()
+    log.info("%s draining (grace %.0fs)", name, grace_s)
+    watcher.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    if on_draining is not None:
+        await on_draining()
+    log.info("%s stopped", name)

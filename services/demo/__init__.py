@@ -1,0 +1,1 @@
+"""A deterministic OpenAI-compatible stand-in, so the whole path works offline."""

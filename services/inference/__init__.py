@@ -1,0 +1,1 @@
+"""Inference: relays OpenAI calls to upstream channels, holding and settling credits."""

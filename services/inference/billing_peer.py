@@ -1,0 +1,114 @@
+"""The billing service as inference sees it: holds placed, and settled come what may."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from chatkore.v1 import billing_pb2, billing_pb2_grpc
+from services.common import peers
+from services.common.errors import reason_of
+from services.common.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+RPC_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    amount: int
+    completion_budget: int
+    budget_capped: bool
+
+
+@dataclass(frozen=True)
+class Settle:
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: str
+    usage_source: str
+    channel_id: int
+
+
+class BillingPeer:
+    def __init__(self, target: str, retry_for_s: float) -> None:
+        self._channel = peers.channel(target)
+        self._stub = billing_pb2_grpc.BillingStub(self._channel)
+        self._retry_for_s = retry_for_s
+        self._later: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
+                      prompt_tokens: int, max_tokens: int, choices: int) -> Hold:
+        request = billing_pb2.ReserveRequest(
+            request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model,
+            prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices,
+        )
+        # Reserve is idempotent by request id, so one retry of a transient failure is safe.
+        for attempt in (0, 1):
+            try:
+                hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
+                return Hold(hold.amount, hold.completion_budget, hold.budget_capped)
+            except grpc.aio.AioRpcError as exc:
+                if attempt or exc.code() not in _TRANSIENT:
+                    raise
+                await asyncio.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    async def settle(self, s: Settle) -> int | None:
+        """Settle now; if billing is away, keep trying in the background. The credits charged, or None."""
+        try:
+            result = await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
+            return result.charged
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSIENT:
+                self.settle_later(s)
+            else:
+                log.error("settle of %s refused: %s (%s)", s.request_id, exc.details(), reason_of(exc))
+            return None
+
+    def settle_later(self, s: Settle) -> None:
+        """Settle in the background (the caller may be cancelled), retrying until it lands."""
+        task = asyncio.create_task(self._settle_until_done(s))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _settle_until_done(self, s: Settle) -> None:
+        request_id_var.set(s.request_id)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._retry_for_s
+        delay = 0.1
+        while True:
+            try:
+                await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _TRANSIENT or loop.time() > give_up:
+                    log.error("settle of %s failed for good: %s (%s); the sweeper will release the hold",
+                              s.request_id, exc.details(), reason_of(exc))
+                    return
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _request(s: Settle) -> billing_pb2.SettleRequest:
+        return billing_pb2.SettleRequest(
+            request_id=s.request_id, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+            status=s.status, usage_source=s.usage_source, channel_id=s.channel_id,
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._later)
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._later:
+            await asyncio.wait(set(self._later), timeout=timeout_s)

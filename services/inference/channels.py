@@ -1,0 +1,299 @@
+"""Channels: which upstreams serve a model, in what order to try them, and their health."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.config import Secret
+from services.inference import store
+from services.inference.errors import InvalidRequest, ModelNotFound, NoAvailableChannel, NotFound
+from services.inference.secretbox import SecretBox, mask
+from services.inference.store import ChannelRow
+
+log = logging.getLogger(__name__)
+
+CHANNEL_TYPES = ("openai",)
+AUTH_COOLDOWN_S = 300.0  # a rejected upstream key stays out this long before a probe
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: int
+    name: str
+    type: str
+    base_url: str
+    api_key: Secret
+    key_hint: str
+    models: frozenset[str]
+    model_map: dict[str, str]
+    priority: int
+    weight: int
+    enabled: bool
+    settings: dict[str, Any]
+    created: int
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+    @property
+    def timeout_s(self) -> float | None:
+        value = self.settings.get("timeout_s")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    @property
+    def max_concurrency(self) -> int:
+        value = self.settings.get("max_concurrency")
+        return int(value) if isinstance(value, int) and value > 0 else 0
+
+
+@dataclass
+class Health:
+    failures: int = 0           # consecutive
+    cooling_until: float = 0.0  # monotonic; 0 when healthy
+    probing: bool = False       # one request is testing a channel whose cool-down ended
+    in_flight: int = 0
+    last_error: str = ""
+
+    def state(self, now: float) -> str:
+        if self.cooling_until == 0.0:
+            return "healthy"
+        return "cooling" if now < self.cooling_until else "probing"
+
+
+@dataclass
+class Attempt:
+    """A channel lent to one call; give it back with ChannelBook.done()."""
+
+    channel: Channel
+    probe: bool = False
+    finished: bool = field(default=False, repr=False)
+
+
+class ChannelBook:
+    def __init__(self, pool: AsyncConnectionPool, box: SecretBox, *, cooldown_s: float, failure_threshold: int,
+                 refresh_s: float = 0.5) -> None:
+        self._pool = pool
+        self._box = box
+        self._cooldown_s = cooldown_s
+        self._threshold = max(1, failure_threshold)
+        self._refresh_s = refresh_s
+        self._channels: list[Channel] = []
+        self._health: dict[int, Health] = {}
+        self._fingerprint: tuple[int, float] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- loading ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def _channel(self, row: ChannelRow) -> Channel:
+        return Channel(
+            id=row.id, name=row.name, type=row.type, base_url=row.base_url,
+            api_key=Secret(self._box.open(row.api_key_enc)), key_hint=row.key_hint,
+            models=frozenset(row.models), model_map=dict(row.model_map), priority=row.priority,
+            weight=row.weight, enabled=row.enabled, settings=dict(row.settings), created=row.created,
+        )
+
+    async def reload(self) -> None:
+        async with self._pool.connection() as conn:
+            fingerprint = await store.channels_fingerprint(conn)
+            if fingerprint == self._fingerprint:
+                return
+            rows = await store.list_channels(conn)
+        channels = []
+        for row in rows:
+            try:
+                channels.append(self._channel(row))
+            except ValueError as exc:
+                log.error("channel %s skipped: %s", row.id, exc)
+        self._channels = channels
+        self._health = {c.id: self._health.get(c.id, Health()) for c in channels}
+        self._fingerprint = fingerprint
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.reload()
+            except Exception as exc:  # keep routing with the last good list while the database is away
+                log.warning("channel refresh failed: %s", exc)
+
+    # --- routing ----------------------------------------------------------------
+
+    def models(self) -> dict[str, int]:
+        """Every model some enabled channel serves, with the earliest channel's creation time."""
+        out: dict[str, int] = {}
+        for c in self._channels:
+            if c.enabled:
+                for m in c.models:
+                    out[m] = min(out.get(m, c.created), c.created)
+        return out
+
+    def plan(self, model: str) -> list[Channel]:
+        """The channels to try for `model`, best first: priority, then weighted random."""
+        serving = [c for c in self._channels if c.enabled and model in c.models]
+        if not serving:
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
+                                param="model")
+        now = time.monotonic()
+        ready = [c for c in serving if self._usable(c, now)]
+        if not ready:
+            wait = min((self._health[c.id].cooling_until - now for c in serving), default=1.0)
+            raise NoAvailableChannel(
+                f"No upstream can serve `{model}` right now; every channel is cooling down. Try again shortly.",
+                retry_after_s=max(1.0, round(wait, 1)),
+            )
+        ready.sort(key=lambda c: (-c.priority, -_weighted_key(c.weight)))
+        return ready
+
+    def _usable(self, c: Channel, now: float) -> bool:
+        h = self._health[c.id]
+        if c.max_concurrency and h.in_flight >= c.max_concurrency:
+            return False
+        if h.cooling_until == 0.0:
+            return True
+        return now >= h.cooling_until and not h.probing
+
+    def take(self, c: Channel) -> Attempt | None:
+        """Lend a channel to a call, if it is still usable (health may have changed)."""
+        h = self._health.get(c.id)
+        if h is None or not self._usable(c, time.monotonic()):
+            return None
+        h.in_flight += 1
+        probe = h.cooling_until != 0.0
+        if probe:
+            h.probing = True
+        return Attempt(c, probe)
+
+    def done(self, attempt: Attempt, failure: str | None = None, *, auth_failure: bool = False) -> None:
+        if attempt.finished:
+            return
+        attempt.finished = True
+        h = self._health.get(attempt.channel.id)
+        if h is None:  # the channel was removed meanwhile
+            return
+        h.in_flight = max(0, h.in_flight - 1)
+        if attempt.probe:
+            h.probing = False
+        if failure is None:
+            if h.cooling_until:
+                log.info("channel %s is healthy again", attempt.channel.id)
+            h.failures, h.cooling_until, h.last_error = 0, 0.0, ""
+            return
+        h.failures += 1
+        h.last_error = failure
+        if auth_failure:
+            h.cooling_until = time.monotonic() + AUTH_COOLDOWN_S
+            log.error("channel %s: upstream rejected its key; cooling down", attempt.channel.id)
+        elif h.failures >= self._threshold or attempt.probe:
+            h.cooling_until = time.monotonic() + self._cooldown_s
+            log.warning("channel %s cooling down after %d failures: %s", attempt.channel.id, h.failures, failure)
+
+    def health_of(self, channel_id: int) -> str:
+        h = self._health.get(channel_id)
+        return h.state(time.monotonic()) if h else "unknown"
+
+    # --- administration ------------------------------------------------------------
+
+    def _validate(self, values: dict[str, Any], partial: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "name" in values or not partial:
+            name = str(values.get("name") or "").strip()
+            if not name or len(name) > 200:
+                raise InvalidRequest("'name' must be a non-empty string of at most 200 characters", param="name")
+            out["name"] = name
+        if "type" in values or not partial:
+            kind = values.get("type") or "openai"
+            if kind not in CHANNEL_TYPES:
+                raise InvalidRequest(f"'type' must be one of {', '.join(CHANNEL_TYPES)}", param="type")
+            out["type"] = kind
+        if "base_url" in values or not partial:
+            url = str(values.get("base_url") or "").strip().rstrip("/")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
+                raise InvalidRequest("'base_url' must be an http(s) URL such as https://api.openai.com/v1",
+                                     param="base_url")
+            out["base_url"] = url
+        if "api_key" in values or not partial:
+            key = str(values.get("api_key") or "")
+            if len(key) > 8192 or any(ch in key for ch in "\r\n"):
+                raise InvalidRequest("'api_key' is not a valid key", param="api_key")
+            out["api_key_enc"] = self._box.seal(key)
+            out["key_hint"] = mask(key) if key else ""
+        if "models" in values or not partial:
+            models = values.get("models")
+            if (not isinstance(models, list) or not models or len(models) > 1000
+                    or not all(isinstance(m, str) and 0 < len(m) <= 200 for m in models)):
+                raise InvalidRequest("'models' must be a non-empty list of model names", param="models")
+            out["models"] = sorted(set(models))
+        if "model_map" in values or not partial:
+            mapping = values.get("model_map") or {}
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items()
+            ):
+                raise InvalidRequest("'model_map' must map public model names to upstream names",
+                                     param="model_map")
+            out["model_map"] = mapping
+        for name, default, low in (("priority", 0, -(10**6)), ("weight", 1, 0)):
+            if name in values or not partial:
+                value = values.get(name, default)
+                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 10**6:
+                    raise InvalidRequest(f"'{name}' must be an integer", param=name)
+                out[name] = value
+        if "enabled" in values or not partial:
+            enabled = values.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise InvalidRequest("'enabled' must be true or false", param="enabled")
+            out["enabled"] = enabled
+        if "settings" in values or not partial:
+            settings = values.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise InvalidRequest("'settings' must be an object", param="settings")
+            out["settings"] = settings
+        return out
+
+    async def create(self, values: dict[str, Any]) -> ChannelRow:
+        row_values = self._validate(values, partial=False)
+        async with self._pool.connection() as conn:
+            row = await store.insert_channel(conn, row_values)
+        await self.reload()
+        return row
+
+    async def update(self, channel_id: int, values: dict[str, Any]) -> ChannelRow:
+        row_values = self._validate(values, partial=True)
+        async with self._pool.connection() as conn:
+            row = await store.update_channel(conn, channel_id, row_values)
+        if row is None:
+            raise NotFound(f"No channel with id {channel_id}")
+        await self.reload()
+        return row
+
+    async def delete(self, channel_id: int) -> None:
+        async with self._pool.connection() as conn:
+            if not await store.delete_channel(conn, channel_id):
+                raise NotFound(f"No channel with id {channel_id}")
+        await self.reload()
+
+    async def rows(self) -> list[ChannelRow]:
+        async with self._pool.connection() as conn:
+            return await store.list_channels(conn)
+
+
+def _weighted_key(weight: int) -> float:
+    """Efraimidis-Spirakis: sorting by random()**(1/w) is a weighted shuffle."""
+    if weight <= 0:
+        return -1.0
+    return random.random() ** (1.0 / weight)

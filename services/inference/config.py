@@ -1,0 +1,41 @@
+"""Inference settings, read once from the environment (names as in DESIGN §3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import (
+    DEFAULT_BILLING_ADDR, DEFAULT_INFERENCE_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address,
+)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    database_url: Secret
+    secret_key: Secret         # encrypts upstream keys at rest
+    listen: str
+    billing_addr: str
+    upstream_timeout_s: float  # read timeout per upstream call, unless a channel sets its own
+    max_stream_s: float        # a stream longer than this is cut (an endless upstream)
+    cooldown_s: float          # how long a failing channel sits out before a probe
+    failure_threshold: int     # consecutive failures that start a cool-down
+    settle_retry_s: float      # how long a settlement is retried while billing is away
+    grace_s: float
+    pool_size: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> InferenceConfig:
+        return cls(
+            database_url=env_secret("DATABASE_URL"),
+            secret_key=env_secret("CHATKORE_SECRET_KEY"),
+            listen=listen_address("inference", DEFAULT_INFERENCE_ADDR),
+            billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
+            upstream_timeout_s=env_float("CHATKORE_UPSTREAM_TIMEOUT_S", 180.0),
+            max_stream_s=env_float("CHATKORE_MAX_STREAM_S", 600.0),
+            cooldown_s=env_float("CHATKORE_CHANNEL_COOLDOWN_S", 30.0),
+            failure_threshold=env_int("CHATKORE_CHANNEL_FAILURES", 3),
+            settle_retry_s=env_float("CHATKORE_SETTLE_RETRY_S", 600.0),
+            grace_s=env_float("CHATKORE_GRACE_S", 20.0),
+            pool_size=env_int("CHATKORE_DB_POOL", 5),
+            log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,197 @@
+"""OpenAI JSON in and out: the upstream request, and replies rewritten for our client."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from services.inference import tokens
+
+
+class Endpoint(Enum):
+    CHAT = "/chat/completions"
+    COMPLETIONS = "/completions"
+    EMBEDDINGS = "/embeddings"
+
+
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def count_prompt(endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
+    if endpoint is Endpoint.CHAT:
+        return tokens.count_chat_prompt(body, model)
+    enc = tokens.encoding_for(model)
+    if endpoint is Endpoint.COMPLETIONS:
+        return tokens.count_input(body.get("prompt"), enc) + tokens.count_text(str(body.get("suffix") or ""), enc)
+    return tokens.count_input(body.get("input"), enc)
+
+
+def upstream_body(endpoint: Endpoint, body: dict[str, Any], upstream_model: str, *, stream: bool,
+                  budget: int | None) -> bytes:
+    """The request for one upstream: its model name, the completion budget the hold pays
+    for, and a request for usage on streams. Everything else passes through untouched."""
+    out = dict(body)
+    out["model"] = upstream_model
+    if budget is not None and endpoint is not Endpoint.EMBEDDINGS:
+        if "max_completion_tokens" in body or (
+            "max_tokens" not in body and upstream_model.startswith(_REASONING_PREFIXES)
+        ):
+            out["max_completion_tokens"] = budget
+            out.pop("max_tokens", None)
+        else:
+            out["max_tokens"] = budget
+    if stream:
+        options = body.get("stream_options")
+        out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return dumps(out)
+
+
+def usage_of(obj: dict[str, Any]) -> tuple[int, int] | None:
+    """(prompt, completion) tokens an upstream reported, if it reported them sensibly."""
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+        return None
+    return prompt, completion
+
+
+def _message_text(message: Any) -> str:
+    """Everything in a reply message (or delta) that is billed as completion tokens."""
+    if not isinstance(message, dict):
+        return ""
+    parts: list[str] = []
+    content = message.get("content")
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts.extend(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    for key in ("reasoning_content", "refusal"):
+        if isinstance(message.get(key), str):
+            parts.append(message[key])
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                parts.append(str(fn.get("name") or ""))
+                parts.append(str(fn.get("arguments") or ""))
+    fn = message.get("function_call")
+    if isinstance(fn, dict):
+        parts.append(str(fn.get("name") or ""))
+        parts.append(str(fn.get("arguments") or ""))
+    return "".join(parts)
+
+
+def completion_texts(endpoint: Endpoint, obj: dict[str, Any]) -> list[str]:
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return []
+    if endpoint is Endpoint.CHAT:
+        return [_message_text(c.get("message") or c.get("delta")) for c in choices if isinstance(c, dict)]
+    return [str(c.get("text") or "") for c in choices if isinstance(c, dict)]
+
+
+def reply_id(endpoint: Endpoint, request_id: str) -> str:
+    suffix = request_id.removeprefix("req_")
+    return ("chatcmpl-" if endpoint is Endpoint.CHAT else "cmpl-") + suffix
+
+
+def rewrite_reply(endpoint: Endpoint, obj: dict[str, Any], *, model: str, request_id: str,
+                  usage: tuple[int, int]) -> bytes:
+    """A unary reply as our client sees it: our id, the model it asked for, real usage."""
+    if endpoint is not Endpoint.EMBEDDINGS:
+        obj["id"] = reply_id(endpoint, request_id)
+        obj["object"] = "chat.completion" if endpoint is Endpoint.CHAT else "text_completion"
+        if not isinstance(obj.get("created"), int):
+            obj["created"] = int(time.time())
+        if not isinstance(obj.get("choices"), list):
+            obj["choices"] = []
+    else:
+        obj["object"] = "list"
+    obj["model"] = model
+    prompt, completion = usage
+    reported = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+    if endpoint is Endpoint.EMBEDDINGS:
+        obj["usage"] = {**reported, "prompt_tokens": prompt, "total_tokens": prompt}
+    else:
+        obj["usage"] = {**reported, "prompt_tokens": prompt, "completion_tokens": completion,
+                        "total_tokens": prompt + completion}
+    return dumps(obj)
+
+
+@dataclass
+class StreamTally:
+    """What a stream has delivered so far, for billing when the upstream does not say."""
+
+    endpoint: Endpoint
+    model: str
+    request_id: str
+    include_usage: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    usage: tuple[int, int] | None = None
+    chunks: int = 0
+
+    def completion_tokens(self) -> int:
+        return tokens.count_choices_text(("".join(parts) for parts in self.texts.values()), self.model)
+
+    def take(self, obj: dict[str, Any]) -> bytes | None:
+        """Account for one upstream chunk; the bytes to send our client, or None to drop it."""
+        reported = usage_of(obj)
+        if reported is not None:
+            self.usage = reported
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            choices = []
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+            if self.endpoint is Endpoint.CHAT:
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+                    choice.pop("message", None)
+                    choice["delta"] = delta
+                text = _message_text(delta)
+            else:
+                text = str(choice.get("text") or "")
+            if text:
+                self.texts.setdefault(index, []).append(text)
+        if not choices:
+            # Usage-only chunks, keep-alives, provider notes: the usage we bill is sent
+            # once, last, by usage_chunk() when the client asked for it.
+            return None
+        obj["id"] = reply_id(self.endpoint, self.request_id)
+        obj["object"] = "chat.completion.chunk" if self.endpoint is Endpoint.CHAT else "text_completion"
+        obj["model"] = self.model
+        if not isinstance(obj.get("created"), int):
+            obj["created"] = self.created
+        obj["choices"] = choices
+        if self.include_usage:
+            obj["usage"] = None
+        else:
+            obj.pop("usage", None)
+        self.chunks += 1
+        return dumps(obj)
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The closing chunk for a client that asked for usage."""
+        return dumps({
+            "id": reply_id(self.endpoint, self.request_id),
+            "object": "chat.completion.chunk" if self.endpoint is Endpoint.CHAT else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })

@@ -1,0 +1,282 @@
+"""One OpenAI call end to end: count, hold, route with failover, relay, settle."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import ServiceError
+from services.inference.billing_peer import BillingPeer, Hold, Settle
+from services.inference.channels import Channel, ChannelBook
+from services.inference.errors import (
+    InvalidRequest, ModelNotFound, NoAvailableChannel, UpstreamFailed, UpstreamRateLimited, UpstreamRejected,
+    UpstreamTimedOut,
+)
+from services.inference.payloads import Endpoint, StreamTally, completion_texts, count_prompt, rewrite_reply, \
+    upstream_body, usage_of
+from services.inference.tokens import count_choices_text
+from services.inference.upstream import Failure, Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    request_id: str
+    user_id: int
+    key_id: int
+    credit_limit: int
+    allowed: tuple[str, ...]   # the key's model allowlist; empty = all
+    endpoint: Endpoint
+    model: str
+    body: bytes
+    stream: bool
+    include_usage: bool
+    max_tokens: int            # per choice; 0 = not given
+    n: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    prompt_tokens: int
+    completion_tokens: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    prompt_tokens: int
+    completion_tokens: int
+    credits: int
+    status: str
+
+
+def _final_error(failures: list[UpstreamError], model: str) -> ServiceError:
+    """What the client hears when no eligible channel answered."""
+    if not failures:
+        return NoAvailableChannel(f"No upstream can serve `{model}` right now. Try again shortly.",
+                                  retry_after_s=1.0)
+    kinds = {f.kind for f in failures}
+    if kinds == {Failure.RATE_LIMITED}:
+        wait = min((f.retry_after_s for f in failures if f.retry_after_s), default=1.0)
+        return UpstreamRateLimited("The upstream provider is rate limiting requests; retry after a short wait.",
+                                   retry_after_s=max(1.0, wait))
+    if kinds == {Failure.TIMEOUT}:
+        return UpstreamTimedOut("The upstream provider did not answer in time.")
+    return UpstreamFailed("The upstream provider failed to answer. Please retry.")
+
+
+def _rejected(e: UpstreamError) -> UpstreamRejected:
+    code = e.error.get("code")
+    return UpstreamRejected(
+        e.message,
+        http_status=e.status,
+        type=str(e.error.get("type") or "invalid_request_error"),
+        code=str(code) if code is not None else "",
+        param=str(e.error.get("param") or ""),
+    )
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "client_gone"
+    if isinstance(exc, UpstreamTimedOut):
+        return "upstream_timeout"
+    if isinstance(exc, UpstreamRejected):
+        return "upstream_rejected"
+    return "upstream_error"
+
+
+class Relay:
+    def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer, *, max_stream_s: float) -> None:
+        self.book = book
+        self.upstream = upstream
+        self.billing = billing
+        self.max_stream_s = max_stream_s
+
+    def _prepare(self, call: Call) -> tuple[dict[str, Any], list[Channel], int]:
+        if call.allowed and call.model not in call.allowed:
+            raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
+                                param="model")
+        candidates = self.book.plan(call.model)
+        try:
+            body = json.loads(call.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        return body, candidates, count_prompt(call.endpoint, body, call.model)
+
+    async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
+        return await self.billing.reserve(
+            request_id=call.request_id, user_id=call.user_id, key_id=call.key_id, credit_limit=call.credit_limit,
+            model=call.model, prompt_tokens=prompt_tokens, max_tokens=call.max_tokens, choices=call.n,
+        )
+
+    def _body_for(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold) -> bytes:
+        return upstream_body(call.endpoint, body, channel.upstream_model(call.model), stream=call.stream,
+                             budget=hold.completion_budget if hold.budget_capped else None)
+
+    # --- unary ----------------------------------------------------------------------
+
+    async def unary(self, call: Call) -> Reply:
+        body, candidates, prompt_tokens = self._prepare(call)
+        hold = await self._reserve(call, prompt_tokens)
+        try:
+            obj, channel = await self._first_answer(call, body, candidates, hold)
+        except BaseException as exc:
+            # Nothing was delivered: the hold is released in full.
+            self.billing.settle_later(Settle(call.request_id, 0, 0, _status_of(exc), "", 0))
+            raise
+        reported = usage_of(obj)
+        if reported is not None:
+            usage, source = reported, "upstream"
+        else:
+            completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(
+                completion_texts(call.endpoint, obj), call.model)
+            usage, source = (prompt_tokens, completion), "counted"
+        credits = await self.billing.settle(Settle(call.request_id, usage[0], usage[1], "complete", source, channel.id))
+        reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage)
+        return Reply(reply, usage[0], usage[1], credits or 0)
+
+    async def _first_answer(self, call: Call, body: dict[str, Any], candidates: list[Channel],
+                            hold: Hold) -> tuple[dict[str, Any], Channel]:
+        failures: list[UpstreamError] = []
+        for channel in candidates:
+            attempt = self.book.take(channel)
+            if attempt is None:
+                continue
+            try:
+                resp = await self.upstream.post(channel, call.endpoint.value, self._body_for(call, body, channel, hold),
+                                                stream=False)
+                obj = await self.upstream.read_json(resp, channel)
+            except UpstreamError as e:
+                if not e.kind.retryable:
+                    self.book.done(attempt)  # the client's fault says nothing about the channel
+                    raise _rejected(e) from None
+                self.book.done(attempt, f"{e.kind.value}: {e.message}", auth_failure=e.kind is Failure.AUTH)
+                log.warning("channel %s failed (%s); trying the next", channel.id, e.kind.value)
+                failures.append(e)
+                continue
+            except BaseException:
+                self.book.done(attempt)
+                raise
+            self.book.done(attempt)
+            return obj, channel
+        raise _final_error(failures, call.model)
+
+    # --- streaming --------------------------------------------------------------------
+
+    async def stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
+        """Chunks as they arrive, then an Outcome. Settlement happens whatever way it ends."""
+        body, candidates, prompt_tokens = self._prepare(call)
+        hold = await self._reserve(call, prompt_tokens)
+        tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
+        channel_id = 0
+        settled = False
+        events: AsyncIterator[bytes] | None = None
+        status = "upstream_error"
+        try:
+            events, first, channel, attempt = await self._open_stream(call, body, candidates, hold)
+            channel_id = channel.id
+            failure: str | None = None
+            try:
+                async for out in self._relay_events(events, first, tally):
+                    yield out
+            except UpstreamError as e:
+                failure = f"{e.kind.value}: {e.message}"
+                raise (UpstreamTimedOut if e.kind is Failure.TIMEOUT else UpstreamFailed)(
+                    f"The upstream stream broke off: {e.message}") from None
+            finally:
+                self.book.done(attempt, failure)
+            prompt, completion, source = self._stream_usage(tally, prompt_tokens)
+            if call.include_usage:
+                yield tally.usage_chunk(prompt, completion)
+            status = "complete"
+            credits = await self.billing.settle(Settle(call.request_id, prompt, completion, status, source, channel_id))
+            settled = True
+            yield Outcome(prompt, completion, credits or 0, status)
+        except BaseException as exc:
+            status = _status_of(exc)
+            raise
+        finally:
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]
+            if not settled:
+                # A client gone or a stream broken after output: pay for what was delivered.
+                if tally.chunks:
+                    prompt, completion, source = self._stream_usage(tally, prompt_tokens)
+                else:
+                    prompt, completion, source = 0, 0, ""
+                self.billing.settle_later(Settle(call.request_id, prompt, completion, status, source, channel_id))
+
+    def _stream_usage(self, tally: StreamTally, prompt_tokens: int) -> tuple[int, int, str]:
+        if tally.usage is not None and tally.usage[0] > 0:
+            return tally.usage[0], tally.usage[1], "upstream"
+        return prompt_tokens, tally.completion_tokens(), "counted"
+
+    async def _relay_events(self, events: AsyncIterator[bytes], first: dict[str, Any],
+                            tally: StreamTally) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_stream_s
+        obj: dict[str, Any] | None = first
+        while obj is not None:
+            out = tally.take(obj)
+            if out is not None:
+                yield out
+            if loop.time() > deadline:
+                raise UpstreamError(Failure.TIMEOUT, "the stream ran past its time limit")
+            payload = await anext(events, None)
+            obj = None if payload is None else _chunk(payload)
+
+    async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel], hold: Hold):  # type: ignore[no-untyped-def]
+        """Open a stream on the first channel that yields a first event: failover happens
+        only here, before a byte has reached the client."""
+        failures: list[UpstreamError] = []
+        for channel in candidates:
+            attempt = self.book.take(channel)
+            if attempt is None:
+                continue
+            events = None
+            try:
+                resp = await self.upstream.post(channel, call.endpoint.value, self._body_for(call, body, channel, hold),
+                                                stream=True)
+                events = self.upstream.events(resp)
+                payload = await anext(events, None)
+                if payload is None:
+                    raise UpstreamError(Failure.SERVER, "upstream closed the stream without a chunk")
+                return events, _chunk(payload), channel, attempt
+            except UpstreamError as e:
+                if events is not None:
+                    await events.aclose()  # type: ignore[attr-defined]
+                if not e.kind.retryable:
+                    self.book.done(attempt)
+                    raise _rejected(e) from None
+                self.book.done(attempt, f"{e.kind.value}: {e.message}", auth_failure=e.kind is Failure.AUTH)
+                log.warning("channel %s failed (%s); trying the next", channel.id, e.kind.value)
+                failures.append(e)
+            except BaseException:
+                if events is not None:
+                    await events.aclose()  # type: ignore[attr-defined]
+                self.book.done(attempt)
+                raise
+        raise _final_error(failures, call.model)
+
+
+def _chunk(payload: bytes) -> dict[str, Any]:
+    """One stream event as an object; an error event or garbage is a server failure."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        raise UpstreamError(Failure.SERVER, "upstream sent a malformed chunk") from None
+    if not isinstance(obj, dict):
+        raise UpstreamError(Failure.SERVER, "upstream sent a malformed chunk")
+    if obj.get("error") and not obj.get("choices"):
+        # The upstream's own words may name its keys or hosts; they stay in our logs only.
+        log.warning("upstream error event: %s", str(obj["error"])[:500])
+        raise UpstreamError(Failure.SERVER, "upstream reported an error")
+    return obj

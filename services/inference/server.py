@@ -1,0 +1,47 @@
+"""Build, start and stop the inference service."""
+from __future__ import annotations
+
+from chatkore.v1 import inference_pb2_grpc
+from services.common import db, grpcserver
+from services.inference import tokens
+from services.inference.billing_peer import BillingPeer
+from services.inference.channels import ChannelBook
+from services.inference.config import InferenceConfig
+from services.inference.relay import Relay
+from services.inference.secretbox import SecretBox
+from services.inference.servicer import InferenceServicer
+from services.inference.upstream import Upstream
+
+
+async def serve(cfg: InferenceConfig) -> None:
+    # Load both encodings before taking traffic: the first request should not pay for it.
+    tokens.encoding("cl100k_base")
+    tokens.encoding("o200k_base")
+    pool = await db.open_pool(cfg.database_url.reveal(), name="inference", max_size=cfg.pool_size)
+    book = ChannelBook(pool, SecretBox(cfg.secret_key), cooldown_s=cfg.cooldown_s,
+                       failure_threshold=cfg.failure_threshold)
+    await book.start()
+    upstream = Upstream(cfg.upstream_timeout_s)
+    await upstream.start()
+    billing = BillingPeer(cfg.billing_addr, cfg.settle_retry_s)
+    relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s)
+
+    async def settle_pending() -> None:
+        # Streams cut by the shutdown have queued their settlements; let them land.
+        await billing.drain(cfg.grace_s)
+
+    try:
+        await grpcserver.serve(
+            name="inference",
+            listen=cfg.listen,
+            register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(
+                InferenceServicer(relay, book), server),
+            ready=lambda: db.ping(pool),
+            grace_s=cfg.grace_s,
+            on_draining=settle_pending,
+        )
+    finally:
+        await book.stop()
+        await upstream.close()
+        await billing.close()
+        await pool.close()

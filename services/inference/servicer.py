@@ -1,0 +1,115 @@
+"""Inference's gRPC face: protobuf in, a call on Relay or ChannelBook, protobuf out."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.channels import ChannelBook
+from services.inference.payloads import Endpoint
+from services.inference.relay import Call, Outcome, Relay
+from services.inference.store import ChannelRow
+
+_ENDPOINTS = {
+    inference_pb2.CHAT_COMPLETIONS: Endpoint.CHAT,
+    inference_pb2.COMPLETIONS: Endpoint.COMPLETIONS,
+    inference_pb2.EMBEDDINGS: Endpoint.EMBEDDINGS,
+}
+
+# Channel fields an UpdateChannelRequest may name.
+_CHANNEL_FIELDS = ("name", "type", "base_url", "api_key", "models", "model_map", "priority", "weight", "enabled",
+                   "settings")
+
+
+def _call(request: inference_pb2.RelayRequest) -> Call:
+    caller = request.caller
+    return Call(
+        request_id=caller.request_id, user_id=caller.user_id, key_id=caller.key_id,
+        credit_limit=caller.credit_limit, allowed=tuple(caller.models),
+        endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
+        stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
+        n=max(1, request.n),
+    )
+
+
+def _usage(prompt: int, completion: int) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _channel_values(channel: inference_pb2.Channel, fields: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in fields:
+        if name == "models":
+            values[name] = list(channel.models)
+        elif name == "model_map":
+            values[name] = dict(channel.model_map)
+        elif name == "settings":
+            values[name] = json_format.MessageToDict(channel.settings)
+        else:
+            values[name] = getattr(channel, name)
+    return values
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, relay: Relay, book: ChannelBook) -> None:
+        self.relay = relay
+        self.book = book
+
+    async def Relay(self, request: inference_pb2.RelayRequest,
+                    context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
+        reply = await self.relay.unary(_call(request))
+        return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens),
+                                        credits=reply.credits)
+
+    async def RelayStream(self, request: inference_pb2.RelayRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
+        async for item in self.relay.stream(_call(request)):
+            if isinstance(item, Outcome):
+                yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
+                    usage=_usage(item.prompt_tokens, item.completion_tokens), credits=item.credits,
+                    status=item.status))
+            else:
+                yield inference_pb2.RelayEvent(chunk=item)
+
+    async def ListModels(self, request: inference_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> inference_pb2.ModelList:
+        allowed = set(request.allowed)
+        models = [
+            inference_pb2.Model(id=model, created=created, owned_by="chatkore")
+            for model, created in sorted(self.book.models().items())
+            if not allowed or model in allowed
+        ]
+        return inference_pb2.ModelList(models=models)
+
+    def _channel(self, row: ChannelRow) -> inference_pb2.Channel:
+        settings = struct_pb2.Struct()
+        settings.update(row.settings)
+        return inference_pb2.Channel(
+            id=row.id, name=row.name, type=row.type, base_url=row.base_url, api_key=row.key_hint,
+            models=row.models, model_map=row.model_map, priority=row.priority, weight=row.weight,
+            enabled=row.enabled, created=row.created, health=self.book.health_of(row.id), settings=settings,
+        )
+
+    async def CreateChannel(self, request: inference_pb2.Channel,
+                            context: grpc.aio.ServicerContext) -> inference_pb2.Channel:
+        values = _channel_values(request, list(_CHANNEL_FIELDS))
+        if not request.HasField("settings"):
+            values.pop("settings")
+        return self._channel(await self.book.create(values))
+
+    async def ListChannels(self, request: inference_pb2.ListChannelsRequest,
+                           context: grpc.aio.ServicerContext) -> inference_pb2.ChannelList:
+        return inference_pb2.ChannelList(channels=[self._channel(r) for r in await self.book.rows()])
+
+    async def UpdateChannel(self, request: inference_pb2.UpdateChannelRequest,
+                            context: grpc.aio.ServicerContext) -> inference_pb2.Channel:
+        fields = [f for f in request.fields if f in _CHANNEL_FIELDS]
+        return self._channel(await self.book.update(request.id, _channel_values(request.channel, fields)))
+
+    async def DeleteChannel(self, request: inference_pb2.DeleteChannelRequest,
+                            context: grpc.aio.ServicerContext) -> inference_pb2.DeleteChannelReply:
+        await self.book.delete(request.id)
+        return inference_pb2.DeleteChannelReply()

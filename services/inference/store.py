@@ -1,0 +1,101 @@
+"""All of inference's SQL: the channels table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    id: int
+    name: str
+    type: str
+    base_url: str
+    api_key_enc: bytes
+    key_hint: str
+    models: list[str]
+    model_map: dict[str, str]
+    priority: int
+    weight: int
+    enabled: bool
+    settings: dict[str, Any]
+    created: int
+    updated: float
+
+
+_COLUMNS = """id, name, type, base_url, api_key_enc, key_hint, models, model_map, priority, weight, enabled,
+    settings, extract(epoch FROM created_at)::bigint, extract(epoch FROM updated_at)::float8"""
+
+# Columns an update may set, and how each is passed to SQL.
+UPDATABLE = ("name", "type", "base_url", "api_key_enc", "key_hint", "models", "model_map", "priority", "weight",
+             "enabled", "settings")
+
+
+def _param(column: str, value: Any) -> Any:
+    return Jsonb(value) if column in ("model_map", "settings") else value
+
+
+async def list_channels(conn: AsyncConnection) -> list[ChannelRow]:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM channels ORDER BY id")
+    return [ChannelRow(*row) for row in await cur.fetchall()]
+
+
+async def get_channel(conn: AsyncConnection, channel_id: int) -> ChannelRow | None:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM channels WHERE id = %s", (channel_id,))
+    row = await cur.fetchone()
+    return ChannelRow(*row) if row else None
+
+
+async def insert_channel(conn: AsyncConnection, values: dict[str, Any]) -> ChannelRow:
+    cur = await conn.execute(
+        f"""
+        INSERT INTO channels (name, type, base_url, api_key_enc, key_hint, models, model_map, priority, weight,
+                              enabled, settings)
+        VALUES (%(name)s, %(type)s, %(base_url)s, %(api_key_enc)s, %(key_hint)s, %(models)s, %(model_map)s,
+                %(priority)s, %(weight)s, %(enabled)s, %(settings)s)
+        RETURNING {_COLUMNS}
+        """,
+        {k: _param(k, v) for k, v in values.items()},
+    )
+    return ChannelRow(*await cur.fetchone())
+
+
+async def update_channel(conn: AsyncConnection, channel_id: int, values: dict[str, Any]) -> ChannelRow | None:
+    # Every column is always written: the ones not being changed keep their value
+    # through COALESCE on a NULL parameter, so the statement text never varies.
+    params = {k: _param(k, values[k]) if k in values else None for k in UPDATABLE}
+    params["id"] = channel_id
+    cur = await conn.execute(
+        f"""
+        UPDATE channels SET
+            name = COALESCE(%(name)s, name), type = COALESCE(%(type)s, type),
+            base_url = COALESCE(%(base_url)s, base_url), api_key_enc = COALESCE(%(api_key_enc)s, api_key_enc),
+            key_hint = COALESCE(%(key_hint)s, key_hint), models = COALESCE(%(models)s, models),
+            model_map = COALESCE(%(model_map)s, model_map), priority = COALESCE(%(priority)s, priority),
+            weight = COALESCE(%(weight)s, weight), enabled = COALESCE(%(enabled)s, enabled),
+            settings = COALESCE(%(settings)s, settings), updated_at = now()
+        WHERE id = %(id)s
+        RETURNING {_COLUMNS}
+        """,
+        params,
+    )
+    row = await cur.fetchone()
+    return ChannelRow(*row) if row else None
+
+
+async def delete_channel(conn: AsyncConnection, channel_id: int) -> bool:
+    cur = await conn.execute("DELETE FROM channels WHERE id = %s RETURNING id", (channel_id,))
+    return await cur.fetchone() is not None
+
+
+async def channels_fingerprint(conn: AsyncConnection) -> tuple[int, float]:
+    """Changes whenever a channel is added, changed or removed: a cheap poll."""
+    cur = await conn.execute(
+        "SELECT count(*), coalesce(max(extract(epoch FROM updated_at)), 0)::float8 + coalesce(sum(id), 0)"
+        " FROM channels"
+    )
+    row = await cur.fetchone()
+    return int(row[0]), float(row[1])

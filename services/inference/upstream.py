@@ -1,0 +1,202 @@
+"""HTTP to OpenAI-compatible upstreams: pooled connections, timeouts, failures classified."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from enum import Enum
+from typing import Any
+
+import aiohttp
+
+from services.common.logs import redact
+from services.inference.channels import Channel
+
+MAX_ERROR_BODY = 64 * 1024
+MAX_REPLY_BODY = 256 * 1024 * 1024
+MAX_EVENT = 16 * 1024 * 1024
+
+
+class Failure(Enum):
+    CONNECT = "connect"            # refused, reset, DNS: nothing was processed
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER = "server"              # 5xx, malformed reply, a 200 carrying an error
+    AUTH = "auth"                  # 401/403: the channel's key is bad
+    REJECTED = "rejected"          # the upstream's own validation: the client's fault
+
+    @property
+    def retryable(self) -> bool:
+        return self is not Failure.REJECTED
+
+
+class UpstreamError(Exception):
+    def __init__(self, kind: Failure, message: str, *, status: int = 0, error: dict[str, Any] | None = None,
+                 retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.error = error or {}
+        self.retry_after_s = retry_after_s
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body up to `cap` bytes (the rest is not read)."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < cap:
+        piece = await resp.content.readany()
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)[:cap]
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        return max(0.0, float(headers.get("retry-after", "0")))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def scrub(text: str, channel: Channel) -> str:
+    """An upstream's words, fit for our client: no keys, no upstream address."""
+    key = channel.api_key.reveal()
+    if key:
+        text = text.replace(key, "****")
+    return redact(text.replace(channel.base_url, "upstream"))
+
+
+def classify(status: int, body: bytes, headers: Any, channel: Channel) -> UpstreamError:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        error = {"message": error if isinstance(error, str) else body[:500].decode("utf-8", "replace")}
+    message = scrub(str(error.get("message") or f"upstream answered {status}"), channel)
+    error = {k: (scrub(v, channel) if isinstance(v, str) else v) for k, v in error.items()}
+    error["message"] = message
+    if status == 429:
+        return UpstreamError(Failure.RATE_LIMITED, message, status=status, error=error,
+                             retry_after_s=_retry_after(headers))
+    if status in (401, 403):
+        return UpstreamError(Failure.AUTH, message, status=status, error=error)
+    if status >= 500 or status < 400 or status in (408, 409):
+        return UpstreamError(Failure.SERVER, message, status=status, error=error)
+    return UpstreamError(Failure.REJECTED, message, status=status, error=error)
+
+
+class Upstream:
+    """One pooled HTTP client for every channel of this process."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    def _timeout(self, channel: Channel) -> aiohttp.ClientTimeout:
+        t = channel.timeout_s or self.timeout_s
+        return aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, t), sock_read=t)
+
+    async def post(self, channel: Channel, path: str, body: bytes, *, stream: bool) -> aiohttp.ClientResponse:
+        """POST and return the response once it answered 200; any other outcome raises UpstreamError."""
+        assert self._session is not None
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+        key = channel.api_key.reveal()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = await self._session.post(channel.base_url + path, data=body, headers=headers,
+                                            timeout=self._timeout(channel), allow_redirects=False)
+        except asyncio.TimeoutError:
+            raise UpstreamError(Failure.TIMEOUT, "upstream did not answer in time") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(Failure.CONNECT, f"upstream unreachable: {type(exc).__name__}") from None
+        if resp.status != 200:
+            try:
+                payload = await _read_capped(resp, MAX_ERROR_BODY)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                payload = b""
+            finally:
+                resp.release()
+            raise classify(resp.status, payload, resp.headers, channel)
+        return resp
+
+    async def read_json(self, resp: aiohttp.ClientResponse, channel: Channel) -> dict[str, Any]:
+        """The whole JSON reply; a malformed one, or a 200 carrying an error, is a server failure."""
+        try:
+            raw = await _read_capped(resp, MAX_REPLY_BODY)
+        except asyncio.TimeoutError:
+            resp.close()
+            raise UpstreamError(Failure.TIMEOUT, "upstream stopped answering") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            resp.close()
+            raise UpstreamError(Failure.SERVER, f"upstream reply broke off: {type(exc).__name__}") from None
+        except BaseException:
+            resp.close()  # cancelled: drop the connection so the upstream stops work
+            raise
+        resp.release()
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise UpstreamError(Failure.SERVER, "upstream sent a malformed reply") from None
+        if not isinstance(obj, dict):
+            raise UpstreamError(Failure.SERVER, "upstream sent a malformed reply")
+        if "error" in obj and obj.get("error") and "choices" not in obj and "data" not in obj:
+            raise classify(500, raw, {}, channel)
+        return obj
+
+    async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The `data:` payloads of a server-sent event stream, up to [DONE] or the end."""
+        buffer = b""
+        data: list[bytes] = []
+        finished = False
+        try:
+            while True:
+                try:
+                    piece = await resp.content.readany()
+                except asyncio.TimeoutError:
+                    raise UpstreamError(Failure.TIMEOUT, "upstream stream stalled") from None
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise UpstreamError(Failure.SERVER, f"upstream stream broke off: {type(exc).__name__}") from None
+                if not piece:
+                    break
+                buffer += piece
+                if len(buffer) > MAX_EVENT:
+                    raise UpstreamError(Failure.SERVER, "upstream sent an oversized event")
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    line = line.rstrip(b"\r")
+                    if not line:
+                        if data:
+                            payload = b"\n".join(data)
+                            data = []
+                            if payload.strip() == b"[DONE]":
+                                finished = True
+                                return
+                            yield payload
+                    elif line.startswith(b"data:"):
+                        data.append(line[5:].lstrip(b" "))
+                    # comments (":"), event:, id:, retry: carry nothing for OpenAI streams
+            finished = True
+            tail = b"\n".join(data) if data else buffer.removeprefix(b"data:").strip()
+            if tail and tail != b"[DONE]":
+                yield tail
+        finally:
+            # A stream left early (client gone, stalled) drops its connection, which is
+            # what tells the upstream to stop generating.
+            if finished:
+                resp.release()
+            else:
+                resp.close()

@@ -1,0 +1,1 @@
+"""Developer tooling: the launcher behind `make run`, shared with the tests and the benchmark."""
