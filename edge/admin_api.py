@@ -91,7 +91,7 @@ def _timestamp(value: Any, name: str) -> int:
         except ValueError:
             raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name) from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.timezone.utc)
+            moment = moment.replace(tzinfo=dt.UTC)
         return int(moment.timestamp())
     raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name)
 

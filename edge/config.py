@@ -4,7 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import (
-    DEFAULT_AUTH_ADDR, DEFAULT_BILLING_ADDR, DEFAULT_INFERENCE_ADDR, env_float, env_int, env_optional, env_str,
+    DEFAULT_AUTH_ADDR,
+    DEFAULT_BILLING_ADDR,
+    DEFAULT_INFERENCE_ADDR,
+    env_float,
+    env_int,
+    env_optional,
+    env_str,
 )
 
 

@@ -23,7 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
     stubs = request.app[PEERS].health
     names = list(stubs)
     results = await asyncio.gather(*(_status(stubs[n]) for n in names))
-    services = dict(zip(names, results))
+    services = dict(zip(names, results, strict=True))
     ok = all(s == "serving" for s in results)
     return json_response({"status": "ok" if ok else "unavailable", "services": services}, status=200 if ok else 503)
 

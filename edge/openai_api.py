@@ -98,7 +98,7 @@ async def _spend(request: web.Request, since: dt.datetime, until: dt.datetime | 
 
 
 async def billing_subscription(request: web.Request) -> web.Response:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     spend = await _spend(request, _month_start(now), None)
     limit = round((spend.balance + spend.spent) / 1_000_000, 6)
     return json_response({
@@ -119,13 +119,13 @@ def _date(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
     if not raw:
         return default
     try:
-        return dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     except ValueError:
         raise invalid(f"Invalid '{name}': expected a date as YYYY-MM-DD.", name) from None
 
 
 async def billing_usage(request: web.Request) -> web.Response:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start = _date(request, "start_date", _month_start(now))
     end = _date(request, "end_date", now + dt.timedelta(days=1))
     spend = await _spend(request, start, end)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge import admin_api as admin
-from edge import health, openai_api as v1
+from edge import health
+from edge import openai_api as v1
 
 
 def setup(app: web.Application) -> None:

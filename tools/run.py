@@ -104,7 +104,8 @@ def main() -> int:
         serving = _channels(stack, int(os.environ.get("CHATKORE_DEMO_PORT", "8090")))
         demo_key = _demo_key(stack, data / "demo_key.json")
         if "demo-upstream" in stack.procs:
-            wait_until(lambda: _key_works(stack, demo_key), 30, "the demo upstream")
+            demo_models = f"http://127.0.0.1:{os.environ.get('CHATKORE_DEMO_PORT', '8090')}/v1/models"
+            wait_until(lambda: urllib.request.urlopen(demo_models, timeout=2).status == 200, 30, "the demo upstream")
         base = f"{stack.url}/v1"
         print(f"""
 chatkore is running.

@@ -14,7 +14,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.billing import store
 from services.billing.errors import (
-    Conflict, HoldClosed, InsufficientQuota, InvalidRequest, ModelNotPriced, NotFound,
+    Conflict,
+    HoldClosed,
+    InsufficientQuota,
+    InvalidRequest,
+    ModelNotPriced,
+    NotFound,
 )
 from services.billing.prices import PriceBook
 from services.billing.pricing import Price, completion_budget, plan_hold

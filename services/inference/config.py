@@ -4,7 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import (
-    DEFAULT_BILLING_ADDR, DEFAULT_INFERENCE_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address,
+    DEFAULT_BILLING_ADDR,
+    DEFAULT_INFERENCE_ADDR,
+    Secret,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+    listen_address,
 )
 
 

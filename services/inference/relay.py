@@ -12,11 +12,23 @@ from services.common.errors import ServiceError
 from services.inference.billing_peer import BillingPeer, Hold, Settle
 from services.inference.channels import Channel, ChannelBook
 from services.inference.errors import (
-    InvalidRequest, ModelNotFound, NoAvailableChannel, UpstreamFailed, UpstreamRateLimited, UpstreamRejected,
+    InvalidRequest,
+    ModelNotFound,
+    NoAvailableChannel,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
     UpstreamTimedOut,
 )
-from services.inference.payloads import Endpoint, StreamTally, completion_texts, count_prompt, rewrite_reply, \
-    upstream_body, usage_of
+from services.inference.payloads import (
+    Endpoint,
+    StreamTally,
+    completion_texts,
+    count_prompt,
+    rewrite_reply,
+    upstream_body,
+    usage_of,
+)
 from services.inference.tokens import count_choices_text
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
@@ -130,7 +142,7 @@ class Relay:
             obj, channel = await self._first_answer(call, body, candidates, hold)
         except BaseException as exc:
             # Nothing was delivered: the hold is released in full.
-            self.billing.settle_later(Settle(call.request_id, 0, 0, _status_of(exc), "", 0))
+            await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0))
             raise
         reported = usage_of(obj)
         if reported is not None:
@@ -212,7 +224,15 @@ class Relay:
                     prompt, completion, source = self._stream_usage(tally, prompt_tokens)
                 else:
                     prompt, completion, source = 0, 0, ""
-                self.billing.settle_later(Settle(call.request_id, prompt, completion, status, source, channel_id))
+                await self._close(Settle(call.request_id, prompt, completion, status, source, channel_id))
+
+    async def _close(self, settle: Settle) -> None:
+        """Settle a call that did not complete: now, so the client's next look at its balance
+        is right; in the background when the caller is being cancelled."""
+        if settle.status == "client_gone":
+            self.billing.settle_later(settle)
+        else:
+            await self.billing.settle(settle)
 
     def _stream_usage(self, tally: StreamTally, prompt_tokens: int) -> tuple[int, int, str]:
         if tally.usage is not None and tally.usage[0] > 0:

@@ -1,7 +1,6 @@
 """HTTP to OpenAI-compatible upstreams: pooled connections, timeouts, failures classified."""
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from enum import Enum
@@ -119,14 +118,14 @@ class Upstream:
         try:
             resp = await self._session.post(channel.base_url + path, data=body, headers=headers,
                                             timeout=self._timeout(channel), allow_redirects=False)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError(Failure.TIMEOUT, "upstream did not answer in time") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(Failure.CONNECT, f"upstream unreachable: {type(exc).__name__}") from None
         if resp.status != 200:
             try:
                 payload = await _read_capped(resp, MAX_ERROR_BODY)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 payload = b""
             finally:
                 resp.release()
@@ -137,7 +136,7 @@ class Upstream:
         """The whole JSON reply; a malformed one, or a 200 carrying an error, is a server failure."""
         try:
             raw = await _read_capped(resp, MAX_REPLY_BODY)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             resp.close()
             raise UpstreamError(Failure.TIMEOUT, "upstream stopped answering") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -166,7 +165,7 @@ class Upstream:
             while True:
                 try:
                     piece = await resp.content.readany()
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise UpstreamError(Failure.TIMEOUT, "upstream stream stalled") from None
                 except (aiohttp.ClientError, OSError) as exc:
                     raise UpstreamError(Failure.SERVER, f"upstream stream broke off: {type(exc).__name__}") from None

@@ -1,0 +1,256 @@
+"""A scripted OpenAI-compatible upstream over real HTTP, for tests.
+
+Each test talks to its own path prefix (`tag`), so scripts never cross:
+`base_url(tag)` is what a channel points at. A tag answers like the demo
+upstream unless scripted; `script(tag, b1, b2, ...)` queues behaviours that
+the next requests consume in order, `always(tag, b)` sets the default.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from services.demo import replies
+
+STATE = web.RequestKey("state", "TagState")
+Behavior = Callable[[web.Request, dict[str, Any], str], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class TagState:
+    queue: deque[Behavior] = field(default_factory=deque)
+    default: Behavior | None = None
+    received: list[Received] = field(default_factory=list)
+    disconnects: int = 0   # streams whose client (chatkore) went away mid-way
+    in_flight: int = 0
+
+
+def _answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    if path.endswith("chat/completions"):
+        return replies.chat(body)
+    if path.endswith("completions"):
+        return replies.completion(body)
+    return replies.embeddings(body)
+
+
+def _chunks(path: str, body: dict[str, Any], pieces: int) -> list[dict[str, Any]]:
+    if path.endswith("chat/completions"):
+        return list(replies.chat_stream(body, pieces))
+    return list(replies.completion_stream(body, pieces))
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+# --- behaviours ------------------------------------------------------------------------
+
+
+def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, delay_s: float = 0.0,
+       usage_override: dict[str, int] | None = None) -> Behavior:
+    """A normal answer (streamed when asked), optionally without usage or with set content."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        state: TagState = request[STATE]
+        if body.get("stream"):
+            chunks = _chunks(path, body, pieces)
+            if content is not None:
+                chunks = _with_content(chunks, content)
+            if not usage:
+                chunks = [c for c in chunks if c.get("choices")]
+            elif usage_override:
+                chunks = [{**c, "usage": usage_override} if not c.get("choices") else c for c in chunks]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            try:
+                for chunk in chunks:
+                    if delay_s:
+                        await asyncio.sleep(delay_s)
+                    await response.write(_sse(chunk))
+                await response.write(b"data: [DONE]\n\n")
+            except (ConnectionResetError, asyncio.CancelledError):
+                state.disconnects += 1
+                raise
+            return response
+        reply = _answer(path, body)
+        if content is not None and "choices" in reply:
+            for choice in reply["choices"]:
+                if "message" in choice:
+                    choice["message"] = {"role": "assistant", "content": content}
+                else:
+                    choice["text"] = content
+        if not usage:
+            reply.pop("usage", None)
+        elif usage_override:
+            reply["usage"] = usage_override
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        return web.json_response(reply)
+
+    return behave
+
+
+def _with_content(chunks: list[dict[str, Any]], content: str) -> list[dict[str, Any]]:
+    out = []
+    done_text = False
+    for c in chunks:
+        choices = c.get("choices") or []
+        if choices and "delta" in choices[0] and choices[0]["delta"].get("content"):
+            if done_text:
+                continue
+            done_text = True
+            c = {**c, "choices": [{**choices[0], "delta": {"content": content}}]}
+        out.append(c)
+    return out
+
+
+def fail(status: int, message: str = "scripted failure", *, error_type: str = "server_error",
+         code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None) -> Behavior:
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        return web.json_response({"error": {"message": message, "type": error_type, "param": param, "code": code}},
+                                 status=status, headers=headers)
+
+    return behave
+
+
+def hang(seconds: float = 3600.0) -> Behavior:
+    """Accept the request and say nothing for `seconds`."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return await ok()(request, body, path)
+
+    return behave
+
+
+def reset() -> Behavior:
+    """Drop the connection without a word."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+
+    return behave
+
+
+def raw(status: int, payload: bytes, content_type: str = "application/json") -> Behavior:
+    """Any bytes at all: malformed JSON, a 200 carrying an error, ..."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        return web.Response(status=status, body=payload, content_type=content_type)
+
+    return behave
+
+
+def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 20) -> Behavior:
+    """Stream `after` chunks, then: 'cut' (drop the connection), 'hang', 'garbage', 'error', 'end' (no [DONE])."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        state: TagState = request[STATE]
+        chunks = [c for c in _chunks(path, body, pieces) if c.get("choices")]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for chunk in chunks[:after]:
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                await response.write(_sse(chunk))
+            if action == "cut":
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError
+            if action == "hang":
+                while True:
+                    await asyncio.sleep(0.05)
+                    await response.write(b": keep-alive\n\n")
+            if action == "garbage":
+                await response.write(b"data: {not json\n\n")
+            if action == "error":
+                await response.write(_sse({"error": {"message": "scripted mid-stream error", "type": "server_error"}}))
+            if action == "endless":
+                while True:
+                    await asyncio.sleep(delay_s or 0.01)
+                    await response.write(_sse(chunks[1]))
+        except (ConnectionResetError, asyncio.CancelledError):
+            state.disconnects += 1
+            raise
+        return response
+
+    return behave
+
+
+class MockUpstream:
+    def __init__(self) -> None:
+        self.tags: dict[str, TagState] = defaultdict(TagState)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="mock-upstream")
+
+    def base_url(self, tag: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{tag}/v1"
+
+    def script(self, tag: str, *behaviors: Behavior) -> None:
+        self.tags[tag].queue.extend(behaviors)
+
+    def always(self, tag: str, behavior: Behavior) -> None:
+        self.tags[tag].default = behavior
+
+    def received(self, tag: str) -> list[Received]:
+        return list(self.tags[tag].received)
+
+    def state(self, tag: str) -> TagState:
+        return self.tags[tag]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        tag = request.match_info["tag"]
+        path = request.match_info["path"]
+        state = self.tags[tag]
+        request[STATE] = state
+        if request.method == "GET":
+            return web.json_response(replies.models(["mock"]))
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        state.received.append(Received(path, body, dict(request.headers)))
+        behavior = state.queue.popleft() if state.queue else (state.default or ok())
+        state.in_flight += 1
+        try:
+            return await behavior(request, body, path)
+        finally:
+            state.in_flight -= 1
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tag}/v1/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start(self) -> MockUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)

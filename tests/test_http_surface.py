@@ -1,0 +1,52 @@
+"""What every client meets first: paths, headers, health, the chatgpt-web endpoints."""
+from __future__ import annotations
+
+import datetime as dt
+
+import requests
+
+from tests.world import World
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_repeated_slashes_and_double_v1(world: World) -> None:
+    t = world.tenant()
+    headers = {"Authorization": f"Bearer {t.key}"}
+    resp = requests.post(world.url + "//v1/chat/completions", json={"model": "gpt-3.5-turbo", "messages": MSG},
+                         headers=headers, timeout=30)
+    assert resp.status_code == 200 and resp.json()["object"] == "chat.completion"
+    for path in ("/v1/v1/dashboard/billing/subscription", "/v1/dashboard/billing/subscription"):
+        resp = requests.get(world.url + path, headers=headers, timeout=30)
+        assert resp.status_code == 200 and resp.json()["object"] == "billing_subscription"
+
+
+def test_every_response_has_a_request_id(world: World) -> None:
+    seen = set()
+    for method, path in (("GET", "/healthz"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                         ("GET", "/nope")):
+        resp = requests.request(method, world.url + path, timeout=30)
+        seen.add(resp.headers["x-request-id"])
+    assert len(seen) == 4
+
+
+def test_healthz(world: World) -> None:
+    resp = requests.get(world.url + "/healthz", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json()["services"] == {"auth": "serving", "billing": "serving", "inference": "serving"}
+
+
+def test_chatgpt_web_balance(world: World) -> None:
+    t = world.tenant(credits=100)
+    t.client.chat.completions.create(model="gpt-4", messages=MSG, max_tokens=10)
+    balance = float(world.balance(t.user_id))
+    headers = {"Authorization": f"Bearer {t.key}"}
+    sub = requests.get(world.url + "/v1/dashboard/billing/subscription", headers=headers, timeout=10).json()
+    today = dt.datetime.now(dt.UTC).date()
+    start = today.replace(day=1).isoformat()
+    end = (today + dt.timedelta(days=1)).isoformat()
+    usage = requests.get(world.url + f"/v1/v1/dashboard/billing/usage?start_date={start}&end_date={end}",
+                         headers=headers, timeout=10).json()
+    # chatgpt-web shows hard_limit_usd - total_usage / 100: that must be the balance.
+    assert abs(sub["hard_limit_usd"] - usage["total_usage"] / 100 - balance) < 1e-6
+    assert usage["total_usage"] > 0

@@ -1,0 +1,59 @@
+"""Token counts equal OpenAI's tiktoken, offline."""
+from __future__ import annotations
+
+import pytest
+
+from services.inference import tokens
+
+COOKBOOK_MESSAGES = [
+    {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon "
+                                  "into plain English."},
+    {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+    {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch "
+                                                          "base on opportunities for increased leverage."},
+    {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to "
+                                                               "do better."},
+    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client "
+                                "deliverable."},
+]
+
+
+@pytest.mark.parametrize("model, expected", [
+    # OpenAI cookbook "How to count tokens with tiktoken": the API's prompt_tokens for these messages.
+    ("gpt-3.5-turbo", 129), ("gpt-4", 129), ("gpt-4o", 124), ("gpt-4o-mini", 124),
+])
+def test_cookbook_chat_counts(model, expected) -> None:
+    assert tokens.count_chat_prompt({"messages": COOKBOOK_MESSAGES}, model) == expected
+
+
+@pytest.mark.parametrize("name, text, ids", [
+    ("cl100k_base", "tiktoken is great!", [83, 1609, 5963, 374, 2294, 0]),
+    ("o200k_base", "hello world", [24912, 2375]),
+    ("cl100k_base", "hello world", [15339, 1917]),
+])
+def test_known_encodings(name, text, ids) -> None:
+    assert tokens.encoding(name).encode(text) == ids
+
+
+def test_encoding_for_models() -> None:
+    assert tokens.encoding_name_for("gpt-4o-2024-08-06") == "o200k_base"
+    assert tokens.encoding_name_for("gpt-3.5-turbo-16k") == "cl100k_base"
+    assert tokens.encoding_name_for("text-embedding-ada-002") == "cl100k_base"
+
+
+def test_seed_example_prompt() -> None:
+    # The seed's example answer reports prompt_tokens 13 for this request.
+    assert tokens.count_chat_prompt({"messages": [{"role": "user", "content": "Say this is a test!"}]},
+                                    "gpt-3.5-turbo") == 13
+
+
+def test_special_token_text_is_plain_text() -> None:
+    enc = tokens.encoding("cl100k_base")
+    assert tokens.count_text("<|endoftext|>", enc) == len(enc.encode("<|endoftext|>", disallowed_special=()))
+
+
+@pytest.mark.parametrize("value, expected", [("hello world", 2), (["hello", "world"], 2), ([1, 2, 3], 3),
+                                             ([[1, 2], [3]], 3)])
+def test_count_input_forms(value, expected) -> None:
+    assert tokens.count_input(value, tokens.encoding("cl100k_base")) == expected

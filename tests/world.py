@@ -1,0 +1,108 @@
+"""The running stack as a test sees it, with helpers that set things up through the admin API."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import openai
+import requests
+
+from tests.mock_upstream import MockUpstream
+from tools.stack import Stack
+
+
+@dataclass
+class Tenant:
+    user_id: int
+    key: str
+    key_id: int
+    client: openai.OpenAI
+
+
+class World:
+    def __init__(self, stack: Stack, mock: MockUpstream) -> None:
+        self.stack = stack
+        self.mock = mock
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {stack.admin_key}"
+
+    @property
+    def url(self) -> str:
+        return self.stack.url
+
+    def admin(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
+        resp = self.http.request(method, self.url + path, json=body, timeout=30)
+        if expect is not None:
+            assert resp.status_code == expect, f"{method} {path}: {resp.status_code} {resp.text}"
+        elif resp.status_code >= 300:
+            raise AssertionError(f"{method} {path}: {resp.status_code} {resp.text}")
+        return resp.json() if resp.content else None
+
+    # --- users and keys -----------------------------------------------------------
+
+    def user(self, credits: float | None = 100) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": f"user-{secrets.token_hex(3)}"}
+        if credits is not None:
+            body["credits"] = credits
+        return self.admin("POST", "/admin/v1/users", body, expect=201)
+
+    def key(self, user_id: int, **settings: Any) -> dict[str, Any]:
+        return self.admin("POST", f"/admin/v1/users/{user_id}/keys", settings, expect=201)
+
+    def client(self, key: str, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(**{"base_url": self.url + "/v1", "api_key": key, "max_retries": 0, "timeout": 60,
+                                **kwargs})
+
+    def async_client(self, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(**{"base_url": self.url + "/v1", "api_key": key, "max_retries": 0, "timeout": 60,
+                                     **kwargs})
+
+    def tenant(self, credits: float | None = 100, **key_settings: Any) -> Tenant:
+        user = self.user(credits)
+        key = self.key(user["id"], **key_settings)
+        return Tenant(user["id"], key["key"], key["id"], self.client(key["key"]))
+
+    def balance(self, user_id: int) -> Decimal:
+        user = self.admin("GET", f"/admin/v1/users/{user_id}")
+        return Decimal(str(user["balance"]))
+
+    def held(self, user_id: int) -> Decimal:
+        return Decimal(str(self.admin("GET", f"/admin/v1/users/{user_id}")["held"]))
+
+    def usage(self, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
+        return self.admin("GET", f"/admin/v1/usage?user_id={user_id}&limit={limit}")["data"]
+
+    def verify(self) -> dict[str, Any]:
+        return self.admin("GET", "/admin/v1/ledger/verify")
+
+    # --- models and channels ---------------------------------------------------------
+
+    def price(self, model: str, prompt: float, completion: float, min_charge: float | None = None) -> None:
+        body: dict[str, Any] = {"prompt": prompt, "completion": completion}
+        if min_charge is not None:
+            body["min_charge"] = min_charge
+        self.admin("PUT", f"/admin/v1/prices/{model}", body)
+
+    def channel(self, models: list[str], tag: str | None = None, **settings: Any) -> tuple[int, str]:
+        """A channel on the mock upstream; returns (channel id, mock tag)."""
+        tag = tag or f"t{secrets.token_hex(4)}"
+        body = {"name": f"ch-{tag}", "base_url": self.mock.base_url(tag), "api_key": f"sk-upstream-{tag}-secret",
+                "models": models, **settings}
+        channel = self.admin("POST", "/admin/v1/channels", body, expect=201)
+        return channel["id"], tag
+
+    def model(self, prompt: float = 1.5, completion: float = 2.0, min_charge: float | None = None,
+              prefix: str = "m") -> str:
+        """A fresh model name with a price and no channel yet."""
+        name = f"{prefix}-{secrets.token_hex(4)}"
+        self.price(name, prompt, completion, min_charge)
+        return name
+
+    def served_model(self, prompt: float = 1.5, completion: float = 2.0, min_charge: float | None = None,
+                     prefix: str = "m", **channel_settings: Any) -> tuple[str, str]:
+        """A fresh priced model served by one mock channel; returns (model, mock tag)."""
+        name = self.model(prompt, completion, min_charge, prefix)
+        _, tag = self.channel([name], **channel_settings)
+        return name, tag
