@@ -37,6 +37,15 @@ class TagState:
     received: list[Received] = field(default_factory=list)
     disconnects: int = 0   # streams whose client (chatkore) went away mid-way
     in_flight: int = 0
+    written: list[str] = field(default_factory=list)  # text of every streamed chunk that went out
+
+
+def _text_of(chunk: dict[str, Any]) -> str:
+    parts = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        parts.append(delta.get("content") or choice.get("text") or "")
+    return "".join(parts)
 
 
 def _answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -61,19 +70,21 @@ def _sse(obj: Any) -> bytes:
 
 
 def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, delay_s: float = 0.0,
-       usage_override: dict[str, int] | None = None) -> Behavior:
-    """A normal answer (streamed when asked), optionally without usage or with set content."""
+       usage_override: dict[str, int] | Callable[[dict[str, Any]], dict[str, int]] | None = None) -> Behavior:
+    """A normal answer (streamed when asked), optionally without usage, with set content, or
+    with the usage it reports set (a dict, or a function of the request body)."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         state: TagState = request[STATE]
+        reported = usage_override(body) if callable(usage_override) else usage_override
         if body.get("stream"):
             chunks = _chunks(path, body, pieces)
             if content is not None:
                 chunks = _with_content(chunks, content)
             if not usage:
                 chunks = [c for c in chunks if c.get("choices")]
-            elif usage_override:
-                chunks = [{**c, "usage": usage_override} if not c.get("choices") else c for c in chunks]
+            elif reported:
+                chunks = [{**c, "usage": reported} if not c.get("choices") else c for c in chunks]
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             try:
@@ -81,6 +92,7 @@ def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, dela
                     if delay_s:
                         await asyncio.sleep(delay_s)
                     await response.write(_sse(chunk))
+                    state.written.append(_text_of(chunk))
                 await response.write(b"data: [DONE]\n\n")
             except (ConnectionResetError, asyncio.CancelledError):
                 state.disconnects += 1
@@ -95,8 +107,8 @@ def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, dela
                     choice["text"] = content
         if not usage:
             reply.pop("usage", None)
-        elif usage_override:
-            reply["usage"] = usage_override
+        elif reported:
+            reply["usage"] = reported
         if delay_s:
             await asyncio.sleep(delay_s)
         return web.json_response(reply)
@@ -170,6 +182,7 @@ def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 
                 if delay_s:
                     await asyncio.sleep(delay_s)
                 await response.write(_sse(chunk))
+                state.written.append(_text_of(chunk))
             if action == "cut":
                 assert request.transport is not None
                 request.transport.abort()

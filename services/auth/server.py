@@ -17,6 +17,7 @@ async def serve(cfg: AuthConfig) -> None:
             listen=cfg.listen,
             register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(keys), server),
             ready=lambda: db.ping(pool),
+            pool=pool,
             grace_s=cfg.grace_s,
         )
     finally:

@@ -23,6 +23,7 @@ async def serve(cfg: BillingConfig) -> None:
             listen=cfg.listen,
             register=lambda server: billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(books), server),
             ready=lambda: db.ping(pool),
+            pool=pool,
             grace_s=cfg.grace_s,
         )
     finally:

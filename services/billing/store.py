@@ -164,33 +164,23 @@ _HOLD_INSERT = """
 """
 
 _RESERVE = """
-    WITH acct AS (
-        SELECT id, LEAST(%(desired)s::bigint, balance) AS amount
-        FROM users WHERE id = %(uid)s AND NOT disabled AND balance >= %(minimum)s
-        FOR UPDATE
-    ), debit AS (
-        UPDATE users u SET balance = u.balance - acct.amount, held = u.held + acct.amount
-        FROM acct WHERE u.id = acct.id
-        RETURNING acct.amount
+    WITH debit AS (
+        -- Every expression reads the row version being updated (the latest, locked):
+        -- the amount can never be computed from an older balance than it is taken from.
+        UPDATE users SET
+            balance = balance - LEAST(%(desired)s::bigint, balance),
+            held = held + LEAST(%(desired)s::bigint, balance),
+            last_hold = LEAST(%(desired)s::bigint, balance)
+        WHERE id = %(uid)s AND NOT disabled AND balance >= %(minimum)s
+        RETURNING last_hold AS amount
     ),
 """ + _HOLD_INSERT
 
-# The user's row is locked before the key's (the join needs `acct` first), the same
-# order settlement takes them in, so the two can never deadlock.
-_RESERVE_LIMITED = """
-    WITH acct AS (
-        SELECT id, balance FROM users WHERE id = %(uid)s AND NOT disabled FOR UPDATE
-    ), ks AS (
-        SELECT k.key_id, %(limit)s::bigint - k.spent - k.held AS room
-        FROM key_spend k, acct WHERE k.key_id = %(kid)s
-        FOR UPDATE OF k
-    ), pick AS (
-        SELECT acct.id, LEAST(%(desired)s::bigint, acct.balance, ks.room) AS amount
-        FROM acct, ks WHERE acct.balance >= %(minimum)s AND ks.room >= %(minimum)s
-    ), debit AS (
-        UPDATE users u SET balance = u.balance - pick.amount, held = u.held + pick.amount
-        FROM pick WHERE u.id = pick.id
-        RETURNING pick.amount
+_RESERVE_FIXED = """
+    WITH debit AS (
+        UPDATE users SET balance = balance - %(amount)s, held = held + %(amount)s, last_hold = %(amount)s
+        WHERE id = %(uid)s AND balance >= %(amount)s
+        RETURNING last_hold AS amount
     ), kdebit AS (
         UPDATE key_spend k SET held = k.held + debit.amount FROM debit WHERE k.key_id = %(kid)s
     ),
@@ -202,16 +192,30 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
                   ttl_s: int) -> int | None:
     """Hold up to `desired` (at least `minimum`); the amount held, or None if it cannot."""
     params = {
-        "rid": request_id, "uid": user_id, "kid": key_id, "limit": credit_limit, "model": price.model,
-        "channel": channel_id, "pp": price.prompt, "cp": price.completion, "mc": price.min_charge,
-        "pt": prompt_tokens, "desired": desired, "minimum": minimum, "ttl": ttl_s,
+        "rid": request_id, "uid": user_id, "kid": key_id, "model": price.model, "channel": channel_id,
+        "pp": price.prompt, "cp": price.completion, "mc": price.min_charge, "pt": prompt_tokens,
+        "desired": desired, "minimum": minimum, "ttl": ttl_s,
     }
-    if credit_limit > 0:
-        await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
-        cur = await conn.execute(_RESERVE_LIMITED, params)
-    else:
+    if credit_limit <= 0:
         cur = await conn.execute(_RESERVE, params)
-    row = await cur.fetchone()
+        row = await cur.fetchone()
+        return row[0] if row else None
+    # A key with a credit limit: lock the user's row, then the key's (the order settlement
+    # takes them in, so the two never deadlock), and take what both can spare.
+    await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
+    async with conn.transaction():
+        cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
+        user = await cur.fetchone()
+        cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s FOR UPDATE",
+                                 (credit_limit, key_id))
+        key = await cur.fetchone()
+        if user is None or key is None:
+            return None
+        amount = min(desired, user[0], key[0])
+        if amount < minimum:
+            return None
+        cur = await conn.execute(_RESERVE_FIXED, {**params, "amount": amount})
+        row = await cur.fetchone()
     return row[0] if row else None
 
 

@@ -54,39 +54,52 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _wrap_unary(behavior: Behavior) -> Behavior:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = request_id_var.set(_request_id(context))
-        try:
-            return await behavior(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
-        finally:
-            request_id_var.reset(token)
-
-    return call
-
-
-def _wrap_stream(behavior: Behavior) -> Behavior:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = request_id_var.set(_request_id(context))
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
-        finally:
-            request_id_var.reset(token)
-
-    return call
-
-
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Request id into contextvars; every exception out as a mapped status."""
+
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool | None = None) -> None:
+        self._pool = pool
+        self._pool_check: asyncio.Task[None] | None = None
+
+    def _database_failed(self) -> None:
+        # The database went away (a restart, a failover): test every idle connection
+        # now, so the broken ones are replaced before the next calls pick them up.
+        if self._pool is not None and (self._pool_check is None or self._pool_check.done()):
+            self._pool_check = asyncio.create_task(self._pool.check())
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+            self._database_failed()
+        await _abort(context, exc)
+
+    def _wrap_unary(self, behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_request_id(context))
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._fail(context, exc)
+            finally:
+                request_id_var.reset(token)
+
+        return call
+
+    def _wrap_stream(self, behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_request_id(context))
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._fail(context, exc)
+            finally:
+                request_id_var.reset(token)
+
+        return call
 
     async def intercept_service(
         self,
@@ -98,13 +111,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                self._wrap_unary(handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                self._wrap_stream(handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -118,6 +131,7 @@ async def serve(
     register: Callable[[grpc.aio.Server], None],
     ready: Callable[[], Awaitable[bool]],
     grace_s: float,
+    pool: psycopg_pool.AsyncConnectionPool | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run a gRPC server until SIGTERM/SIGINT, then drain and stop.
@@ -125,7 +139,7 @@ async def serve(
     `ready` is polled each second; its answer is the health status peers see
     (a service is SERVING only while it reaches the database).
     """
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(pool)], options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -37,6 +37,7 @@ async def serve(cfg: InferenceConfig) -> None:
             register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(
                 InferenceServicer(relay, book), server),
             ready=lambda: db.ping(pool),
+            pool=pool,
             grace_s=cfg.grace_s,
             on_draining=settle_pending,
         )

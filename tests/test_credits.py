@@ -1,0 +1,200 @@
+"""Credits under pressure: concurrency, streams cut short, budgets capped, failures before the first byte."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from decimal import Decimal
+
+import aiohttp
+import psycopg
+import requests
+
+from services.inference import tokens
+from tests import mock_upstream as up
+from tests.world import World
+from tools.stack import wait_until
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+class BookWatcher:
+    """Samples one user's books straight from PostgreSQL while load runs: at every sampled
+    moment the balance is >= 0 and balance + held + charged equals what the user started with."""
+
+    def __init__(self, url: str, user_id: int, initial_micro: int) -> None:
+        self.url, self.user_id, self.initial = url, user_id, initial_micro
+        self.samples = 0
+        self.violations: list[tuple[int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    balance, held = conn.execute("SELECT balance, held FROM users WHERE id = %s",
+                                                 (self.user_id,)).fetchone()
+                    charged = conn.execute("SELECT coalesce(sum(credits), 0) FROM requests WHERE user_id = %s",
+                                           (self.user_id,)).fetchone()[0]
+                self.samples += 1
+                if balance < 0 or held < 0 or balance + held + charged != self.initial:
+                    self.violations.append((balance, held, charged))
+
+    def __enter__(self) -> BookWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+async def _hammer(world: World, key: str, bodies: list[dict]) -> list[tuple[int, dict]]:
+    """Every body at once; (status, JSON reply) each."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120),
+                                     headers={"Authorization": f"Bearer {key}"}) as session:
+        async def one(body: dict) -> tuple[int, dict]:
+            async with session.post(world.url + "/v1/chat/completions", json=body) as resp:
+                return resp.status, await resp.json()
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def test_300_concurrent_requests_on_a_balance_for_about_50(world: World) -> None:
+    model, tag = world.served_model(prompt=20, completion=20)
+    prompt = tokens.count_chat_prompt({"messages": MSG}, model)
+
+    def usage(body: dict) -> dict:
+        # 50 tokens, or fewer when chatkore capped the budget to what the balance pays for.
+        completion = min(50, body.get("max_tokens", 50))
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    world.mock.always(tag, up.ok(usage_override=usage))
+    per_call = Decimal(prompt + 50) * 20 / 1000  # what a whole call costs
+    initial = per_call * 50
+    t = world.tenant(credits=float(initial))
+    # max_tokens 60 > the 50 used: holds are larger than charges, so concurrency matters.
+    bodies = [{"model": model, "messages": MSG, "max_tokens": 60} for _ in range(300)]
+    with BookWatcher(world.stack.database_url, t.user_id, int(initial * 1_000_000)) as watcher:
+        responses = asyncio.run(_hammer(world, t.key, bodies))
+    statuses = [status for status, _ in responses]
+    ok = statuses.count(200)
+    assert set(statuses) <= {200, 402}, set(statuses)
+    assert all(body["error"]["code"] == "insufficient_quota" for status, body in responses if status == 402)
+    hold_each = Decimal(prompt + 60) * 20 / 1000
+    # At least as many as the balance holds at once; more can succeed on budgets capped
+    # to the balance's last credits, each paying less.
+    assert ok >= int(initial / hold_each)
+    assert watcher.samples > 10 and watcher.violations == []
+    wait_until(lambda: world.held(t.user_id) == 0, 10, "every hold to settle")
+    rows = world.usage(t.user_id, limit=1000)
+    assert len(rows) == ok and all(r["status"] == "complete" for r in rows)
+    charges = [Decimal(str(r["credits"])) for r in rows]
+    assert all(0 < c <= per_call for c in charges)
+    assert len([r for r in rows if r["completion_tokens"] == 50]) <= 50
+    assert sum(charges) == initial - world.balance(t.user_id)
+    # What is left cannot pay for one more token of a call: the balance was spent, not lost.
+    assert 0 <= world.balance(t.user_id) < Decimal(prompt + 1) * 20 / 1000
+    assert world.verify()["ok"]
+
+
+def test_stream_cut_by_client_pays_what_was_generated(world: World) -> None:
+    model, tag = world.served_model(prompt=10, completion=10)
+    world.mock.always(tag, up.ok(delay_s=0.4, pieces=40))
+    t = world.tenant()
+    stream = t.client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "tell me a long story " * 5}], stream=True)
+    received = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received.append(chunk.choices[0].delta.content)
+        if len(received) == 4:
+            break
+    stream.close()
+    state = world.mock.state(tag)
+    wait_until(lambda: state.disconnects == 1, 10, "the upstream call to be cancelled")
+    wait_until(lambda: world.usage(t.user_id), 10, "the usage row")
+    [row] = world.usage(t.user_id)
+    generated = "".join(state.written)
+    assert generated.startswith("".join(received)) and len(generated) < 200
+    assert row["status"] == "client_gone" and row["usage_source"] == "counted"
+    assert row["completion_tokens"] == tokens.count_text(generated, tokens.encoding_for(model))
+    assert row["prompt_tokens"] == tokens.count_chat_prompt(
+        {"messages": [{"role": "user", "content": "tell me a long story " * 5}]}, model)
+    expected = Decimal(-(-(row["prompt_tokens"] + row["completion_tokens"]) * 10_000 // 1)) / 1_000_000
+    assert Decimal(str(row["credits"])) == expected
+    assert world.held(t.user_id) == 0
+    assert world.balance(t.user_id) == 100 - expected
+
+
+def test_stream_usage_is_billed_but_not_shown_unless_asked(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": 1000, "completion_tokens": 1000,
+                                                 "total_tokens": 2000}))
+    t = world.tenant()
+    chunks = list(t.client.chat.completions.create(model=model, messages=MSG, stream=True, max_tokens=2000))
+    assert all(c.usage is None for c in chunks) and chunks[-1].choices
+    assert world.mock.received(tag)[-1].body["stream_options"] == {"include_usage": True}
+    [row] = world.usage(t.user_id)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (1000, 1000, "upstream")
+    assert world.balance(t.user_id) == 98
+
+
+def test_stream_without_upstream_usage_is_counted(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.mock.always(tag, up.ok(usage=False))
+    t = world.tenant()
+    chunks = list(t.client.chat.completions.create(model=model, messages=MSG, stream=True,
+                                                   stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == tokens.count_text(text, tokens.encoding_for(model))
+    [row] = world.usage(t.user_id)
+    assert row["usage_source"] == "counted" and row["completion_tokens"] == usage.completion_tokens
+
+
+def test_budget_is_capped_to_what_the_balance_pays(world: World) -> None:
+    model, tag = world.served_model(prompt=1000, completion=1000)  # a credit per token
+    t = world.tenant(credits=20)
+    prompt = tokens.count_chat_prompt({"messages": MSG}, model)
+    # The upstream ignores max_tokens and reports far more than it was allowed.
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": prompt, "completion_tokens": 5000,
+                                                 "total_tokens": prompt + 5000}))
+    t.client.chat.completions.create(model=model, messages=MSG, max_tokens=4000)
+    assert world.mock.received(tag)[-1].body["max_tokens"] == 20 - prompt
+    # Charged no more than the hold, which was the whole balance: never below zero.
+    assert world.balance(t.user_id) == 0 and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+
+
+def test_stream_failing_before_first_byte_costs_nothing(world: World) -> None:
+    model = world.model()
+    for behavior in (up.fail(500), up.reset()):
+        _, tag = world.channel([model], priority=0)
+        world.mock.always(tag, behavior)
+    t = world.tenant()
+    resp = requests.post(world.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
+                         json={"model": model, "messages": MSG, "stream": True}, timeout=60)
+    assert resp.status_code == 502 and resp.json()["error"]["code"] == "upstream_error"
+    assert world.balance(t.user_id) == 100 and world.held(t.user_id) == 0
+    [row] = world.usage(t.user_id)
+    assert row["credits"] == 0 and row["status"] == "upstream_error"
+
+
+def test_stream_breaking_after_output_pays_for_the_output(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.mock.always(tag, up.stream_then(5, "cut"))
+    t = world.tenant()
+    with requests.post(world.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
+                       json={"model": model, "messages": MSG, "stream": True}, timeout=60, stream=True) as resp:
+        assert resp.status_code == 200
+        events = [line for line in resp.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2] and "upstream_error" in events[-2]
+    [row] = world.usage(t.user_id)
+    generated = "".join(world.mock.state(tag).written)
+    assert row["status"] == "upstream_error"
+    assert row["completion_tokens"] == tokens.count_text(generated, tokens.encoding_for(model)) > 0
+    assert world.held(t.user_id) == 0
