@@ -16,7 +16,9 @@ async def open_pool(url: str, *, name: str, min_size: int = 2, max_size: int = 2
         min_size=min_size,
         max_size=max_size,
         name=name,
-        timeout=10.0,
+        # Waiting longer for a connection only delays the 503 a caller gets while the
+        # database is away.
+        timeout=2.0,
         kwargs={"autocommit": True, "application_name": f"chatkore-{name}"},
     )
     await pool.open(wait=True, timeout=30.0)

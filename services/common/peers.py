@@ -18,6 +18,11 @@ CLIENT_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 1),
     ("grpc.dns_min_time_between_resolutions_ms", 1000),
+    # A peer that restarts (a crash, a rolling update) is back in use within a second or
+    # two, not after gRPC's default back-off of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

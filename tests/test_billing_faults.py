@@ -1,0 +1,209 @@
+"""Billing survives its own crash and a PostgreSQL restart under load: nothing lost, nothing
+charged twice, no hold left open past its deadline; and settlement is idempotent."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import grpc
+import openai
+import psycopg
+import pytest
+
+from chatkore.v1 import billing_pb2, billing_pb2_grpc
+from services.common.errors import reason_of
+from services.common.migrations import apply_all
+from tests.world import World
+from tools import pg
+from tools.stack import wait_until
+
+MSG = [{"role": "user", "content": "hello"}]
+HOLD_TTL_S = 5
+
+
+@pytest.fixture(scope="module")
+def fault_world(make_stack, mock) -> World:
+    stack = make_stack(name="faults", env={"CHATKORE_HOLD_TTL_S": str(HOLD_TTL_S),
+                                           "CHATKORE_SWEEP_INTERVAL_S": "0.3"})
+    return World(stack, mock)
+
+
+def _billing(world: World) -> billing_pb2_grpc.BillingStub:
+    return billing_pb2_grpc.BillingStub(grpc.insecure_channel(f"127.0.0.1:{world.stack.ports['billing']}"))
+
+
+def test_reserve_and_settle_are_idempotent(fault_world: World) -> None:
+    w = fault_world
+    uid = w.user(credits=10)["id"]
+    billing = _billing(w)
+    rid = "req_" + secrets.token_hex(8)
+    reserve = billing_pb2.ReserveRequest(request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo",
+                                         prompt_tokens=100, max_completion_tokens=100, choices=1)
+    first, again = billing.Reserve(reserve), billing.Reserve(reserve)
+    assert first.amount == again.amount > 0
+    assert w.held(uid) * 1_000_000 == first.amount  # held once, not twice
+    settle = billing_pb2.SettleRequest(request_id=rid, prompt_tokens=100, completion_tokens=50, status="complete",
+                                       usage_source="upstream")
+    charged = billing.Settle(settle).charged
+    assert charged == (100 * 1_500_000 + 50 * 2_000_000) // 1000
+    assert billing.Settle(settle).charged == charged
+    assert billing.Settle(billing_pb2.SettleRequest(request_id=rid, prompt_tokens=9999, completion_tokens=9999,
+                                                    status="complete")).charged == charged
+    assert billing.Reserve(reserve).amount == first.amount  # a late retry holds nothing new
+    assert w.held(uid) == 0
+    assert w.balance(uid) * 1_000_000 == 10_000_000 - charged
+    assert w.verify()["ok"]
+
+
+def test_sweeper_releases_dead_holds_and_refuses_late_settles(fault_world: World) -> None:
+    w = fault_world
+    uid = w.user(credits=10)["id"]
+    billing = _billing(w)
+    rid = "req_" + secrets.token_hex(8)
+    billing.Reserve(billing_pb2.ReserveRequest(request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo",
+                                               prompt_tokens=10, max_completion_tokens=10, choices=1))
+    assert w.held(uid) > 0
+    wait_until(lambda: w.held(uid) == 0, HOLD_TTL_S + 10, "the sweeper to release the dead hold")
+    assert w.balance(uid) == 10
+    with pytest.raises(grpc.RpcError) as err:
+        billing.Settle(billing_pb2.SettleRequest(request_id=rid, prompt_tokens=10, completion_tokens=10,
+                                                 status="complete"))
+    assert reason_of(err.value) == "HOLD_CLOSED"
+    assert w.balance(uid) == 10 and w.verify()["ok"]
+
+
+class Load:
+    """Requests from a background thread until told to stop; every outcome recorded."""
+
+    def __init__(self, world: World, key: str, model: str, concurrency: int = 8) -> None:
+        self.world, self.key, self.model, self.concurrency = world, key, model, concurrency
+        self.results: list[tuple[int, str, dict]] = []  # (status, request id, body)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def count(self, status: int) -> int:
+        return sum(1 for s, _, _ in list(self.results) if s == status)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                         headers={"Authorization": f"Bearer {self.key}"}) as session:
+            async def worker() -> None:
+                while not self._stop.is_set():
+                    async with session.post(self.world.url + "/v1/chat/completions",
+                                            json={"model": self.model, "messages": MSG, "max_tokens": 20}) as resp:
+                        self.results.append((resp.status, resp.headers.get("x-request-id", ""), await resp.json()))
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+
+def _check_books(world: World, user_id: int, initial: Decimal, load: Load) -> None:
+    """Every 200 charged exactly once, every failure charged nothing, the ledger whole."""
+    wait_until(lambda: world.verify()["open_holds"] == 0, HOLD_TTL_S + 20, "every hold to close")
+    ok_ids = {rid for status, rid, _ in load.results if status == 200}
+    failed_ids = {rid for status, rid, _ in load.results if status != 200}
+    with psycopg.connect(world.stack.database_url) as conn:
+        rows = {r[0]: r[1:] for r in conn.execute(
+            "SELECT request_id, state, credits FROM requests WHERE user_id = %s", (user_id,))}
+        overdue = conn.execute("SELECT count(*) FROM requests WHERE state = 'held'"
+                               " AND deadline < now() - interval '3 seconds'").fetchone()[0]
+    assert overdue == 0
+    assert all(rows[rid][0] == "settled" and rows[rid][1] > 0 for rid in ok_ids)
+    assert all(rid not in rows or rows[rid][1] == 0 for rid in failed_ids)
+    assert len([r for r in rows.values() if r[0] == "settled"]) == len(ok_ids)
+    charged = sum(r[1] for r in rows.values())
+    assert initial * 1_000_000 - world.balance(user_id) * 1_000_000 == charged
+    report = world.verify()
+    assert report["ok"], report["problems"]
+
+
+def _clean_503(body: dict) -> bool:
+    error = body.get("error", {})
+    return set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+
+
+def test_billing_killed_under_load(fault_world: World) -> None:
+    w = fault_world
+    model, _ = w.served_model(prompt=1, completion=1)
+    t = w.tenant(credits=1000)
+    with Load(w, t.key, model) as load:
+        wait_until(lambda: load.count(200) >= 20, 30, "load to run")
+        w.stack.kill("billing")
+        wait_until(lambda: load.count(503) >= 5, 30, "calls to fail while billing is down")
+        w.stack.start_process("billing")
+        before = load.count(200)
+        wait_until(lambda: load.count(200) >= before + 30, 60, "calls to succeed again")
+    statuses = {s for s, _, _ in load.results}
+    assert statuses <= {200, 503}, statuses
+    assert all(_clean_503(body) for s, _, body in load.results if s == 503)
+    _check_books(w, t.user_id, Decimal(1000), load)
+
+
+def test_postgres_restart_under_load(make_stack, mock) -> None:
+    # A server of its own: restarting the session's would disturb other tests.
+    datadir = Path(tempfile.mkdtemp(prefix="ckpgr-"))
+    url, server = pg.embedded(datadir / "pg", cleanup="delete")
+    stack = None
+    try:
+        database = pg.ensure_database(url, "chatkore")
+        apply_all(database)
+        stack = make_stack(database_url=database, name="pg-restart")
+        w = World(stack, mock)
+        model, _ = w.served_model(prompt=1, completion=1)
+        t = w.tenant(credits=1000)
+        from pgserver._commands import pg_ctl
+
+        with Load(w, t.key, model, concurrency=4) as load:
+            wait_until(lambda: load.count(200) >= 20, 30, "load to run")
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            wait_until(lambda: load.count(503) >= 5, 30, "calls to fail while PostgreSQL is down")
+            server.ensure_postgres_running()
+            restarted_at = len(load.results)
+            wait_until(lambda: load.count(200) >= 60 and len(load.results) > restarted_at + 40, 60,
+                       "calls to succeed again")
+        statuses = [s for s, _, _ in load.results]
+        assert set(statuses) <= {200, 503}, set(statuses)
+        assert all(_clean_503(body) for s, _, body in load.results if s == 503)
+        assert statuses[-20:] == [200] * 20  # later ones succeed
+        _check_books(w, t.user_id, Decimal(1000), load)
+    finally:
+        if stack is not None:
+            stack.stop()
+        server.cleanup()
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def test_inference_killed_mid_stream_leaves_no_hold(fault_world: World) -> None:
+    w = fault_world
+    model, tag = w.served_model(prompt=1, completion=1)
+    from tests import mock_upstream as up
+
+    w.mock.always(tag, up.ok(delay_s=0.3, pieces=40))
+    t = w.tenant(credits=10)
+    stream = t.client.chat.completions.create(model=model, messages=MSG, stream=True)
+    next(iter(stream))
+    assert w.held(t.user_id) > 0
+    w.stack.kill("inference")  # the process that would have settled is gone
+    with pytest.raises(openai.APIError):  # the in-band error event, or the broken connection
+        for _ in stream:
+            pass
+    w.stack.start_process("inference")
+    wait_until(lambda: w.held(t.user_id) == 0, HOLD_TTL_S + 10, "the sweeper to release the orphaned hold")
+    [row] = w.usage(t.user_id)
+    assert row["status"] == "expired" and row["credits"] == 0
+    assert w.balance(t.user_id) == 10
+    w.stack.wait_healthy(30)
+    assert w.verify()["ok"]
