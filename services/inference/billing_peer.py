@@ -64,7 +64,17 @@ class BillingPeer:
         raise AssertionError("unreachable")
 
     async def settle(self, s: Settle) -> int | None:
-        """Settle now; if billing is away, keep trying in the background. The credits charged, or None."""
+        """Settle now; if billing is away, keep trying in the background. The credits charged, or None.
+
+        The settlement outlives its caller: a client that leaves at this very moment
+        cancels the wait, not the settlement.
+        """
+        task = asyncio.ensure_future(self._settle_once(s))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+        return await asyncio.shield(task)
+
+    async def _settle_once(self, s: Settle) -> int | None:
         try:
             result = await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
             return result.charged
