@@ -13,13 +13,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.config import Secret
 from services.inference import store
+from services.inference.adapters import ADAPTERS
 from services.inference.errors import InvalidRequest, ModelNotFound, NoAvailableChannel, NotFound
+from services.inference.payloads import Endpoint
 from services.inference.secretbox import SecretBox, mask
 from services.inference.store import ChannelRow
 
 log = logging.getLogger(__name__)
 
-CHANNEL_TYPES = ("openai",)
+CHANNEL_TYPES = tuple(ADAPTERS)
 AUTH_COOLDOWN_S = 300.0  # a rejected upstream key stays out this long before a probe
 
 
@@ -38,6 +40,7 @@ class Channel:
     enabled: bool
     settings: dict[str, Any]
     created: int
+    broken: bool = False  # its key cannot be decrypted (another CHATKORE_SECRET_KEY): never routed to
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
@@ -49,8 +52,8 @@ class Channel:
 
     @property
     def max_concurrency(self) -> int:
-        value = self.settings.get("max_concurrency")
-        return int(value) if isinstance(value, int) and value > 0 else 0
+        value = self.settings.get("max_concurrency")  # a JSON number: 2 may arrive as 2.0
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 else 0
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Health:
     last_error: str = ""
 
     def state(self, now: float) -> str:
+        if self.cooling_until == float("inf"):
+            return "key_unreadable"
         if self.cooling_until == 0.0:
             return "healthy"
         return "cooling" if now < self.cooling_until else "probing"
@@ -118,9 +123,18 @@ class ChannelBook:
             try:
                 channels.append(self._channel(row))
             except ValueError as exc:
-                log.error("channel %s skipped: %s", row.id, exc)
+                log.error("channel %s is unusable: %s", row.id, exc)
+                channels.append(Channel(
+                    id=row.id, name=row.name, type=row.type, base_url=row.base_url, api_key=Secret(""),
+                    key_hint=row.key_hint, models=frozenset(row.models), model_map={}, priority=row.priority,
+                    weight=row.weight, enabled=row.enabled, settings={}, created=row.created, broken=True))
         self._channels = channels
         self._health = {c.id: self._health.get(c.id, Health()) for c in channels}
+        for c in channels:
+            if c.broken:
+                self._health[c.id] = Health(cooling_until=float("inf"), last_error="key cannot be decrypted")
+            elif self._health[c.id].cooling_until == float("inf"):
+                self._health[c.id] = Health()
         self._fingerprint = fingerprint
 
     async def _refresh_forever(self) -> None:
@@ -142,18 +156,22 @@ class ChannelBook:
                     out[m] = min(out.get(m, c.created), c.created)
         return out
 
-    def plan(self, model: str) -> list[Channel]:
-        """The channels to try for `model`, best first: priority, then weighted random."""
+    def plan(self, model: str, endpoint: Endpoint | None = None, body: dict[str, Any] | None = None) -> list[Channel]:
+        """The channels to try for `model`, best first: priority, then weighted random.
+        With an endpoint and body, only channels whose kind can carry that call."""
         serving = [c for c in self._channels if c.enabled and model in c.models]
         if not serving:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
+        if endpoint is not None and body is not None:
+            serving = _capable(serving, endpoint, body)
         now = time.monotonic()
         ready = [c for c in serving if self._usable(c, now)]
         if not ready:
-            wait = min((self._health[c.id].cooling_until - now for c in serving), default=1.0)
+            wait = min((self._health[c.id].cooling_until - now for c in serving
+                        if self._health[c.id].cooling_until != float("inf")), default=1.0)
             raise NoAvailableChannel(
-                f"No upstream can serve `{model}` right now; every channel is cooling down. Try again shortly.",
+                f"No upstream can serve `{model}` right now; every channel is cooling down or busy. Try again shortly.",
                 retry_after_s=max(1.0, round(wait, 1)),
             )
         ready.sort(key=lambda c: (-c.priority, -_weighted_key(c.weight)))
@@ -166,6 +184,15 @@ class ChannelBook:
         if h.cooling_until == 0.0:
             return True
         return now >= h.cooling_until and not h.probing
+
+    def channel(self, channel_id: int) -> Channel | None:
+        return next((c for c in self._channels if c.id == channel_id), None)
+
+    def mark_healthy(self, channel_id: int) -> None:
+        """An operator's successful test ends a cool-down at once."""
+        h = self._health.get(channel_id)
+        if h is not None and h.cooling_until != float("inf"):
+            h.failures, h.cooling_until, h.last_error = 0, 0.0, ""
 
     def take(self, c: Channel) -> Attempt | None:
         """Lend a channel to a call, if it is still usable (health may have changed)."""
@@ -188,6 +215,8 @@ class ChannelBook:
         h.in_flight = max(0, h.in_flight - 1)
         if attempt.probe:
             h.probing = False
+        if h.cooling_until == float("inf"):
+            return
         if failure is None:
             if h.cooling_until:
                 log.info("channel %s is healthy again", attempt.channel.id)
@@ -221,6 +250,7 @@ class ChannelBook:
                 raise InvalidRequest(f"'type' must be one of {', '.join(CHANNEL_TYPES)}", param="type")
             out["type"] = kind
         if "base_url" in values or not partial:
+            # Azure's is the resource endpoint; every other kind's includes the version path.
             url = str(values.get("base_url") or "").strip().rstrip("/")
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
@@ -262,6 +292,9 @@ class ChannelBook:
             settings = values.get("settings") or {}
             if not isinstance(settings, dict):
                 raise InvalidRequest("'settings' must be an object", param="settings")
+            problem = _settings_problem(settings, str(out.get("type") or values.get("_current_type") or "openai"))
+            if problem:
+                raise InvalidRequest(problem, param="settings")
             out["settings"] = settings
         return out
 
@@ -273,6 +306,12 @@ class ChannelBook:
         return row
 
     async def update(self, channel_id: int, values: dict[str, Any]) -> ChannelRow:
+        if "settings" in values and "type" not in values:
+            async with self._pool.connection() as conn:
+                current = await store.get_channel(conn, channel_id)
+            if current is None:
+                raise NotFound(f"No channel with id {channel_id}")
+            values = {**values, "_current_type": current.type}
         row_values = self._validate(values, partial=True)
         async with self._pool.connection() as conn:
             row = await store.update_channel(conn, channel_id, row_values)
@@ -290,6 +329,34 @@ class ChannelBook:
     async def rows(self) -> list[ChannelRow]:
         async with self._pool.connection() as conn:
             return await store.list_channels(conn)
+
+
+def _settings_problem(settings: dict[str, Any], kind: str) -> str | None:
+    timeout = settings.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= 3600):
+        return "'settings.timeout_s' must be a number of seconds between 0 and 3600"
+    concurrency = settings.get("max_concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, (int, float))
+                                    or concurrency < 0 or concurrency != int(concurrency)):
+        return "'settings.max_concurrency' must be a whole number (0 = unlimited)"
+    return ADAPTERS[kind].validate_settings(settings) if kind in ADAPTERS else None
+
+
+def _capable(serving: list[Channel], endpoint: Endpoint, body: dict[str, Any]) -> list[Channel]:
+    """The channels whose kind can carry this call; if none can, the first kind's reason why."""
+    refusals: dict[str, InvalidRequest | None] = {}
+    capable = []
+    for c in serving:
+        if c.type not in refusals:
+            adapter = ADAPTERS.get(c.type)
+            refusals[c.type] = adapter.refusal(endpoint, body) if adapter else InvalidRequest(
+                f"channel type {c.type!r} is unknown")
+        if refusals[c.type] is None:
+            capable.append(c)
+    if not capable:
+        raise next(r for r in refusals.values() if r is not None)
+    return capable
 
 
 def _weighted_key(weight: int) -> float:

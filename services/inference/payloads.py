@@ -34,8 +34,13 @@ def count_prompt(endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
 
 def upstream_body(endpoint: Endpoint, body: dict[str, Any], upstream_model: str, *, stream: bool,
                   budget: int | None) -> bytes:
-    """The request for one upstream: its model name, the completion budget the hold pays
-    for, and a request for usage on streams. Everything else passes through untouched."""
+    return dumps(upstream_object(endpoint, body, upstream_model, stream=stream, budget=budget))
+
+
+def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: str, *, stream: bool,
+                    budget: int | None) -> dict[str, Any]:
+    """The request for one OpenAI-compatible upstream: its model name, the completion budget
+    the hold pays for, and a request for usage on streams. Everything else passes through untouched."""
     out = dict(body)
     out["model"] = upstream_model
     if budget is not None and endpoint is not Endpoint.EMBEDDINGS:
@@ -49,7 +54,7 @@ def upstream_body(endpoint: Endpoint, body: dict[str, Any], upstream_model: str,
     if stream:
         options = body.get("stream_options")
         out["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return dumps(out)
+    return out
 
 
 def usage_of(obj: dict[str, Any]) -> tuple[int, int] | None:
@@ -111,7 +116,8 @@ def rewrite_reply(endpoint: Endpoint, obj: dict[str, Any], *, model: str, reques
     if endpoint is not Endpoint.EMBEDDINGS:
         obj["id"] = reply_id(endpoint, request_id)
         obj["object"] = "chat.completion" if endpoint is Endpoint.CHAT else "text_completion"
-        if not isinstance(obj.get("created"), int):
+        created = obj.get("created")
+        if not isinstance(created, int) or created <= 0:
             obj["created"] = int(time.time())
         if not isinstance(obj.get("choices"), list):
             obj["choices"] = []
@@ -174,8 +180,7 @@ class StreamTally:
         obj["id"] = reply_id(self.endpoint, self.request_id)
         obj["object"] = "chat.completion.chunk" if self.endpoint is Endpoint.CHAT else "text_completion"
         obj["model"] = self.model
-        if not isinstance(obj.get("created"), int):
-            obj["created"] = self.created
+        obj["created"] = self.created  # one value for the whole stream, as OpenAI sends it
         obj["choices"] = choices
         if self.include_usage:
             obj["usage"] = None

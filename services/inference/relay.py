@@ -5,12 +5,13 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import ServiceError
+from services.inference.adapters import ADAPTERS, Exchange, Outgoing
 from services.inference.billing_peer import BillingPeer, Hold, Settle
-from services.inference.channels import Channel, ChannelBook
+from services.inference.channels import Attempt, Channel, ChannelBook
 from services.inference.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -26,7 +27,6 @@ from services.inference.payloads import (
     completion_texts,
     count_prompt,
     rewrite_reply,
-    upstream_body,
     usage_of,
 )
 from services.inference.tokens import count_choices_text
@@ -114,13 +114,13 @@ class Relay:
         if call.allowed and call.model not in call.allowed:
             raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
                                 param="model")
-        candidates = self.book.plan(call.model)
         try:
             body = json.loads(call.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
+        candidates = self.book.plan(call.model, call.endpoint, body)
         return body, candidates, count_prompt(call.endpoint, body, call.model)
 
     async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
@@ -129,9 +129,10 @@ class Relay:
             model=call.model, prompt_tokens=prompt_tokens, max_tokens=call.max_tokens, choices=call.n,
         )
 
-    def _body_for(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold) -> bytes:
-        return upstream_body(call.endpoint, body, channel.upstream_model(call.model), stream=call.stream,
-                             budget=hold.completion_budget if hold.budget_capped else None)
+    def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold) -> Exchange:
+        out = Outgoing(call.endpoint, body, channel.upstream_model(call.model), call.model, call.stream,
+                       hold.completion_budget, hold.budget_capped)
+        return ADAPTERS[channel.type].exchange(channel, out)
 
     # --- unary ----------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class Relay:
             await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0))
             raise
         reported = usage_of(obj)
-        if reported is not None:
+        if reported is not None and reported[0] > 0:
             usage, source = reported, "upstream"
         else:
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(
@@ -163,9 +164,9 @@ class Relay:
             if attempt is None:
                 continue
             try:
-                resp = await self.upstream.post(channel, call.endpoint.value, self._body_for(call, body, channel, hold),
-                                                stream=False)
-                obj = await self.upstream.read_json(resp, channel)
+                exchange = self._exchange(call, body, channel, hold)
+                resp = await self.upstream.post(exchange, stream=False)
+                obj = await self.upstream.read_json(resp, exchange)
             except UpstreamError as e:
                 if not e.kind.retryable:
                     self.book.done(attempt)  # the client's fault says nothing about the channel
@@ -190,21 +191,21 @@ class Relay:
         tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
         channel_id = 0
         settled = False
-        events: AsyncIterator[bytes] | None = None
+        opened: _Opened | None = None
         status = "upstream_error"
         try:
-            events, first, channel, attempt = await self._open_stream(call, body, candidates, hold)
-            channel_id = channel.id
+            opened = await self._open_stream(call, body, candidates, hold)
+            tally, channel_id = opened.tally, opened.channel.id
             failure: str | None = None
             try:
-                async for out in self._relay_events(events, first, tally):
+                async for out in self._relay_events(opened):
                     yield out
             except UpstreamError as e:
                 failure = f"{e.kind.value}: {e.message}"
                 raise (UpstreamTimedOut if e.kind is Failure.TIMEOUT else UpstreamFailed)(
                     f"The upstream stream broke off: {e.message}") from None
             finally:
-                self.book.done(attempt, failure)
+                self.book.done(opened.attempt, failure)
             prompt, completion, source = self._stream_usage(tally, prompt_tokens)
             if call.include_usage:
                 yield tally.usage_chunk(prompt, completion)
@@ -216,8 +217,8 @@ class Relay:
             status = _status_of(exc)
             raise
         finally:
-            if events is not None:
-                await events.aclose()  # type: ignore[attr-defined]
+            if opened is not None:
+                await opened.events.aclose()  # type: ignore[attr-defined]
             if not settled:
                 # A client gone or a stream broken after output: pay for what was delivered.
                 if tally.chunks:
@@ -239,23 +240,34 @@ class Relay:
             return tally.usage[0], tally.usage[1], "upstream"
         return prompt_tokens, tally.completion_tokens(), "counted"
 
-    async def _relay_events(self, events: AsyncIterator[bytes], first: dict[str, Any],
-                            tally: StreamTally) -> AsyncIterator[bytes]:
+    async def _outputs(self, opened: _Opened) -> list[bytes]:
+        """What the next upstream event gives our client (often nothing); marks the end of the events."""
+        payload = await anext(opened.events, None)
+        if payload is None:
+            opened.ended = True
+            return []
+        outputs = []
+        for obj in opened.exchange.chunks(_chunk(payload)):
+            out = opened.tally.take(obj)
+            if out is not None:
+                outputs.append(out)
+        return outputs
+
+    async def _relay_events(self, opened: _Opened) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_stream_s
-        obj: dict[str, Any] | None = first
-        while obj is not None:
-            out = tally.take(obj)
-            if out is not None:
-                yield out
+        for out in opened.pending:
+            yield out
+        while not opened.ended:
             if loop.time() > deadline:
                 raise UpstreamError(Failure.TIMEOUT, "the stream ran past its time limit")
-            payload = await anext(events, None)
-            obj = None if payload is None else _chunk(payload)
+            for out in await self._outputs(opened):
+                yield out
 
-    async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel], hold: Hold):  # type: ignore[no-untyped-def]
-        """Open a stream on the first channel that yields a first event: failover happens
-        only here, before a byte has reached the client."""
+    async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel],
+                           hold: Hold) -> _Opened:
+        """Open a stream on the first channel that yields something for the client: failover
+        happens only here, before a byte has reached the client."""
         failures: list[UpstreamError] = []
         for channel in candidates:
             attempt = self.book.take(channel)
@@ -263,13 +275,16 @@ class Relay:
                 continue
             events = None
             try:
-                resp = await self.upstream.post(channel, call.endpoint.value, self._body_for(call, body, channel, hold),
-                                                stream=True)
+                exchange = self._exchange(call, body, channel, hold)
+                resp = await self.upstream.post(exchange, stream=True)
                 events = self.upstream.events(resp)
-                payload = await anext(events, None)
-                if payload is None:
-                    raise UpstreamError(Failure.SERVER, "upstream closed the stream without a chunk")
-                return events, _chunk(payload), channel, attempt
+                tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
+                opened = _Opened(channel, attempt, exchange, events, tally)
+                while not opened.pending:
+                    opened.pending = await self._outputs(opened)
+                    if opened.ended and not opened.pending:
+                        raise UpstreamError(Failure.SERVER, "upstream closed the stream without a chunk")
+                return opened
             except UpstreamError as e:
                 if events is not None:
                     await events.aclose()  # type: ignore[attr-defined]
@@ -285,6 +300,19 @@ class Relay:
                 self.book.done(attempt)
                 raise
         raise _final_error(failures, call.model)
+
+
+@dataclass
+class _Opened:
+    """A stream that has produced its first output, on the channel that produced it."""
+
+    channel: Channel
+    attempt: Attempt
+    exchange: Exchange
+    events: AsyncIterator[bytes]
+    tally: StreamTally
+    pending: list[bytes] = field(default_factory=list)  # outputs read but not yet yielded
+    ended: bool = False
 
 
 def _chunk(payload: bytes) -> dict[str, Any]:

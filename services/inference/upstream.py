@@ -1,43 +1,21 @@
-"""HTTP to OpenAI-compatible upstreams: pooled connections, timeouts, failures classified."""
+"""HTTP to upstreams: pooled connections, timeouts, server-sent events, failures classified."""
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from enum import Enum
 from typing import Any
 
 import aiohttp
 
-from services.common.logs import redact
+from services.inference.adapters import Exchange
 from services.inference.channels import Channel
+from services.inference.failures import Failure, UpstreamError
+
+__all__ = ["Failure", "Upstream", "UpstreamError"]
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_REPLY_BODY = 256 * 1024 * 1024
 MAX_EVENT = 16 * 1024 * 1024
-
-
-class Failure(Enum):
-    CONNECT = "connect"            # refused, reset, DNS: nothing was processed
-    TIMEOUT = "timeout"
-    RATE_LIMITED = "rate_limited"  # 429
-    SERVER = "server"              # 5xx, malformed reply, a 200 carrying an error
-    AUTH = "auth"                  # 401/403: the channel's key is bad
-    REJECTED = "rejected"          # the upstream's own validation: the client's fault
-
-    @property
-    def retryable(self) -> bool:
-        return self is not Failure.REJECTED
-
-
-class UpstreamError(Exception):
-    def __init__(self, kind: Failure, message: str, *, status: int = 0, error: dict[str, Any] | None = None,
-                 retry_after_s: float = 0.0) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.error = error or {}
-        self.retry_after_s = retry_after_s
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -51,42 +29,6 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
         pieces.append(piece)
         size += len(piece)
     return b"".join(pieces)[:cap]
-
-
-def _retry_after(headers: Any) -> float:
-    try:
-        return max(0.0, float(headers.get("retry-after", "0")))
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def scrub(text: str, channel: Channel) -> str:
-    """An upstream's words, fit for our client: no keys, no upstream address."""
-    key = channel.api_key.reveal()
-    if key:
-        text = text.replace(key, "****")
-    return redact(text.replace(channel.base_url, "upstream"))
-
-
-def classify(status: int, body: bytes, headers: Any, channel: Channel) -> UpstreamError:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if not isinstance(error, dict):
-        error = {"message": error if isinstance(error, str) else body[:500].decode("utf-8", "replace")}
-    message = scrub(str(error.get("message") or f"upstream answered {status}"), channel)
-    error = {k: (scrub(v, channel) if isinstance(v, str) else v) for k, v in error.items()}
-    error["message"] = message
-    if status == 429:
-        return UpstreamError(Failure.RATE_LIMITED, message, status=status, error=error,
-                             retry_after_s=_retry_after(headers))
-    if status in (401, 403):
-        return UpstreamError(Failure.AUTH, message, status=status, error=error)
-    if status >= 500 or status < 400 or status in (408, 409):
-        return UpstreamError(Failure.SERVER, message, status=status, error=error)
-    return UpstreamError(Failure.REJECTED, message, status=status, error=error)
 
 
 class Upstream:
@@ -108,16 +50,14 @@ class Upstream:
         t = channel.timeout_s or self.timeout_s
         return aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, t), sock_read=t)
 
-    async def post(self, channel: Channel, path: str, body: bytes, *, stream: bool) -> aiohttp.ClientResponse:
+    async def post(self, exchange: Exchange, *, stream: bool) -> aiohttp.ClientResponse:
         """POST and return the response once it answered 200; any other outcome raises UpstreamError."""
         assert self._session is not None
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-        key = channel.api_key.reveal()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json",
+                   **exchange.headers}
         try:
-            resp = await self._session.post(channel.base_url + path, data=body, headers=headers,
-                                            timeout=self._timeout(channel), allow_redirects=False)
+            resp = await self._session.post(exchange.url, data=exchange.body, headers=headers,
+                                            timeout=self._timeout(exchange.channel), allow_redirects=False)
         except TimeoutError:
             raise UpstreamError(Failure.TIMEOUT, "upstream did not answer in time") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -129,10 +69,10 @@ class Upstream:
                 payload = b""
             finally:
                 resp.release()
-            raise classify(resp.status, payload, resp.headers, channel)
+            raise exchange.failure(resp.status, payload, resp.headers)
         return resp
 
-    async def read_json(self, resp: aiohttp.ClientResponse, channel: Channel) -> dict[str, Any]:
+    async def read_json(self, resp: aiohttp.ClientResponse, exchange: Exchange) -> dict[str, Any]:
         """The whole JSON reply; a malformed one, or a 200 carrying an error, is a server failure."""
         try:
             raw = await _read_capped(resp, MAX_REPLY_BODY)
@@ -153,8 +93,8 @@ class Upstream:
         if not isinstance(obj, dict):
             raise UpstreamError(Failure.SERVER, "upstream sent a malformed reply")
         if "error" in obj and obj.get("error") and "choices" not in obj and "data" not in obj:
-            raise classify(500, raw, {}, channel)
-        return obj
+            raise exchange.failure(500, raw, {})
+        return exchange.reply(obj)
 
     async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The `data:` payloads of a server-sent event stream, up to [DONE] or the end."""
