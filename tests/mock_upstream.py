@@ -4,6 +4,9 @@ Each test talks to its own path prefix (`tag`), so scripts never cross:
 `base_url(tag)` is what a channel points at. A tag answers like the demo
 upstream unless scripted; `script(tag, b1, b2, ...)` queues behaviours that
 the next requests consume in order, `always(tag, b)` sets the default.
+The same tag also answers as Anthropic's Messages API (`{tag}/v1/messages`,
+tests/mock_anthropic.py) and as Azure OpenAI (`{tag}/openai/deployments/...`,
+tests/mock_azure.py), each in its own wire format.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from services.demo import replies
+from tests import mock_anthropic, mock_azure
 
 STATE = web.RequestKey("state", "TagState")
 Behavior = Callable[[web.Request, dict[str, Any], str], Awaitable[web.StreamResponse]]
@@ -28,6 +32,7 @@ class Received:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -218,6 +223,10 @@ class MockUpstream:
     def base_url(self, tag: str) -> str:
         return f"http://127.0.0.1:{self.port}/{tag}/v1"
 
+    def azure_url(self, tag: str) -> str:
+        """An Azure resource endpoint: deployments live under {this}/openai/deployments/."""
+        return f"http://127.0.0.1:{self.port}/{tag}"
+
     def script(self, tag: str, *behaviors: Behavior) -> None:
         self.tags[tag].queue.extend(behaviors)
 
@@ -241,8 +250,17 @@ class MockUpstream:
             body = await request.json()
         except ValueError:
             body = {}
-        state.received.append(Received(path, body, dict(request.headers)))
-        behavior = state.queue.popleft() if state.queue else (state.default or ok())
+        state.received.append(Received(path, body, dict(request.headers), dict(request.query)))
+        if state.queue:
+            behavior = state.queue.popleft()
+        elif state.default:
+            behavior = state.default
+        elif request.path.startswith(f"/{tag}/openai/"):
+            behavior = mock_azure.ok()
+        elif path == "messages":
+            behavior = mock_anthropic.ok()
+        else:
+            behavior = ok()
         state.in_flight += 1
         try:
             return await behavior(request, body, path)
@@ -252,6 +270,7 @@ class MockUpstream:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tag}/v1/{path:.*}", self._handle)
+        app.router.add_route("*", "/{tag}/openai/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

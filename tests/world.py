@@ -86,9 +86,11 @@ class World:
         self.admin("PUT", f"/admin/v1/prices/{model}", body)
 
     def channel(self, models: list[str], tag: str | None = None, **settings: Any) -> tuple[int, str]:
-        """A channel on the mock upstream; returns (channel id, mock tag)."""
+        """A channel on the mock upstream; returns (channel id, mock tag). `type="azure"` or
+        `type="anthropic"` points it at the mock's Azure or Anthropic face."""
         tag = tag or f"t{secrets.token_hex(4)}"
-        body = {"name": f"ch-{tag}", "base_url": self.mock.base_url(tag), "api_key": f"sk-upstream-{tag}-secret",
+        base_url = self.mock.azure_url(tag) if settings.get("type") == "azure" else self.mock.base_url(tag)
+        body = {"name": f"ch-{tag}", "base_url": base_url, "api_key": f"sk-upstream-{tag}-secret",
                 "models": models, **settings}
         channel = self.admin("POST", "/admin/v1/channels", body, expect=201)
         return channel["id"], tag
