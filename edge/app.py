@@ -10,8 +10,10 @@ from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import routes
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
+from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
-from edge.state import CONFIG, KEYS, PEERS, Peers
+from edge.ratelimit import make_limiter
+from edge.state import CONFIG, KEYS, LIMITS, PEERS, Peers
 from services.common import peers
 
 
@@ -31,10 +33,17 @@ async def _peers(app: web.Application) -> AsyncIterator[None]:
         await channel.close()
 
 
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    app[LIMITS] = KeyLimits(make_limiter(app[CONFIG].redis_url))
+    yield
+    await app[LIMITS].close()
+
+
 def make_app(cfg: EdgeConfig) -> web.Application:
     app = web.Application(router=Router(), middlewares=[errors], client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_peers)
+    app.cleanup_ctx.append(_limits)
     app.on_response_prepare.append(add_request_id)
     routes.setup(app)
     return app

@@ -6,13 +6,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, common_pb2, inference_pb2
 from edge import sse, validate
 from edge.authn import bearer, client_ip
 from edge.errors import OpenAIError, invalid
-from edge.state import CONFIG, KEYS, PEERS
+from edge.state import CONFIG, KEYS, LIMITS, PEERS
 
 _JSON = "application/json"
 
@@ -29,7 +30,10 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
                  ) -> web.StreamResponse:
     key = await authenticate(request)
     raw = await request.read()
-    fields = check(validate.parse_body(raw))
+    body = validate.parse_body(raw)
+    fields = check(body)
+    limits = request.app[LIMITS]
+    admission = await limits.admit(key, body, fields)
     cfg = request.app[CONFIG]
     message = inference_pb2.RelayRequest(
         caller=common_pb2.Caller(user_id=key.user_id, key_id=key.key_id, models=key.models,
@@ -38,10 +42,20 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
         include_usage=fields.include_usage, max_tokens=fields.max_tokens, n=fields.n,
     )
     inference = request.app[PEERS].inference
-    if fields.stream:
-        return await sse.relay(request, inference.RelayStream(message, timeout=cfg.stream_deadline_s))
-    reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
-    return web.Response(body=reply.body, content_type=_JSON)
+    headers = admission.headers if admission else None
+    used: list[int] = []  # the call's real tokens, once known
+    try:
+        if fields.stream:
+            return await sse.relay(request, inference.RelayStream(message, timeout=cfg.stream_deadline_s),
+                                   headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens))
+        reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
+        used.append(reply.usage.total_tokens)
+        return web.Response(body=reply.body, content_type=_JSON, headers=headers)
+    except (grpc.aio.AioRpcError, OpenAIError):
+        used.append(0)  # refused or failed before any output: it used nothing
+        raise
+    finally:
+        limits.settle(admission, used[0] if used else None)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import grpc
 from aiohttp import web
@@ -30,13 +31,14 @@ def event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.StreamResponse:
+async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall, *, headers: dict[str, str] | None = None,
+                on_outcome: Callable[[inference_pb2.Outcome], None] | None = None) -> web.StreamResponse:
     finished = False
     try:
         first = await call.read()  # a failure here raises, and becomes an ordinary error reply
         if first is grpc.aio.EOF:
             raise web.HTTPBadGateway()
-        response = web.StreamResponse(status=200, headers=HEADERS)
+        response = web.StreamResponse(status=200, headers={**HEADERS, **(headers or {})})
         await response.prepare(request)
         item: inference_pb2.RelayEvent | object = first
         try:
@@ -44,6 +46,8 @@ async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.Str
                 assert isinstance(item, inference_pb2.RelayEvent)
                 if item.HasField("chunk"):
                     await response.write(event(item.chunk))
+                elif on_outcome is not None and item.HasField("outcome"):
+                    on_outcome(item.outcome)
                 item = await call.read()
         except grpc.aio.AioRpcError as exc:
             error = from_rpc(exc)

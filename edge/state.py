@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2_grpc
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
+from edge.keylimits import KeyLimits
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class Peers:
 CONFIG = web.AppKey("config", EdgeConfig)
 PEERS = web.AppKey("peers", Peers)
 KEYS = web.AppKey("keys", KeyCache)
+LIMITS = web.AppKey("limits", KeyLimits)

