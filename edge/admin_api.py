@@ -262,6 +262,16 @@ async def delete_channel(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@admin
+async def test_channel(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await request.app[PEERS].inference.TestChannel(
+        inference_pb2.TestChannelRequest(id=_path_id(request), model=_str(body, "model")), timeout=45)
+    return json_response({"ok": result.ok, "model": result.model, "latency_ms": result.latency_ms,
+                          "status": result.status or None, "error": result.error or None,
+                          "reply": result.reply, "health": result.health})
+
+
 # --- prices, usage, codes, ledger ---------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/v1/channels", admin.list_channels)
     r.add_patch("/admin/v1/channels/{id}", admin.update_channel)
     r.add_delete("/admin/v1/channels/{id}", admin.delete_channel)
+    r.add_post("/admin/v1/channels/{id}/test", admin.test_channel)
     r.add_put("/admin/v1/prices/{model:.+}", admin.set_price)
     r.add_get("/admin/v1/prices", admin.list_prices)
     r.add_get("/admin/v1/usage", admin.usage)

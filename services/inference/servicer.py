@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
 from services.inference.relay import Call, Outcome, Relay
@@ -113,3 +114,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                             context: grpc.aio.ServicerContext) -> inference_pb2.DeleteChannelReply:
         await self.book.delete(request.id)
         return inference_pb2.DeleteChannelReply()
+
+    async def TestChannel(self, request: inference_pb2.TestChannelRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.ChannelTest:
+        result = await probe.test_channel(self.book, self.relay.upstream, request.id, request.model)
+        return inference_pb2.ChannelTest(ok=result.ok, model=result.model, latency_ms=result.latency_ms,
+                                         status=result.status, error=result.error, reply=result.reply,
+                                         health=result.health)
