@@ -25,9 +25,9 @@ async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
     return await request.app[KEYS].resolve(bearer(request), client_ip(request))
 
 
-async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable]
-                 ) -> web.StreamResponse:
-    key = await authenticate(request)
+async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable],
+                 key: auth_pb2.KeyInfo | None = None) -> web.StreamResponse:
+    key = key or await authenticate(request)
     raw = await request.read()
     fields = check(validate.parse_body(raw))
     cfg = request.app[CONFIG]
@@ -42,6 +42,13 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
         return await sse.relay(request, inference.RelayStream(message, timeout=cfg.stream_deadline_s))
     reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
     return web.Response(body=reply.body, content_type=_JSON)
+
+
+async def relay_as(request: web.Request, key: auth_pb2.KeyInfo, endpoint: int) -> web.StreamResponse:
+    """A call on behalf of a key resolved some other way (the chat page's session): same path, same billing."""
+    checks = {inference_pb2.CHAT_COMPLETIONS: validate.chat, inference_pb2.COMPLETIONS: validate.completions,
+              inference_pb2.EMBEDDINGS: validate.embeddings}
+    return await _relay(request, endpoint, checks[endpoint], key)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -202,6 +202,9 @@ class ChannelBook:
             h.cooling_until = time.monotonic() + self._cooldown_s
             log.warning("channel %s cooling down after %d failures: %s", attempt.channel.id, h.failures, failure)
 
+    def get(self, channel_id: int) -> Channel | None:
+        return next((c for c in self._channels if c.id == channel_id), None)
+
     def health_of(self, channel_id: int) -> str:
         h = self._health.get(channel_id)
         return h.state(time.monotonic()) if h else "unknown"

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
 from services.inference.relay import Call, Outcome, Relay
@@ -113,3 +114,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                             context: grpc.aio.ServicerContext) -> inference_pb2.DeleteChannelReply:
         await self.book.delete(request.id)
         return inference_pb2.DeleteChannelReply()
+
+    async def TestChannel(self, request: inference_pb2.TestChannelRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.ChannelTest:
+        result = await probe.test_channel(self.book, self.relay.upstream, request.id, request.model)
+        return inference_pb2.ChannelTest(ok=result.ok, latency_ms=round(result.latency_ms, 1), model=result.model,
+                                         message=result.message)
