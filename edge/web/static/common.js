@@ -54,9 +54,8 @@ const ck = {
   },
 
   credits(n) {
-    const v = Number(n || 0);
-    if (v !== 0 && Math.abs(v) < 0.01) return v.toFixed(6).replace(/0+$/, "");
-    return v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    // Exact to the micro-credit (what billing keeps), but 2 decimals when that is all there is.
+    return Number(n || 0).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 6 });
   },
 
   when(unix) {

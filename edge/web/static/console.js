@@ -26,8 +26,10 @@ async function start() {
   render();
 }
 
-function render() {
+async function render() {
   const current = section();
+  if (!(await ck.loadMe())) { start(); return; }
+  ck.setBalance(ck.me.balance);
   const nav = el("nav", { class: "sidenav" },
     SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, text)));
   const content = el("main", { class: "content", id: "content" });
