@@ -155,14 +155,6 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     assert Decimal(str(row["credits"])) == cost and row["model"] == model and row["status"] == "complete"
     assert balance_of(page) == 100 - cost == world.balance(user.user_id)
 
-    # A script tag in the answer is shown as text or dropped, never run.
-    world.mock.script(tag, ok(content="<img src=x onerror=\"document.body.dataset.pwned=1\"><script>alert(1)</script>"))
-    page.fill("#prompt", "try me")
-    page.press("#prompt", "Enter")
-    expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("cost", timeout=20_000)
-    assert page.evaluate("document.body.dataset.pwned") is None
-    assert page.locator(".msg.assistant").last.locator(".bubble script, .bubble img[onerror]").count() == 0
-
     # Stop: a hanging stream is cut by the button; it pays for what was delivered.
     world.mock.script(tag, stream_then(3, "hang", delay_s=0.05))
     page.fill("#prompt", "Tell me a long story")
@@ -175,12 +167,23 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     expect(page.locator("#send")).to_be_visible()
     assert world.usage(user.user_id)[0]["status"] == "client_gone"
     shoot(page, "chat")
-
-    # Conversations are kept in the browser: still there after a reload.
-    page.reload()
-    expect(page.locator(".conv")).to_have_count(1)
-    expect(page.locator(".msg")).to_have_count(6)
     phone_shots(browser, ctx, world.url, {"chat": "/chat"})
+
+    # Markup in an answer is sanitised: an injected handler or script never runs.
+    page.click("#new-chat")
+    world.mock.script(tag, ok(content="<img src=x onerror=\"document.body.dataset.pwned=1\"><script>alert(1)</script>"))
+    page.fill("#prompt", "try me")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    assert page.evaluate("document.body.dataset.pwned") is None
+    assert page.locator(".msg.assistant .bubble script, .msg.assistant .bubble img[onerror]").count() == 0
+
+    # Conversations are kept in the browser: both still there after a reload.
+    page.reload()
+    expect(page.locator(".conv")).to_have_count(2)
+    page.locator(".conv a", has_text="Show **bold**").click()
+    expect(page.locator(".msg")).to_have_count(4)
+    expect(page.locator(".msg.assistant .bubble pre code")).to_contain_text("print('hi')")
     ctx.close()
 
 

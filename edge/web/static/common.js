@@ -83,6 +83,12 @@ const ck = {
     }
   },
 
+  // Each cell learns its column's name, which a phone shows beside it (tables stack there).
+  label(tbody) {
+    const heads = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent);
+    for (const row of tbody.rows) [...row.cells].forEach((td, i) => { if (!td.colSpan || td.colSpan === 1) td.dataset.label = heads[i] || ""; });
+  },
+
   setBalance(balance) {
     if (ck.me) ck.me.balance = balance;
     const pill = document.getElementById("balance");

@@ -67,7 +67,7 @@ async function overview(root) {
   });
   root.append(
     el("h1", { text: "Overview" }),
-    el("div", { class: "grid" },
+    el("div", { class: "grid stats" },
       el("div", { class: "card stat" }, el("div", { class: "label", text: "Balance (credits)" }), balance),
       el("div", { class: "card stat" }, el("div", { class: "label", text: "Spent, last 30 days" }), spent),
       el("div", { class: "card stat" }, el("div", { class: "label", text: "Requests, last 30 days" }), calls)),
@@ -154,6 +154,7 @@ async function keys(root) {
         el("td", {}, el("span", { class: k.revoked ? "badge bad" : "badge ok", text: k.revoked ? "revoked" : "active" })),
         el("td", {}, el("div", { class: "actions" }, revoke))));
     }
+    ck.label(body);
   }
   await fill();
 }
@@ -183,6 +184,7 @@ async function usage(root) {
         el("td", { class: "num", text: ck.credits(r.credits) }),
         el("td", {}, el("span", { class: r.status === "complete" ? "badge ok" : "badge warn", text: r.status }))));
     }
+    ck.label(body);
   }
   await fill();
 }

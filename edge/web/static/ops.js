@@ -49,8 +49,8 @@ function flash(target, ok, text) {
 async function dashboard(root) {
   const hours = el("select", { id: "dash-hours", "aria-label": "Window" },
     [[24, "Last 24 hours"], [168, "Last 7 days"], [720, "Last 30 days"]].map(([h, t]) => el("option", { value: h }, t)));
-  const cards = el("div", { class: "grid", id: "dash-totals" });
-  const boxes = el("div", { class: "grid" });
+  const cards = el("div", { class: "grid stats", id: "dash-totals" });
+  const boxes = el("div", { class: "grid charts" });
   root.append(el("div", { class: "card-head" }, el("h1", { text: "Dashboard" }), hours), cards, boxes);
   const draw = async () => {
     const h = Number(hours.value);
@@ -113,8 +113,7 @@ async function users(root) {
     if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: "No users found." })));
     for (const u of list) {
       const amount = el("input", { type: "number", min: "0.01", step: "0.01", placeholder: "credits", class: "topup-amount", "aria-label": `Top up user ${u.id}` });
-      amount.style.width = "110px";
-      const topup = el("form", { class: "row" }, amount, el("button", { type: "submit", class: "secondary small" }, "Add"));
+      const topup = el("form", { class: "inline-form" }, amount, el("button", { type: "submit", class: "secondary small" }, "Add"));
       topup.addEventListener("submit", async (ev) => {
         ev.preventDefault();
         try {
@@ -137,6 +136,7 @@ async function users(root) {
         el("td", {}, el("span", { class: u.disabled ? "badge bad" : "badge ok", text: u.disabled ? "disabled" : "active" })),
         el("td", {}, topup), el("td", {}, el("div", { class: "actions" }, toggle))));
     }
+    ck.label(body);
   }
   await fill();
 }
@@ -162,7 +162,7 @@ async function channels(root) {
     el("div", { class: "row" }, field("Name", f.name), field("Base URL (with /v1)", f.base_url)),
     el("div", { class: "row" }, field("API key", f.api_key), field("Models (comma separated)", f.models)),
     el("div", { class: "row" }, field("Priority", f.priority, ""), field("Weight", f.weight, ""), el("div", { class: "spacer" }), cancel, save));
-  const [wrap, body] = table([["Name"], ["Base URL"], ["Models"], ["Priority", "num"], ["Weight", "num"], ["Health"], ["Test"], [""]], "channels-body");
+  const [wrap, body] = table([["Name"], ["Base URL"], ["Models"], ["Priority", "num"], ["Weight", "num"], ["Health"], [""]], "channels-body");
   const reset = () => {
     editing = null; form.reset(); f.priority.value = "0"; f.weight.value = "1";
     title.textContent = "Add a channel"; save.textContent = "Add channel"; cancel.hidden = true; f.api_key.placeholder = "sk-…";
@@ -189,14 +189,14 @@ async function channels(root) {
     body.replaceChildren();
     if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "8", text: "No channels yet." })));
     for (const c of list) {
-      const result = el("span", { class: "test-result" });
+      const result = el("span", { class: "test-result sub" });
       const test = el("button", { class: "secondary small", onclick: async () => {
-        result.className = "test-result hint"; result.textContent = "testing…";
+        result.className = "test-result sub hint"; result.textContent = "testing…";
         try {
           const r = await ck.api("POST", `/admin/v1/channels/${c.id}/test`, {});
-          result.className = r.ok ? "test-result badge ok" : "test-result badge bad";
+          result.className = r.ok ? "test-result sub badge ok" : "test-result sub badge bad";
           result.textContent = r.ok ? `ok · ${Math.round(r.latency_ms)} ms` : r.message;
-        } catch (e) { result.className = "test-result badge bad"; result.textContent = e.message; }
+        } catch (e) { result.className = "test-result sub badge bad"; result.textContent = e.message; }
       } }, "Test");
       const edit = el("button", { class: "secondary small", onclick: () => {
         editing = c.id; f.name.value = c.name; f.base_url.value = c.base_url; f.api_key.value = "";
@@ -211,13 +211,13 @@ async function channels(root) {
       } }, c.enabled ? "Disable" : "Enable");
       const health = !c.enabled ? ["disabled", "badge"] : c.health === "healthy" ? ["healthy", "badge ok"] : [c.health, "badge warn"];
       body.append(el("tr", { "data-channel-id": c.id },
-        el("td", { text: c.name }), el("td", { class: "mono", text: c.base_url }),
+        el("td", { text: c.name }), el("td", { class: "mono url", text: c.base_url }),
         el("td", { class: "wrap", text: c.models.join(", ") }),
         el("td", { class: "num", text: c.priority }), el("td", { class: "num", text: c.weight }),
-        el("td", {}, el("span", { class: health[1], text: health[0] })),
-        el("td", {}, el("div", { class: "actions" }, test, result)),
-        el("td", {}, el("div", { class: "actions" }, edit, toggle))));
+        el("td", {}, el("div", {}, el("span", { class: health[1], text: health[0] }), result)),
+        el("td", {}, el("div", { class: "actions" }, test, edit, toggle))));
     }
+    ck.label(body);
   }
   await fill();
 }
@@ -258,6 +258,7 @@ async function prices(root) {
         f.model.value = p.model; f.prompt.value = p.prompt; f.completion.value = p.completion; f.min_charge.value = p.min_charge;
         form.scrollIntoView({ behavior: "smooth" });
       } }, "Edit"))))));
+    ck.label(body);
   }
   await fill();
 }
@@ -280,7 +281,7 @@ async function codes(root) {
       const copy = el("button", { type: "button", class: "secondary small", onclick: () => navigator.clipboard && navigator.clipboard.writeText(reply.codes.join("\n")) }, "Copy all");
       out.replaceChildren(
         el("div", { class: "card-head" }, el("p", { text: `${reply.codes.length} codes of ${ck.credits(credits.value)} credits each. They are shown only now.` }), copy),
-        el("div", { class: "table-wrap" }, el("table", {}, el("tbody", {}, reply.codes.map((c) => el("tr", {}, el("td", { class: "mono redeem-code", text: c })))))));
+        el("div", { class: "codes" }, reply.codes.map((c) => el("code", { class: "redeem-code", text: c }))));
       out.hidden = false;
       message.hidden = true;
     } catch (e) { flash(message, false, e.message); }
