@@ -68,7 +68,12 @@ async function dashboard(root) {
     const buckets = [];
     for (let t = start; t <= Date.now() / 1000; t += bucket) buckets.push(t);
     const label = (t) => { const d = new Date(t * 1000); return bucket < 86400 ? d.toLocaleString("en-GB", { day: "2-digit", hour: "2-digit", minute: "2-digit" }) : d.toLocaleDateString("en-GB", { month: "short", day: "2-digit" }); };
-    const modelNames = [...new Set(rows.map((r) => r.model))].sort();
+    // The six busiest models by name, the rest together as "other", so the legend stays readable.
+    const busy = {};
+    for (const r of rows) busy[r.model] = (busy[r.model] || 0) + r.requests;
+    const top = Object.keys(busy).sort((a, b) => busy[b] - busy[a]).slice(0, 6);
+    for (const r of rows) if (!top.includes(r.model)) r.model = "other";
+    const modelNames = [...top.sort(), ...(rows.some((r) => r.model === "other") ? ["other"] : [])];
     for (const c of charts) c.destroy();
     charts = [];
     boxes.replaceChildren();
@@ -81,7 +86,7 @@ async function dashboard(root) {
         data: {
           labels: buckets.map(label),
           datasets: modelNames.map((m, i) => ({
-            label: m, backgroundColor: COLORS[i % COLORS.length], borderRadius: 3,
+            label: m, backgroundColor: m === "other" ? "#adb5bd" : COLORS[i % COLORS.length], borderRadius: 3,
             data: buckets.map((b) => rows.filter((r) => r.model === m && r.bucket === b).reduce((s, r) => s + pick(r), 0)),
           })),
         },
