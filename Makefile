@@ -1,18 +1,21 @@
-# The front door: make run | test | bench | protos | lint. README and CI call these.
+# The front door: make run | test | bench | protos | lint | web | browser. README and CI call these.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 GEN := gen
 PROTOS := $(wildcard protos/chatkore/v1/*.proto)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+WEB := edge/web
+WEB_STAMP := $(WEB)/node_modules/.installed
+CHROMIUM ?= /usr/bin/chromium
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 
-.PHONY: run test bench protos lint clean venv
+.PHONY: run test bench protos lint clean venv web browser
 
-run: $(STAMP) $(GEN)/.stamp
+run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 	$(PY) -m tools.run
 
-test: $(STAMP) $(GEN)/.stamp
+test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) $(GEN)/.stamp
@@ -39,5 +42,21 @@ $(GEN)/.stamp: $(PROTOS) $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --grpc_python_out=$(GEN) --pyi_out=$(GEN) $(PROTOS)
 	touch $@
 
+# The pages' libraries (Markdown, sanitising, highlighting, charts), pinned by the
+# committed package-lock.json; installed, never built or bundled.
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null || { echo "chatkore's web pages need npm (Debian: apt-get install npm)"; exit 1; }
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's chromium for the browser tests (Playwright drives it; its own download is not used).
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
 clean:
-	rm -rf $(GEN) $(VENV)
+	rm -rf $(GEN) $(VENV) $(WEB)/node_modules

@@ -11,6 +11,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
+from edge import sessions
 from edge.authn import bearer
 from edge.credits import from_micro, to_micro
 from edge.errors import OpenAIError, invalid
@@ -22,11 +23,14 @@ RPC_TIMEOUT_S = 15
 
 
 def admin(handler: Handler) -> Handler:
-    """Only the admin key passes."""
+    """Only the admin key passes, or the console session of an operator (with its CSRF token)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        await request.app[PEERS].auth.AuthorizeAdmin(auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)),
-                                                     timeout=5)
+        if "Authorization" not in request.headers and sessions.has_session(request):
+            await sessions.operator(request)
+        else:
+            await request.app[PEERS].auth.AuthorizeAdmin(auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)),
+                                                         timeout=5)
         return await handler(request)
 
     return guarded

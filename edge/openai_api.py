@@ -26,9 +26,9 @@ async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
     return await request.app[KEYS].resolve(bearer(request), client_ip(request))
 
 
-async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable]
-                 ) -> web.StreamResponse:
-    key = await authenticate(request)
+async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable],
+                 key: auth_pb2.KeyInfo | None = None) -> web.StreamResponse:
+    key = key or await authenticate(request)
     raw = await request.read()
     body = validate.parse_body(raw)
     fields = check(body)
@@ -56,6 +56,13 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
         raise
     finally:
         limits.settle(admission, used[0] if used else None)
+
+
+async def relay_as(request: web.Request, key: auth_pb2.KeyInfo, endpoint: int) -> web.StreamResponse:
+    """A call on behalf of a key resolved some other way (the chat page's session): same path, same billing."""
+    checks = {inference_pb2.CHAT_COMPLETIONS: validate.chat, inference_pb2.COMPLETIONS: validate.completions,
+              inference_pb2.EMBEDDINGS: validate.embeddings}
+    return await _relay(request, endpoint, checks[endpoint], key)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

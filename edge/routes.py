@@ -4,8 +4,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge import admin_api as admin
-from edge import health
+from edge import console_api as console
+from edge import health, pages
 from edge import openai_api as v1
+from edge import operator_api as operator
 
 
 def setup(app: web.Application) -> None:
@@ -38,6 +40,29 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/v1/usage", admin.usage)
     r.add_post("/admin/v1/redeem-codes", admin.create_redeem_codes)
     r.add_get("/admin/v1/ledger/verify", admin.verify_ledger)
+
+    # Admin API for the operator pages (same guard; an operator's session also passes).
+    r.add_get("/admin/v1/users", operator.search_users)
+    r.add_patch("/admin/v1/users/{id}", operator.update_user)
+    r.add_put("/admin/v1/users/{id}/role", operator.set_role)
+    r.add_get("/admin/v1/stats", operator.stats)
+
+    # The signed-in user's API (console and chat page), session cookie + CSRF token.
+    r.add_post("/api/register", console.register)
+    r.add_post("/api/login", console.login)
+    r.add_post("/api/logout", console.logout)
+    r.add_get("/api/me", console.me)
+    r.add_get("/api/keys", console.list_keys)
+    r.add_post("/api/keys", console.create_key)
+    r.add_delete("/api/keys/{id}", console.revoke_key)
+    r.add_get("/api/usage", console.usage)
+    r.add_get("/api/spend", console.spend)
+    r.add_post("/api/redeem", console.redeem)
+    r.add_get("/api/models", console.models)
+    r.add_post("/api/chat/completions", console.chat_completions)
+
+    # Pages: /chat, /console, /ops and their static files.
+    pages.setup(app)
 
     # Operations.
     r.add_get("/healthz", health.healthz)

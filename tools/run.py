@@ -110,6 +110,7 @@ def main() -> int:
         print(f"""
 chatkore is running.
   base URL   {base}
+  web        {stack.url}/chat   {stack.url}/console
   admin key  {admin_key}
   demo key   {demo_key}   (a user with 100 credits)
   {serving}

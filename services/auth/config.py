@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import DEFAULT_AUTH_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address
+from services.common.config import (
+    DEFAULT_AUTH_ADDR,
+    DEFAULT_BILLING_ADDR,
+    Secret,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+    listen_address,
+)
 
 
 @dataclass(frozen=True)
@@ -11,6 +20,8 @@ class AuthConfig:
     database_url: Secret
     admin_key: Secret
     listen: str
+    billing_addr: str          # console sign-up makes the billing user
+    session_ttl_s: int         # how long a console sign-in lasts
     grace_s: float
     pool_size: int
     log_level: str
@@ -21,6 +32,8 @@ class AuthConfig:
             database_url=env_secret("DATABASE_URL"),
             admin_key=env_secret("CHATKORE_ADMIN_KEY"),
             listen=listen_address("auth", DEFAULT_AUTH_ADDR),
+            billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
+            session_ttl_s=env_int("CHATKORE_SESSION_TTL_S", 7 * 24 * 3600),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             pool_size=env_int("CHATKORE_DB_POOL", 10),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),

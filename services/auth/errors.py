@@ -1,16 +1,17 @@
 """Auth's failures, each with its wire identity.
 
     ServiceError
-    ├── InvalidApiKey       INVALID_API_KEY      UNAUTHENTICATED
-    └── PermissionDenied    PERMISSION_DENIED    PERMISSION_DENIED
+    ├── InvalidApiKey       INVALID_API_KEY      UNAUTHENTICATED    (also a wrong password or session)
+    ├── PermissionDenied    PERMISSION_DENIED    PERMISSION_DENIED
+    └── TooManySignIns      RATE_LIMITED         RESOURCE_EXHAUSTED
 """
 from __future__ import annotations
 
 import grpc
 
-from services.common.errors import InvalidRequest, NotFound, ServiceError
+from services.common.errors import Conflict, InvalidRequest, NotFound, ServiceError
 
-__all__ = ["InvalidApiKey", "InvalidRequest", "NotFound", "PermissionDenied"]
+__all__ = ["Conflict", "InvalidApiKey", "InvalidRequest", "NotFound", "PermissionDenied", "TooManySignIns"]
 
 
 class InvalidApiKey(ServiceError):
@@ -21,3 +22,8 @@ class InvalidApiKey(ServiceError):
 class PermissionDenied(ServiceError):
     reason = "PERMISSION_DENIED"
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TooManySignIns(ServiceError):
+    reason = "RATE_LIMITED"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED

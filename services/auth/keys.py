@@ -98,6 +98,7 @@ class Keys:
             or not api_key.startswith(KEY_PREFIX)
             or row.revoked
             or row.user_disabled
+            or row.web  # the chat page's key has no plaintext anyone holds; only a session reaches it
             or (row.expires_at and row.expires_at <= now)
         ):
             raise InvalidApiKey(_WRONG_KEY)
@@ -127,7 +128,17 @@ class Keys:
         async with self._pool.connection() as conn:
             return await store.list_keys(conn, user_id)
 
-    async def revoke(self, key_id: int) -> None:
+    async def revoke(self, key_id: int, user_id: int = 0) -> None:
+        """Revoke a key; with `user_id`, only one of that user's (another's answers as if missing)."""
         async with self._pool.connection() as conn:
-            if not await store.revoke_key(conn, key_id):
+            if not await store.revoke_key(conn, key_id, user_id):
                 raise NotFound(f"No API key with id {key_id}")
+
+    async def web_key(self, user_id: int) -> KeyRow:
+        """The user's chat-page key; its plaintext is thrown away at once, so no bearer can use it."""
+        key = new_key()
+        async with self._pool.connection() as conn:
+            row = await store.web_key(conn, user_id, key_hash(key), "chat page")
+        if row is None:
+            raise NotFound(f"No user with id {user_id}")
+        return row

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from chatkore.v1 import auth_pb2_grpc
+from services.auth.accounts import Accounts
+from services.auth.billing_peer import BillingPeer
 from services.auth.config import AuthConfig
 from services.auth.keys import Keys
 from services.auth.servicer import AuthServicer
@@ -11,14 +13,17 @@ from services.common import db, grpcserver
 async def serve(cfg: AuthConfig) -> None:
     pool = await db.open_pool(cfg.database_url.reveal(), name="auth", max_size=cfg.pool_size)
     keys = Keys(pool, cfg.admin_key)
+    billing = BillingPeer(cfg.billing_addr)
+    accounts = Accounts(pool, billing, cfg.session_ttl_s)
     try:
         await grpcserver.serve(
             name="auth",
             listen=cfg.listen,
-            register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(keys), server),
+            register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(keys, accounts), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,
         )
     finally:
+        await billing.close()
         await pool.close()

@@ -1,24 +1,35 @@
-"""Auth's gRPC face: protobuf in, a call on Keys, protobuf out."""
+"""Auth's gRPC face: protobuf in, a call on Keys or Accounts, protobuf out."""
 from __future__ import annotations
 
 import grpc
 
 from chatkore.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.accounts import Accounts, Session
 from services.auth.keys import Keys, KeySpec
-from services.auth.store import KeyRow
+from services.auth.store import AccountRow, KeyRow
 
 
 def _info(k: KeyRow) -> auth_pb2.KeyInfo:
     return auth_pb2.KeyInfo(
         key_id=k.id, user_id=k.user_id, name=k.name, models=k.models, credit_limit=k.credit_limit,
         expires_at=k.expires_at, rpm=k.rpm, tpm=k.tpm, ips=k.ips, created=k.created, revoked=k.revoked,
-        hint=k.hint,
+        hint=k.hint, web=k.web,
     )
 
 
+def _account(a: AccountRow) -> auth_pb2.Account:
+    return auth_pb2.Account(user_id=a.user_id or 0, email=a.email, role=a.role, created=a.created)
+
+
+def _session(s: Session) -> auth_pb2.Session:
+    return auth_pb2.Session(token=s.token, csrf_token=s.csrf_token, account=_account(s.account),
+                            expires_at=s.expires_at)
+
+
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, accounts: Accounts) -> None:
         self.keys = keys
+        self.accounts = accounts
 
     async def Authenticate(self, request: auth_pb2.AuthenticateRequest,
                            context: grpc.aio.ServicerContext) -> auth_pb2.KeyInfo:
@@ -45,5 +56,33 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     async def RevokeKey(self, request: auth_pb2.RevokeKeyRequest,
                         context: grpc.aio.ServicerContext) -> auth_pb2.RevokeKeyReply:
-        await self.keys.revoke(request.key_id)
+        await self.keys.revoke(request.key_id, request.user_id)
         return auth_pb2.RevokeKeyReply()
+
+    async def Register(self, request: auth_pb2.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> auth_pb2.Account:
+        return _account(await self.accounts.register(request.email, request.password))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
+        return _session(await self.accounts.login(request.email, request.password))
+
+    async def ResolveSession(self, request: auth_pb2.ResolveSessionRequest,
+                             context: grpc.aio.ServicerContext) -> auth_pb2.Session:
+        return _session(await self.accounts.resolve(request.token))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest,
+                     context: grpc.aio.ServicerContext) -> auth_pb2.LogoutReply:
+        await self.accounts.logout(request.token)
+        return auth_pb2.LogoutReply()
+
+    async def WebKey(self, request: auth_pb2.WebKeyRequest, context: grpc.aio.ServicerContext) -> auth_pb2.KeyInfo:
+        return _info(await self.keys.web_key(request.user_id))
+
+    async def SetRole(self, request: auth_pb2.SetRoleRequest,
+                      context: grpc.aio.ServicerContext) -> auth_pb2.Account:
+        return _account(await self.accounts.set_role(request.user_id, request.role))
+
+    async def ListAccounts(self, request: auth_pb2.ListAccountsRequest,
+                           context: grpc.aio.ServicerContext) -> auth_pb2.AccountList:
+        rows = await self.accounts.of_users(list(request.user_ids))
+        return auth_pb2.AccountList(accounts=[_account(a) for a in rows])

@@ -21,12 +21,13 @@ class KeyRow:
     revoked: bool
     created: int
     user_disabled: bool
+    web: bool = False
 
 
 _KEY_COLUMNS = """
     k.id, k.user_id, k.name, k.hint, k.models, k.credit_limit,
     coalesce(extract(epoch FROM k.expires_at)::bigint, 0), k.rpm, k.tpm, k.ips::text[],
-    k.revoked_at IS NOT NULL, extract(epoch FROM k.created_at)::bigint, u.disabled
+    k.revoked_at IS NOT NULL, extract(epoch FROM k.created_at)::bigint, u.disabled, k.web
 """
 
 
@@ -68,9 +69,185 @@ async def list_keys(conn: AsyncConnection, user_id: int) -> list[KeyRow]:
     return [KeyRow(*row) for row in await cur.fetchall()]
 
 
-async def revoke_key(conn: AsyncConnection, key_id: int) -> bool:
-    """Revoke a key; False when there is no such key."""
+async def revoke_key(conn: AsyncConnection, key_id: int, user_id: int = 0) -> bool:
+    """Revoke a key (only one of `user_id`'s, and not its chat key, when given); False when there is none."""
     cur = await conn.execute(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s RETURNING id", (key_id,)
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+        " WHERE id = %(kid)s AND (%(uid)s = 0 OR (user_id = %(uid)s AND NOT web)) RETURNING id",
+        {"kid": key_id, "uid": user_id},
     )
     return await cur.fetchone() is not None
+
+
+async def web_key(conn: AsyncConnection, user_id: int, key_hash: bytes, hint: str) -> KeyRow | None:
+    """The user's chat key, made now with `key_hash` if it has none; None when there is no such user."""
+    await conn.execute(
+        """
+        INSERT INTO api_keys (user_id, key_hash, hint, name, web)
+        SELECT id, %(hash)s, %(hint)s, 'chat page', true FROM users WHERE id = %(uid)s
+        ON CONFLICT (user_id) WHERE web AND revoked_at IS NULL DO NOTHING
+        """,
+        {"uid": user_id, "hash": key_hash, "hint": hint},
+    )
+    cur = await conn.execute(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id"
+        " WHERE k.user_id = %s AND k.web AND k.revoked_at IS NULL",
+        (user_id,),
+    )
+    row = await cur.fetchone()
+    return KeyRow(*row) if row else None
+
+
+# --- console accounts and sessions ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    id: int
+    email: str
+    password_hash: str
+    user_id: int | None   # None while its registration is unfinished
+    role: str
+    created: int
+    locked: bool          # too many failed sign-ins lately
+    pending_age_s: float  # seconds since it was made (matters only while unfinished)
+    user_disabled: bool
+
+
+_ACCOUNT_COLUMNS = """
+    a.id, a.email, a.password_hash, a.user_id, a.role, extract(epoch FROM a.created_at)::bigint,
+    coalesce(a.locked_until > now(), false), extract(epoch FROM now() - a.created_at)::float8,
+    coalesce(u.disabled, false)
+"""
+
+
+async def insert_account(conn: AsyncConnection, email: str, password_hash: str) -> AccountRow | None:
+    """A new, unfinished account; None when the email is taken."""
+    cur = await conn.execute(
+        f"""
+        WITH a AS (
+            INSERT INTO accounts (email, password_hash) VALUES (%s, %s)
+            ON CONFLICT (lower(email)) DO NOTHING
+            RETURNING *
+        )
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        """,
+        (email, password_hash),
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def find_account(conn: AsyncConnection, email: str) -> AccountRow | None:
+    cur = await conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        " WHERE lower(a.email) = lower(%s)",
+        (email,),
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def restart_registration(conn: AsyncConnection, account_id: int, password_hash: str) -> bool:
+    """Give an unfinished account a new password (a stale sign-up being done again)."""
+    cur = await conn.execute(
+        "UPDATE accounts SET password_hash = %s WHERE id = %s AND user_id IS NULL RETURNING id",
+        (password_hash, account_id),
+    )
+    return await cur.fetchone() is not None
+
+
+async def attach_user(conn: AsyncConnection, account_id: int, user_id: int) -> AccountRow | None:
+    """Finish a registration: the account now owns `user_id` (the same one again is fine)."""
+    cur = await conn.execute(
+        f"""
+        WITH a AS (
+            UPDATE accounts SET user_id = %(uid)s
+            WHERE id = %(aid)s AND (user_id IS NULL OR user_id = %(uid)s)
+            RETURNING *
+        )
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        """,
+        {"aid": account_id, "uid": user_id},
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def record_failed_login(conn: AsyncConnection, account_id: int, limit: int, lock_s: int) -> None:
+    """Count a wrong password; the `limit`-th in a row locks the account for `lock_s`."""
+    await conn.execute(
+        """
+        UPDATE accounts SET
+            failed_logins = CASE WHEN failed_logins + 1 >= %(limit)s THEN 0 ELSE failed_logins + 1 END,
+            locked_until = CASE WHEN failed_logins + 1 >= %(limit)s
+                                THEN now() + make_interval(secs => %(lock)s) ELSE locked_until END
+        WHERE id = %(aid)s
+        """,
+        {"aid": account_id, "limit": limit, "lock": lock_s},
+    )
+
+
+async def record_login(conn: AsyncConnection, account_id: int, new_hash: str | None) -> None:
+    await conn.execute(
+        "UPDATE accounts SET failed_logins = 0, locked_until = NULL,"
+        " password_hash = coalesce(%s, password_hash) WHERE id = %s",
+        (new_hash, account_id),
+    )
+
+
+async def set_role(conn: AsyncConnection, user_id: int, role: str) -> AccountRow | None:
+    cur = await conn.execute(
+        f"""
+        WITH a AS (UPDATE accounts SET role = %s WHERE user_id = %s RETURNING *)
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        """,
+        (role, user_id),
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def accounts_of(conn: AsyncConnection, user_ids: list[int]) -> list[AccountRow]:
+    cur = await conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        " WHERE a.user_id = ANY(%s) ORDER BY a.user_id",
+        (user_ids,),
+    )
+    return [AccountRow(*row) for row in await cur.fetchall()]
+
+
+async def insert_session(conn: AsyncConnection, token_hash: bytes, account_id: int, csrf_token: str,
+                         ttl_s: int) -> int:
+    """Store a session; returns when it expires (unix seconds). Expired ones are cleared on the way."""
+    await conn.execute(
+        "DELETE FROM sessions WHERE token_hash IN"
+        " (SELECT token_hash FROM sessions WHERE expires_at < now() LIMIT 100)"
+    )
+    cur = await conn.execute(
+        "INSERT INTO sessions (token_hash, account_id, csrf_token, expires_at)"
+        " VALUES (%s, %s, %s, now() + make_interval(secs => %s))"
+        " RETURNING extract(epoch FROM expires_at)::bigint",
+        (token_hash, account_id, csrf_token, ttl_s),
+    )
+    return (await cur.fetchone())[0]
+
+
+async def find_session(conn: AsyncConnection, token_hash: bytes) -> tuple[AccountRow, str, int] | None:
+    """(account, CSRF token, expiry) of a live session of a finished account."""
+    cur = await conn.execute(
+        f"""
+        SELECT {_ACCOUNT_COLUMNS}, s.csrf_token, extract(epoch FROM s.expires_at)::bigint
+        FROM sessions s JOIN accounts a ON a.id = s.account_id LEFT JOIN users u ON u.id = a.user_id
+        WHERE s.token_hash = %s AND s.expires_at > now() AND a.user_id IS NOT NULL
+        """,
+        (token_hash,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return AccountRow(*row[:-2]), row[-2], row[-1]
+
+
+async def delete_session(conn: AsyncConnection, token_hash: bytes) -> None:
+    await conn.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,))

@@ -65,15 +65,36 @@ class Books:
 
     # --- accounts ---------------------------------------------------------------
 
-    async def create_user(self, name: str, credits: int | None) -> UserRow:
+    async def create_user(self, name: str, credits: int | None, reference: str = "") -> UserRow:
+        """A new user with `credits` (default: the sign-up bonus). With a reference, a second
+        call answers the first call's user and grants nothing (a retried sign-up)."""
         name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidRequest("'name' must be a non-empty string of at most 200 characters", param="name")
+        if not name or len(name) > 254:
+            raise InvalidRequest("'name' must be a non-empty string of at most 254 characters", param="name")
         amount = self._signup_credits if credits is None else credits
         if amount < 0 or amount > MAX_CREDITS:
             raise InvalidRequest("'credits' must be a non-negative number of credits", param="credits")
+        if len(reference) > 200:
+            raise InvalidRequest("'reference' must be at most 200 characters", param="reference")
         async with self._pool.connection() as conn:
-            return await store.create_user(conn, name, amount)
+            user = await store.create_user(conn, name, amount, reference or None)
+            if user is None:
+                user = await store.user_by_reference(conn, reference)
+        if user is None:  # the reference's user was made, then deleted: cannot happen, users are never deleted
+            raise Conflict(f"Reference {reference!r} cannot be reused", param="reference")
+        return user
+
+    async def search_users(self, query: str, limit: int) -> list[UserRow]:
+        limit = 50 if limit <= 0 else min(limit, 500)
+        async with self._pool.connection() as conn:
+            return await store.search_users(conn, query.strip()[:200], limit)
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> UserRow:
+        async with self._pool.connection() as conn:
+            user = await store.set_disabled(conn, user_id, disabled)
+        if user is None:
+            raise NotFound(f"No user with id {user_id}")
+        return user
 
     async def get_user(self, user_id: int) -> UserRow:
         async with self._pool.connection() as conn:
@@ -214,10 +235,23 @@ class Books:
 
     # --- usage and the ledger --------------------------------------------------------
 
-    async def usage(self, user_id: int, limit: int) -> list[RequestRow]:
+    async def usage(self, user_id: int, limit: int, request_id: str = "") -> list[RequestRow]:
         limit = 100 if limit <= 0 else min(limit, 1000)
         async with self._pool.connection() as conn:
-            return await store.list_usage(conn, user_id, limit)
+            return await store.list_usage(conn, user_id, limit, request_id[:200])
+
+    async def daily_spend(self, user_id: int, days: int) -> list[tuple[str, int, int, int]]:
+        days = 30 if days <= 0 else min(days, 366)
+        async with self._pool.connection() as conn:
+            return await store.daily_spend(conn, user_id, days)
+
+    async def model_stats(self, since: int, bucket_s: int) -> list[tuple[int, str, int, int, int, int, int]]:
+        if bucket_s < 60 or bucket_s > 31 * 86400:
+            raise InvalidRequest("'bucket' must be between 60 seconds and 31 days", param="bucket")
+        # At most ~1,000 buckets, so a wide window cannot ask for an enormous answer.
+        since = max(since, int(time.time()) - bucket_s * 1000)
+        async with self._pool.connection() as conn:
+            return await store.model_stats(conn, since, bucket_s)
 
     async def spend(self, user_id: int, since: int, until: int) -> tuple[UserRow, int, int]:
         until = until or int(time.time()) + 1

@@ -10,7 +10,8 @@ from services.billing.store import RequestRow, UserRow
 
 
 def _user(u: UserRow) -> billing_pb2.User:
-    return billing_pb2.User(id=u.id, name=u.name, balance=u.balance, held=u.held, created=u.created)
+    return billing_pb2.User(id=u.id, name=u.name, balance=u.balance, held=u.held, created=u.created,
+                            disabled=u.disabled)
 
 
 def _price(p: Price) -> billing_pb2.Price:
@@ -33,7 +34,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     async def CreateUser(self, request: billing_pb2.CreateUserRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.User:
         credits = request.credits if request.HasField("credits") else None
-        return _user(await self.books.create_user(request.name, credits))
+        return _user(await self.books.create_user(request.name, credits, request.reference))
 
     async def GetUser(self, request: billing_pb2.GetUserRequest,
                       context: grpc.aio.ServicerContext) -> billing_pb2.User:
@@ -72,7 +73,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def ListUsage(self, request: billing_pb2.ListUsageRequest,
                         context: grpc.aio.ServicerContext) -> billing_pb2.UsageList:
-        rows = await self.books.usage(request.user_id, request.limit)
+        rows = await self.books.usage(request.user_id, request.limit, request.request_id)
         return billing_pb2.UsageList(rows=[_usage(r) for r in rows])
 
     async def GetSpend(self, request: billing_pb2.GetSpendRequest,
@@ -96,3 +97,29 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def Redeem(self, request: billing_pb2.RedeemRequest, context: grpc.aio.ServicerContext) -> billing_pb2.User:
         return _user(await self.books.redeem(request.user_id, request.code))
+
+    async def SearchUsers(self, request: billing_pb2.SearchUsersRequest,
+                          context: grpc.aio.ServicerContext) -> billing_pb2.UserList:
+        return billing_pb2.UserList(users=[_user(u) for u in await self.books.search_users(request.query,
+                                                                                           request.limit)])
+
+    async def SetUserDisabled(self, request: billing_pb2.SetUserDisabledRequest,
+                              context: grpc.aio.ServicerContext) -> billing_pb2.User:
+        return _user(await self.books.set_disabled(request.user_id, request.disabled))
+
+    async def DailySpend(self, request: billing_pb2.DailySpendRequest,
+                         context: grpc.aio.ServicerContext) -> billing_pb2.DailySpendList:
+        days = await self.books.daily_spend(request.user_id, request.days)
+        return billing_pb2.DailySpendList(days=[
+            billing_pb2.DaySpend(day=day, credits=credits, requests=requests, tokens=tokens)
+            for day, credits, requests, tokens in days
+        ])
+
+    async def ModelStats(self, request: billing_pb2.ModelStatsRequest,
+                         context: grpc.aio.ServicerContext) -> billing_pb2.ModelStatsList:
+        rows = await self.books.model_stats(request.since, request.bucket_s)
+        return billing_pb2.ModelStatsList(stats=[
+            billing_pb2.ModelStat(bucket=b, model=m, requests=n, prompt_tokens=pt, completion_tokens=ct,
+                                  credits=c, errors=e)
+            for b, m, n, pt, ct, c, e in rows
+        ])

@@ -46,11 +46,13 @@ _REQUEST_COLUMNS = (
 _CREDIT_ENTRIES = "(VALUES ('available', 1), ('funding', -1)) AS e(account, sign)"
 
 
-async def create_user(conn: AsyncConnection, name: str, credits: int) -> UserRow:
+async def create_user(conn: AsyncConnection, name: str, credits: int, reference: str | None = None) -> UserRow | None:
+    """A new user with `credits` granted; None when `reference` was used before (nothing is made)."""
     cur = await conn.execute(
         f"""
         WITH u AS (
-            INSERT INTO users (name, balance) VALUES (%(name)s, %(credits)s)
+            INSERT INTO users (name, balance, signup_ref) VALUES (%(name)s, %(credits)s, %(ref)s)
+            ON CONFLICT (signup_ref) DO NOTHING
             RETURNING {_USER_COLUMNS}
         ), mv AS (
             SELECT nextval('ledger_movement_seq') AS id FROM u WHERE %(credits)s > 0
@@ -62,9 +64,37 @@ async def create_user(conn: AsyncConnection, name: str, credits: int) -> UserRow
         )
         SELECT * FROM u
         """,
-        {"name": name, "credits": credits},
+        {"name": name, "credits": credits, "ref": reference},
     )
-    return UserRow(*await cur.fetchone())
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None
+
+
+async def user_by_reference(conn: AsyncConnection, reference: str) -> UserRow | None:
+    cur = await conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE signup_ref = %s", (reference,))
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None
+
+
+async def search_users(conn: AsyncConnection, query: str, limit: int) -> list[UserRow]:
+    """Users whose id is `query` or whose name contains it (any case); newest first."""
+    cur = await conn.execute(
+        f"""
+        SELECT {_USER_COLUMNS} FROM users
+        WHERE %(q)s = '' OR id::text = %(q)s OR strpos(lower(name), lower(%(q)s)) > 0
+        ORDER BY id DESC LIMIT %(limit)s
+        """,
+        {"q": query, "limit": limit},
+    )
+    return [UserRow(*row) for row in await cur.fetchall()]
+
+
+async def set_disabled(conn: AsyncConnection, user_id: int, disabled: bool) -> UserRow | None:
+    cur = await conn.execute(
+        f"UPDATE users SET disabled = %s WHERE id = %s RETURNING {_USER_COLUMNS}", (disabled, user_id)
+    )
+    row = await cur.fetchone()
+    return UserRow(*row) if row else None
 
 
 async def get_user(conn: AsyncConnection, user_id: int) -> UserRow | None:
@@ -302,14 +332,15 @@ async def open_hold_count(conn: AsyncConnection) -> int:
 
 # --- usage and reporting ------------------------------------------------------
 
-async def list_usage(conn: AsyncConnection, user_id: int, limit: int) -> list[RequestRow]:
+async def list_usage(conn: AsyncConnection, user_id: int, limit: int, request_id: str = "") -> list[RequestRow]:
     cur = await conn.execute(
         f"""
         SELECT {_REQUEST_COLUMNS} FROM requests
         WHERE state <> 'held' AND (%(uid)s = 0 OR user_id = %(uid)s)
+          AND (%(rid)s = '' OR request_id = %(rid)s)
         ORDER BY created_at DESC, request_id LIMIT %(limit)s
         """,
-        {"uid": user_id, "limit": limit},
+        {"uid": user_id, "limit": limit, "rid": request_id},
     )
     return [RequestRow(*row) for row in await cur.fetchall()]
 
@@ -329,6 +360,42 @@ async def spend(conn: AsyncConnection, user_id: int, since: int, until: int) -> 
     )
     row = await cur.fetchone()
     return row[0], row[1]
+
+
+async def daily_spend(conn: AsyncConnection, user_id: int, days: int) -> list[tuple[str, int, int, int]]:
+    """(day, credits, requests, tokens) for each of the last `days` UTC days, today last, gaps as zeros."""
+    cur = await conn.execute(
+        """
+        SELECT to_char(d.day, 'YYYY-MM-DD'), coalesce(sum(r.credits), 0)::bigint, count(r.request_id),
+               coalesce(sum(r.prompt_tokens + r.completion_tokens), 0)::bigint
+        FROM generate_series((now() AT TIME ZONE 'UTC')::date - (%(days)s - 1), (now() AT TIME ZONE 'UTC')::date,
+                             interval '1 day') AS d(day)
+        LEFT JOIN requests r ON r.user_id = %(uid)s AND r.state <> 'held'
+             AND (r.created_at AT TIME ZONE 'UTC')::date = d.day::date
+        GROUP BY d.day ORDER BY d.day
+        """,
+        {"uid": user_id, "days": days},
+    )
+    return [(day, credits, requests, tokens) for day, credits, requests, tokens in await cur.fetchall()]
+
+
+StatRow = tuple[int, str, int, int, int, int, int]
+
+
+async def model_stats(conn: AsyncConnection, since: int, bucket_s: int) -> list[StatRow]:
+    """(bucket start, model, requests, prompt tokens, completion tokens, credits, errors) since `since`."""
+    cur = await conn.execute(
+        """
+        SELECT (floor(extract(epoch FROM created_at) / %(b)s) * %(b)s)::bigint AS bucket, model, count(*),
+               sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint, sum(credits)::bigint,
+               count(*) FILTER (WHERE status IS DISTINCT FROM 'complete')
+        FROM requests
+        WHERE created_at >= to_timestamp(%(since)s) AND state <> 'held'
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """,
+        {"since": since, "b": bucket_s},
+    )
+    return [tuple(row) for row in await cur.fetchall()]  # type: ignore[misc]
 
 
 async def verify_ledger(conn: AsyncConnection) -> dict[str, object]:

@@ -31,6 +31,10 @@ class ChannelTestResult:
 async def test_channel(book: ChannelBook, upstream: Upstream, channel_id: int, model: str) -> ChannelTestResult:
     channel = book.channel(channel_id)
     if channel is None:
+        # Added a moment ago, perhaps through another replica: look at the database once.
+        await book.reload()
+        channel = book.channel(channel_id)
+    if channel is None:
         raise NotFound(f"No channel with id {channel_id}")
     model = model or min(channel.models)
     if model not in channel.models:

@@ -1,0 +1,175 @@
+"""The signed-in user's API under /api/, for the console and the chat page.
+
+Every handler acts for the session's own user, never for an id the caller names, so no
+session can reach another user's keys, usage or credits. Changes need the CSRF token.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
+from edge import openai_api, sessions
+from edge.admin_api import _body, _key, _path_id, _str, _timestamp
+from edge.credits import from_micro, to_micro
+from edge.errors import invalid
+from edge.openai_api import json_response
+from edge.state import PEERS
+
+RPC_TIMEOUT_S = 15
+
+
+def _account(a: auth_pb2.Account) -> dict[str, Any]:
+    return {"user_id": a.user_id, "email": a.email, "role": a.role, "created": a.created}
+
+
+def _credentials(body: dict[str, Any]) -> tuple[str, str]:
+    email, password = body.get("email"), body.get("password")
+    if not isinstance(email, str) or not email.strip():
+        raise invalid("Enter your email address.", "email", "missing_required_parameter")
+    if not isinstance(password, str) or not password:
+        raise invalid("Enter your password.", "password", "missing_required_parameter")
+    return email, password
+
+
+async def _signed_in(request: web.Request, email: str, password: str, status: int) -> web.Response:
+    session = await request.app[PEERS].auth.Login(auth_pb2.LoginRequest(email=email, password=password),
+                                                  timeout=RPC_TIMEOUT_S)
+    response = json_response({"account": _account(session.account), "csrf_token": session.csrf_token},
+                             status=status)
+    sessions.set_cookie(request, response, session)
+    return response
+
+
+async def register(request: web.Request) -> web.Response:
+    sessions.check_origin(request)
+    email, password = _credentials(await _body(request))
+    await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
+                                           timeout=RPC_TIMEOUT_S)
+    return await _signed_in(request, email, password, 201)
+
+
+async def login(request: web.Request) -> web.Response:
+    sessions.check_origin(request)  # no login CSRF: another site cannot sign a browser in
+    email, password = _credentials(await _body(request))
+    return await _signed_in(request, email, password, 200)
+
+
+async def logout(request: web.Request) -> web.Response:
+    await sessions.resolve(request)
+    await request.app[PEERS].auth.Logout(auth_pb2.LogoutRequest(token=request.cookies.get(sessions.COOKIE, "")),
+                                         timeout=RPC_TIMEOUT_S)
+    response = web.Response(status=204)
+    sessions.clear_cookie(request, response)
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    user = await request.app[PEERS].billing.GetUser(billing_pb2.GetUserRequest(user_id=session.account.user_id),
+                                                    timeout=RPC_TIMEOUT_S)
+    return json_response({**_account(session.account), "balance": from_micro(user.balance),
+                          "held": from_micro(user.held), "csrf_token": session.csrf_token})
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    keys = await request.app[PEERS].auth.ListKeys(auth_pb2.ListKeysRequest(user_id=session.account.user_id),
+                                                  timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [{**_key(k), "web": k.web} for k in keys.keys]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    body = await _body(request)
+    limit = body.get("credit_limit")
+    created = await request.app[PEERS].auth.CreateKey(
+        auth_pb2.CreateKeyRequest(
+            user_id=session.account.user_id, name=_str(body, "name"),
+            credit_limit=to_micro(limit, "credit_limit") if limit is not None else 0,
+            expires_at=_timestamp(body.get("expires_at"), "expires_at"),
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({**_key(created.info), "key": created.key}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    # The user id makes another user's key answer 404, exactly like a key that does not exist.
+    await request.app[PEERS].auth.RevokeKey(
+        auth_pb2.RevokeKeyRequest(key_id=_path_id(request), user_id=session.account.user_id), timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)
+
+
+# --- usage, spend, redeem ------------------------------------------------------------------
+
+
+def _limit(request: web.Request, default: int, high: int) -> int:
+    raw = request.query.get("limit") or request.query.get("days") or ""
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) <= high:
+        raise invalid(f"must be an integer from 1 to {high}", "limit")
+    return int(raw)
+
+
+async def usage(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    reply = await request.app[PEERS].billing.ListUsage(
+        billing_pb2.ListUsageRequest(user_id=session.account.user_id, limit=_limit(request, 50, 1000),
+                                     request_id=request.query.get("request_id", "")[:200]),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({"data": [
+        {"request_id": r.request_id, "key_id": r.key_id, "model": r.model, "prompt_tokens": r.prompt_tokens,
+         "completion_tokens": r.completion_tokens, "credits": from_micro(r.credits), "status": r.status,
+         "usage_source": r.usage_source, "created": r.created}
+        for r in reply.rows
+    ]})
+
+
+async def spend(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    reply = await request.app[PEERS].billing.DailySpend(
+        billing_pb2.DailySpendRequest(user_id=session.account.user_id, days=_limit(request, 30, 366)),
+        timeout=RPC_TIMEOUT_S,
+    )
+    return json_response({"data": [{"day": d.day, "credits": from_micro(d.credits), "requests": d.requests,
+                                    "tokens": d.tokens} for d in reply.days]})
+
+
+async def redeem(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    code = _str(await _body(request), "code", limit=100).strip()
+    if not code:
+        raise invalid("Enter a redeem code.", "code", "missing_required_parameter")
+    user = await request.app[PEERS].billing.Redeem(billing_pb2.RedeemRequest(user_id=session.account.user_id,
+                                                                             code=code), timeout=RPC_TIMEOUT_S)
+    return json_response({"balance": from_micro(user.balance)})
+
+
+# --- the chat page ---------------------------------------------------------------------------
+
+
+async def _web_key(request: web.Request) -> auth_pb2.KeyInfo:
+    session = await sessions.resolve(request)
+    return await request.app[PEERS].auth.WebKey(auth_pb2.WebKeyRequest(user_id=session.account.user_id),
+                                                timeout=RPC_TIMEOUT_S)
+
+
+async def models(request: web.Request) -> web.Response:
+    key = await _web_key(request)
+    reply = await request.app[PEERS].inference.ListModels(inference_pb2.ListModelsRequest(allowed=key.models),
+                                                          timeout=RPC_TIMEOUT_S)
+    return json_response({"object": "list", "data": [{"id": m.id, "object": "model", "created": m.created,
+                                                      "owned_by": m.owned_by} for m in reply.models]})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """The chat page's call: the session's own key, through the very path every API key takes."""
+    return await openai_api.relay_as(request, await _web_key(request), inference_pb2.CHAT_COMPLETIONS)

@@ -1,0 +1,72 @@
+"""Admin API calls the operator pages need beyond DESIGN §5: find and disable users, roles,
+channel tests and the per-model dashboard. Same guard as the rest of /admin/v1."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from chatkore.v1 import auth_pb2, billing_pb2
+from edge.admin_api import RPC_TIMEOUT_S, _body, _path_id, _query_int, _str, _user, admin
+from edge.credits import from_micro
+from edge.errors import invalid
+from edge.openai_api import json_response
+from edge.state import PEERS
+
+
+def _account_of(accounts: auth_pb2.AccountList) -> dict[int, auth_pb2.Account]:
+    return {a.user_id: a for a in accounts.accounts}
+
+
+def _user_row(u: billing_pb2.User, account: auth_pb2.Account | None) -> dict[str, Any]:
+    return {**_user(u), "disabled": u.disabled, "email": account.email if account else None,
+            "role": account.role if account else None}
+
+
+@admin
+async def search_users(request: web.Request) -> web.Response:
+    peers = request.app[PEERS]
+    reply = await peers.billing.SearchUsers(
+        billing_pb2.SearchUsersRequest(query=request.query.get("q", "")[:200], limit=_query_int(request, "limit")),
+        timeout=RPC_TIMEOUT_S)
+    accounts = _account_of(await peers.auth.ListAccounts(
+        auth_pb2.ListAccountsRequest(user_ids=[u.id for u in reply.users]), timeout=RPC_TIMEOUT_S))
+    return json_response({"data": [_user_row(u, accounts.get(u.id)) for u in reply.users]})
+
+
+@admin
+async def update_user(request: web.Request) -> web.Response:
+    """PATCH a user: `disabled` (a disabled user's keys, sessions and holds all stop)."""
+    body = await _body(request)
+    disabled = body.get("disabled")
+    if not isinstance(disabled, bool):
+        raise invalid("'disabled' must be true or false", "disabled")
+    user = await request.app[PEERS].billing.SetUserDisabled(
+        billing_pb2.SetUserDisabledRequest(user_id=_path_id(request), disabled=disabled), timeout=RPC_TIMEOUT_S)
+    return json_response(_user_row(user, None))
+
+
+@admin
+async def set_role(request: web.Request) -> web.Response:
+    """PUT a console account's role; how the first operator is made, with the admin key."""
+    role = _str(await _body(request), "role", limit=20)
+    account = await request.app[PEERS].auth.SetRole(auth_pb2.SetRoleRequest(user_id=_path_id(request), role=role),
+                                                    timeout=RPC_TIMEOUT_S)
+    return json_response({"user_id": account.user_id, "email": account.email, "role": account.role})
+
+
+@admin
+async def stats(request: web.Request) -> web.Response:
+    """Requests, tokens, credits and errors per model per time bucket (default: 24 hours by the hour)."""
+    hours = _query_int(request, "hours") or 24
+    bucket = _query_int(request, "bucket") or 3600
+    if hours > 24 * 366:
+        raise invalid("'hours' must be at most a year", "hours")
+    reply = await request.app[PEERS].billing.ModelStats(
+        billing_pb2.ModelStatsRequest(since=int(time.time()) - hours * 3600, bucket_s=bucket), timeout=RPC_TIMEOUT_S)
+    return json_response({"bucket": bucket, "data": [
+        {"bucket": s.bucket, "model": s.model, "requests": s.requests, "prompt_tokens": s.prompt_tokens,
+         "completion_tokens": s.completion_tokens, "credits": from_micro(s.credits), "errors": s.errors}
+        for s in reply.stats
+    ]})

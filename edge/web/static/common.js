@@ -1,0 +1,149 @@
+// What every chatkore page shares: calling the API with the session, building DOM safely,
+// the top bar and the sign-in card. Text always goes in as text, never as HTML.
+"use strict";
+
+const ck = {
+  csrf: "",
+  me: null,
+
+  async api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET" && ck.csrf) headers["X-CSRF-Token"] = ck.csrf;
+    const resp = await fetch(path, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (resp.status === 204) return null;
+    let data = null;
+    try { data = await resp.json(); } catch (e) { data = null; }
+    if (!resp.ok) {
+      const err = new Error((data && data.error && data.error.message) || `Request failed (${resp.status})`);
+      err.status = resp.status;
+      err.code = data && data.error && data.error.code;
+      throw err;
+    }
+    return data;
+  },
+
+  async loadMe() {
+    try {
+      ck.me = await ck.api("GET", "/api/me");
+      ck.csrf = ck.me.csrf_token;
+    } catch (e) {
+      if (e.status !== 401) throw e;
+      ck.me = null;
+    }
+    return ck.me;
+  },
+
+  el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  },
+
+  credits(n) {
+    // Exact to the micro-credit (what billing keeps), but 2 decimals when that is all there is.
+    return Number(n || 0).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 6 });
+  },
+
+  when(unix) {
+    const d = new Date(unix * 1000);
+    return d.toLocaleString("en-GB", { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit" });
+  },
+
+  // The top bar: brand, the pages, and who is signed in with the balance.
+  topbar(active) {
+    const bar = document.getElementById("topbar");
+    bar.replaceChildren();
+    const link = (href, text, name) => ck.el("a", { href, class: name === active ? "active" : "", text });
+    bar.append(
+      ck.el("a", { class: "brand", href: "/chat" }, ck.el("span", { class: "dot" }), "chatkore"),
+      ck.el("nav", { class: "topnav" },
+        link("/chat", "Chat", "chat"), link("/console", "Console", "console"),
+        ck.me && ck.me.role === "operator" ? link("/ops", "Operator", "ops") : null),
+      ck.el("div", { class: "spacer" }),
+    );
+    if (ck.me) {
+      bar.append(ck.el("div", { class: "who" },
+        ck.el("span", { class: "pill", id: "balance", title: "Your balance" }, ck.credits(ck.me.balance) + " credits"),
+        ck.el("span", { class: "email", text: ck.me.email }),
+        ck.el("button", { class: "secondary small", id: "signout", onclick: ck.signOut }, "Sign out")));
+    }
+  },
+
+  // Each cell learns its column's name, which a phone shows beside it (tables stack there).
+  label(tbody) {
+    const heads = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent);
+    for (const row of tbody.rows) [...row.cells].forEach((td, i) => { if (!td.colSpan || td.colSpan === 1) td.dataset.label = heads[i] || ""; });
+  },
+
+  setBalance(balance) {
+    if (ck.me) ck.me.balance = balance;
+    const pill = document.getElementById("balance");
+    if (pill) pill.textContent = ck.credits(balance) + " credits";
+  },
+
+  async signOut() {
+    try { await ck.api("POST", "/api/logout"); } finally { location.reload(); }
+  },
+
+  // The sign-in / create-account card; calls onDone() once a session exists.
+  authCard(root, lead, onDone) {
+    let mode = "login";
+    const error = ck.el("div", { class: "error", hidden: true, role: "alert" });
+    const email = ck.el("input", { type: "email", id: "email", name: "email", autocomplete: "email", required: true });
+    const password = ck.el("input", { type: "password", id: "password", name: "password", required: true,
+      minlength: "8", autocomplete: "current-password" });
+    const submit = ck.el("button", { type: "submit", id: "auth-submit" }, "Sign in");
+    const note = ck.el("p", { class: "hint" });
+    const tabs = ck.el("div", { class: "tabs", role: "tablist" });
+    const setMode = (m) => {
+      mode = m;
+      for (const b of tabs.children) b.classList.toggle("active", b.dataset.mode === m);
+      submit.textContent = m === "login" ? "Sign in" : "Create account";
+      password.setAttribute("autocomplete", m === "login" ? "current-password" : "new-password");
+      note.textContent = m === "login" ? "" : "New accounts start with 100 free credits. Passwords need 8 characters or more.";
+      error.hidden = true;
+    };
+    for (const [m, text] of [["login", "Sign in"], ["register", "Create account"]]) {
+      const b = ck.el("button", { type: "button", id: `tab-${m}`, onclick: () => setMode(m) }, text);
+      b.dataset.mode = m;
+      tabs.append(b);
+    }
+    const form = ck.el("form", { class: "card auth-card", id: "auth-form" },
+      ck.el("h1", { text: "chatkore" }), ck.el("p", { class: "lead", text: lead }), tabs,
+      ck.el("div", { class: "field" }, ck.el("label", { for: "email", text: "Email" }), email),
+      ck.el("div", { class: "field" }, ck.el("label", { for: "password", text: "Password" }), password),
+      note, error, submit);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      error.hidden = true;
+      try {
+        const body = { email: email.value, password: password.value };
+        await ck.api("POST", mode === "login" ? "/api/login" : "/api/register", body);
+        await ck.loadMe();
+        onDone();
+      } catch (e) {
+        error.textContent = e.message;
+        error.hidden = false;
+      } finally {
+        submit.disabled = false;
+      }
+    });
+    setMode("login");
+    root.replaceChildren(ck.el("div", { class: "auth-wrap" }, form));
+  },
+};

@@ -1,0 +1,145 @@
+"""Console accounts: registration across auth and billing, sign-in, sessions and roles.
+
+Registration is a small saga in three steps, ordered so that no failure between them can
+leave an account that signs in without its credits, or credits that anyone can spend:
+
+1. auth stores the credentials with no user attached. Such an account cannot sign in
+   (sign-in and sessions require `accounts.user_id`).
+2. billing creates the user with the sign-up bonus, idempotent by the reference
+   `account:<id>`: asking again answers the same user and grants nothing more.
+3. auth attaches that user to the account. Only now can it sign in, and it has its credits.
+
+A failure after 1 leaves an unfinished account; after 2, also a user with its bonus that
+nobody can reach (no credentials lead to it, it has no keys). Registering again with the
+same email and password resumes at step 2 and ends with the one user and the one grant.
+An unfinished account that nobody resumes for `STALE_PENDING_S` may be taken over by a new
+registration of the same email (no one ever signed in to it, so nothing is lost).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from services.auth import passwords, store
+from services.auth.billing_peer import BillingPeer
+from services.auth.errors import Conflict, InvalidApiKey, InvalidRequest, NotFound, TooManySignIns
+from services.auth.store import AccountRow
+
+ROLES = ("user", "operator")
+STALE_PENDING_S = 15 * 60
+FAILED_LOGIN_LIMIT = 10
+LOCK_S = 15 * 60
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_WRONG_LOGIN = "Incorrect email or password."
+_NO_SESSION = "Your session has expired or is not valid. Please sign in."
+_TAKEN = "An account with this email already exists. Sign in instead."
+
+
+def session_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str  # empty except right after sign-in
+    csrf_token: str
+    account: AccountRow
+    expires_at: int
+
+
+def _check_email(email: str) -> str:
+    email = email.strip()
+    if len(email) > 254 or not _EMAIL.fullmatch(email):
+        raise InvalidRequest("Enter a valid email address.", param="email")
+    return email
+
+
+def _check_password(password: str) -> None:
+    if len(password) < passwords.MIN_LENGTH:
+        raise InvalidRequest(f"The password must have at least {passwords.MIN_LENGTH} characters.",
+                             param="password")
+    if len(password) > passwords.MAX_LENGTH:
+        raise InvalidRequest(f"The password may have at most {passwords.MAX_LENGTH} characters.", param="password")
+
+
+class Accounts:
+    def __init__(self, pool: AsyncConnectionPool, billing: BillingPeer, session_ttl_s: int) -> None:
+        self._pool = pool
+        self._billing = billing
+        self._ttl_s = session_ttl_s
+
+    async def register(self, email: str, password: str) -> AccountRow:
+        email = _check_email(email)
+        _check_password(password)
+        hashed = await passwords.hash_password(password)
+        async with self._pool.connection() as conn:
+            account = await store.insert_account(conn, email, hashed)  # step 1
+            if account is None:
+                account = await store.find_account(conn, email)
+                if account is None or account.user_id is not None:
+                    raise Conflict(_TAKEN, param="email")
+                # Someone else's sign-up under way is theirs to finish, unless long abandoned.
+                resumable = await passwords.verify(account.password_hash, password) or (
+                    account.pending_age_s >= STALE_PENDING_S
+                    and await store.restart_registration(conn, account.id, hashed))
+                if not resumable:
+                    raise Conflict(_TAKEN, param="email")
+        user_id = await self._billing.create_user(email, f"account:{account.id}")  # step 2
+        async with self._pool.connection() as conn:
+            done = await store.attach_user(conn, account.id, user_id)  # step 3
+        if done is None:
+            raise Conflict(_TAKEN, param="email")
+        return done
+
+    async def login(self, email: str, password: str) -> Session:
+        async with self._pool.connection() as conn:
+            account = await store.find_account(conn, email.strip()[:254])
+        if account is not None and account.locked:
+            raise TooManySignIns("Too many failed sign-ins. Try again in 15 minutes.", retry_after_s=LOCK_S)
+        # An unknown email costs one hash too, so timing does not tell which emails exist.
+        ok = await passwords.verify(account.password_hash if account else None, password[:passwords.MAX_LENGTH])
+        if account is None or account.user_id is None or account.user_disabled:
+            raise InvalidApiKey(_WRONG_LOGIN, code="invalid_credentials")
+        async with self._pool.connection() as conn:
+            if not ok:
+                await store.record_failed_login(conn, account.id, FAILED_LOGIN_LIMIT, LOCK_S)
+                raise InvalidApiKey(_WRONG_LOGIN, code="invalid_credentials")
+            rehashed = None
+            if passwords.needs_rehash(account.password_hash):
+                rehashed = await passwords.hash_password(password)
+            await store.record_login(conn, account.id, rehashed)
+            token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            expires = await store.insert_session(conn, session_hash(token), account.id, csrf, self._ttl_s)
+        return Session(token, csrf, account, expires)
+
+    async def resolve(self, token: str) -> Session:
+        if not token or len(token) > 200:
+            raise InvalidApiKey(_NO_SESSION, code="session_required")
+        async with self._pool.connection() as conn:
+            found = await store.find_session(conn, session_hash(token))
+        if found is None or found[0].user_disabled:
+            raise InvalidApiKey(_NO_SESSION, code="session_required")
+        account, csrf, expires = found
+        return Session("", csrf, account, expires)
+
+    async def logout(self, token: str) -> None:
+        if token and len(token) <= 200:
+            async with self._pool.connection() as conn:
+                await store.delete_session(conn, session_hash(token))
+
+    async def set_role(self, user_id: int, role: str) -> AccountRow:
+        if role not in ROLES:
+            raise InvalidRequest(f"'role' must be one of {', '.join(ROLES)}", param="role")
+        async with self._pool.connection() as conn:
+            account = await store.set_role(conn, user_id, role)
+        if account is None:
+            raise NotFound(f"No console account for user {user_id}")
+        return account
+
+    async def of_users(self, user_ids: list[int]) -> list[AccountRow]:
+        async with self._pool.connection() as conn:
+            return await store.accounts_of(conn, user_ids[:1000])

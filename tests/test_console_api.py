@@ -1,0 +1,235 @@
+"""The console's own API (/api/...) and the operator's session on /admin/v1: sign-up, sessions,
+CSRF, and that no session reaches another user's data or the operator's calls."""
+from __future__ import annotations
+
+import json
+import signal
+
+import psycopg
+import requests
+
+from tests.console import PASSWORD, ConsoleUser
+from tests.mock_upstream import fail
+from tests.world import World
+from tools.stack import wait_until
+
+
+def operator(world: World) -> ConsoleUser:
+    """A console account made operator with the admin key (how the first one is made)."""
+    user = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{user.user_id}/role", {"role": "operator"})
+    return user
+
+
+def test_register_gives_100_credits_and_a_safe_cookie(world: World) -> None:
+    user = ConsoleUser(world.url)
+    resp = user.http.post(world.url + "/api/register", json={"email": user.email, "password": PASSWORD}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    cookie = resp.headers["Set-Cookie"]
+    assert "ck_session=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain http here; behind https it is Secure (next test)
+    user.csrf = resp.json()["csrf_token"]
+    me = user.me()
+    assert me["email"] == user.email and me["balance"] == 100 and me["role"] == "user"
+    assert world.balance(me["user_id"]) == 100
+    # The password is stored as an argon2id hash, never as itself.
+    with psycopg.connect(world.stack.database_url) as conn:
+        stored = conn.execute("SELECT password_hash FROM accounts WHERE user_id = %s", (me["user_id"],)).fetchone()[0]
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_cookie_is_secure_behind_https(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    resp = requests.post(world.url + "/api/login", json={"email": user.email, "password": PASSWORD},
+                         headers={"X-Forwarded-Proto": "https"}, timeout=30)
+    assert resp.status_code == 200 and "Secure" in resp.headers["Set-Cookie"]
+
+
+def test_register_and_login_refusals(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    again = ConsoleUser(world.url, email=user.email.upper())
+    resp = again.call("POST", "/api/register", {"email": again.email, "password": PASSWORD})
+    assert resp.status_code == 409 and resp.json()["error"]["param"] == "email"
+    for body, param in (({"email": "not-an-email", "password": PASSWORD}, "email"),
+                        ({"email": "a@b.co", "password": "short"}, "password"),
+                        ({"email": "a@b.co"}, "password")):
+        resp = ConsoleUser(world.url).call("POST", "/api/register", body)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    wrong = ConsoleUser(world.url, email=user.email).call("POST", "/api/login",
+                                                          {"email": user.email, "password": "wrong password"})
+    nobody = ConsoleUser(world.url).call("POST", "/api/login", {"email": "nobody@example.com", "password": PASSWORD})
+    assert wrong.status_code == nobody.status_code == 401
+    assert wrong.json()["error"]["message"] == nobody.json()["error"]["message"]  # says nothing about which
+    assert "Set-Cookie" not in wrong.headers
+    # Logging in by any case of the email works, and sign-out ends the session.
+    ConsoleUser(world.url, email=user.email.upper()).login()
+    user.ok("POST", "/api/logout", expect=204)
+    assert user.call("GET", "/api/me").status_code == 401
+
+
+def test_no_page_data_without_a_session(world: World) -> None:
+    anon = ConsoleUser(world.url)
+    forged = ConsoleUser(world.url)
+    forged.http.cookies.set("ck_session", "forged-token")
+    for who in (anon, forged):
+        for method, path in (("GET", "/api/me"), ("GET", "/api/keys"), ("POST", "/api/keys"), ("GET", "/api/usage"),
+                             ("GET", "/api/spend"), ("POST", "/api/redeem"), ("GET", "/api/models"),
+                             ("POST", "/api/chat/completions"), ("DELETE", "/api/keys/1"), ("POST", "/api/logout")):
+            resp = who.call(method, path, {})
+            assert resp.status_code == 401, f"{method} {path}: {resp.status_code}"
+            assert resp.json()["error"]["code"] in ("session_required", "invalid_api_key")
+    # The operator page itself sends anyone without an operator session to sign in.
+    resp = anon.http.get(world.url + "/ops", allow_redirects=False, timeout=10)
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/console")
+
+
+def test_csrf_is_required_for_every_change(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    for headers in ({}, {"X-CSRF-Token": "wrong"}):
+        resp = user.call("POST", "/api/keys", {"name": "x"}, csrf=False, headers=headers)
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "csrf_failed"
+    resp = user.call("POST", "/api/keys", {"name": "x"}, headers={"Origin": "https://evil.example"})
+    assert resp.status_code == 403
+    resp = user.call("POST", "/api/login", {"email": user.email, "password": PASSWORD},
+                     headers={"Origin": "https://evil.example"})
+    assert resp.status_code == 403  # no login CSRF either
+    assert user.ok("GET", "/api/keys")["data"] == []  # nothing was made
+    created = user.ok("POST", "/api/keys", {"name": "laptop"}, expect=201)
+    assert created["key"].startswith("sk-") and created["name"] == "laptop"
+    # Another user's CSRF token does not work with this session.
+    other = ConsoleUser(world.url).register()
+    resp = user.call("POST", "/api/keys", {"name": "y"}, csrf=False, headers={"X-CSRF-Token": other.csrf})
+    assert resp.status_code == 403
+
+
+def test_no_session_reaches_another_users_keys_or_usage(world: World) -> None:
+    alice, bob = ConsoleUser(world.url).register(), ConsoleUser(world.url).register()
+    key = alice.ok("POST", "/api/keys", {"name": "alice's"}, expect=201)
+    reply = world.client(key["key"]).chat.completions.with_raw_response.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}])
+    request_id = reply.headers["x-request-id"]
+    # Bob cannot revoke Alice's key: it answers as if it did not exist, and it still works.
+    resp = bob.call("DELETE", f"/api/keys/{key['id']}")
+    assert resp.status_code == 404
+    assert world.client(key["key"]).models.list().data
+    assert key["id"] not in [k["id"] for k in bob.ok("GET", "/api/keys")["data"]]
+    # Bob sees none of Alice's usage, even naming her request id or her user id.
+    assert bob.ok("GET", f"/api/usage?request_id={request_id}")["data"] == []
+    assert bob.ok("GET", f"/api/usage?user_id={alice.user_id}")["data"] == []
+    rows = alice.ok("GET", f"/api/usage?request_id={request_id}")["data"]
+    assert len(rows) == 1 and rows[0]["key_id"] == key["id"] and rows[0]["credits"] > 0
+    # Alice revokes her own key; it stops working.
+    alice.ok("DELETE", f"/api/keys/{key['id']}", expect=204)
+    wait_until(lambda: requests.get(world.url + "/v1/models", headers={"Authorization": f"Bearer {key['key']}"},
+                                    timeout=5).status_code == 401, 5, "the revoked key to stop working")
+
+
+def test_normal_user_cannot_use_the_admin_api(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    for method, path, body in (("GET", "/admin/v1/users", None), ("GET", "/admin/v1/channels", None),
+                               ("POST", "/admin/v1/redeem-codes", {"credits": 5, "count": 1}),
+                               ("POST", f"/admin/v1/users/{user.user_id}/topups", {"credits": 1000}),
+                               ("PUT", f"/admin/v1/users/{user.user_id}/role", {"role": "operator"})):
+        resp = user.call(method, path, body)
+        assert resp.status_code == 403, f"{method} {path}: {resp.status_code}"
+        assert resp.json()["error"]["code"] == "operator_required"
+    assert user.me()["balance"] == 100 and user.me()["role"] == "user"
+    resp = user.http.get(world.url + "/ops", allow_redirects=False, timeout=10)
+    assert resp.status_code == 302
+
+
+def test_operator_session_uses_the_admin_api(world: World) -> None:
+    op = operator(world)
+    target = ConsoleUser(world.url).register()
+    found = op.ok("GET", f"/admin/v1/users?q={target.email[:6]}")["data"]
+    assert [u["email"] for u in found] == [target.email] and found[0]["role"] == "user"
+    # Changes need the CSRF token here too.
+    assert op.call("POST", f"/admin/v1/users/{target.user_id}/topups", {"credits": 5}, csrf=False).status_code == 403
+    assert op.ok("POST", f"/admin/v1/users/{target.user_id}/topups", {"credits": 5})["balance"] == 105
+    assert op.http.get(world.url + "/ops", allow_redirects=False, timeout=10).status_code == 200
+    # Disabling a user ends its sessions and its keys at once.
+    key = target.ok("POST", "/api/keys", {"name": "k"}, expect=201)["key"]
+    op.ok("PATCH", f"/admin/v1/users/{target.user_id}", {"disabled": True})
+    assert target.call("GET", "/api/me").status_code == 401
+    wait_until(lambda: requests.get(world.url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
+                                    timeout=5).status_code == 401, 5, "the disabled user's key to stop working")
+    assert ConsoleUser(world.url, email=target.email).call(
+        "POST", "/api/login", {"email": target.email, "password": PASSWORD}).status_code == 401
+    op.ok("PATCH", f"/admin/v1/users/{target.user_id}", {"disabled": False})
+    assert target.me()["balance"] == 105
+
+
+def test_redeem_a_code_once(world: World) -> None:
+    code = world.admin("POST", "/admin/v1/redeem-codes", {"credits": 7.5, "count": 2}, expect=201)["codes"][0]
+    user = ConsoleUser(world.url).register()
+    assert user.ok("POST", "/api/redeem", {"code": code})["balance"] == 107.5
+    resp = user.call("POST", "/api/redeem", {"code": code})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_redeem_code"
+    assert ConsoleUser(world.url).register().call("POST", "/api/redeem", {"code": code}).status_code == 400
+    assert user.me()["balance"] == 107.5
+
+
+def test_chat_page_spends_through_the_relay(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    models = [m["id"] for m in user.ok("GET", "/api/models")["data"]]
+    assert "gpt-3.5-turbo" in models
+    body = {"model": "gpt-3.5-turbo", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hello"}]}
+    assert user.call("POST", "/api/chat/completions", body, csrf=False).status_code == 403
+    resp = user.call("POST", "/api/chat/completions", body)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text and chunks[-1]["usage"]["completion_tokens"] > 0
+    rows = user.ok("GET", f"/api/usage?request_id={resp.headers['x-request-id']}")["data"]
+    assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["credits"] > 0
+    assert user.me()["balance"] == 100 - rows[0]["credits"]
+    # Its key is the user's own "chat page" key: listed, but neither revocable nor usable as a bearer.
+    web = [k for k in user.ok("GET", "/api/keys")["data"] if k["web"]]
+    assert len(web) == 1 and web[0]["id"] == rows[0]["key_id"]
+    assert user.call("DELETE", f"/api/keys/{web[0]['id']}").status_code == 404
+    # Bad input is refused like on /v1, and costs nothing.
+    bad = user.call("POST", "/api/chat/completions", {"model": "gpt-3.5-turbo", "messages": []})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    assert user.me()["balance"] == 100 - rows[0]["credits"]
+
+
+def test_operator_dashboard_and_channel_test(world: World) -> None:
+    op = operator(world)
+    tenant = world.tenant()
+    tenant.client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    stats = op.ok("GET", "/admin/v1/stats?hours=2&bucket=3600")["data"]
+    row = [s for s in stats if s["model"] == "gpt-4o-mini"]
+    assert row and row[-1]["requests"] >= 1 and row[-1]["prompt_tokens"] > 0 and row[-1]["credits"] > 0
+    channel_id, tag = world.channel(["gpt-4o-mini"])
+    result = op.ok("POST", f"/admin/v1/channels/{channel_id}/test", {})
+    assert result["ok"] is True and result["latency_ms"] > 0 and result["model"] == "gpt-4o-mini"
+    assert world.mock.received(tag)[-1].body["max_tokens"] <= 5  # a tiny request
+    world.mock.always(tag, fail(401, "bad key sk-upstream-leak"))
+    result = op.ok("POST", f"/admin/v1/channels/{channel_id}/test", {})
+    assert result["ok"] is False and "sk-upstream-leak" not in json.dumps(result)
+    world.admin("DELETE", f"/admin/v1/channels/{channel_id}", expect=204)
+
+
+def test_registration_failing_half_way_resumes_without_double_credit(make_stack) -> None:
+    """Billing down during sign-up: the account cannot sign in; signing up again finishes it with 100 credits."""
+    stack = make_stack(name="signup")
+    stack.signal("billing", signal.SIGKILL)
+    stack.procs["billing"].wait(10)
+    user = ConsoleUser(stack.url)
+    resp = user.call("POST", "/api/register", {"email": user.email, "password": PASSWORD})
+    assert resp.status_code in (502, 503, 504), resp.text
+    resp = user.call("POST", "/api/login", {"email": user.email, "password": PASSWORD})
+    assert resp.status_code == 401  # half made: no way in
+    stack.start_process("billing")
+    stack.wait_healthy(60)
+    user.register()
+    assert user.me()["balance"] == 100
+    with psycopg.connect(stack.database_url) as conn:
+        users = conn.execute("SELECT count(*) FROM users WHERE name = %s", (user.email,)).fetchone()[0]
+        grants = conn.execute("SELECT count(*) FROM ledger WHERE kind = 'grant' AND user_id = %s",
+                              (user.user_id,)).fetchone()[0]
+    assert users == 1 and grants == 1
+    assert stack.admin("GET", "/admin/v1/ledger/verify")["ok"]

@@ -1,0 +1,270 @@
+"""The pages in a real browser (Debian's chromium, driven by Playwright): a user's sign-up to
+SDK usage in the console, a streamed chat answer and its cost, an operator's channel and
+redeem code. Each page is photographed at 1280x800 and at a 390-px phone width into
+tests/artifacts/screenshots/, and must not overflow the phone's width."""
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.console import PASSWORD, ConsoleUser
+from tests.mock_upstream import ok, stream_then
+from tests.world import World
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs it (make browser)"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def context(browser: Browser, viewport: dict[str, int], base_url: str, state: object = None) -> BrowserContext:
+    ctx = browser.new_context(viewport=viewport, base_url=base_url, storage_state=state,  # type: ignore[arg-type]
+                              device_scale_factor=1, is_mobile=viewport is PHONE, has_touch=viewport is PHONE)
+    ctx.set_default_timeout(15_000)
+    return ctx
+
+
+def shoot(page: Page, name: str) -> None:
+    """A screenshot, and on a phone a check that nothing is wider than the screen."""
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    if name.endswith("-phone"):
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name}: the page is {overflow}px wider than the phone"
+
+
+def phone_shots(browser: Browser, desktop: BrowserContext, base_url: str, pages: dict[str, str]) -> None:
+    """The same pages, signed in as the same user, on a phone."""
+    phone = context(browser, PHONE, base_url, desktop.storage_state())
+    page = phone.new_page()
+    for name, path in pages.items():
+        page.goto(path)
+        page.wait_for_selector("#content, #thread, #auth-form")
+        shoot(page, f"{name}-phone")
+    phone.close()
+
+
+def balance_of(page: Page) -> Decimal:
+    return Decimal(re.sub(r"[^0-9.]", "", page.locator("#balance").inner_text()))
+
+
+def sign_in(page: Page, email: str, password: str = PASSWORD) -> None:
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#auth-submit")
+    expect(page.locator("#balance")).to_be_visible()
+
+
+def test_register_create_key_use_it_and_see_usage(browser: Browser, world: World) -> None:
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    expect(page.locator("#auth-form")).to_be_visible()
+    shoot(page, "console-signin")
+    phone = context(browser, PHONE, world.url).new_page()
+    phone.goto("/console")
+    shoot(phone, "console-signin-phone")
+    phone.context.close()
+
+    email = f"web{secrets.token_hex(3)}@example.com"
+    page.click("#tab-register")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#auth-submit")
+    expect(page.locator("#overview-balance")).to_have_text("100.00")
+    expect(page.locator("#balance")).to_have_text("100.00 credits")
+    # Cookies are beyond the page's scripts.
+    assert page.evaluate("document.cookie") == ""
+
+    page.click("#nav-keys")
+    page.fill("#key-name", "my laptop")
+    page.click("#create-key")
+    key = page.locator("#new-key-value").inner_text()
+    assert key.startswith("sk-")
+    expect(page.locator("#keys-body tr")).to_have_count(1)
+    expect(page.locator("#keys-body")).to_contain_text("my laptop")
+    shoot(page, "console-keys")
+
+    reply = world.client(key).chat.completions.with_raw_response.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Say this is a test!"}])
+    request_id = reply.headers["x-request-id"]
+    assert reply.parse().choices[0].message.content
+
+    page.click("#nav-usage")
+    row = page.locator(f'#usage-body tr[data-request-id="{request_id}"]')
+    expect(row).to_contain_text("gpt-3.5-turbo")
+    expect(row).to_contain_text("my laptop")
+    expect(row).to_contain_text("complete")
+    shoot(page, "console-usage")
+    page.click("#nav-overview")
+    expect(page.locator("#overview-requests")).to_have_text("1")
+    assert balance_of(page) < 100
+    assert Decimal(page.locator("#overview-balance").inner_text()) == balance_of(page)
+    shoot(page, "console-overview")
+    phone_shots(browser, ctx, world.url, {"console-overview": "/console#overview", "console-keys": "/console#keys",
+                                          "console-usage": "/console#usage"})
+    # Signing out ends the session: the console asks to sign in again.
+    page.click("#signout")
+    expect(page.locator("#auth-form")).to_be_visible()
+    ctx.close()
+
+
+def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: World) -> None:
+    model, tag = world.served_model(prefix="gpt-chat")
+    user = ConsoleUser(world.url).register()
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/chat")
+    expect(page.locator("#auth-form")).to_be_visible()
+    shoot(page, "chat-signin")
+    sign_in(page, user.email)
+    page.select_option("#model", model)
+
+    # 24 pieces, 60 ms apart: the answer must show up while it is still arriving.
+    world.mock.script(tag, ok(pieces=24, delay_s=0.06))
+    page.fill("#prompt", "Show **bold** and code:\n```python\nprint('hi')\n```")
+    page.press("#prompt", "Enter")
+    answer = page.locator(".msg.assistant").last
+    expect(page.locator("#stop")).to_be_visible()
+    expect(answer.locator(".bubble")).not_to_be_empty()
+    assert page.locator("#stop").is_visible(), "the answer should render while it streams"
+    expect(answer.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    expect(answer.locator(".bubble pre code.hljs")).to_contain_text("print('hi')")  # highlighted code block
+    expect(answer.locator(".bubble strong")).to_have_text("bold")  # Markdown rendered
+    cost = Decimal(answer.locator(".meta").get_attribute("data-cost") or "0")
+    assert cost > 0
+    row = world.usage(user.user_id)[0]
+    assert Decimal(str(row["credits"])) == cost and row["model"] == model and row["status"] == "complete"
+    assert balance_of(page) == 100 - cost == world.balance(user.user_id)
+
+    # Stop: a hanging stream is cut by the button; it pays for what was delivered.
+    world.mock.script(tag, stream_then(3, "hang", delay_s=0.05))
+    page.fill("#prompt", "Tell me a long story")
+    page.press("#prompt", "Enter")
+    stopped = page.locator(".msg.assistant").last
+    expect(stopped.locator(".bubble")).not_to_be_empty()
+    page.click("#stop")
+    expect(stopped.locator(".meta")).to_contain_text("stopped")
+    expect(stopped.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    expect(page.locator("#send")).to_be_visible()
+    assert world.usage(user.user_id)[0]["status"] == "client_gone"
+    shoot(page, "chat")
+    phone_shots(browser, ctx, world.url, {"chat": "/chat"})
+
+    # Markup in an answer is sanitised: an injected handler or script never runs.
+    page.click("#new-chat")
+    world.mock.script(tag, ok(content="<img src=x onerror=\"document.body.dataset.pwned=1\"><script>alert(1)</script>"))
+    page.fill("#prompt", "try me")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    assert page.evaluate("document.body.dataset.pwned") is None
+    assert page.locator(".msg.assistant .bubble script, .msg.assistant .bubble img[onerror]").count() == 0
+
+    # Conversations are kept in the browser: both still there after a reload.
+    page.reload()
+    expect(page.locator(".conv")).to_have_count(2)
+    page.locator(".conv a", has_text="Show **bold**").click()
+    expect(page.locator(".msg")).to_have_count(4)
+    expect(page.locator(".msg.assistant .bubble pre code")).to_contain_text("print('hi')")
+    ctx.close()
+
+
+def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: World) -> None:
+    op = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
+    customer = ConsoleUser(world.url).register()
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/ops")  # not signed in: sent to the console first
+    expect(page).to_have_url(re.compile(r"/console\?next=/ops"))
+    sign_in(page, op.email)
+    page.goto("/ops")
+    expect(page.locator("#dash-totals .stat")).to_have_count(4)
+    shoot(page, "ops-dashboard")
+
+    # A new model: price it, then add a channel that serves it, and test the channel.
+    model = f"ops-{secrets.token_hex(3)}"
+    tag = f"ops{secrets.token_hex(3)}"
+    page.click("#nav-prices")
+    page.fill("#price-model", model)
+    page.fill("#price-prompt", "1.5")
+    page.fill("#price-completion", "2")
+    page.click("#price-form button[type=submit]")
+    expect(page.locator("#prices-body")).to_contain_text(model)
+    shoot(page, "ops-prices")
+    page.click("#nav-channels")
+    page.fill("#ch-name", f"mock-{tag}")
+    page.fill("#ch-base-url", world.mock.base_url(tag))
+    page.fill("#ch-api-key", f"sk-upstream-{tag}-secret")
+    page.fill("#ch-models", model)
+    page.click("#ch-save")
+    row = page.locator("#channels-body tr", has_text=f"mock-{tag}")
+    expect(row).to_contain_text("healthy")
+    assert f"sk-upstream-{tag}-secret" not in page.content()
+    row.get_by_role("button", name="Test").click()
+    expect(row.locator(".test-result")).to_contain_text(re.compile(r"ok · \d+ ms"))
+    shoot(page, "ops-channels")
+    tenant = world.tenant()
+    answer = tenant.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert answer.model == model and world.mock.received(tag)[-1].body["messages"][0]["content"] == "hi"
+
+    page.click("#nav-codes")
+    page.fill("#code-credits", "12.5")
+    page.fill("#code-count", "3")
+    page.click("#codes-form button[type=submit]")
+    expect(page.locator(".redeem-code")).to_have_count(3)
+    code = page.locator(".redeem-code").first.inner_text()
+    shoot(page, "ops-codes")
+
+    page.click("#nav-users")
+    page.fill("#user-query", customer.email)
+    page.click("#user-search button[type=submit]")
+    user_row = page.locator(f'#users-body tr[data-user-id="{customer.user_id}"]')
+    expect(user_row).to_contain_text(customer.email)
+    user_row.locator(".topup-amount").fill("5")
+    user_row.get_by_role("button", name="Add").click()
+    expect(page.locator("#users-message")).to_contain_text("balance 105.00")
+    page.fill("#user-query", "")
+    page.click("#user-search button[type=submit]")
+    shoot(page, "ops-users")
+    phone_shots(browser, ctx, world.url, {"ops-dashboard": "/ops#dashboard", "ops-users": "/ops#users",
+                                          "ops-channels": "/ops#channels", "ops-prices": "/ops#prices",
+                                          "ops-codes": "/ops#codes"})
+    ctx.close()
+
+    # The customer redeems the code in the console.
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    sign_in(page, customer.email)
+    expect(page.locator("#nav-ops")).to_have_count(0)
+    page.fill("#redeem-code", code)
+    page.click("#redeem-form button[type=submit]")
+    expect(page.locator("#redeem-message")).to_contain_text("117.50")
+    expect(page.locator("#balance")).to_have_text("117.50 credits")
+    page.fill("#redeem-code", code)
+    page.click("#redeem-form button[type=submit]")
+    expect(page.locator("#redeem-message")).to_contain_text("already been used")
+    assert world.balance(customer.user_id) == Decimal("117.5")
+    # A normal user who opens the operator page is sent back to the console.
+    page.goto("/ops")
+    expect(page).to_have_url(re.compile(r"/console"))
+    ctx.close()
