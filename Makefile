@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 WEB := edge/web
 WEB_STAMP := $(WEB)/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
+CHECKOV := $(VENV)/checkov/.installed-$(shell cksum < requirements-checkov.txt | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 
 .PHONY: run test bench protos lint clean venv web browser
@@ -15,7 +16,7 @@ export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 	$(PY) -m tools.run
 
-test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser
+test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) $(GEN)/.stamp
@@ -34,6 +35,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# checkov pins packages that pytest cannot share, so it has a venv of its own (tests/test_deploy.py).
+$(CHECKOV): requirements-checkov.txt | $(STAMP)
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --disable-pip-version-check -q -r requirements-checkov.txt
+	rm -f $(VENV)/checkov/.installed-*
 	touch $@
 
 # Stubs are generated, never edited, and not committed: protos/ is the one source.

@@ -14,7 +14,7 @@ from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
 from edge.state import CONFIG, KEYS, LIMITS, PEERS, Peers
-from services.common import peers
+from services.common import metrics, peers, telemetry
 
 
 async def _peers(app: web.Application) -> AsyncIterator[None]:
@@ -39,11 +39,23 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITS].close()
 
 
+async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
+    """/metrics on its own port when one is set, so a public Ingress never shows it."""
+    cfg = app[CONFIG].telemetry
+    runner = await metrics.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port else None
+    yield
+    if runner is not None:
+        await runner.cleanup()
+
+
 def make_app(cfg: EdgeConfig) -> web.Application:
-    app = web.Application(router=Router(), middlewares=[errors], client_max_size=cfg.max_body_bytes)
+    traced = telemetry.http_server_middleware()  # None unless an OTLP endpoint is configured
+    app = web.Application(router=Router(), middlewares=[errors] if traced is None else [traced, errors],
+                          client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)
+    app.cleanup_ctx.append(_metrics_server)
     app.on_response_prepare.append(add_request_id)
     routes.setup(app)
     return app

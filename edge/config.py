@@ -12,6 +12,7 @@ from services.common.config import (
     env_optional,
     env_str,
 )
+from services.common.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class EdgeConfig:
     auth_addr: str
     billing_addr: str
     inference_addr: str
+    telemetry: Telemetry       # metrics port (0: /metrics on the main port) and tracing
     max_body_bytes: int
     key_cache_s: float         # how long an authenticated key is trusted without asking auth
     relay_deadline_s: float    # gRPC deadline of a unary relay (covers failover across channels)
@@ -38,6 +40,7 @@ class EdgeConfig:
             auth_addr=env_str("CHATKORE_AUTH_ADDR", DEFAULT_AUTH_ADDR),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             inference_addr=env_str("CHATKORE_INFERENCE_ADDR", DEFAULT_INFERENCE_ADDR),
+            telemetry=Telemetry.from_env(),
             max_body_bytes=int(env_float("CHATKORE_MAX_BODY_MB", 20) * 1024 * 1024),
             # Revocation must reach every replica within 1 s (DESIGN §5): trust a key half that.
             key_cache_s=min(env_float("CHATKORE_KEY_CACHE_S", 0.5), 0.9),

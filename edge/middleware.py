@@ -12,11 +12,15 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from edge.errors import OpenAIError, from_rpc
+from services.common import metrics
 from services.common.logs import request_id_var
 
 log = logging.getLogger("edge.access")
 
 _SLASHES = re.compile(r"/{2,}")
+# Answers that mean the model was never resolved: its name stays out of the metric labels,
+# which only ever carry models some channel serves.
+_NO_MODEL_LABEL = frozenset({400, 404, 413})
 
 
 def normalize_path(path: str) -> str:
@@ -53,6 +57,7 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
     request["request_id"] = rid
     token = request_id_var.set(rid)
     started = time.perf_counter()
+    request["started"] = started
     status = 500
     try:
         response = await handler(request)
@@ -79,9 +84,19 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
         return OpenAIError(500, "The server had an error while processing your request. Sorry about that!",
                            type="server_error").response()
     finally:
+        elapsed = time.perf_counter() - started
         log.info("%s %s %d", request.method, request.path, status,
-                 extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)})
+                 extra={"status": status, "ms": round(elapsed * 1000, 2)})
+        _observe(request, status, elapsed)
         request_id_var.reset(token)
+
+
+def _observe(request: web.Request, status: int, elapsed: float) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    model = "" if status in _NO_MODEL_LABEL else request.get("model", "")
+    metrics.HTTP_REQUESTS.labels(route, model, str(status)).inc()
+    metrics.HTTP_LATENCY.labels(route, model).observe(elapsed)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -34,6 +34,7 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
     fields = check(body)
     limits = request.app[LIMITS]
     admission = await limits.admit(key, body, fields)
+    request["model"] = fields.model
     cfg = request.app[CONFIG]
     message = inference_pb2.RelayRequest(
         caller=common_pb2.Caller(user_id=key.user_id, key_id=key.key_id, models=key.models,
@@ -46,7 +47,7 @@ async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str,
     used: list[int] = []  # the call's real tokens, once known
     try:
         if fields.stream:
-            return await sse.relay(request, inference.RelayStream(message, timeout=cfg.stream_deadline_s),
+            return await sse.relay(request, lambda: inference.RelayStream(message, timeout=cfg.stream_deadline_s),
                                    headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens))
         reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
         used.append(reply.usage.total_tokens)

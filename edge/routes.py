@@ -8,6 +8,8 @@ from edge import console_api as console
 from edge import health, pages
 from edge import openai_api as v1
 from edge import operator_api as operator
+from edge.state import CONFIG
+from services.common import metrics
 
 
 def setup(app: web.Application) -> None:
@@ -67,3 +69,5 @@ def setup(app: web.Application) -> None:
     # Operations.
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
+    if not app[CONFIG].telemetry.metrics_port:  # else on CHATKORE_METRICS_PORT (edge/app.py)
+        r.add_get("/metrics", metrics.handle)

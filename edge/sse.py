@@ -3,12 +3,18 @@
 Headers go out only once the first chunk is in hand, so a failure before it still
 gets a real HTTP status. After that, an error travels in-band as a `data:` event,
 and the stream still ends with `data: [DONE]`. Every event is one write.
+
+A call whose connection broke before its first event (an inference replica died or is
+stopping) is made again, and the balancer sends it to another replica. Nothing had reached
+the client, and inference reserves and settles by the request id, which the new call keeps:
+a hold the lost replica placed is found again and settled once.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -16,6 +22,7 @@ from aiohttp import web
 
 from chatkore.v1 import inference_pb2
 from edge.errors import from_rpc
+from services.common import metrics, peers
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +38,42 @@ def event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall, *, headers: dict[str, str] | None = None,
+class _Opened:
+    """The call being read (the last one tried), so that whoever leaves early can cancel it."""
+
+    call: grpc.aio.UnaryStreamCall | None = None
+
+
+async def _first_event(open_call: Callable[[], grpc.aio.UnaryStreamCall], opened: _Opened) -> object:
+    for attempt in range(peers.ATTEMPTS):
+        opened.call = open_call()
+        try:
+            return await opened.call.read()  # a failure here raises, and becomes an ordinary error reply
+        except grpc.aio.AioRpcError as err:
+            if not peers.transport_failure(err) or attempt == peers.ATTEMPTS - 1:
+                raise
+            log.warning("relay stream lost its replica before the first event; trying again")
+        await asyncio.sleep(peers.BACKOFF_S[attempt])
+    raise AssertionError("unreachable")
+
+
+async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStreamCall], *,
+                headers: dict[str, str] | None = None,
                 on_outcome: Callable[[inference_pb2.Outcome], None] | None = None) -> web.StreamResponse:
+    opened = _Opened()
     finished = False
+    streaming = False
     try:
-        first = await call.read()  # a failure here raises, and becomes an ordinary error reply
+        first = await _first_event(open_call, opened)
+        call = opened.call
+        assert call is not None
         if first is grpc.aio.EOF:
             raise web.HTTPBadGateway()
+        metrics.FIRST_CHUNK.labels(request.get("model", "")).observe(time.perf_counter() - request["started"])
         response = web.StreamResponse(status=200, headers={**HEADERS, **(headers or {})})
         await response.prepare(request)
+        metrics.STREAMS.inc()
+        streaming = True
         item: inference_pb2.RelayEvent | object = first
         try:
             while item is not grpc.aio.EOF:
@@ -60,8 +94,11 @@ async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall, *, headers
     except (ConnectionResetError, asyncio.CancelledError):
         # The client went away: cancelling the call cancels the upstream, and the
         # inference service settles for what was generated.
-        call.cancel()
+        if opened.call is not None:
+            opened.call.cancel()
         raise
     finally:
-        if not finished:
-            call.cancel()
+        if streaming:
+            metrics.STREAMS.dec()
+        if not finished and opened.call is not None:
+            opened.call.cancel()

@@ -94,11 +94,12 @@ def make_stack(make_database, tmp_path_factory) -> Iterator:
     stacks: list[Stack] = []
 
     def make(database_url: str | None = None, env: dict[str, str] | None = None, name: str = "stack",
-             start: bool = True) -> Stack:
+             start: bool = True, replicas: dict[str, int] | None = None) -> Stack:
         log_dir = ARTIFACTS / "logs" / f"{name}-{len(stacks)}"
         shutil.rmtree(log_dir, ignore_errors=True)
         stack = Stack(database_url=database_url or make_database(), admin_key="ck-admin-" + secrets.token_hex(16),
-                      secret_key=secrets.token_hex(16), log_dir=log_dir, env_extra={**TEST_ENV, **(env or {})})
+                      secret_key=secrets.token_hex(16), log_dir=log_dir, env_extra={**TEST_ENV, **(env or {})},
+                      replicas=replicas or {})
         stacks.append(stack)
         return stack.start() if start else stack
 

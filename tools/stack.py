@@ -17,6 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = {"auth": "services.auth", "billing": "services.billing", "inference": "services.inference",
             "edge": "edge"}
+GRPC_SERVICES = ("auth", "billing", "inference")
 
 
 def free_port() -> int:
@@ -50,12 +51,30 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     env_extra: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Processes per gRPC service (default 1). Replica i > 1 is named "<service>-<i>" and has its
+    # own port in `ports`; peers get every replica's address in one target, balanced round-robin.
+    replicas: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # per gRPC process: its /metrics
 
     def __post_init__(self) -> None:
         self.http_port = self.http_port or free_port()
-        for name in ("auth", "billing", "inference"):
+        for name in self.grpc_processes():
             self.ports.setdefault(name, free_port())
+            self.metrics_ports.setdefault(name, free_port())
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def grpc_processes(self, service: str | None = None) -> list[str]:
+        names = []
+        for svc in (service,) if service else GRPC_SERVICES:
+            names += [svc] + [f"{svc}-{i}" for i in range(2, self.replicas.get(svc, 1) + 1)]
+        return names
+
+    def target(self, service: str) -> str:
+        """The address peers dial: one replica's, or all of them (gRPC's ipv4: list, round-robin)."""
+        ports = [self.ports[name] for name in self.grpc_processes(service)]
+        if len(ports) == 1:
+            return f"127.0.0.1:{ports[0]}"
+        return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
     @property
     def url(self) -> str:
@@ -70,22 +89,31 @@ class Stack:
             "CHATKORE_SECRET_KEY": self.secret_key,
             "CHATKORE_HOST": "127.0.0.1",
             "CHATKORE_HTTP_PORT": str(self.http_port),
-            "CHATKORE_AUTH_ADDR": f"127.0.0.1:{self.ports['auth']}",
-            "CHATKORE_BILLING_ADDR": f"127.0.0.1:{self.ports['billing']}",
-            "CHATKORE_INFERENCE_ADDR": f"127.0.0.1:{self.ports['inference']}",
+            "CHATKORE_AUTH_ADDR": self.target("auth"),
+            "CHATKORE_BILLING_ADDR": self.target("billing"),
+            "CHATKORE_INFERENCE_ADDR": self.target("inference"),
         })
         env.update(self.env_extra)
+        return env
+
+    def process_env(self, name: str) -> dict[str, str]:
+        env = self.env()
+        if name in self.metrics_ports:
+            service = name.split("-")[0]
+            env[f"CHATKORE_{service.upper()}_LISTEN"] = f"127.0.0.1:{self.ports[name]}"
+            env["CHATKORE_METRICS_HOST"] = "127.0.0.1"
+            env["CHATKORE_METRICS_PORT"] = str(self.metrics_ports[name])
         return env
 
     def start_process(self, name: str, module: str | None = None, args: tuple[str, ...] = ()) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module or SERVICES[name], *args], cwd=ROOT, env=self.env(),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", module or SERVICES[name.split("-")[0]], *args], cwd=ROOT,
+            env=self.process_env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def start(self, timeout_s: float = 60) -> Stack:
-        for name in SERVICES:
+        for name in [*self.grpc_processes(), "edge"]:
             self.start_process(name)
         self.wait_healthy(timeout_s)
         return self
@@ -121,7 +149,8 @@ class Stack:
 
     def stop(self, timeout_s: float = 30) -> dict[str, int | None]:
         """SIGTERM every process, edge first; SIGKILL what does not stop in time."""
-        order = ["edge", *[n for n in self.procs if n not in ("edge", "auth", "billing")], "billing", "auth"]
+        rank = {"edge": 0, "auth": 3, "billing": 2}
+        order = sorted(self.procs, key=lambda n: rank.get(n.split("-")[0], 1))
         codes: dict[str, int | None] = {}
         for name in order:
             if name not in self.procs:

@@ -3,9 +3,10 @@ import asyncio
 
 from services.auth.config import AuthConfig
 from services.auth.server import serve
-from services.common import logs
+from services.common import logs, telemetry
 
 if __name__ == "__main__":
     cfg = AuthConfig.from_env()
     logs.setup("auth", cfg.log_level)
+    telemetry.start("auth", cfg.telemetry)
     asyncio.run(serve(cfg))

@@ -13,6 +13,7 @@ from services.common.config import (
     env_str,
     listen_address,
 )
+from services.common.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class AuthConfig:
     listen: str
     billing_addr: str          # console sign-up makes the billing user
     session_ttl_s: int         # how long a console sign-in lasts
+    telemetry: Telemetry       # metrics port and tracing
     grace_s: float
     pool_size: int
     log_level: str
@@ -34,6 +36,7 @@ class AuthConfig:
             listen=listen_address("auth", DEFAULT_AUTH_ADDR),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             session_ttl_s=env_int("CHATKORE_SESSION_TTL_S", 7 * 24 * 3600),
+            telemetry=Telemetry.from_env(),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             pool_size=env_int("CHATKORE_DB_POOL", 10),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),

@@ -23,6 +23,7 @@ async def serve(cfg: AuthConfig) -> None:
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,
+            telemetry=cfg.telemetry,
         )
     finally:
         await billing.close()

@@ -3,9 +3,10 @@ import asyncio
 
 from services.billing.config import BillingConfig
 from services.billing.server import serve
-from services.common import logs
+from services.common import logs, telemetry
 
 if __name__ == "__main__":
     cfg = BillingConfig.from_env()
     logs.setup("billing", cfg.log_level)
+    telemetry.start("billing", cfg.telemetry)
     asyncio.run(serve(cfg))

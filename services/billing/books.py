@@ -24,6 +24,7 @@ from services.billing.errors import (
 from services.billing.prices import PriceBook
 from services.billing.pricing import Price, completion_budget, plan_hold
 from services.billing.store import RequestRow, UserRow
+from services.common import metrics
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class Books:
             )
             if result is not None:
                 charged, released = result
+                metrics.CREDITS.labels(status or "complete").inc(charged / 1_000_000)
                 return Settlement(request_id, charged, released, "settled" if charged else "released")
             row = await store.get_request(conn, request_id)
         if row is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import DEFAULT_BILLING_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address
+from services.common.telemetry import Telemetry
 
 MICRO = 1_000_000  # micro-credits per credit
 
@@ -12,6 +13,7 @@ MICRO = 1_000_000  # micro-credits per credit
 class BillingConfig:
     database_url: Secret
     listen: str
+    telemetry: Telemetry       # metrics port and tracing
     hold_ttl_s: int          # an open hold older than this is swept (its request died)
     sweep_interval_s: float
     signup_credits: int      # micro-credits a new user starts with
@@ -24,6 +26,7 @@ class BillingConfig:
         return cls(
             database_url=env_secret("DATABASE_URL"),
             listen=listen_address("billing", DEFAULT_BILLING_ADDR),
+            telemetry=Telemetry.from_env(),
             hold_ttl_s=env_int("CHATKORE_HOLD_TTL_S", 900),
             sweep_interval_s=env_float("CHATKORE_SWEEP_INTERVAL_S", 5.0),
             signup_credits=env_int("CHATKORE_SIGNUP_CREDITS", 100) * MICRO,

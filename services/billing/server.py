@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from chatkore.v1 import billing_pb2_grpc
 from services.billing.books import Books
 from services.billing.config import BillingConfig
 from services.billing.prices import PriceBook
 from services.billing.servicer import BillingServicer
-from services.common import db, grpcserver
+from services.common import db, grpcserver, metrics
+
+log = logging.getLogger(__name__)
+
+
+async def _count_holds(books: Books, interval_s: float) -> None:
+    """Keep the open-holds gauge current (one indexed count per interval)."""
+    while True:
+        try:
+            metrics.HOLDS_OPEN.set(await books.open_holds())
+        except Exception as exc:  # the database may be away; the next round tries again
+            log.debug("counting open holds failed: %s", exc)
+        await asyncio.sleep(interval_s)
 
 
 async def serve(cfg: BillingConfig) -> None:
@@ -17,6 +30,7 @@ async def serve(cfg: BillingConfig) -> None:
     await prices.start()
     books = Books(pool, prices, hold_ttl_s=cfg.hold_ttl_s, signup_credits=cfg.signup_credits)
     sweeper = asyncio.create_task(books.sweep_forever(cfg.sweep_interval_s))
+    counter = asyncio.create_task(_count_holds(books, cfg.sweep_interval_s))
     try:
         await grpcserver.serve(
             name="billing",
@@ -25,8 +39,10 @@ async def serve(cfg: BillingConfig) -> None:
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,
+            telemetry=cfg.telemetry,
         )
     finally:
         sweeper.cancel()
+        counter.cancel()
         await prices.stop()
         await pool.close()

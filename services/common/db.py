@@ -5,6 +5,8 @@ import logging
 
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,7 @@ async def open_pool(url: str, *, name: str, min_size: int = 2, max_size: int = 2
         kwargs={"autocommit": True, "application_name": f"chatkore-{name}"},
     )
     await pool.open(wait=True, timeout=30.0)
+    metrics.POOLS.watch(name, pool)
     return pool
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,8 +13,10 @@ import psycopg
 import psycopg_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import metrics, telemetry
 from services.common.errors import DETAILS_KEY, ServiceError, Unavailable
 from services.common.logs import request_id_var
+from services.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,28 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    if isinstance(exc, ServiceError):
+        return exc.grpc_code
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    if isinstance(exc, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+def _finished(method: str, code: grpc.StatusCode, started: float) -> None:
+    """One log line (with the request id) and the metrics of a served call."""
+    elapsed = time.perf_counter() - started
+    metrics.RPCS.labels(method, code.name).inc()
+    metrics.RPC_LATENCY.labels(method).observe(elapsed)
+    log.info("%s %s", method, code.name, extra={"ms": round(elapsed * 1000, 2)})
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Request id into contextvars; every exception out as a mapped status."""
 
@@ -72,32 +97,65 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             self._database_failed()
         await _abort(context, exc)
 
-    def _wrap_unary(self, behavior: Behavior) -> Behavior:
+    def _wrap_unary(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id_var.set(_request_id(context))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
-                return await behavior(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+                with telemetry.server_span(method, context.invocation_metadata()):
+                    return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+                code = _code_of(exc, context)
                 raise
             except Exception as exc:
+                code = _code_of(exc, context)
                 await self._fail(context, exc)
             finally:
+                _finished(method, code, started)
                 request_id_var.reset(token)
 
         return call
 
-    def _wrap_stream(self, behavior: Behavior) -> Behavior:
+
+    def _wrap_stream(self, method: str, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = request_id_var.set(_request_id(context))
+            rid = _request_id(context)
+            started = time.perf_counter()
+            span = telemetry.start_server_span(method, context.invocation_metadata())
+            code = grpc.StatusCode.OK
+            stream = behavior(request, context)
             try:
-                async for item in behavior(request, context):
+                while True:
+                    # grpc.aio may advance a streaming handler from a fresh context at each step,
+                    # so the request id (and the trace) are put in place around every step.
+                    token, active = request_id_var.set(rid), telemetry.activate(span)
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        telemetry.deactivate(active)
+                        request_id_var.reset(token)
                     yield item
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as exc:
+                code = _code_of(exc, context)
                 raise
             except Exception as exc:
-                await self._fail(context, exc)
+                code = _code_of(exc, context)
+                token = request_id_var.set(rid)
+                try:
+                    await self._fail(context, exc)
+                finally:
+                    request_id_var.reset(token)
             finally:
-                request_id_var.reset(token)
+                token = request_id_var.set(rid)
+                try:
+                    await stream.aclose()
+                    _finished(method, code, started)
+                finally:
+                    request_id_var.reset(token)
+                    telemetry.end_span(span, code.name)
 
         return call
 
@@ -109,15 +167,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith("/grpc.health"):
             return handler
+        method = details.method.lstrip("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
+                self._wrap_unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                self._wrap_stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -133,11 +192,14 @@ async def serve(
     grace_s: float,
     pool: psycopg_pool.AsyncConnectionPool | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> None:
     """Run a gRPC server until SIGTERM/SIGINT, then drain and stop.
 
     `ready` is polled each second; its answer is the health status peers see
-    (a service is SERVING only while it reaches the database).
+    (a service is SERVING only while it reaches the database). The health service
+    `liveness` stays SERVING while the process runs: a liveness probe must not
+    restart a healthy process because the database is away.
     """
     server = grpc.aio.server(interceptors=[ServiceInterceptor(pool)], options=SERVER_OPTIONS)
     register(server)
@@ -147,7 +209,11 @@ async def serve(
     if port == 0:
         raise SystemExit(f"chatkore-{name}: cannot listen on {listen}")
     await server.start()
+    await health_servicer.set("liveness", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s listening on %s", name, listen, extra={"port": port})
+    metrics_server = None
+    if telemetry is not None and telemetry.metrics_port:
+        metrics_server = await metrics.serve(telemetry.metrics_host, telemetry.metrics_port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,4 +240,6 @@ async def serve(
     await server.stop(grace_s)
     if on_draining is not None:
         await on_draining()
+    if metrics_server is not None:
+        await metrics_server.cleanup()
     log.info("%s stopped", name)

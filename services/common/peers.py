@@ -1,10 +1,15 @@
-"""gRPC channels to peer services: balanced, kept alive, carrying the request id."""
+"""gRPC channels to peer services: balanced, kept alive, carrying the request id, with
+deadlines on every call and a retry on another replica where repeating a call is safe."""
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import grpc
 
+from services.common import telemetry
+from services.common.errors import detail_of
 from services.common.logs import request_id_var
 
 CLIENT_OPTIONS = [
@@ -25,25 +30,83 @@ CLIENT_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
+# A call made without a deadline gets this one: no call may wait forever on a lost peer.
+DEFAULT_DEADLINE_S = 30.0
 
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+# Calls a second replica may repeat without changing the outcome: reads, and writes keyed so
+# that a repeat lands on the same row (Reserve and Settle by request id, Relay because it only
+# reserves and settles by its request id). CreateUser, TopUp without a reference, CreateKey,
+# CreateChannel, DeleteChannel, CreateRedeemCodes and Redeem are not here: a repeat of one that
+# did run would act twice or answer with a misleading error.
+IDEMPOTENT = frozenset({
+    "/chatkore.v1.Auth/Authenticate", "/chatkore.v1.Auth/AuthorizeAdmin", "/chatkore.v1.Auth/ListKeys",
+    "/chatkore.v1.Auth/RevokeKey",
+    "/chatkore.v1.Billing/Reserve", "/chatkore.v1.Billing/Settle", "/chatkore.v1.Billing/GetUser",
+    "/chatkore.v1.Billing/SetPrice", "/chatkore.v1.Billing/ListPrices", "/chatkore.v1.Billing/ListUsage",
+    "/chatkore.v1.Billing/GetSpend", "/chatkore.v1.Billing/VerifyLedger",
+    "/chatkore.v1.Inference/Relay", "/chatkore.v1.Inference/ListModels", "/chatkore.v1.Inference/ListChannels",
+    "/chatkore.v1.Inference/UpdateChannel",
+})
+ATTEMPTS = 3
+BACKOFF_S = (0.02, 0.1)  # before the 2nd and 3rd attempt: time for the balancer to drop a dead replica
+
+
+def transport_failure(err: grpc.aio.AioRpcError) -> bool:
+    """The call failed on the way (a replica died, a connection broke), not in a service's own logic.
+
+    A service's own UNAVAILABLE (an upstream failed, the database is away) carries an
+    ErrorDetail; a broken connection or a refused stream carries none.
+    """
+    return err.code() == grpc.StatusCode.UNAVAILABLE and detail_of(err) is None
+
+
+def _details(details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
+    metadata = details.metadata
     rid = request_id_var.get()
-    if not rid:
-        return details
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    metadata.add("x-request-id", rid)
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
+    if rid:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("x-request-id", rid)
+    return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
 
 
-class RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+# grpc.aio files an interceptor under its first matching kind only, so one class serves
+# unary calls and another streams.
+
+
+class UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Request id into the metadata, a deadline on every call, idempotent calls retried."""
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_request_id(details), request)
+        timeout = details.timeout if details.timeout is not None else DEFAULT_DEADLINE_S
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if method not in IDEMPOTENT:
+            return await continuation(_details(details, timeout), request)
+        deadline = time.monotonic() + timeout
+        for attempt in range(ATTEMPTS):
+            call = await continuation(_details(details, max(0.001, deadline - time.monotonic())), request)
+            try:
+                await call
+                return call
+            except grpc.aio.AioRpcError as err:
+                if not transport_failure(err) or attempt == ATTEMPTS - 1:
+                    return call  # the caller sees the failure when it awaits the call
+                pause = BACKOFF_S[attempt]
+                if time.monotonic() + pause >= deadline:
+                    return call
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+
+class StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
+    """Request id into the metadata and a deadline on every stream."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_request_id(details), request)
+        # A stream is retried by its reader (edge/sse.py), which knows whether anything was relayed.
+        timeout = details.timeout if details.timeout is not None else DEFAULT_DEADLINE_S
+        return await continuation(_details(details, timeout), request)
 
 
 def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS, interceptors=[RequestIdInterceptor()])
+    return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS,
+                                     interceptors=[UnaryInterceptor(), StreamInterceptor(),
+                                                   *telemetry.client_interceptors()])

@@ -13,6 +13,7 @@ from services.common.config import (
     env_str,
     listen_address,
 )
+from services.common.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class InferenceConfig:
     database_url: Secret
     secret_key: Secret         # encrypts upstream keys at rest
     listen: str
+    telemetry: Telemetry       # metrics port and tracing
     billing_addr: str
     upstream_timeout_s: float  # read timeout per upstream call, unless a channel sets its own
     max_stream_s: float        # a stream longer than this is cut (an endless upstream)
@@ -36,6 +38,7 @@ class InferenceConfig:
             database_url=env_secret("DATABASE_URL"),
             secret_key=env_secret("CHATKORE_SECRET_KEY"),
             listen=listen_address("inference", DEFAULT_INFERENCE_ADDR),
+            telemetry=Telemetry.from_env(),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             upstream_timeout_s=env_float("CHATKORE_UPSTREAM_TIMEOUT_S", 180.0),
             max_stream_s=env_float("CHATKORE_MAX_STREAM_S", 600.0),

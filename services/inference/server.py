@@ -39,6 +39,7 @@ async def serve(cfg: InferenceConfig) -> None:
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,
+            telemetry=cfg.telemetry,
             on_draining=settle_pending,
         )
     finally:

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.common import metrics
 from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
@@ -36,6 +37,11 @@ def _call(request: inference_pb2.RelayRequest) -> Call:
     )
 
 
+def _count(model: str, prompt: int, completion: int) -> None:
+    metrics.TOKENS.labels(model, "prompt").inc(prompt)
+    metrics.TOKENS.labels(model, "completion").inc(completion)
+
+
 def _usage(prompt: int, completion: int) -> common_pb2.Usage:
     return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
@@ -62,6 +68,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
         reply = await self.relay.unary(_call(request))
+        _count(request.model, reply.prompt_tokens, reply.completion_tokens)
         return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens),
                                         credits=reply.credits)
 
@@ -69,6 +76,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
         async for item in self.relay.stream(_call(request)):
             if isinstance(item, Outcome):
+                _count(request.model, item.prompt_tokens, item.completion_tokens)
                 yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
                     usage=_usage(item.prompt_tokens, item.completion_tokens), credits=item.credits,
                     status=item.status))

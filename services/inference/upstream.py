@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from services.common import metrics, telemetry
 from services.inference.adapters import Exchange
 from services.inference.channels import Channel
 from services.inference.failures import Failure, UpstreamError
@@ -40,7 +41,8 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                              trace_configs=telemetry.http_client_trace_configs())
 
     async def close(self) -> None:
         if self._session:
@@ -50,6 +52,7 @@ class Upstream:
         t = channel.timeout_s or self.timeout_s
         return aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, t), sock_read=t)
 
+    @metrics.upstream_call
     async def post(self, exchange: Exchange, *, stream: bool) -> aiohttp.ClientResponse:
         """POST and return the response once it answered 200; any other outcome raises UpstreamError."""
         assert self._session is not None
