@@ -3,6 +3,7 @@ deadlines on every call and a retry on another replica where repeating a call is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ import grpc
 from services.common import telemetry
 from services.common.errors import detail_of
 from services.common.logs import request_id_var
+
+log = logging.getLogger(__name__)
 
 CLIENT_OPTIONS = [
     # dns:/// targets resolve to every replica behind a headless Service.
@@ -93,6 +96,7 @@ class UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 pause = BACKOFF_S[attempt]
                 if time.monotonic() + pause >= deadline:
                     return call
+                log.warning("%s lost its replica (%s); trying again", method, err.details())
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 

@@ -1,0 +1,60 @@
+"""Which failed calls go to another replica: only calls that are safe to repeat, and only when
+the failure was in transport, not a service's own answer."""
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2
+from services.common import peers
+from services.common.errors import Unavailable, status_of
+
+
+def _methods() -> set[str]:
+    names = set()
+    for module in (auth_pb2, billing_pb2, inference_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    return names
+
+
+def test_every_idempotent_method_exists() -> None:
+    assert not peers.IDEMPOTENT - _methods()
+
+
+@pytest.mark.parametrize("method", ["CreateUser", "TopUp", "CreateRedeemCodes", "Redeem"])
+def test_calls_that_would_act_twice_are_not_repeated(method: str) -> None:
+    assert f"/chatkore.v1.Billing/{method}" not in peers.IDEMPOTENT
+
+
+def test_creating_keys_and_channels_is_not_repeated() -> None:
+    assert "/chatkore.v1.Auth/CreateKey" not in peers.IDEMPOTENT
+    assert "/chatkore.v1.Inference/CreateChannel" not in peers.IDEMPOTENT
+    assert "/chatkore.v1.Inference/DeleteChannel" not in peers.IDEMPOTENT
+    assert "/chatkore.v1.Inference/RelayStream" not in peers.IDEMPOTENT  # its reader retries (edge/sse.py)
+
+
+def _error(code: grpc.StatusCode, trailing: tuple = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details="x")
+
+
+def test_a_broken_connection_is_a_transport_failure() -> None:
+    assert peers.transport_failure(_error(grpc.StatusCode.UNAVAILABLE))
+
+
+def test_a_services_own_unavailable_is_not() -> None:
+    # An upstream that failed, or a database that is away, arrives with an ErrorDetail:
+    # repeating it on another replica would only repeat the failure.
+    status = Unavailable("The service is temporarily unavailable").to_status()
+    assert not peers.transport_failure(_error(status.code, status.trailing_metadata))
+    detail = errors_pb2.ErrorDetail(reason=errors_pb2.ErrorReason.Value("UPSTREAM_ERROR"), message="upstream down")
+    upstream = status_of(grpc.StatusCode.UNAVAILABLE, detail)
+    assert upstream.trailing_metadata[0][0] == rpc_status.GRPC_DETAILS_METADATA_KEY
+    assert not peers.transport_failure(_error(upstream.code, upstream.trailing_metadata))
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+                                  grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_other_codes_are_not_repeated(code: grpc.StatusCode) -> None:
+    assert not peers.transport_failure(_error(code))
