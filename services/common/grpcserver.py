@@ -28,6 +28,11 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
+    # Clients find replicas by DNS, but re-resolve only when a connection changes: closing each
+    # connection after a while (calls on it run to their end, streams included) lets a new
+    # replica take its share within about a minute of becoming ready.
+    ("grpc.max_connection_age_ms", 30_000),
+    ("grpc.max_connection_age_grace_ms", 700_000),
 ]
 
 Behavior = Callable[..., Any]
