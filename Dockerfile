@@ -4,6 +4,12 @@
 # Every target runs as an unprivileged user on a read-only root filesystem: nothing is written
 # at run time (bytecode is compiled here; tiktoken's rank files are read from the bpe-openai wheel).
 
+# The browser libraries the edge's pages load (edge/pages.py), from the lock file; nothing is built.
+FROM node:22-bookworm-slim AS web
+WORKDIR /web
+COPY edge/web/package.json edge/web/package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -53,6 +59,7 @@ CMD ["python", "-m", "services.migrate"]
 
 # The last target is the default one: `docker build .` gives the edge.
 FROM runtime AS edge
+COPY --from=web /web/node_modules edge/web/node_modules
 ENV CHATKORE_HOST=0.0.0.0 CHATKORE_HTTP_PORT=8080
 EXPOSE 8080 9464
 CMD ["python", "-m", "edge"]

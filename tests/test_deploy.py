@@ -27,6 +27,8 @@ OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "k8s" / "overlays").iterdir
 # on by default from 1.30), and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 GRPC = {"auth": 50051, "billing": 50052, "inference": 50053}
+# Who calls whom (peers.channel in the code): each call must be let through both ways.
+CALLS = {("edge", "auth"), ("edge", "billing"), ("edge", "inference"), ("auth", "billing"), ("inference", "billing")}
 
 # kubernetes-validate knows only Kubernetes' own kinds. The CloudNativePG Cluster is checked
 # against the part of its CRD schema that the overlay uses (names and types as in
@@ -182,10 +184,28 @@ def test_network_policies_keep_all_but_the_edge_inside_and_the_database_for_the_
                    if any(port["port"] == 5432 for port in rule["ports"])]
     assert [p["metadata"]["name"] for p in to_database] == ["database-egress"]
     assert to_database[0]["spec"]["podSelector"] == {"matchLabels": {"chatkore.io/database-client": "true"}}
+    for src, dst in CALLS:
+        assert _lets_through(policies, src, dst, GRPC[dst]), (src, dst)
     deployments = _docs(overlay, "Deployment")
     clients = {n for n, d in deployments.items()
                if d["spec"]["template"]["metadata"]["labels"].get("chatkore.io/database-client") == "true"}
     assert clients == {"auth", "billing", "inference"}
+
+
+def _selects(policy: dict[str, Any], name: str) -> bool:
+    return policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == name
+
+
+def _lets_through(policies: dict[str, dict[str, Any]], src: str, dst: str, port: int) -> bool:
+    def names(peers: list[dict[str, Any]]) -> set[str]:
+        return {p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") for p in peers
+                if "podSelector" in p and "namespaceSelector" not in p}
+
+    inbound = any(src in names(rule["from"]) and port in {p["port"] for p in rule["ports"]}
+                  for p in policies.values() if _selects(p, dst) for rule in p["spec"].get("ingress", []))
+    outbound = any(dst in names(rule["to"]) and port in {p["port"] for p in rule["ports"]}
+                   for p in policies.values() if _selects(p, src) for rule in p["spec"].get("egress", []))
+    return inbound and outbound
 
 
 def test_every_setting_in_the_config_map_is_one_chatkore_reads() -> None:
