@@ -1,22 +1,26 @@
 """The admin API under /admin/v1: users, keys, channels, prices, usage, codes, the ledger."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import grpc
 from aiohttp import web
 from google.protobuf import json_format
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
 from edge import sessions
-from edge.authn import bearer
+from edge.authn import bearer, client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import OpenAIError, invalid
+from edge.limits import check_shape, read_body
 from edge.openai_api import json_response
-from edge.state import PEERS
+from edge.state import CONFIG, COUNTERS, GUARD, PEERS
+from services.common.errors import reason_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RPC_TIMEOUT_S = 15
@@ -29,22 +33,36 @@ def admin(handler: Handler) -> Handler:
         if "Authorization" not in request.headers and sessions.has_session(request):
             await sessions.operator(request)
         else:
-            await request.app[PEERS].auth.AuthorizeAdmin(auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)),
-                                                         timeout=5)
+            address = client_ip(request)
+            guard = request.app[GUARD]
+            await guard.check(address)
+            try:
+                await request.app[PEERS].auth.AuthorizeAdmin(
+                    auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                if reason_of(exc) == "PERMISSION_DENIED":
+                    await guard.failed(address)
+                raise
         return await handler(request)
 
     return guarded
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    limits = request.app[CONFIG].limits
+    raw = await read_body(request, limits)
     try:
-        body = json.loads(raw or b"{}", parse_float=Decimal)
+        body = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError, UnicodeDecodeError):
         raise invalid("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
+    check_shape(body, limits)
     return body
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _path_id(request: web.Request, name: str = "id") -> int:
@@ -88,6 +106,8 @@ def _timestamp(value: Any, name: str) -> int:
     if value is None:
         return 0
     if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        if not abs(value) < 2**40:  # also false for NaN; int() of 1e999999 would take forever
+            raise invalid(f"'{name}' is out of range", name)
         return int(value)
     if isinstance(value, str):
         try:
@@ -214,7 +234,10 @@ def _channel_message(body: dict[str, Any]) -> tuple[inference_pb2.Channel, list[
         elif name == "settings":
             if not isinstance(value, dict):
                 raise invalid("'settings' must be an object", name)
-            channel.settings.update(json.loads(json.dumps(value, default=float)))
+            try:
+                channel.settings.update(json.loads(json.dumps(value, default=float, allow_nan=False)))
+            except ValueError:
+                raise invalid("'settings' must hold finite numbers", name) from None
     return channel, fields
 
 
@@ -341,6 +364,18 @@ async def create_redeem_codes(request: web.Request) -> web.Response:
         timeout=RPC_TIMEOUT_S,
     )
     return json_response({"codes": list(reply.codes)}, status=201)
+
+
+@admin
+async def runtime(request: web.Request) -> web.Response:
+    """Live counts for leak checks: numbers only, nothing about any caller."""
+    inference = await request.app[PEERS].inference.GetStats(inference_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
+    return json_response({
+        "edge": {"tasks": len(asyncio.all_tasks()),
+                 "requests_in_flight": request.app[COUNTERS].requests_in_flight - 1},  # less this one
+        "inference": json_format.MessageToDict(inference, always_print_fields_with_no_presence=True,
+                                               preserving_proto_field_name=True),
+    })
 
 
 @admin

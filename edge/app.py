@@ -10,10 +10,11 @@ from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import routes
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
+from edge.guard import AuthGuard, LocalWindow
 from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
-from edge.state import CONFIG, KEYS, LIMITS, PEERS, Peers
+from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, Counters, Peers
 from services.common import metrics, peers, telemetry
 
 
@@ -53,6 +54,8 @@ def make_app(cfg: EdgeConfig) -> web.Application:
     app = web.Application(router=Router(), middlewares=[errors] if traced is None else [traced, errors],
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
+    app[COUNTERS] = Counters()
+    app[GUARD] = AuthGuard(LocalWindow(keep=cfg.auth_failures_per_min), cfg.auth_failures_per_min)
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_metrics_server)

@@ -31,6 +31,10 @@ def bearer(request: web.Request) -> str:
         token = ""
     if not token:
         raise OpenAIError(NO_KEY.status, NO_KEY.message, code=NO_KEY.code)
+    if not token.isascii():
+        # Keys are ASCII. Other bytes (undecodable ones arrive as lone surrogates, which
+        # protobuf refuses) stand for a key that matches nothing: auth rejects it as any other.
+        return "sk-not-ascii"
     return token
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.limits import Limits
 from services.common.config import (
     DEFAULT_AUTH_ADDR,
     DEFAULT_BILLING_ADDR,
@@ -24,6 +25,10 @@ class EdgeConfig:
     inference_addr: str
     telemetry: Telemetry       # metrics port (0: /metrics on the main port) and tracing
     max_body_bytes: int
+    limits: Limits             # what one request may carry, and how slowly
+    max_header_bytes: int      # one header line (and the request line)
+    header_timeout_s: float    # a request's headers must arrive within this
+    auth_failures_per_min: int  # failed authentications per source address before 429; 0 = no limit
     key_cache_s: float         # how long an authenticated key is trusted without asking auth
     relay_deadline_s: float    # gRPC deadline of a unary relay (covers failover across channels)
     stream_deadline_s: float   # gRPC deadline of a streamed relay
@@ -34,6 +39,7 @@ class EdgeConfig:
     @classmethod
     def from_env(cls) -> EdgeConfig:
         upstream_timeout = env_float("CHATKORE_UPSTREAM_TIMEOUT_S", 180.0)
+        max_body = int(env_float("CHATKORE_MAX_BODY_MB", 20) * 1024 * 1024)
         return cls(
             host=env_str("CHATKORE_HOST", "127.0.0.1"),
             port=env_int("CHATKORE_HTTP_PORT", 8080),
@@ -41,7 +47,17 @@ class EdgeConfig:
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             inference_addr=env_str("CHATKORE_INFERENCE_ADDR", DEFAULT_INFERENCE_ADDR),
             telemetry=Telemetry.from_env(),
-            max_body_bytes=int(env_float("CHATKORE_MAX_BODY_MB", 20) * 1024 * 1024),
+            max_body_bytes=max_body,
+            limits=Limits(
+                max_body_bytes=max_body,
+                body_timeout_s=env_float("CHATKORE_BODY_TIMEOUT_S", 60.0),
+                max_json_depth=env_int("CHATKORE_MAX_JSON_DEPTH", 64),
+                max_string_chars=env_int("CHATKORE_MAX_STRING_CHARS", 10_485_760),
+                max_messages=env_int("CHATKORE_MAX_MESSAGES", 2048),
+            ),
+            max_header_bytes=env_int("CHATKORE_MAX_HEADER_BYTES", 16384),
+            header_timeout_s=env_float("CHATKORE_HEADER_TIMEOUT_S", 10.0),
+            auth_failures_per_min=env_int("CHATKORE_AUTH_FAILURES_PER_MIN", 30),
             # Revocation must reach every replica within 1 s (DESIGN §5): trust a key half that.
             key_cache_s=min(env_float("CHATKORE_KEY_CACHE_S", 0.5), 0.9),
             relay_deadline_s=upstream_timeout * 3 + 30,

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from edge.errors import OpenAIError, from_rpc
+from edge.state import COUNTERS
 from services.common import metrics
 from services.common.logs import request_id_var
 
@@ -59,6 +60,8 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
     started = time.perf_counter()
     request["started"] = started
     status = 500
+    counters = request.app[COUNTERS]
+    counters.requests_in_flight += 1
     try:
         response = await handler(request)
         status = response.status
@@ -85,6 +88,7 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
                            type="server_error").response()
     finally:
         elapsed = time.perf_counter() - started
+        counters.requests_in_flight -= 1
         log.info("%s %s %d", request.method, request.path, status,
                  extra={"status": status, "ms": round(elapsed * 1000, 2)})
         _observe(request, status, elapsed)

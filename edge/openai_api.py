@@ -13,7 +13,9 @@ from chatkore.v1 import auth_pb2, billing_pb2, common_pb2, inference_pb2
 from edge import sse, validate
 from edge.authn import bearer, client_ip
 from edge.errors import OpenAIError, invalid
-from edge.state import CONFIG, KEYS, LIMITS, PEERS
+from edge.limits import Limits, read_body
+from edge.state import CONFIG, GUARD, KEYS, LIMITS, PEERS
+from services.common.errors import reason_of
 
 _JSON = "application/json"
 
@@ -23,19 +25,29 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
-    return await request.app[KEYS].resolve(bearer(request), client_ip(request))
+    """The caller's key; a wrong one counts against its address (edge.guard)."""
+    address = client_ip(request)
+    guard = request.app[GUARD]
+    await guard.check(address)
+    try:
+        return await request.app[KEYS].resolve(bearer(request), address)
+    except grpc.aio.AioRpcError as exc:
+        if reason_of(exc) == "INVALID_API_KEY":
+            await guard.failed(address)
+        raise
 
 
-async def _relay(request: web.Request, endpoint: int, check: Callable[[dict[str, Any]], validate.Relayable],
+async def _relay(request: web.Request, endpoint: int,
+                 check: Callable[[dict[str, Any], Limits], validate.Relayable],
                  key: auth_pb2.KeyInfo | None = None) -> web.StreamResponse:
     key = key or await authenticate(request)
-    raw = await request.read()
-    body = validate.parse_body(raw)
-    fields = check(body)
+    cfg = request.app[CONFIG]
+    raw = await read_body(request, cfg.limits)
+    body = validate.parse_body(raw, cfg.limits)
+    fields = check(body, cfg.limits)
     limits = request.app[LIMITS]
     admission = await limits.admit(key, body, fields)
     request["model"] = fields.model
-    cfg = request.app[CONFIG]
     message = inference_pb2.RelayRequest(
         caller=common_pb2.Caller(user_id=key.user_id, key_id=key.key_id, models=key.models,
                                  credit_limit=key.credit_limit, request_id=request["request_id"]),

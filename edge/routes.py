@@ -5,7 +5,7 @@ from aiohttp import web
 
 from edge import admin_api as admin
 from edge import console_api as console
-from edge import health, pages
+from edge import health, openapi, pages
 from edge import openai_api as v1
 from edge import operator_api as operator
 from edge.state import CONFIG
@@ -42,6 +42,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/v1/usage", admin.usage)
     r.add_post("/admin/v1/redeem-codes", admin.create_redeem_codes)
     r.add_get("/admin/v1/ledger/verify", admin.verify_ledger)
+    r.add_get("/admin/v1/runtime", admin.runtime)
 
     # Admin API for the operator pages (same guard; an operator's session also passes).
     r.add_get("/admin/v1/users", operator.search_users)
@@ -71,3 +72,4 @@ def setup(app: web.Application) -> None:
     r.add_get("/readyz", health.readyz)
     if not app[CONFIG].telemetry.metrics_port:  # else on CHATKORE_METRICS_PORT (edge/app.py)
         r.add_get("/metrics", metrics.handle)
+    r.add_get("/openapi.json", openapi.document)

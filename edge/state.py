@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2_grpc
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
+from edge.guard import AuthGuard
 from edge.keylimits import KeyLimits
 
 
@@ -20,7 +21,16 @@ class Peers:
     health: dict[str, health_pb2_grpc.HealthStub]
 
 
+@dataclass
+class Counters:
+    """Live counts the admin stats show (leak checks)."""
+
+    requests_in_flight: int = 0
+
+
 CONFIG = web.AppKey("config", EdgeConfig)
+COUNTERS = web.AppKey("counters", Counters)
 PEERS = web.AppKey("peers", Peers)
 KEYS = web.AppKey("keys", KeyCache)
 LIMITS = web.AppKey("limits", KeyLimits)
+GUARD = web.AppKey("guard", AuthGuard)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.errors import OpenAIError, invalid
+from edge.limits import Limits, check_shape
 
-MAX_MESSAGES = 100_000
 MAX_N = 128
+MAX_INT32 = 2**31 - 1  # the services carry token counts as int32
+DEFAULT_LIMITS = Limits()
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
                dict: "an object", type(None): "null"}
@@ -22,7 +24,8 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """A JSON object within the limits of depth and string length, or a 400."""
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError, UnicodeDecodeError):
@@ -32,6 +35,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
+    check_shape(body, limits)
     return body
 
 
@@ -138,7 +142,7 @@ class Relayable:
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def _messages(body: dict[str, Any]) -> None:
+def _messages(body: dict[str, Any], limits: Limits) -> None:
     messages = body.get("messages")
     if messages is None:
         raise invalid("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
@@ -147,8 +151,9 @@ def _messages(body: dict[str, Any]) -> None:
     if not messages:
         raise invalid("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty"
                       " array instead.", "messages", "empty_array")
-    if len(messages) > MAX_MESSAGES:
-        raise invalid(f"Invalid 'messages': array too long. Expected at most {MAX_MESSAGES} messages.", "messages",
+    if len(messages) > limits.max_messages:
+        raise invalid(f"Invalid 'messages': array too long. Expected an array with maximum length"
+                      f" {limits.max_messages}, but got an array with length {len(messages)} instead.", "messages",
                       "array_above_max_length")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -194,13 +199,13 @@ def _tools(body: dict[str, Any]) -> None:
     _optional(body, "parallel_tool_calls", (bool,), "a boolean")
 
 
-def chat(body: dict[str, Any]) -> Relayable:
+def chat(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
     model = _model(body)
-    _messages(body)
+    _messages(body, limits)
     stream, include_usage = _stream(body)
     n = _optional_int(body, "n", 1, MAX_N) or 1
-    max_tokens = _optional_int(body, "max_tokens", 1)
-    max_completion = _optional_int(body, "max_completion_tokens", 1)
+    max_tokens = _optional_int(body, "max_tokens", 1, MAX_INT32)
+    max_completion = _optional_int(body, "max_completion_tokens", 1, MAX_INT32)
     _common_sampling(body)
     _tools(body)
     _optional(body, "logprobs", (bool,), "a boolean")
@@ -228,7 +233,7 @@ def _prompt_like(value: Any, param: str, *, required: bool) -> None:
     raise _type_error(param, expected, value)
 
 
-def completions(body: dict[str, Any]) -> Relayable:
+def completions(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
     model = _model(body)
     _prompt_like(body.get("prompt"), "prompt", required=True)
     stream, include_usage = _stream(body)
@@ -237,7 +242,7 @@ def completions(body: dict[str, Any]) -> Relayable:
     if best_of is not None and best_of < n:
         raise invalid("best_of must be greater than or equal to n", "best_of")
     # The legacy endpoint's own default is 16 tokens.
-    max_tokens = _optional_int(body, "max_tokens", 0)
+    max_tokens = _optional_int(body, "max_tokens", 0, MAX_INT32)
     _optional(body, "suffix", (str,), "a string")
     _optional(body, "echo", (bool,), "a boolean")
     _optional_int(body, "logprobs", 0, 5)
@@ -245,7 +250,7 @@ def completions(body: dict[str, Any]) -> Relayable:
     return Relayable(model, stream, include_usage, 16 if max_tokens is None else max(max_tokens, 1), best_of or n)
 
 
-def embeddings(body: dict[str, Any]) -> Relayable:
+def embeddings(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
     model = _model(body)
     value = body.get("input")
     _prompt_like(value, "input", required=True)

@@ -29,6 +29,9 @@ TEST_ENV = {
     "CHATKORE_SWEEP_INTERVAL_S": "1",
     "CHATKORE_GRACE_S": "5",
     "CHATKORE_LOG_LEVEL": "INFO",
+    # Every test calls from 127.0.0.1, and several present wrong keys on purpose: the
+    # per-address brute-force guard is tested on its own stack (tests/hostile).
+    "CHATKORE_AUTH_FAILURES_PER_MIN": "1000",
 }
 
 

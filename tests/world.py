@@ -12,6 +12,17 @@ import requests
 from tests.mock_upstream import MockUpstream
 from tools.stack import Stack
 
+# Every secret a test run hands out (user keys, upstream keys, admin keys): none may
+# ever appear in a log line (tests/hostile/test_secrets_in_logs.py greps for them).
+ISSUED_SECRETS: set[str] = set()
+
+
+def remember_secrets(sent: Any, answer: Any) -> None:
+    if isinstance(sent, dict) and isinstance(sent.get("api_key"), str) and len(sent["api_key"]) >= 8:
+        ISSUED_SECRETS.add(sent["api_key"])
+    if isinstance(answer, dict) and isinstance(answer.get("key"), str):
+        ISSUED_SECRETS.add(answer["key"])
+
 
 @dataclass
 class Tenant:
@@ -27,6 +38,7 @@ class World:
         self.mock = mock
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {stack.admin_key}"
+        ISSUED_SECRETS.update((stack.admin_key, stack.secret_key))
 
     @property
     def url(self) -> str:
@@ -38,7 +50,9 @@ class World:
             assert resp.status_code == expect, f"{method} {path}: {resp.status_code} {resp.text}"
         elif resp.status_code >= 300:
             raise AssertionError(f"{method} {path}: {resp.status_code} {resp.text}")
-        return resp.json() if resp.content else None
+        answer = resp.json() if resp.content else None
+        remember_secrets(body, answer)
+        return answer
 
     # --- users and keys -----------------------------------------------------------
 

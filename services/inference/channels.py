@@ -231,6 +231,9 @@ class ChannelBook:
             h.cooling_until = time.monotonic() + self._cooldown_s
             log.warning("channel %s cooling down after %d failures: %s", attempt.channel.id, h.failures, failure)
 
+    def calls_in_flight(self) -> int:
+        return sum(h.in_flight for h in self._health.values())
+
     def health_of(self, channel_id: int) -> str:
         h = self._health.get(channel_id)
         return h.state(time.monotonic()) if h else "unknown"

@@ -21,6 +21,7 @@ from services.inference.errors import (
     UpstreamRejected,
     UpstreamTimedOut,
 )
+from services.inference.failures import scrub
 from services.inference.payloads import (
     Endpoint,
     StreamTally,
@@ -109,6 +110,7 @@ class Relay:
         self.upstream = upstream
         self.billing = billing
         self.max_stream_s = max_stream_s
+        self.in_flight = 0  # calls between their start and their settlement (GetStats)
 
     def _prepare(self, call: Call) -> tuple[dict[str, Any], list[Channel], int]:
         if call.allowed and call.model not in call.allowed:
@@ -137,6 +139,13 @@ class Relay:
     # --- unary ----------------------------------------------------------------------
 
     async def unary(self, call: Call) -> Reply:
+        self.in_flight += 1
+        try:
+            return await self._unary(call)
+        finally:
+            self.in_flight -= 1
+
+    async def _unary(self, call: Call) -> Reply:
         body, candidates, prompt_tokens = self._prepare(call)
         hold = await self._reserve(call, prompt_tokens)
         try:
@@ -186,6 +195,18 @@ class Relay:
 
     async def stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
         """Chunks as they arrive, then an Outcome. Settlement happens whatever way it ends."""
+        self.in_flight += 1
+        inner = self._stream(call)
+        try:
+            async for item in inner:
+                yield item
+        finally:
+            try:
+                await inner.aclose()  # now, not whenever it is collected: it settles the call
+            finally:
+                self.in_flight -= 1
+
+    async def _stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
         body, candidates, prompt_tokens = self._prepare(call)
         hold = await self._reserve(call, prompt_tokens)
         tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
@@ -247,7 +268,7 @@ class Relay:
             opened.ended = True
             return []
         outputs = []
-        for obj in opened.exchange.chunks(_chunk(payload)):
+        for obj in opened.exchange.chunks(_chunk(payload, opened.channel)):
             out = opened.tally.take(obj)
             if out is not None:
                 outputs.append(out)
@@ -259,9 +280,14 @@ class Relay:
         for out in opened.pending:
             yield out
         while not opened.ended:
-            if loop.time() > deadline:
-                raise UpstreamError(Failure.TIMEOUT, "the stream ran past its time limit")
-            for out in await self._outputs(opened):
+            # The limit holds while waiting too: an upstream that only sends keep-alive
+            # comments never yields an event, yet must not hold the call open forever.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outputs = await self._outputs(opened)
+            except TimeoutError:
+                raise UpstreamError(Failure.TIMEOUT, "the stream ran past its time limit") from None
+            for out in outputs:
                 yield out
 
     async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel],
@@ -280,8 +306,15 @@ class Relay:
                 events = self.upstream.events(resp)
                 tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
                 opened = _Opened(channel, attempt, exchange, events, tally)
+                # Keep-alive comments reset the socket's read timeout; the first chunk
+                # itself must come within the channel's timeout.
+                first_by = asyncio.get_running_loop().time() + (channel.timeout_s or self.upstream.timeout_s)
                 while not opened.pending:
-                    opened.pending = await self._outputs(opened)
+                    try:
+                        async with asyncio.timeout_at(first_by):
+                            opened.pending = await self._outputs(opened)
+                    except TimeoutError:
+                        raise UpstreamError(Failure.TIMEOUT, "upstream sent no chunk in time") from None
                     if opened.ended and not opened.pending:
                         raise UpstreamError(Failure.SERVER, "upstream closed the stream without a chunk")
                 return opened
@@ -315,7 +348,7 @@ class _Opened:
     ended: bool = False
 
 
-def _chunk(payload: bytes) -> dict[str, Any]:
+def _chunk(payload: bytes, channel: Channel) -> dict[str, Any]:
     """One stream event as an object; an error event or garbage is a server failure."""
     try:
         obj = json.loads(payload)
@@ -325,6 +358,6 @@ def _chunk(payload: bytes) -> dict[str, Any]:
         raise UpstreamError(Failure.SERVER, "upstream sent a malformed chunk")
     if obj.get("error") and not obj.get("choices"):
         # The upstream's own words may name its keys or hosts; they stay in our logs only.
-        log.warning("upstream error event: %s", str(obj["error"])[:500])
+        log.warning("upstream error event: %s", scrub(str(obj["error"]), channel)[:500])
         raise UpstreamError(Failure.SERVER, "upstream reported an error")
     return obj

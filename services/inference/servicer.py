@@ -1,6 +1,7 @@
 """Inference's gRPC face: protobuf in, a call on Relay or ChannelBook, protobuf out."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,6 +118,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                             context: grpc.aio.ServicerContext) -> inference_pb2.Channel:
         fields = [f for f in request.fields if f in _CHANNEL_FIELDS]
         return self._channel(await self.book.update(request.id, _channel_values(request.channel, fields)))
+
+    async def GetStats(self, request: inference_pb2.GetStatsRequest,
+                       context: grpc.aio.ServicerContext) -> inference_pb2.Stats:
+        return inference_pb2.Stats(tasks=len(asyncio.all_tasks()), relays_in_flight=self.relay.in_flight,
+                                   channel_calls_in_flight=self.book.calls_in_flight(),
+                                   settlements_pending=self.relay.billing.pending)
 
     async def DeleteChannel(self, request: inference_pb2.DeleteChannelRequest,
                             context: grpc.aio.ServicerContext) -> inference_pb2.DeleteChannelReply:

@@ -1,0 +1,197 @@
+"""Limits on what a client sends: each crossed gets a clear OpenAI-shaped error, changes nothing,
+and leaves the edge free for everyone else (no stuck worker)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from tests.hostile import rawhttp
+from tests.hostile.conftest import TIGHT_ENV
+from tests.world import Tenant, World
+
+MSG = [{"role": "user", "content": "hello"}]
+HEADER_TIMEOUT_S = float(TIGHT_ENV["CHATKORE_HEADER_TIMEOUT_S"])
+BODY_TIMEOUT_S = float(TIGHT_ENV["CHATKORE_BODY_TIMEOUT_S"])
+
+
+def _error(resp_json: dict) -> dict:
+    assert set(resp_json) == {"error"} and set(resp_json["error"]) == {"message", "type", "param", "code"}, resp_json
+    return resp_json["error"]
+
+
+def _post(world: World, key: str, data: bytes | dict, path: str = "/v1/chat/completions") -> requests.Response:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return requests.post(world.url + path, data=raw, timeout=30,
+                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+def _untouched(world: World, t: Tenant) -> None:
+    assert world.balance(t.user_id) == 100 and world.held(t.user_id) == 0 and world.usage(t.user_id) == []
+
+
+@pytest.fixture(scope="module")
+def served(tight: World) -> str:
+    model, _ = tight.served_model()
+    return model
+
+
+def _lists(depth: int) -> list:
+    value: list = ["leaf"]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("body, param, code", [
+    # Depth: the body is level 1, so 16 lists inside it reach level 17 (CHATKORE_MAX_JSON_DEPTH=16).
+    (lambda m: {"model": m, "messages": MSG, "metadata": _lists(16)}, "metadata" + "[0]" * 15, "nesting_too_deep"),
+    (lambda m: {"model": m, "messages": MSG * 51}, "messages", "array_above_max_length"),
+    (lambda m: {"model": m, "messages": [{"role": "user", "content": "x" * 5001}]}, "messages[0].content",
+     "string_above_max_length"),
+    (lambda m: {"model": m, "messages": MSG, "x" * 5001: 1}, "x" * 5001, "string_above_max_length"),
+    (lambda m: {"model": m, "messages": MSG, "max_tokens": 2**40}, "max_tokens", "integer_above_max_value"),
+])
+def test_shape_limits_are_400(tight: World, served: str, body, param, code) -> None:
+    t = tight.tenant()
+    resp = _post(tight, t.key, body(served))
+    assert resp.status_code == 400, resp.text
+    err = _error(resp.json())
+    assert (err["param"], err["code"], err["type"]) == (param, code, "invalid_request_error")
+    _untouched(tight, t)
+
+
+def test_depth_that_would_exhaust_the_parser_is_400(tight: World, served: str) -> None:
+    t = tight.tenant()
+    deep = b'{"model": "%s", "messages": [], "x": ' % served.encode() + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    resp = _post(tight, t.key, deep)
+    assert resp.status_code == 400 and _error(resp.json())["type"] == "invalid_request_error"
+    _untouched(tight, t)
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+    (b'{"model": "M", "messages": [{"role": "user", "content": "a\\udfffb"}]}', "messages[0].content"),
+    (b'{"model": "M", "messages": [{"role": "user", "content": "hi"}], "x": 1e999}', "x"),
+    (b'{"model": "M", "messages": [{"role": "user", "content": "hi"}], "temperature": -1e999}', "temperature"),
+])
+def test_unencodable_values_are_400_not_500(tight: World, served: str, raw: bytes, param: str) -> None:
+    """A lone surrogate or an infinite number parses, but could never be sent on."""
+    t = tight.tenant()
+    resp = _post(tight, t.key, raw.replace(b'"M"', json.dumps(served).encode()))
+    assert resp.status_code == 400, resp.text
+    assert _error(resp.json())["param"] == param
+    _untouched(tight, t)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/admin/v1/users", b'{"name": "\\ud800"}'),
+    ("/admin/v1/users", b'{"name": "' + b"n" * 5001 + b'"}'),
+    ("/admin/v1/users", b'{"name": "a", "credits": NaN}'),
+    ("/admin/v1/users", b'{"name": "a", "x": ' + b"[" * 17 + b"]" * 17 + b"}"),
+    ("/admin/v1/channels", b'{"name": "c", "base_url": "http://127.0.0.1:9/v1", "models": ["m"],'
+                           b' "settings": {"timeout_s": 1e999}}'),
+])
+def test_admin_body_limits_are_400(tight: World, path: str, body: bytes) -> None:
+    users_before = tight.verify()["users"]
+    resp = requests.post(tight.url + path, data=body, timeout=30,
+                         headers={"Authorization": f"Bearer {tight.stack.admin_key}"})
+    assert resp.status_code == 400, resp.text
+    _error(resp.json())
+    assert tight.verify()["users"] == users_before
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-" + b"k" * 5000 + b"\r\n\r\n",
+    b"GET /v1/models?q=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+])
+def test_oversized_header_or_url_is_431(tight: World, raw: bytes) -> None:
+    reply = rawhttp.request(tight.url, raw)
+    assert reply.status == 431
+    assert reply.headers["content-type"].startswith("application/json")
+    assert _error(reply.json())["code"] == "request_header_too_large"
+    assert b"kkkk" not in reply.body
+
+
+def test_garbage_instead_of_http_is_400_in_openai_shape(tight: World) -> None:
+    reply = rawhttp.request(tight.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    assert reply.status == 400
+    assert _error(reply.json())["code"] == "bad_request"
+
+
+def test_slow_headers_are_cut_off_with_408(tight: World) -> None:
+    """Slowloris: a client trickling its headers keeps the connection only HEADER_TIMEOUT_S."""
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 200
+    with rawhttp.connect(tight.url) as sock:
+        started = time.monotonic()
+        closed = False
+        said = b""
+        for byte in head:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            closed, said = rawhttp.closed_by_peer(sock, 0.05)
+            if closed:
+                break
+        if not closed:
+            closed, said = rawhttp.closed_by_peer(sock, HEADER_TIMEOUT_S + 5)
+        elapsed = time.monotonic() - started
+    assert closed, "the edge kept a trickling client"
+    assert HEADER_TIMEOUT_S - 0.2 <= elapsed <= HEADER_TIMEOUT_S + 5
+    assert said.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in said
+
+
+def test_silent_connection_is_cut_off(tight: World) -> None:
+    with rawhttp.connect(tight.url) as sock:
+        started = time.monotonic()
+        closed, said = rawhttp.closed_by_peer(sock, HEADER_TIMEOUT_S + 5)
+    assert closed and time.monotonic() - started <= HEADER_TIMEOUT_S + 5
+    assert said.startswith(b"HTTP/1.1 408")
+
+
+def test_slow_body_is_408_and_changes_nothing(tight: World, served: str) -> None:
+    t = tight.tenant()
+    body = json.dumps({"model": served, "messages": MSG}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with rawhttp.connect(tight.url) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        reply = None
+        for byte in body:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            closed, said = rawhttp.closed_by_peer(sock, 0.1)
+            if said or closed:
+                break
+        elapsed = time.monotonic() - started
+        assert said, "no answer to a trickled body"
+    assert BODY_TIMEOUT_S - 0.2 <= elapsed <= BODY_TIMEOUT_S + 5
+    assert said.startswith(b"HTTP/1.1 408")
+    reply_body = said.partition(b"\r\n\r\n")[2]
+    assert _error(json.loads(reply_body))["code"] == "request_timeout"
+    del reply
+    _untouched(tight, t)
+
+
+def test_edge_serves_others_while_clients_trickle(tight: World, served: str) -> None:
+    """Fifty stalled connections do not stop a normal call from being answered at once."""
+    t = tight.tenant()
+    stalled = [rawhttp.connect(tight.url) for _ in range(50)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        reply = t.client.chat.completions.create(model=served, messages=MSG)
+        assert reply.choices[0].message.content
+        assert time.monotonic() - started < HEADER_TIMEOUT_S  # answered before the stalled ones were cut
+    finally:
+        for sock in stalled:
+            sock.close()
