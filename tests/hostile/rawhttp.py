@@ -1,6 +1,7 @@
 """HTTP over a bare socket, for requests no HTTP library will send: slow, oversized, broken."""
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -67,3 +68,16 @@ def closed_by_peer(sock: socket.socket, within_s: float) -> tuple[bool, bytes]:
             return True, received
         received += piece
     return False, received
+
+
+def call(url: str, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
+         source: str = "127.0.0.1") -> RawReply:
+    """One ordinary request, sent from a chosen loopback address (127.0.0.0/8 all reach us)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return RawReply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
