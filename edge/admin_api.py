@@ -57,7 +57,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise invalid("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
-    check_shape(body, limits)
+    check_shape(body, limits, text=True)
     return body
 
 
@@ -67,7 +67,7 @@ def _reject_constant(name: str) -> None:
 
 def _path_id(request: web.Request, name: str = "id") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise OpenAIError(404, f"No such resource: {raw[:40]!r}", code="not_found")
     return int(raw)
 
@@ -329,19 +329,20 @@ async def list_prices(request: web.Request) -> web.Response:
     return json_response({"data": [_price(p) for p in reply.prices]})
 
 
-def _query_int(request: web.Request, name: str) -> int:
+def _query_int(request: web.Request, name: str, high: int = 10**18 - 1) -> int:
     raw = request.query.get(name, "")
     if not raw:
         return 0
-    if not raw.isdigit() or len(raw) > 18:
-        raise invalid(f"'{name}' must be a non-negative integer", name)
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) > high:
+        raise invalid(f"'{name}' must be an integer from 0 to {high}", name)
     return int(raw)
 
 
 @admin
 async def usage(request: web.Request) -> web.Response:
     reply = await request.app[PEERS].billing.ListUsage(
-        billing_pb2.ListUsageRequest(user_id=_query_int(request, "user_id"), limit=_query_int(request, "limit")),
+        billing_pb2.ListUsageRequest(user_id=_query_int(request, "user_id"),
+                                     limit=_query_int(request, "limit", 2**31 - 1)),
         timeout=RPC_TIMEOUT_S,
     )
     return json_response({"data": [

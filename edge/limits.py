@@ -40,8 +40,10 @@ def _name(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _string_ok(value: str, limits: Limits) -> bool:
+def _string_ok(value: str, limits: Limits, text: bool) -> bool:
     if len(value) > limits.max_string_chars:
+        return False
+    if text and "\x00" in value:
         return False
     if value.isascii():
         return True
@@ -57,14 +59,18 @@ def _string_error(param: str, value: str, limits: Limits) -> OpenAIError:
         return invalid(f"Invalid '{param}': string too long. Expected a string with maximum length"
                        f" {limits.max_string_chars}, but got a string with length {len(value)} instead.",
                        param, "string_above_max_length")
+    if "\x00" in value:
+        return invalid(f"Invalid '{param}': the string may not contain NUL characters.", param, "invalid_value")
     return invalid(f"Invalid '{param}': the string is not valid Unicode.", param, "invalid_value")
 
 
 _EXACT = {int, bool, type(None)}
 
 
-def check_shape(body: Any, limits: Limits) -> None:
+def check_shape(body: Any, limits: Limits, *, text: bool = False) -> None:
     """Reject JSON nested deeper than the limit, or carrying an over-long or invalid string.
+
+    With `text`, strings are stored as PostgreSQL text, which cannot hold NUL.
 
     Iterative, so that depth itself cannot exhaust the stack; an array of numbers
     (token lists) is passed over at C speed.
@@ -82,11 +88,11 @@ def check_shape(body: Any, limits: Limits) -> None:
         else:
             items = enumerate(node)
         for key, value in items:
-            if type(key) is str and not _string_ok(key, limits):
+            if type(key) is str and not _string_ok(key, limits, text):
                 raise _string_error(_name(path, key), key, limits)
             kind = type(value)
             if kind is str:
-                if not _string_ok(value, limits):
+                if not _string_ok(value, limits, text):
                     raise _string_error(_name(path, key), value, limits)
             elif kind is dict or kind is list:
                 pending.append((value, _name(path, key), depth + 1))

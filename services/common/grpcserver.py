@@ -14,7 +14,7 @@ import psycopg_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common import metrics, telemetry
-from services.common.errors import DETAILS_KEY, ServiceError, Unavailable
+from services.common.errors import DETAILS_KEY, InvalidRequest, ServiceError, Unavailable
 from services.common.logs import request_id_var
 from services.common.telemetry import Telemetry
 
@@ -54,6 +54,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         # A peer's failure passes through with its detail intact.
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == DETAILS_KEY)
         await context.abort(exc.code(), exc.details() or "", trailing)
+    if isinstance(exc, psycopg.DataError):
+        # The database refused a value the caller sent (a NUL character, a number out of
+        # range): the caller's fault, whichever field it was.
+        log.warning("database refused a value: %s", type(exc).__name__)
+        status = InvalidRequest("A value in the request cannot be stored (a NUL character, or a number out of"
+                                " range).").to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
     if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
         log.warning("database unavailable: %s", exc)
         status = Unavailable("The service is temporarily unavailable; try again shortly.").to_status()

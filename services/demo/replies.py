@@ -121,6 +121,18 @@ def chat_stream(body: dict[str, Any], pieces: int = 20) -> Iterator[dict[str, An
         yield {**base, "choices": [], "usage": reply["usage"]}
 
 
+def _decode(token_ids: Any, enc: Any) -> str:
+    """A token list as text; ids the encoding does not have (a client's garbage) are left out."""
+    pieces = []
+    for t in token_ids or []:
+        if isinstance(t, int) and 0 <= t <= enc.max_token_value:
+            try:
+                pieces.append(enc.decode_single_token_bytes(t))
+            except KeyError:  # an id inside the range that names no token
+                continue
+    return b"".join(pieces).decode("utf-8", "replace")
+
+
 def completion(body: dict[str, Any]) -> dict[str, Any]:
     model = str(body.get("model", "demo"))
     enc = tokens.encoding_for(model)
@@ -131,7 +143,7 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
     choices = []
     completion_tokens = 0
     for p_index, p in enumerate(prompts):
-        said = p if isinstance(p, str) else enc.decode([t for t in (p or []) if isinstance(t, int)])
+        said = p if isinstance(p, str) else _decode(p, enc)
         text, finish = _limit(f" This is a test! You wrote: {said}", max_tokens, model)
         for k in range(n):
             choices.append({"index": p_index * n + k, "text": text, "logprobs": None, "finish_reason": finish})
