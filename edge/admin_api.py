@@ -35,7 +35,7 @@ def admin(handler: Handler) -> Handler:
         else:
             address = client_ip(request)
             guard = request.app[GUARD]
-            await guard.check(address)
+            guard.check(address)
             try:
                 await request.app[PEERS].auth.AuthorizeAdmin(
                     auth_pb2.AuthorizeAdminRequest(bearer=bearer(request)), timeout=5)

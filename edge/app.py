@@ -10,7 +10,7 @@ from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import routes
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
-from edge.guard import AuthGuard, LocalWindow
+from edge.guard import AuthGuard, LimiterCounter
 from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
@@ -35,7 +35,10 @@ async def _peers(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:
-    app[LIMITS] = KeyLimits(make_limiter(app[CONFIG].redis_url))
+    cfg = app[CONFIG]
+    limiter = make_limiter(cfg.redis_url)
+    app[LIMITS] = KeyLimits(limiter)
+    app[GUARD] = AuthGuard(LimiterCounter(limiter, cfg.auth_failures_per_min), cfg.auth_failures_per_min)
     yield
     await app[LIMITS].close()
 
@@ -55,7 +58,6 @@ def make_app(cfg: EdgeConfig) -> web.Application:
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app[COUNTERS] = Counters()
-    app[GUARD] = AuthGuard(LocalWindow(keep=cfg.auth_failures_per_min), cfg.auth_failures_per_min)
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_metrics_server)

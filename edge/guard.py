@@ -1,88 +1,77 @@
 """Brute-force guard: failed authentications counted per source address.
 
-An address that presented `limit` wrong keys (API or admin) within a minute gets
-429 on every authenticated call until the oldest failure is a minute old, so
-guessing keys costs time even before the keys' 288 bits do.
+An address that presents `limit` wrong keys (API or admin) within a minute gets 429
+on every authenticated call, the right key included, until its oldest failure is a
+minute old: guessing keys costs time even before the keys' 288 bits do.
 
-The counting sits behind `FailureWindow`, a two-method interface, so a shared
-store (the Redis-backed limiter, for several edge replicas) can replace the
-in-process one without touching the guard.
+Failures are counted by the shared rate limiter (`edge.ratelimit`): in this process,
+or in Redis for every edge replica when REDIS_URL is set. Only failures touch it; the
+check on every call reads a local list of blocked addresses, which a replica fills
+the first time it sees a failure from an address that is over the limit everywhere.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from edge.errors import OpenAIError
+from edge.ratelimit import Limiter, Rule
 
 WINDOW_S = 60.0
 
 
-class FailureWindow(Protocol):
-    async def recent(self, subject: str) -> tuple[int, float]:
-        """Failures of `subject` in the last minute, and seconds until the oldest of them expires."""
-
-    async def add(self, subject: str) -> None:
-        """Count one failure of `subject` now."""
+class FailureCounter(Protocol):
+    async def add(self, subject: str) -> float:
+        """Count one failure of `subject` now. Seconds until it may try again, or 0 while under the limit."""
 
 
-class LocalWindow:
-    """A sliding one-minute window per subject, in this process, bounded in memory:
-    at most `keep` timestamps per subject and `max_subjects` subjects (oldest dropped)."""
+class LimiterCounter:
+    """Failures in a sliding one-minute window of the shared limiter."""
 
-    def __init__(self, keep: int, max_subjects: int = 100_000, window_s: float = WINDOW_S) -> None:
-        self._keep = max(1, keep)
-        self._max = max_subjects
-        self._window_s = window_s
-        self._stamps: OrderedDict[str, deque[float]] = OrderedDict()
+    def __init__(self, limiter: Limiter, limit: int, window_s: float = WINDOW_S) -> None:
+        self._limiter = limiter
+        # A rule one smaller refuses exactly the limit-th failure: that one blocks.
+        self._rule = Rule("failures", max(0, limit - 1), window_s=window_s)
 
-    def _live(self, subject: str, now: float) -> deque[float] | None:
-        stamps = self._stamps.get(subject)
-        if stamps is None:
-            return None
-        while stamps and stamps[0] <= now - self._window_s:
-            stamps.popleft()
-        if not stamps:
-            del self._stamps[subject]
-            return None
-        return stamps
-
-    async def recent(self, subject: str) -> tuple[int, float]:
-        now = time.monotonic()
-        stamps = self._live(subject, now)
-        if stamps is None:
-            return 0, 0.0
-        return len(stamps), stamps[0] + self._window_s - now
-
-    async def add(self, subject: str) -> None:
-        now = time.monotonic()
-        stamps = self._live(subject, now)
-        if stamps is None:
-            if len(self._stamps) >= self._max:
-                self._stamps.popitem(last=False)
-            stamps = self._stamps[subject] = deque(maxlen=self._keep)
-        stamps.append(now)
-        self._stamps.move_to_end(subject)
+    async def add(self, subject: str) -> float:
+        verdict = await self._limiter.hit(f"auth-failures:{subject}", [self._rule])
+        if verdict.admitted:
+            return 0.0
+        return max(1.0, verdict.windows[0].retry_after_s)
 
 
 class AuthGuard:
-    def __init__(self, window: FailureWindow, limit: int) -> None:
-        self._window = window
+    def __init__(self, counter: FailureCounter, limit: int, *, max_blocked: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._counter = counter
         self._limit = limit  # 0 = no limit
+        self._max_blocked = max_blocked
+        self._clock = clock
+        self._blocked: OrderedDict[str, float] = OrderedDict()  # address -> blocked until (clock)
 
-    async def check(self, address: str) -> None:
-        """429 when `address` failed too often in the last minute."""
-        if self._limit <= 0:
+    def check(self, address: str) -> None:
+        """429 while `address` is blocked."""
+        until = self._blocked.get(address)
+        if until is None:
             return
-        count, wait_s = await self._window.recent(address)
-        if count >= self._limit:
-            raise OpenAIError(
-                429, "Too many failed authentication attempts from your address. Retry after a short wait.",
-                type="requests", code="rate_limit_exceeded",
-                headers={"retry-after": str(max(1, round(wait_s + 0.5)))},
-            )
+        wait = until - self._clock()
+        if wait <= 0:
+            del self._blocked[address]
+            return
+        raise OpenAIError(
+            429, "Too many failed authentication attempts from your address. Retry after a short wait.",
+            type="requests", code="rate_limit_exceeded", headers={"retry-after": str(max(1, math.ceil(wait)))},
+        )
 
     async def failed(self, address: str) -> None:
-        if self._limit > 0:
-            await self._window.add(address)
+        if self._limit <= 0:
+            return
+        wait = await self._counter.add(address)
+        if wait > 0:
+            if len(self._blocked) >= self._max_blocked:
+                self._blocked.popitem(last=False)
+            self._blocked[address] = self._clock() + wait
+            self._blocked.move_to_end(address)

@@ -28,7 +28,7 @@ async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
     """The caller's key; a wrong one counts against its address (edge.guard)."""
     address = client_ip(request)
     guard = request.app[GUARD]
-    await guard.check(address)
+    guard.check(address)
     try:
         return await request.app[KEYS].resolve(bearer(request), address)
     except grpc.aio.AioRpcError as exc:

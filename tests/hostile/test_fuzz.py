@@ -80,6 +80,8 @@ def _aim(case: schemathesis.Case, t: Target) -> None:
         url = body.get("base_url")
         if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
             body["base_url"] = t.upstream_url  # a channel never points off this machine
+        if body.get("type") in ("azure", "anthropic"):
+            body["type"] = "openai"  # the scripted upstream speaks OpenAI's wire format
         model = body.get("model")
         if isinstance(model, str) and zlib.crc32(model.encode("utf-8", "replace")) % 2:
             body["model"] = SERVED[zlib.crc32(model.encode("utf-8", "replace")) % 3]  # half reach the upstream

@@ -129,12 +129,17 @@ def test_fault_before_first_byte(faulty, behavior, status, code, row_status, str
     _costs_nothing(world, t, reply, row_status)
 
 
-def test_stream_cut_before_first_chunk_is_502(faulty) -> None:
+@pytest.mark.parametrize("action, status, code", [
+    ("cut", 502, "upstream_error"),
+    # Keep-alive comments and never a chunk: the channel's timeout still applies.
+    ("hang", 504, "upstream_timeout"),
+])
+def test_stream_fails_before_its_first_chunk(faulty, action, status, code) -> None:
     world, t, model, tag = faulty
-    world.mock.script(tag, up.stream_then(0, "cut"))
+    world.mock.script(tag, up.stream_then(0, action))
     reply = _call(world, t, model, stream=True)
-    assert (reply.status, reply.error["code"]) == (502, "upstream_error")
-    _costs_nothing(world, t, reply, "upstream_error")
+    assert (reply.status, reply.error["code"]) == (status, code)
+    _costs_nothing(world, t, reply, code)
 
 
 # --- after the first byte: an in-band error, [DONE], and the delivered part paid for -------------

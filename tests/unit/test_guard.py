@@ -1,0 +1,54 @@
+"""The brute-force guard on the shared limiter, on a clock the test turns."""
+from __future__ import annotations
+
+import pytest
+
+from edge.errors import OpenAIError
+from edge.guard import AuthGuard, LimiterCounter
+from edge.ratelimit import MemoryLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _guard(limit: int) -> tuple[AuthGuard, Clock]:
+    clock = Clock()
+    return AuthGuard(LimiterCounter(MemoryLimiter(clock=clock), limit), limit, clock=clock), clock
+
+
+async def test_the_limit_th_failure_blocks_until_the_oldest_is_a_minute_old() -> None:
+    guard, clock = _guard(3)
+    for _ in range(2):
+        await guard.failed("10.0.0.1")
+        guard.check("10.0.0.1")
+        clock.now += 10
+    await guard.failed("10.0.0.1")  # the third within a minute
+    with pytest.raises(OpenAIError) as refused:
+        guard.check("10.0.0.1")
+    assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
+    assert refused.value.headers["retry-after"] == "40"  # the first failure leaves the window at +60 s
+    guard.check("10.0.0.2")  # others are not affected
+    clock.now += 40.5
+    guard.check("10.0.0.1")
+
+
+async def test_no_limit_means_no_blocking() -> None:
+    guard, _ = _guard(0)
+    for _ in range(100):
+        await guard.failed("10.0.0.1")
+    guard.check("10.0.0.1")
+
+
+async def test_blocked_addresses_are_bounded() -> None:
+    clock = Clock()
+    guard = AuthGuard(LimiterCounter(MemoryLimiter(clock=clock), 1), 1, max_blocked=2, clock=clock)
+    for address in ("a", "b", "c"):
+        await guard.failed(address)
+    guard.check("a")  # the oldest was forgotten to make room
+    with pytest.raises(OpenAIError):
+        guard.check("c")
