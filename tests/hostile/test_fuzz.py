@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.conftest import ARTIFACTS
 from tests.world import Tenant, World
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "edge" / "openapi.json"
@@ -35,6 +37,9 @@ SCHEMA = schemathesis.openapi.from_path(str(DOCUMENT))
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 EXAMPLES_PER_MODE = 50   # per operation, valid and invalid each: ~2,400 requests in all
 SERVED = ["gpt-3.5-turbo", "gpt-3.5-turbo-instruct", "text-embedding-ada-002"]
+# A request unanswered this long hangs. Generous: a valid call may ask for 20 choices of
+# dozens of prompts, streamed, on a machine other test runs share.
+HANG_S = 60
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -47,6 +52,7 @@ class Target:
     upstream_url: str
     calls: int = 0
     runs: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)  # "POST /v1/chat/completions 200" -> count
 
     def books(self) -> tuple[Any, ...]:
         """Everything a request could change about money: balances, holds, the ledger."""
@@ -69,8 +75,11 @@ def target(make_stack, mock) -> Iterator[Target]:
         yield t
     report = world.verify()
     assert report["ok"] and report["open_holds"] == 0, report
+    (ARTIFACTS / "fuzz-statuses.json").write_text(json.dumps(dict(sorted(t.statuses.items())), indent=1))
     if t.runs == len(RUNS):  # the whole run, not a -k selection: it must have been a real one
         assert t.calls >= 2000, f"only {t.calls} requests were generated"
+        relayed = sum(n for k, n in t.statuses.items() if k.startswith("POST /v1/") and k.endswith(" 200"))
+        assert relayed >= 50, f"only {relayed} generated calls reached the upstream and were billed"
 
 
 def _aim(case: schemathesis.Case, t: Target) -> None:
@@ -110,8 +119,10 @@ def _exercise(case: schemathesis.Case, t: Target) -> None:
     _aim(case, t)
     key = t.world.stack.admin_key if case.path.startswith("/admin/") else t.tenant.key
     before = t.books()
-    response = case.call(base_url=t.world.url, headers={"Authorization": f"Bearer {key}"}, timeout=20)
+    response = case.call(base_url=t.world.url, headers={"Authorization": f"Bearer {key}"},
+                         timeout=HANG_S)
     t.calls += 1
+    t.statuses[f"{case.method.upper()} {case.path} {response.status_code}"] += 1
     case.validate_response(response, checks=CHECKS)
     if response.status_code >= 400:
         _assert_error_shape(response)
