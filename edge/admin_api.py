@@ -24,6 +24,7 @@ from services.common.errors import reason_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RPC_TIMEOUT_S = 15
+INT32_MAX = 2**31 - 1  # the largest value an int32 field of a request message takes
 
 
 def admin(handler: Handler) -> Handler:
@@ -342,7 +343,7 @@ def _query_int(request: web.Request, name: str, high: int = 10**18 - 1) -> int:
 async def usage(request: web.Request) -> web.Response:
     reply = await request.app[PEERS].billing.ListUsage(
         billing_pb2.ListUsageRequest(user_id=_query_int(request, "user_id"),
-                                     limit=_query_int(request, "limit", 2**31 - 1)),
+                                     limit=_query_int(request, "limit", INT32_MAX)),
         timeout=RPC_TIMEOUT_S,
     )
     return json_response({"data": [

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2
-from edge.admin_api import RPC_TIMEOUT_S, _body, _path_id, _query_int, _str, _user, admin
+from edge.admin_api import INT32_MAX, RPC_TIMEOUT_S, _body, _path_id, _query_int, _str, _user, admin
 from edge.credits import from_micro
 from edge.errors import invalid
 from edge.openai_api import json_response
@@ -28,7 +28,8 @@ def _user_row(u: billing_pb2.User, account: auth_pb2.Account | None) -> dict[str
 async def search_users(request: web.Request) -> web.Response:
     peers = request.app[PEERS]
     reply = await peers.billing.SearchUsers(
-        billing_pb2.SearchUsersRequest(query=request.query.get("q", "")[:200], limit=_query_int(request, "limit")),
+        billing_pb2.SearchUsersRequest(query=request.query.get("q", "")[:200],
+                                       limit=_query_int(request, "limit", INT32_MAX)),
         timeout=RPC_TIMEOUT_S)
     accounts = _account_of(await peers.auth.ListAccounts(
         auth_pb2.ListAccountsRequest(user_ids=[u.id for u in reply.users]), timeout=RPC_TIMEOUT_S))
@@ -60,7 +61,7 @@ async def set_role(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """Requests, tokens, credits and errors per model per time bucket (default: 24 hours by the hour)."""
     hours = _query_int(request, "hours") or 24
-    bucket = _query_int(request, "bucket") or 3600
+    bucket = _query_int(request, "bucket", INT32_MAX) or 3600
     if hours > 24 * 366:
         raise invalid("'hours' must be at most a year", "hours")
     reply = await request.app[PEERS].billing.ModelStats(

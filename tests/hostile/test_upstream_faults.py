@@ -103,7 +103,7 @@ def faulty(tight: World) -> Iterator[tuple[World, Tenant, str, str]]:
 
 
 def _quiet(world: World) -> bool:
-    stats = world.admin("GET", "/admin/v1/stats")
+    stats = world.admin("GET", "/admin/v1/runtime")
     inference = stats["inference"]
     return (inference["relays_in_flight"], inference["channel_calls_in_flight"], inference["settlements_pending"],
             stats["edge"]["requests_in_flight"]) == (0, 0, 0, 0)
@@ -189,7 +189,7 @@ def test_no_task_connection_or_hold_leaks(tight: World) -> None:
     t = tight.tenant(credits=1000)
     model, tag = tight.served_model(PROMPT_PRICE, COMPLETION_PRICE, settings={"timeout_s": 1})
     wait_until(lambda: _quiet(tight), 10, "a quiet stack")
-    before = tight.admin("GET", "/admin/v1/stats")
+    before = tight.admin("GET", "/admin/v1/runtime")
     connections_before = _database_connections(tight)
     faults = [(up.reset(), False), (up.raw(200, b"{"), False), (up.hang(3), True), (up.stream_then(2, "cut"), True),
               (up.stream_then(2, "garbage"), True), (up.stream_then(2, "endless"), True),
@@ -203,7 +203,7 @@ def test_no_task_connection_or_hold_leaks(tight: World) -> None:
     wait_until(lambda: tight.mock.state(tag).in_flight == 0, 10, "every upstream connection to close")
     wait_until(lambda: _quiet(tight), 10, "no call in flight")
     wait_until(lambda: tight.held(t.user_id) == 0, 10, "every hold to close")
-    after = tight.admin("GET", "/admin/v1/stats")
+    after = tight.admin("GET", "/admin/v1/runtime")
     # Tasks come and go with connections being torn down; a leak grows with the 32 calls.
     assert after["inference"]["tasks"] <= before["inference"]["tasks"] + 3, (before, after)
     assert after["edge"]["tasks"] <= before["edge"]["tasks"] + 3, (before, after)
