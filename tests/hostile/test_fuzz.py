@@ -35,7 +35,7 @@ from tests.world import Tenant, World
 DOCUMENT = Path(__file__).resolve().parents[2] / "edge" / "openapi.json"
 SCHEMA = schemathesis.openapi.from_path(str(DOCUMENT))
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
-EXAMPLES_PER_MODE = 50   # per operation, valid and invalid each: ~2,400 requests in all
+EXAMPLES_PER_MODE = 50   # per operation, valid and invalid each: ~2,800 requests in all
 SERVED = ["gpt-3.5-turbo", "gpt-3.5-turbo-instruct", "text-embedding-ada-002"]
 # A request unanswered this long hangs. Generous: a valid call may ask for 20 choices of
 # dozens of prompts, streamed, on a machine other test runs share.
