@@ -62,6 +62,7 @@ class Target:
             self.db.execute("SELECT count(*), count(*) FILTER (WHERE state = 'held') FROM requests").fetchone(),
             self.db.execute("SELECT count(*) FROM topups").fetchone(),
             self.db.execute("SELECT count(*) FROM redeem_codes").fetchone(),
+            self.db.execute("SELECT coalesce(sum(spent), 0), coalesce(sum(held), 0) FROM key_spend").fetchone(),
         )
 
 
