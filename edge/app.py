@@ -10,11 +10,11 @@ from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import routes
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
-from edge.guard import AuthGuard, LimiterCounter
+from edge.guard import AuthGuard, LimiterCounter, SignupLimit
 from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
-from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, Counters, Peers
+from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, SIGNUPS, Counters, Peers
 from services.common import metrics, peers, telemetry
 
 
@@ -39,6 +39,7 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     limiter = make_limiter(cfg.redis_url)
     app[LIMITS] = KeyLimits(limiter)
     app[GUARD] = AuthGuard(LimiterCounter(limiter, cfg.auth_failures_per_min), cfg.auth_failures_per_min)
+    app[SIGNUPS] = SignupLimit(limiter, cfg.signups_per_hour)
     yield
     await app[LIMITS].close()
 

@@ -29,6 +29,7 @@ class EdgeConfig:
     max_header_bytes: int      # one header line (and the request line)
     header_timeout_s: float    # a request's headers must arrive within this
     auth_failures_per_min: int  # failed authentications per source address before 429; 0 = no limit
+    signups_per_hour: int       # console sign-ups per source address an hour; 0 = no limit
     key_cache_s: float         # how long an authenticated key is trusted without asking auth
     relay_deadline_s: float    # gRPC deadline of a unary relay (covers failover across channels)
     stream_deadline_s: float   # gRPC deadline of a streamed relay
@@ -58,6 +59,7 @@ class EdgeConfig:
             max_header_bytes=env_int("CHATKORE_MAX_HEADER_BYTES", 16384),
             header_timeout_s=env_float("CHATKORE_HEADER_TIMEOUT_S", 10.0),
             auth_failures_per_min=env_int("CHATKORE_AUTH_FAILURES_PER_MIN", 30),
+            signups_per_hour=env_int("CHATKORE_SIGNUPS_PER_HOUR", 5),
             # Revocation must reach every replica within 1 s (DESIGN §5): trust a key half that.
             key_cache_s=min(env_float("CHATKORE_KEY_CACHE_S", 0.5), 0.9),
             relay_deadline_s=upstream_timeout * 3 + 30,

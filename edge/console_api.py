@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
 from edge import openai_api, sessions
 from edge.admin_api import _body, _key, _path_id, _str, _timestamp
+from edge.authn import client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
 from edge.openai_api import json_response
-from edge.state import PEERS
+from edge.state import GUARD, PEERS, SIGNUPS
+from services.common.errors import reason_of
 
 RPC_TIMEOUT_S = 15
 
@@ -34,8 +37,16 @@ def _credentials(body: dict[str, Any]) -> tuple[str, str]:
 
 
 async def _signed_in(request: web.Request, email: str, password: str, status: int) -> web.Response:
-    session = await request.app[PEERS].auth.Login(auth_pb2.LoginRequest(email=email, password=password),
-                                                  timeout=RPC_TIMEOUT_S)
+    address = client_ip(request)
+    guard = request.app[GUARD]
+    guard.check(address)  # password guessing from one address counts with key guessing
+    try:
+        session = await request.app[PEERS].auth.Login(auth_pb2.LoginRequest(email=email, password=password),
+                                                      timeout=RPC_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        if reason_of(exc) == "INVALID_API_KEY":
+            await guard.failed(address)
+        raise
     response = json_response({"account": _account(session.account), "csrf_token": session.csrf_token},
                              status=status)
     sessions.set_cookie(request, response, session)
@@ -45,6 +56,7 @@ async def _signed_in(request: web.Request, email: str, password: str, status: in
 async def register(request: web.Request) -> web.Response:
     sessions.check_origin(request)
     email, password = _credentials(await _body(request))
+    await request.app[SIGNUPS].admit(client_ip(request))
     await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
                                            timeout=RPC_TIMEOUT_S)
     return await _signed_in(request, email, password, 201)

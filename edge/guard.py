@@ -75,3 +75,22 @@ class AuthGuard:
                 self._blocked.popitem(last=False)
             self._blocked[address] = self._clock() + wait
             self._blocked.move_to_end(address)
+
+
+class SignupLimit:
+    """At most `per_hour` console sign-ups from one address an hour: each comes with free
+    credits, so making accounts in bulk must cost time."""
+
+    def __init__(self, limiter: Limiter, per_hour: int) -> None:
+        self._limiter = limiter
+        self._rule = Rule("signups", per_hour, window_s=3600.0)
+        self._on = per_hour > 0
+
+    async def admit(self, address: str) -> None:
+        if not self._on:
+            return
+        verdict = await self._limiter.hit(f"signups:{address}", [self._rule])
+        if not verdict.admitted:
+            wait = max(1, math.ceil(verdict.windows[0].retry_after_s))
+            raise OpenAIError(429, "Too many sign-ups from your address. Try again later.", type="requests",
+                              code="rate_limit_exceeded", headers={"retry-after": str(wait)})

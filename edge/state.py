@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2_grpc
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge.authn import KeyCache
 from edge.config import EdgeConfig
-from edge.guard import AuthGuard
+from edge.guard import AuthGuard, SignupLimit
 from edge.keylimits import KeyLimits
 
 
@@ -34,3 +34,4 @@ PEERS = web.AppKey("peers", Peers)
 KEYS = web.AppKey("keys", KeyCache)
 LIMITS = web.AppKey("limits", KeyLimits)
 GUARD = web.AppKey("guard", AuthGuard)
+SIGNUPS = web.AppKey("signups", SignupLimit)

@@ -32,6 +32,7 @@ TEST_ENV = {
     # Every test calls from 127.0.0.1, and several present wrong keys on purpose: the
     # per-address brute-force guard is tested on its own stack (tests/hostile).
     "CHATKORE_AUTH_FAILURES_PER_MIN": "1000",
+    "CHATKORE_SIGNUPS_PER_HOUR": "0",  # every test signs up from 127.0.0.1
 }
 
 

@@ -92,6 +92,7 @@ class ChannelBook:
         self._channels: list[Channel] = []
         self._health: dict[int, Health] = {}
         self._fingerprint: tuple[int, float] | None = None
+        self._last_reload = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # --- loading ---------------------------------------------------------------
@@ -113,6 +114,7 @@ class ChannelBook:
         )
 
     async def reload(self) -> None:
+        self._last_reload = time.monotonic()
         async with self._pool.connection() as conn:
             fingerprint = await store.channels_fingerprint(conn)
             if fingerprint == self._fingerprint:
@@ -155,6 +157,19 @@ class ChannelBook:
                 for m in c.models:
                     out[m] = min(out.get(m, c.created), c.created)
         return out
+
+    async def plan_fresh(self, model: str, endpoint: Endpoint | None = None,
+                         body: dict[str, Any] | None = None) -> list[Channel]:
+        """plan(), but a model no channel serves is looked up in the database first: it may
+        have been added a moment ago through another replica. At most one look-up per
+        tenth of a second, so unknown model names cannot hammer the database."""
+        try:
+            return self.plan(model, endpoint, body)
+        except ModelNotFound:
+            if time.monotonic() - self._last_reload < 0.1:
+                raise
+        await self.reload()
+        return self.plan(model, endpoint, body)
 
     def plan(self, model: str, endpoint: Endpoint | None = None, body: dict[str, Any] | None = None) -> list[Channel]:
         """The channels to try for `model`, best first: priority, then weighted random.

@@ -35,6 +35,8 @@ from services.inference.upstream import Failure, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
+LARGE_BODY = 256 * 1024  # bytes of request above which the prompt is counted off the event loop
+
 
 @dataclass(frozen=True)
 class Call:
@@ -112,7 +114,7 @@ class Relay:
         self.max_stream_s = max_stream_s
         self.in_flight = 0  # calls between their start and their settlement (GetStats)
 
-    def _prepare(self, call: Call) -> tuple[dict[str, Any], list[Channel], int]:
+    async def _prepare(self, call: Call) -> tuple[dict[str, Any], list[Channel], int]:
         if call.allowed and call.model not in call.allowed:
             raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
                                 param="model")
@@ -122,8 +124,13 @@ class Relay:
             body = None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
-        candidates = self.book.plan(call.model, call.endpoint, body)
-        return body, candidates, count_prompt(call.endpoint, body, call.model)
+        candidates = await self.book.plan_fresh(call.model, call.endpoint, body)
+        if len(call.body) < LARGE_BODY:
+            return body, candidates, count_prompt(call.endpoint, body, call.model)
+        # Counting megabytes takes tiktoken a noticeable time; it releases the GIL, so a
+        # thread keeps every other call on this loop moving meanwhile.
+        prompt_tokens = await asyncio.to_thread(count_prompt, call.endpoint, body, call.model)
+        return body, candidates, prompt_tokens
 
     async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
         return await self.billing.reserve(
@@ -146,7 +153,7 @@ class Relay:
             self.in_flight -= 1
 
     async def _unary(self, call: Call) -> Reply:
-        body, candidates, prompt_tokens = self._prepare(call)
+        body, candidates, prompt_tokens = await self._prepare(call)
         hold = await self._reserve(call, prompt_tokens)
         try:
             obj, channel = await self._first_answer(call, body, candidates, hold)
@@ -207,7 +214,7 @@ class Relay:
                 self.in_flight -= 1
 
     async def _stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
-        body, candidates, prompt_tokens = self._prepare(call)
+        body, candidates, prompt_tokens = await self._prepare(call)
         hold = await self._reserve(call, prompt_tokens)
         tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
         channel_id = 0

@@ -114,3 +114,37 @@ def test_admin_key_is_compared_in_constant_time(presented: str) -> None:
             allowed = False
     assert allowed == (presented == "ck-admin-right")
     assert spy.call_count == 1
+
+
+def _console(tight: World, path: str, body: dict, source: str) -> rawhttp.RawReply:
+    return rawhttp.call(tight.url, "POST", path, body=json.dumps(body).encode(), source=source,
+                        headers={"Content-Type": "application/json", "Origin": tight.url})
+
+
+def test_console_signups_are_limited_per_address(tight: World) -> None:
+    """Each sign-up comes with free credits: making accounts in bulk from one address is refused."""
+    farmer, neighbour = "127.0.0.11", "127.0.0.12"
+    for i in range(3):  # CHATKORE_SIGNUPS_PER_HOUR in TIGHT_ENV
+        reply = _console(tight, "/api/register", {"email": f"farm{i}-{farmer}@example.com",
+                                                  "password": "correct horse battery"}, farmer)
+        assert reply.status == 201, reply.body
+    refused = _console(tight, "/api/register", {"email": "farm-more@example.com",
+                                                "password": "correct horse battery"}, farmer)
+    assert refused.status == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) > 60
+    ok = _console(tight, "/api/register", {"email": "neighbour@example.com", "password": "correct horse battery"},
+                  neighbour)
+    assert ok.status == 201
+
+
+def test_password_guessing_counts_against_the_address(tight: World) -> None:
+    source = "127.0.0.13"
+    email = "victim@example.com"
+    assert _console(tight, "/api/register", {"email": email, "password": "the right password"},
+                    "127.0.0.14").status == 201
+    for i in range(LIMIT):
+        assert _console(tight, "/api/login", {"email": email, "password": f"guess {i} wrong"}, source).status == 401
+    blocked = _console(tight, "/api/login", {"email": email, "password": "the right password"}, source)
+    assert blocked.status == 429 and "retry-after" in blocked.headers
+    assert _console(tight, "/api/login", {"email": email, "password": "the right password"},
+                    "127.0.0.14").status == 200
