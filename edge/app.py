@@ -1,6 +1,7 @@
 """The edge application factory."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -29,7 +30,9 @@ async def _peers(app: web.Application) -> AsyncIterator[None]:
         health={name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()},
     )
     app[KEYS] = KeyCache(app[PEERS].auth, cfg.key_cache_s)
+    feed = asyncio.create_task(app[KEYS].follow_changes())
     yield
+    feed.cancel()
     for channel in channels.values():
         await channel.close()
 

@@ -1,13 +1,17 @@
-"""Who is calling: the bearer key, resolved by the auth service and briefly remembered."""
+"""Who is calling: the bearer key, resolved by the auth service and remembered until it changes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, auth_pb2_grpc
 from edge.errors import OpenAIError
+
+log = logging.getLogger(__name__)
 
 NO_KEY = OpenAIError(
     401,
@@ -43,21 +47,35 @@ def client_ip(request: web.Request) -> str:
 
 
 class KeyCache:
-    """Authenticated keys, trusted for `ttl_s` (under a second, so revocation still
-    bites everywhere within one). Concurrent look-ups of one key share one call."""
+    """Authenticated keys, remembered while nothing about them changes.
 
-    def __init__(self, stub: auth_pb2_grpc.AuthStub, ttl_s: float, max_entries: int = 100_000) -> None:
+    The auth service keeps a feed of key changes (a key revoked, a user disabled); the edge
+    polls it every `poll_s` and drops the keys it names at once. An entry is trusted only
+    while the feed is current — its last successful poll began under `stale_s` ago — so a
+    revocation bites within a second everywhere, and when the feed is down every call asks
+    auth, as if there were no cache. Concurrent look-ups of one key share one call.
+    """
+
+    def __init__(self, stub: auth_pb2_grpc.AuthStub, ttl_s: float, *, poll_s: float = 0.25, stale_s: float = 0.9,
+                 max_entries: int = 100_000) -> None:
         self._stub = stub
         self._ttl_s = ttl_s
+        self._poll_s = poll_s
+        self._stale_s = stale_s
         self._max = max_entries
         self._entries: dict[tuple[str, str], tuple[float, auth_pb2.KeyInfo]] = {}
+        self._by_key: dict[int, set[tuple[str, str]]] = {}
+        self._by_user: dict[int, set[tuple[str, str]]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[auth_pb2.KeyInfo]] = {}
+        self._fresh_until = 0.0   # monotonic; entries are trusted before it
+        self._position = 0        # in the change feed
+        self._seen: dict[int, float] = {}  # change ids already applied (the feed repeats recent ones)
 
     async def resolve(self, key: str, ip: str) -> auth_pb2.KeyInfo:
         slot = (key, ip)
         now = time.monotonic()
         entry = self._entries.get(slot)
-        if entry is not None and entry[0] > now:
+        if entry is not None and now < entry[0] and now < self._fresh_until:
             return entry[1]
         pending = self._pending.get(slot)
         if pending is not None:
@@ -73,7 +91,58 @@ class KeyCache:
         finally:
             self._pending.pop(slot, None)
         future.set_result(info)
-        if len(self._entries) >= self._max:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[slot] = (time.monotonic() + self._ttl_s, info)
+        self._remember(slot, info)
         return info
+
+    def _remember(self, slot: tuple[str, str], info: auth_pb2.KeyInfo) -> None:
+        ttl = self._ttl_s
+        if info.expires_at:  # never past the key's own expiry
+            ttl = min(ttl, info.expires_at - time.time())
+        if ttl <= 0:
+            return
+        if len(self._entries) >= self._max:
+            self._forget(next(iter(self._entries)))
+        self._entries[slot] = (time.monotonic() + ttl, info)
+        self._by_key.setdefault(info.key_id, set()).add(slot)
+        self._by_user.setdefault(info.user_id, set()).add(slot)
+
+    def _forget(self, slot: tuple[str, str]) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is None:
+            return
+        for index, ident in ((self._by_key, entry[1].key_id), (self._by_user, entry[1].user_id)):
+            slots = index.get(ident)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del index[ident]
+
+    def _apply(self, reply: auth_pb2.KeyChangesReply) -> None:
+        if reply.reset:
+            self._entries.clear()
+            self._by_key.clear()
+            self._by_user.clear()
+        now = time.monotonic()
+        for change in reply.changes:
+            if change.id in self._seen:
+                continue
+            self._seen[change.id] = now
+            index, ident = (self._by_key, change.key_id) if change.key_id else (self._by_user, change.user_id)
+            for slot in list(index.get(ident, ())):
+                self._forget(slot)
+        if len(self._seen) > 1000:
+            self._seen = {i: t for i, t in self._seen.items() if now - t < 30}
+        self._position = reply.latest
+
+    async def follow_changes(self) -> None:
+        """Poll the key change feed until cancelled (one task per edge process)."""
+        while True:
+            started = time.monotonic()
+            try:
+                reply = await self._stub.KeyChanges(auth_pb2.KeyChangesRequest(after=self._position), timeout=2)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("key change feed unavailable: %s", exc.code().name)
+            else:
+                self._apply(reply)
+                self._fresh_until = started + self._stale_s
+            await asyncio.sleep(max(0.0, self._poll_s - (time.monotonic() - started)))

@@ -30,7 +30,7 @@ class EdgeConfig:
     header_timeout_s: float    # a request's headers must arrive within this
     auth_failures_per_min: int  # failed authentications per source address before 429; 0 = no limit
     signups_per_hour: int       # console sign-ups per source address an hour; 0 = no limit
-    key_cache_s: float         # how long an authenticated key is trusted without asking auth
+    key_cache_s: float         # how long an authenticated key is remembered (while the change feed is live)
     relay_deadline_s: float    # gRPC deadline of a unary relay (covers failover across channels)
     stream_deadline_s: float   # gRPC deadline of a streamed relay
     redis_url: str | None
@@ -60,8 +60,8 @@ class EdgeConfig:
             header_timeout_s=env_float("CHATKORE_HEADER_TIMEOUT_S", 10.0),
             auth_failures_per_min=env_int("CHATKORE_AUTH_FAILURES_PER_MIN", 30),
             signups_per_hour=env_int("CHATKORE_SIGNUPS_PER_HOUR", 5),
-            # Revocation must reach every replica within 1 s (DESIGN §5): trust a key half that.
-            key_cache_s=min(env_float("CHATKORE_KEY_CACHE_S", 0.5), 0.9),
+            # Revocation still reaches every replica within 1 s (DESIGN §5): see edge/authn.py.
+            key_cache_s=env_float("CHATKORE_KEY_CACHE_S", 300.0),
             relay_deadline_s=upstream_timeout * 3 + 30,
             stream_deadline_s=env_float("CHATKORE_MAX_STREAM_S", 600.0) + 60,
             redis_url=env_optional("REDIS_URL"),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,14 @@ from edge.authn import bearer, client_ip
 from edge.errors import OpenAIError, invalid
 from edge.limits import Limits, read_body
 from edge.state import CONFIG, GUARD, KEYS, LIMITS, PEERS
+from services.common import jsoncodec
 from services.common.errors import reason_of
 
 _JSON = "application/json"
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(obj, ensure_ascii=False).encode(), content_type=_JSON)
+    return web.Response(status=status, body=jsoncodec.dumps(obj), content_type=_JSON)
 
 
 async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:

@@ -5,12 +5,12 @@ sees the same 400 it would from OpenAI. Fields not checked here pass through.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from edge.errors import OpenAIError, invalid
 from edge.limits import Limits, check_shape
+from services.common import jsoncodec
 
 MAX_N = 128
 MAX_INT32 = 2**31 - 1  # the services carry token counts as int32
@@ -20,14 +20,10 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a b
                dict: "an object", type(None): "null"}
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """A JSON object within the limits of depth and string length, or a 400."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = jsoncodec.loads(raw)
     except (ValueError, RecursionError, UnicodeDecodeError):
         raise invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP"

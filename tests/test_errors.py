@@ -264,3 +264,25 @@ def test_unknown_route_and_method(world: World) -> None:
     resp = requests.delete(world.url + "/v1/chat/completions", timeout=10)
     assert resp.status_code == 405
     _error(resp)
+
+
+def test_a_key_in_steady_use_costs_auth_nothing_yet_revocation_bites_within_a_second(world: World) -> None:
+    from tests import scrape
+
+    t = world.tenant()
+    model, _ = world.served_model()
+
+    def authentications() -> float:
+        return scrape.value(scrape.scrape(world.stack, "auth"), "chatkore_grpc_requests_total",
+                            method="chatkore.v1.Auth/Authenticate", code="OK")
+
+    t.client.models.list()  # the first call asks auth
+    before = authentications()
+    for _ in range(30):
+        t.client.chat.completions.create(model=model, messages=MSG)
+    assert authentications() == before  # remembered by the edge for minutes, not half a second
+    world.admin("DELETE", f"/admin/v1/keys/{t.key_id}", expect=204)
+    started = time.monotonic()
+    wait_until(lambda: _post(world, t.key, {"model": model, "messages": MSG}).status_code == 401, 1.0,
+               "the revoked key to stop working")
+    assert time.monotonic() - started < 1.0

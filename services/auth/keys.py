@@ -1,9 +1,11 @@
 """Auth's domain: issuing, checking and revoking API keys; the admin key."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,7 +18,11 @@ from services.auth.errors import InvalidApiKey, InvalidRequest, NotFound, Permis
 from services.auth.store import KeyRow
 from services.common.config import Secret
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "sk-"
+FEED_PAGE = 1000      # changes read at once; more means the caller should start over
+FEED_KEEP_S = 3600    # how long the change feed remembers
 _WRONG_KEY = ("Incorrect API key provided. You can find your API key in the chatkore console, or ask the"
               " operator for one.")
 
@@ -127,6 +133,27 @@ class Keys:
     async def list(self, user_id: int) -> list[KeyRow]:
         async with self._pool.connection() as conn:
             return await store.list_keys(conn, user_id)
+
+    async def changes(self, after: int) -> tuple[int, list[tuple[int, int, int]], bool]:
+        """(latest position, changes as (id, key id, user id), reset) of the key change feed."""
+        async with self._pool.connection() as conn:
+            oldest, latest = await store.key_feed_bounds(conn)
+            if after <= 0 or after < oldest or after > latest:
+                return latest, [], after > 0
+            rows = await store.key_changes(conn, after, FEED_PAGE)
+        if len(rows) == FEED_PAGE:  # more than a caller should sift through: start over
+            return latest, [], True
+        return max(latest, after), [(i, k or 0, u or 0) for i, k, u in rows], False
+
+    async def prune_changes_forever(self) -> None:
+        """Keep the feed short: a caller an hour behind starts over anyway."""
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    await store.prune_key_changes(conn, FEED_KEEP_S)
+            except Exception as exc:  # the database may be away; try next round
+                log.warning("pruning key changes failed: %s", exc)
+            await asyncio.sleep(60)
 
     async def revoke(self, key_id: int, user_id: int = 0) -> None:
         """Revoke a key; with `user_id`, only one of that user's (another's answers as if missing)."""

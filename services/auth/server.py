@@ -1,6 +1,8 @@
 """Build, start and stop the auth service."""
 from __future__ import annotations
 
+import asyncio
+
 from chatkore.v1 import auth_pb2_grpc
 from services.auth.accounts import Accounts
 from services.auth.billing_peer import BillingPeer
@@ -15,6 +17,7 @@ async def serve(cfg: AuthConfig) -> None:
     keys = Keys(pool, cfg.admin_key)
     billing = BillingPeer(cfg.billing_addr)
     accounts = Accounts(pool, billing, cfg.session_ttl_s)
+    pruner = asyncio.create_task(keys.prune_changes_forever())
     try:
         await grpcserver.serve(
             name="auth",
@@ -26,5 +29,6 @@ async def serve(cfg: AuthConfig) -> None:
             telemetry=cfg.telemetry,
         )
     finally:
+        pruner.cancel()
         await billing.close()
         await pool.close()

@@ -54,6 +54,13 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                        context: grpc.aio.ServicerContext) -> auth_pb2.KeyList:
         return auth_pb2.KeyList(keys=[_info(k) for k in await self.keys.list(request.user_id)])
 
+    async def KeyChanges(self, request: auth_pb2.KeyChangesRequest,
+                         context: grpc.aio.ServicerContext) -> auth_pb2.KeyChangesReply:
+        latest, changes, reset = await self.keys.changes(request.after)
+        return auth_pb2.KeyChangesReply(
+            latest=latest, reset=reset,
+            changes=[auth_pb2.KeyChange(id=i, key_id=k, user_id=u) for i, k, u in changes])
+
     async def RevokeKey(self, request: auth_pb2.RevokeKeyRequest,
                         context: grpc.aio.ServicerContext) -> auth_pb2.RevokeKeyReply:
         await self.keys.revoke(request.key_id, request.user_id)

@@ -251,3 +251,25 @@ async def find_session(conn: AsyncConnection, token_hash: bytes) -> tuple[Accoun
 
 async def delete_session(conn: AsyncConnection, token_hash: bytes) -> None:
     await conn.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,))
+
+
+async def key_changes(conn: AsyncConnection, after: int, limit: int) -> list[tuple[int, int | None, int | None]]:
+    """Changes after `after`, and those of the last few seconds again: a change whose
+    transaction commits after a later one's must not slip past a reader."""
+    cur = await conn.execute(
+        "SELECT id, key_id, user_id FROM key_changes"
+        " WHERE id > %s OR at > now() - interval '5 seconds' ORDER BY id LIMIT %s", (after, limit))
+    return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+async def key_feed_bounds(conn: AsyncConnection) -> tuple[int, int]:
+    """(the position before the oldest kept change, the latest position) of the feed."""
+    cur = await conn.execute(
+        "SELECT (SELECT coalesce(min(id) - 1, -1) FROM key_changes),"
+        " (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM key_changes_id_seq)")
+    oldest, latest = await cur.fetchone()
+    return (latest if oldest < 0 else oldest), latest
+
+
+async def prune_key_changes(conn: AsyncConnection, keep_s: int) -> None:
+    await conn.execute("DELETE FROM key_changes WHERE at < now() - make_interval(secs => %s)", (keep_s,))

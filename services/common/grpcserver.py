@@ -83,12 +83,20 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
     return grpc.StatusCode.INTERNAL
 
 
+# Calls that log at DEBUG when they succeed: a feed polled several times a second, and the
+# hold that every request's Settle line already accounts for (one line per request per
+# process is what an operator follows a request by; every failure still logs).
+_QUIET = frozenset({"chatkore.v1.Auth/KeyChanges", "chatkore.v1.Billing/Reserve"})
+
+
 def _finished(method: str, code: grpc.StatusCode, started: float) -> None:
     """One log line (with the request id) and the metrics of a served call."""
     elapsed = time.perf_counter() - started
     metrics.RPCS.labels(method, code.name).inc()
     metrics.RPC_LATENCY.labels(method).observe(elapsed)
-    log.info("%s %s", method, code.name, extra={"ms": round(elapsed * 1000, 2)})
+    level = logging.DEBUG if code is grpc.StatusCode.OK and method in _QUIET else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "%s %s", method, code.name, extra={"ms": round(elapsed * 1000, 2)})
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):

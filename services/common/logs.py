@@ -52,8 +52,10 @@ class JsonFormatter(logging.Formatter):
         rid = request_id_var.get()
         if rid:
             line["request_id"] = rid
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
+        fields = record.__dict__
+        for key in fields.keys() - _RESERVED:  # the extras a call passed
+            if not key.startswith("_"):
+                value = fields[key]
                 line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             line["exc"] = redact(self.formatException(record.exc_info))

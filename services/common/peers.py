@@ -43,7 +43,7 @@ DEFAULT_DEADLINE_S = 30.0
 # did run would act twice or answer with a misleading error.
 IDEMPOTENT = frozenset({
     "/chatkore.v1.Auth/Authenticate", "/chatkore.v1.Auth/AuthorizeAdmin", "/chatkore.v1.Auth/ListKeys",
-    "/chatkore.v1.Auth/RevokeKey",
+    "/chatkore.v1.Auth/RevokeKey", "/chatkore.v1.Auth/KeyChanges",
     "/chatkore.v1.Billing/Reserve", "/chatkore.v1.Billing/Settle", "/chatkore.v1.Billing/GetUser",
     "/chatkore.v1.Billing/SetPrice", "/chatkore.v1.Billing/ListPrices", "/chatkore.v1.Billing/ListUsage",
     "/chatkore.v1.Billing/GetSpend", "/chatkore.v1.Billing/VerifyLedger",

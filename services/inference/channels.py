@@ -93,6 +93,7 @@ class ChannelBook:
         self._health: dict[int, Health] = {}
         self._fingerprint: tuple[int, float] | None = None
         self._last_reload = 0.0
+        self._reloading: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- loading ---------------------------------------------------------------
@@ -161,14 +162,16 @@ class ChannelBook:
     async def plan_fresh(self, model: str, endpoint: Endpoint | None = None,
                          body: dict[str, Any] | None = None) -> list[Channel]:
         """plan(), but a model no channel serves is looked up in the database first: it may
-        have been added a moment ago through another replica. At most one look-up per
-        tenth of a second, so unknown model names cannot hammer the database."""
+        have been added a moment ago through another replica. Misses that arrive together
+        share one look-up (a cheap fingerprint query unless something changed)."""
         try:
             return self.plan(model, endpoint, body)
         except ModelNotFound:
-            if time.monotonic() - self._last_reload < 0.1:
-                raise
-        await self.reload()
+            missed_at = time.monotonic()
+        while self._last_reload < missed_at:  # a look-up begun before the miss may not see it
+            if self._reloading is None or self._reloading.done():
+                self._reloading = asyncio.create_task(self.reload())
+            await asyncio.shield(self._reloading)
         return self.plan(model, endpoint, body)
 
     def plan(self, model: str, endpoint: Endpoint | None = None, body: dict[str, Any] | None = None) -> list[Channel]:

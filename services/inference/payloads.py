@@ -1,12 +1,12 @@
 """OpenAI JSON in and out: the upstream request, and replies rewritten for our client."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from services.common import jsoncodec
 from services.inference import tokens
 
 
@@ -20,7 +20,7 @@ _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsoncodec.dumps(obj)
 
 
 def count_prompt(endpoint: Endpoint, body: dict[str, Any], model: str) -> int:

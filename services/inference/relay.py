@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import jsoncodec
 from services.common.errors import ServiceError
 from services.inference.adapters import ADAPTERS, Exchange, Outgoing
 from services.inference.billing_peer import BillingPeer, Hold, Settle
@@ -119,7 +119,7 @@ class Relay:
             raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
                                 param="model")
         try:
-            body = json.loads(call.body)
+            body = jsoncodec.loads(call.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -358,7 +358,7 @@ class _Opened:
 def _chunk(payload: bytes, channel: Channel) -> dict[str, Any]:
     """One stream event as an object; an error event or garbage is a server failure."""
     try:
-        obj = json.loads(payload)
+        obj = jsoncodec.loads(payload)
     except ValueError:
         raise UpstreamError(Failure.SERVER, "upstream sent a malformed chunk") from None
     if not isinstance(obj, dict):

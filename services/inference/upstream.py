@@ -1,13 +1,12 @@
 """HTTP to upstreams: pooled connections, timeouts, server-sent events, failures classified."""
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
-from services.common import metrics, telemetry
+from services.common import jsoncodec, metrics, telemetry
 from services.inference.adapters import Exchange
 from services.inference.channels import Channel
 from services.inference.failures import Failure, UpstreamError
@@ -90,7 +89,7 @@ class Upstream:
             raise
         resp.release()
         try:
-            obj = json.loads(raw)
+            obj = jsoncodec.loads(raw)
         except ValueError:
             raise UpstreamError(Failure.SERVER, "upstream sent a malformed reply") from None
         if not isinstance(obj, dict):
