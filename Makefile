@@ -19,8 +19,10 @@ run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# PEER=litellm adds LiteLLM's proxy to the same rounds; SOAK=1 runs the 10-minute soak instead;
+# BENCH_ARGS passes anything else (see `.venv/bin/python -m bench.run --help`).
 bench: $(STAMP) $(GEN)/.stamp
-	$(PY) -m bench.run $(if $(PEER),--peer $(PEER))
+	$(PY) -m bench.run $(if $(PEER),--peer $(PEER)) $(if $(SOAK),--soak) $(BENCH_ARGS)
 
 protos: $(GEN)/.stamp
 
