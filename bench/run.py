@@ -34,11 +34,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the 1,000 streams open")
+    p.add_argument("--users", type=int, default=1,
+                   help="tenants (user + key) chatkore's non-streamed load takes in turn; 1 = one hot account")
     p.add_argument("--only", default="", help="comma-separated scenario names (substrings) to run")
     p.add_argument("--quick", action="store_true", help="one short round: checks the harness, not the speed")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--no-readme", action="store_true", help="leave README's Performance section alone")
     p.add_argument("--label", default="", help="a word for the result file names")
+    p.add_argument("--render", type=Path, help="rewrite README's Performance section from this result JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.ramp = 1, 3.0, 0.5, 5.0
@@ -123,10 +126,20 @@ def _header(data: dict[str, Any]) -> str:
     m = data["machine"]
     return (f"Measured {data['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
             f"Python {m['python']}), commit {data['commit']}; load average {m['loadavg_at_start'][0]:.2f} at the "
-            f"start, {data['loadavg_at_end'][0]:.2f} at the end. {data['pinning'].capitalize()}. "
+            f"start, {data['loadavg_at_end'][0]:.2f} at the end. {_sentence(data['pinning'])}. "
             f"{data['rounds']} round(s) of {data['duration_s']:.0f} s per scenario and target, direct and through "
             f"the gateway alternating. Full billing on (every request authenticated, held, settled, with a "
-            f"usage row).")
+            f"usage row); {_tenants(data.get('users', 1))}.")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _tenants(users: int) -> str:
+    if users > 1:
+        return f"chatkore's non-streamed load spread over {users} tenants"
+    return "one tenant (one account row that every request locks)"
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -140,12 +153,12 @@ def benchmark(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
                             "machine": machine(), "pinning": pinning, "rounds": args.rounds,
                             "duration_s": args.duration, "warmup_s": args.warmup, "peer": args.peer,
-                            "quick": args.quick, "runs": []}
+                            "quick": args.quick, "users": args.users, "runs": []}
     targets: list[Target] = []
     try:
         mock = Mock(load_core, log_dir)
         targets.append(mock)
-        chatkore = Chatkore(mock, stack_core, WORK, log_dir)
+        chatkore = Chatkore(mock, stack_core, WORK, log_dir, users=args.users)
         targets.append(chatkore)
         if args.peer == "litellm":
             targets.append(LiteLLM(mock, stack_core, WORK, log_dir))
@@ -166,19 +179,45 @@ def benchmark(args: argparse.Namespace) -> int:
     data["loadavg_at_end"] = os.getloadavg()
     data["summary"] = report.aggregate(data["runs"])
     data["targets"] = report.targets(data["summary"])
-    body = "\n\n".join([_header(data), report.tables(data["summary"]), report.targets_table(data["targets"]),
-                        _integrity_line(data["integrity"])])
+    body = _body(data)
     label = args.label or ("quick" if args.quick else (args.peer or "chatkore"))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
     json_path, md_path = _write(f"{stamp}-{label}", data, f"# make bench — {data['date']}\n\n{body}")
     print("\n" + body + "\n", flush=True)
     print(f"bench: results in {json_path.relative_to(ROOT)} and {md_path.relative_to(ROOT)}", flush=True)
     if not args.quick and not args.only and not args.no_readme:
-        command = "make bench" + (f" PEER={args.peer}" if args.peer else "")
-        report.update_readme(ROOT / "README.md", f"`{command}`, {data['date']}. {body}\n\nRe-run on a quiet "
-                             f"machine with `{command}`; `make bench SOAK=1` runs the 10-minute soak.")
-        print("bench: README.md's Performance section updated", flush=True)
+        _readme(data, json_path)
     return 0 if data["integrity"]["ok"] else 1
+
+
+def _body(data: dict[str, Any]) -> str:
+    return "\n\n".join([_header(data), report.tables(data["summary"]), report.targets_table(data["targets"]),
+                        _integrity_line(data["integrity"])])
+
+
+def _readme(data: dict[str, Any], json_path: Path) -> None:
+    command = "make bench" + (f" PEER={data['peer']}" if data.get("peer") else "")
+    report.update_readme(ROOT / "README.md", f"""\
+`make bench` starts the stack and a fast mock upstream, drives it with `wrk` (non-streamed) and an
+open-loop asyncio client (streams), and sends the same load straight to the mock in the same run,
+so "added" columns are what chatkore costs over the upstream alone. CPU per request is summed
+over every process of the stack, PostgreSQL's included, from `/proc`. `make bench PEER=litellm`
+adds LiteLLM's proxy (one worker, same core, same mock, no database) to the same rounds;
+`make bench SOAK=1` runs ten minutes of steady load and samples memory; `make bench PROFILE=1`
+shows where each service's CPU goes (py-spy). Results: `bench/results/`.
+
+The latest `{command}` (`{json_path.relative_to(ROOT)}`). The machine is shared: other test
+suites ran on it at the same time, so read the spreads, and re-run on a quiet machine before
+quoting a figure.
+
+{_body(data)}""")
+    print("bench: README.md's Performance section updated", flush=True)
+
+
+def render(path: Path) -> int:
+    """README's Performance section again from a saved result, without measuring."""
+    _readme(json.loads(path.read_text()), path.resolve())
+    return 0
 
 
 def _integrity(chatkore: Chatkore, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,7 +313,7 @@ def soak(args: argparse.Namespace) -> int:
                      "p50_ms": result.p50_ms, "p99_ms": result.p99_ms},
             "streams": stream_summary, "cpu_ms_per_request": 1000 * sum(cpu.values()) / done if done else None,
             "cpu_s": cpu, "integrity": integrity}
-    md = (f"# make bench SOAK=1 — {data['date']}\n\n{pinning.capitalize()}. {args.soak_s:.0f} s of chat at c=64 "
+    md = (f"# make bench SOAK=1 — {data['date']}\n\n{_sentence(pinning)}. {args.soak_s:.0f} s of chat at c=64 "
           f"(wrk) plus streams at 8/s, full billing on.\n\n"
           f"- chat: {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors "
           f"{result.errors}/{result.requests}\n"
@@ -317,6 +356,8 @@ def _flatness(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.render:
+        return render(args.render)
     wrk.ensure_installed()
     _raise_open_files()
     WORK.mkdir(exist_ok=True)

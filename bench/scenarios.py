@@ -132,7 +132,7 @@ def _billing_after(target: Target, before: dict[str, Any], done: int) -> dict[st
 def run_wrk(target: Target, s: Scenario, duration_s: float, warmup_s: float, tmp: Path,
             core: int | None) -> dict[str, Any]:
     url = f"http://127.0.0.1:{target.port}{target.path(s.model, s.endpoint)}"
-    lua = wrk.script(body_bytes(s), target.key, tmp)
+    lua = wrk.script(body_bytes(s), getattr(target, "keys", None) or target.key, tmp)
     try:
         if warmup_s > 0:
             wrk.finish(wrk.start(url, lua, connections=s.concurrency, duration_s=warmup_s, core=core),

@@ -85,8 +85,9 @@ class Mock(Target):
 class Chatkore(Target):
     """The whole stack, full billing on: PostgreSQL (embedded, or DATABASE_URL's server), four services."""
 
-    def __init__(self, mock: Mock, core: int | None, work: Path, log_dir: Path) -> None:
+    def __init__(self, mock: Mock, core: int | None, work: Path, log_dir: Path, users: int = 1) -> None:
         self.server = None
+        self.users = users
         self.shared_pg = bool(os.environ.get("DATABASE_URL"))
         if self.shared_pg:
             server_url = os.environ["DATABASE_URL"]
@@ -130,9 +131,12 @@ class Chatkore(Target):
                              ("bench-hold", [HOLD_MODEL])):
             admin("POST", "/admin/v1/channels", {"name": name, "base_url": mock.base_url(models[0]),
                                                  "api_key": "sk-mock-upstream", "models": models})
-        user = admin("POST", "/admin/v1/users", {"name": "bench", "credits": BENCH_CREDITS})
-        self.user_id = user["id"]
-        self.key = admin("POST", f"/admin/v1/users/{user['id']}/keys", {"name": "bench"})["key"]
+        # Tenants the non-streamed load takes in turn (wrk); the first one also streams.
+        self.keys = []
+        for i in range(self.users):
+            user = admin("POST", "/admin/v1/users", {"name": f"bench-{i}", "credits": BENCH_CREDITS})
+            self.keys.append(admin("POST", f"/admin/v1/users/{user['id']}/keys", {"name": "bench"})["key"])
+        self.key = self.keys[0]
         url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
         body = json.dumps({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()

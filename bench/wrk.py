@@ -65,10 +65,26 @@ def ensure_installed() -> str:
                      "`sudo apt-get install wrk`, macOS: `brew install wrk`) and run `make bench` again")
 
 
-def script(body: bytes, key: str | None, directory: Path) -> Path:
+_ROTATE = """
+local keys = {%s}
+local turn = 0
+request = function()
+  turn = turn %% #keys + 1
+  wrk.headers["Authorization"] = "Bearer " .. keys[turn]
+  return wrk.format()
+end
+"""
+
+
+def script(body: bytes, key: str | list[str] | None, directory: Path) -> Path:
+    """The Lua script: one key on every request, or several taken in turn (one per tenant)."""
     if b"]==]" in body:
         raise ValueError("the body cannot be quoted for Lua")
-    auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
+    keys = [key] if isinstance(key, str) else list(key or [])
+    if len(keys) > 1:
+        auth = _ROTATE % ", ".join(f'"{k}"' for k in keys)
+    else:
+        auth = f'wrk.headers["Authorization"] = "Bearer {keys[0]}"' if keys else ""
     fd, name = tempfile.mkstemp(prefix="wrk-", suffix=".lua", dir=directory)
     with os.fdopen(fd, "w") as f:
         f.write(_SCRIPT % {"body": body.decode(), "auth": auth})
