@@ -204,14 +204,27 @@ so "added" columns are what chatkore costs over the upstream alone. CPU per requ
 over every process of the stack, PostgreSQL's included, from `/proc`. `make bench PEER=litellm`
 adds LiteLLM's proxy (one worker, same core, same mock, no database) to the same rounds;
 `make bench SOAK=1` runs ten minutes of steady load and samples memory; `make bench PROFILE=1`
-shows where each service's CPU goes (py-spy). Results: `bench/results/`.
+shows where each service's CPU goes (py-spy). Results: `bench/results/`; where the time goes and
+what would cut it: `bench/FINDINGS.md`.
 
 The latest `{command}` (`{json_path.relative_to(ROOT)}`). The machine is shared: other test
 suites ran on it at the same time, so read the spreads, and re-run on a quiet machine before
 quoting a figure.
 
-{_body(data)}""")
+{_body(data)}{_soak_line()}""")
     print("bench: README.md's Performance section updated", flush=True)
+
+
+def _soak_line() -> str:
+    """The latest soak's verdict, for README."""
+    soaks = sorted(RESULTS.glob("*-soak.json"))
+    if not soaks:
+        return ""
+    d = json.loads(soaks[-1].read_text())
+    return (f"\n\nSoak (`make bench SOAK=1`, {d['date']}, `{soaks[-1].relative_to(ROOT)}`): {d['soak_s']:.0f} s of "
+            f"chat at c=64 plus streams, {d['chat']['rps']:.0f} req/s, errors {d['chat']['errors']}, "
+            f"{d['streams']['completed']}/{d['streams']['requests']} streams whole; the four services' memory "
+            f"{d['flatness']['text']}.")
 
 
 def render(path: Path) -> int:
@@ -319,8 +332,11 @@ def soak(args: argparse.Namespace) -> int:
           f"{result.errors}/{result.requests}\n"
           f"- streams: {stream_summary['completed']}/{stream_summary['requests']} whole, errors "
           f"{stream_summary['errors']}\n"
-          f"- CPU per request (all processes incl. PostgreSQL): {data['cpu_ms_per_request']:.2f} ms\n"
+          f"- CPU per request, chat requests and streams together (all processes incl. PostgreSQL): "
+          f"{data['cpu_ms_per_request']:.2f} ms\n"
           f"- memory of the four services, sampled every 10 s: {flat['text']}\n"
+          f"- PostgreSQL's PSS (not judged: it grows while its shared buffers fill, up to shared_buffers): "
+          f"{samples[0]['pg_pss_mb']:.0f} MB at the start, {samples[-1]['pg_pss_mb']:.0f} MB at the end\n"
           f"- {_integrity_line(integrity)}\n\n"
           "| t (s) | services RSS MB | services PSS MB | PostgreSQL PSS MB |\n|---|---|---|---|\n" +
           "\n".join(f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['pss_mb']:.1f} | {s['pg_pss_mb']:.1f} |"
