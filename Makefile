@@ -19,8 +19,11 @@ run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# PEER=litellm adds LiteLLM's proxy to the same rounds; SOAK=1 runs the 10-minute soak instead;
+# PROFILE=1 samples each service with py-spy under load; BENCH_ARGS passes anything else
+# (`.venv/bin/python -m bench.run --help`, `-m bench.profile --help`).
 bench: $(STAMP) $(GEN)/.stamp
-	$(PY) -m bench.run $(if $(PEER),--peer $(PEER))
+	$(PY) -m $(if $(PROFILE),bench.profile,bench.run $(if $(PEER),--peer $(PEER)) $(if $(SOAK),--soak)) $(BENCH_ARGS)
 
 protos: $(GEN)/.stamp
 

@@ -1,7 +1,7 @@
 """`python -m services.inference`: run the inference service."""
 import asyncio
 
-from services.common import logs, telemetry
+from services.common import logs, loop, telemetry
 from services.inference.config import InferenceConfig
 from services.inference.server import serve
 
@@ -9,4 +9,5 @@ if __name__ == "__main__":
     cfg = InferenceConfig.from_env()
     logs.setup("inference", cfg.log_level)
     telemetry.start("inference", cfg.telemetry)
+    loop.install()
     asyncio.run(serve(cfg))
