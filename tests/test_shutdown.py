@@ -7,6 +7,7 @@ import signal
 import socket
 
 import psycopg
+import pytest
 import requests
 
 from tests import mock_upstream as up
@@ -52,8 +53,9 @@ def _expected_text(w: World, tag: str, model: str, key: str) -> str:
     return _text([line for line in resp.iter_lines() if line])
 
 
-def test_sigterm_to_the_edge_lets_a_stream_finish_and_settle(make_stack, mock) -> None:
-    stack = make_stack(name="sigterm-edge", env={"CHATKORE_GRACE_S": "20"})
+@pytest.mark.parametrize("process", ["edge", "inference"])
+def test_sigterm_lets_a_stream_finish_and_settle(make_stack, mock, process: str) -> None:
+    stack = make_stack(name=f"sigterm-{process}", env={"CHATKORE_GRACE_S": "20"})
     w = World(stack, mock)
     model, tag = w.served_model()
     t = w.tenant()
@@ -62,37 +64,16 @@ def test_sigterm_to_the_edge_lets_a_stream_finish_and_settle(make_stack, mock) -
     lines = resp.iter_lines()
     first = [next(line for line in lines if line)]  # the stream is running
 
-    stack.signal("edge", signal.SIGTERM)
+    stack.signal(process, signal.SIGTERM)
     # It stops taking connections at once...
-    wait_until(lambda: _refuses_connections(stack.http_port), 5, "the edge to stop accepting connections")
+    port = stack.http_port if process == "edge" else stack.ports[process]
+    wait_until(lambda: _refuses_connections(port), 5, f"{process} to stop accepting connections")
     # ...but the stream in flight runs to its end.
     events = first + [line for line in lines if line]
     assert events[-1] == b"data: [DONE]"
     assert not [e for e in events if b'"error"' in e]
     assert _text(events) == expected and len(expected) > 20
-    assert stack.procs["edge"].wait(30) == 0
-
-    state, status, completion_tokens = _usage_row(stack, resp.headers["x-request-id"])
-    assert (state, status) == ("settled", "complete") and completion_tokens > 0
-
-
-def test_sigterm_to_inference_lets_a_stream_finish_and_settle(make_stack, mock) -> None:
-    stack = make_stack(name="sigterm-inference", env={"CHATKORE_GRACE_S": "20"})
-    w = World(stack, mock)
-    model, tag = w.served_model()
-    t = w.tenant()
-    expected = _expected_text(w, tag, model, t.key)
-    resp = _slow_stream(w, tag, model, t.key)
-    lines = resp.iter_lines()
-    first = [next(line for line in lines if line)]
-
-    stack.signal("inference", signal.SIGTERM)
-    wait_until(lambda: _refuses_connections(stack.ports["inference"]), 5, "inference to stop accepting calls")
-    events = first + [line for line in lines if line]
-    assert events[-1] == b"data: [DONE]"
-    assert not [e for e in events if b'"error"' in e]
-    assert _text(events) == expected and len(expected) > 20
-    assert stack.procs["inference"].wait(30) == 0
+    assert stack.procs[process].wait(30) == 0
 
     state, status, completion_tokens = _usage_row(stack, resp.headers["x-request-id"])
     assert (state, status) == ("settled", "complete") and completion_tokens > 0
