@@ -220,3 +220,33 @@ def test_key_credit_limit_holds_under_concurrency(world: World) -> None:
     assert per_call * 9 < spent <= per_call * 10  # the key's limit, not the balance, stopped it
     assert sum(Decimal(str(r["credits"])) for r in world.usage(t.user_id, 1000)) == spent
     assert world.verify()["ok"]
+
+
+def test_clients_leaving_while_holds_are_placed_leave_none_open(world: World) -> None:
+    """A client gone while its hold is being placed: billing may still commit the hold, and
+    chatkore releases it at once instead of leaving it to the sweeper."""
+    model, tag = world.served_model()
+    world.mock.always(tag, up.ok(delay_s=0.05))
+    t = world.tenant(credits=1000)
+
+    async def impatient() -> int:
+        gone = 0
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {t.key}"}) as session:
+            async def one(i: int) -> None:
+                nonlocal gone
+                try:
+                    async with session.post(world.url + "/v1/chat/completions",
+                                            json={"model": model, "messages": MSG},
+                                            timeout=aiohttp.ClientTimeout(total=0.002 + (i % 40) / 1000)) as resp:
+                        await resp.read()
+                except TimeoutError:
+                    gone += 1
+
+            await asyncio.gather(*(one(i) for i in range(600)))
+        return gone
+
+    gone = asyncio.run(impatient())
+    assert gone > 300  # most left before their answer
+    wait_until(lambda: world.held(t.user_id) == 0, 20, "every hold to be released")
+    charged = sum(Decimal(str(r["credits"])) for r in world.usage(t.user_id, 1000))
+    assert 1000 - world.balance(t.user_id) == charged

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 RPC_TIMEOUT_S = 10.0
+RELEASE_WAIT_S = 15.0  # how long a hold whose Reserve was cut short may take to appear
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,25 @@ class BillingPeer:
             prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices,
         )
         # Reserve is idempotent by request id, so one retry of a transient failure is safe.
-        for attempt in (0, 1):
-            try:
-                hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
-                return Hold(hold.amount, hold.completion_budget, hold.budget_capped)
-            except grpc.aio.AioRpcError as exc:
-                if attempt or exc.code() not in _TRANSIENT:
-                    raise
-                await asyncio.sleep(0.05)
-        raise AssertionError("unreachable")
+        try:
+            for attempt in (0, 1):
+                try:
+                    hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
+                    return Hold(hold.amount, hold.completion_budget, hold.budget_capped)
+                except grpc.aio.AioRpcError as exc:
+                    if attempt or exc.code() not in _TRANSIENT:
+                        raise
+                    await asyncio.sleep(0.05)
+            raise AssertionError("unreachable")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSIENT:
+                self._release_if_held(request_id)
+            raise
+        except asyncio.CancelledError:
+            # The caller left (its client went away) while the hold was being placed:
+            # billing may still commit it, so release it once it exists.
+            self._release_if_held(request_id)
+            raise
 
     async def settle(self, s: Settle) -> int | None:
         """Settle now; if billing is away, keep trying in the background. The credits charged, or None.
@@ -91,17 +102,30 @@ class BillingPeer:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    async def _settle_until_done(self, s: Settle) -> None:
+    def _release_if_held(self, request_id: str) -> None:
+        """Release a hold whose Reserve was cut short, if it was placed after all."""
+        task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0),
+                                                           missing_for_s=RELEASE_WAIT_S))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _settle_until_done(self, s: Settle, missing_for_s: float = 0.0) -> None:
+        """Retry a settlement through billing's absences; while `missing_for_s` runs, a hold
+        not (yet) found is waited for too, as a Reserve still in flight may place it."""
         request_id_var.set(s.request_id)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._retry_for_s
+        stop_waiting = loop.time() + missing_for_s
         delay = 0.1
         while True:
             try:
                 await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _TRANSIENT or loop.time() > give_up:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and missing_for_s:
+                    if loop.time() > stop_waiting:
+                        return  # the Reserve never landed: nothing is held
+                elif exc.code() not in _TRANSIENT or loop.time() > give_up:
                     log.error("settle of %s failed for good: %s (%s); the sweeper will release the hold",
                               s.request_id, exc.details(), reason_of(exc))
                     return
