@@ -207,9 +207,9 @@ adds LiteLLM's proxy (one worker, same core, same mock, no database) to the same
 shows where each service's CPU goes (py-spy). Results: `bench/results/`; where the time goes and
 what would cut it: `bench/FINDINGS.md`.
 
-The latest `{command}` (`{json_path.relative_to(ROOT)}`). The machine is shared: other test
-suites ran on it at the same time, so read the spreads, and re-run on a quiet machine before
-quoting a figure.
+The latest `{command}` (`{json_path.relative_to(ROOT)}`). Read the load
+averages in the line below (the harness's own load is about 1.5) and the min–max spreads
+before quoting a figure.
 
 {_body(data)}{_soak_line()}""")
     print("bench: README.md's Performance section updated", flush=True)
