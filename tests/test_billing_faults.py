@@ -207,3 +207,44 @@ def test_inference_killed_mid_stream_leaves_no_hold(fault_world: World) -> None:
     assert w.balance(t.user_id) == 10
     w.stack.wait_healthy(30)
     assert w.verify()["ok"]
+
+
+def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: World) -> None:
+    """The edge may retry a call on another replica under the same request id: the retry's
+    attempt takes the hold over, a superseded attempt's settlement moves nothing, and a hold
+    an earlier attempt released is placed again — so the answer the client gets is paid once."""
+    w = fault_world
+    uid = w.user(credits=10)["id"]
+    billing = _billing(w)
+
+    def reserve(rid: str, attempt: str) -> int:
+        return billing.Reserve(billing_pb2.ReserveRequest(
+            request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo", prompt_tokens=100,
+            max_completion_tokens=100, choices=1, attempt=attempt)).amount
+
+    def settle(rid: str, attempt: str, completion: int) -> billing_pb2.Settlement:
+        return billing.Settle(billing_pb2.SettleRequest(
+            request_id=rid, prompt_tokens=100 if completion else 0, completion_tokens=completion,
+            status="complete" if completion else "client_gone", usage_source="upstream", attempt=attempt))
+
+    # Taken over: the first attempt's late release is superseded; the retry's settlement charges.
+    rid = "req_" + secrets.token_hex(8)
+    amount = reserve(rid, "a1")
+    assert reserve(rid, "a2") == amount and w.held(uid) * 1_000_000 == amount
+    assert settle(rid, "a1", 0).state == "superseded"
+    assert w.held(uid) * 1_000_000 == amount  # still held, for a2
+    charged = settle(rid, "a2", 50).charged
+    assert charged == (100 * 1_500_000 + 50 * 2_000_000) // 1000
+    assert w.balance(uid) * 1_000_000 == 10_000_000 - charged
+
+    # Placed again: the first attempt released its hold before the retry reserved.
+    rid = "req_" + secrets.token_hex(8)
+    reserve(rid, "b1")
+    assert settle(rid, "b1", 0).state == "released"
+    assert reserve(rid, "b2") > 0 and w.held(uid) > 0
+    assert settle(rid, "b2", 50).charged == charged
+    assert w.held(uid) == 0
+    assert w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
+    [row] = [r for r in w.usage(uid) if r["request_id"] == rid]
+    assert row["status"] == "complete" and row["completion_tokens"] == 50
+    assert w.verify()["ok"]

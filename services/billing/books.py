@@ -22,7 +22,7 @@ from services.billing.errors import (
     NotFound,
 )
 from services.billing.prices import PriceBook
-from services.billing.pricing import Price, completion_budget, plan_hold
+from services.billing.pricing import HoldPlan, Price, completion_budget, plan_hold
 from services.billing.store import RequestRow, UserRow
 from services.common import metrics
 
@@ -127,7 +127,7 @@ class Books:
     # --- holds ------------------------------------------------------------------
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int) -> Hold:
+                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, attempt: str = "") -> Hold:
         if not request_id:
             raise InvalidRequest("request_id is required")
         price = await self.prices.get(model)
@@ -140,18 +140,36 @@ class Books:
                 amount = await store.reserve(
                     conn, request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit,
                     price=price, prompt_tokens=prompt_tokens, desired=plan.desired, minimum=plan.minimum,
-                    channel_id=channel_id, ttl_s=self._hold_ttl_s,
+                    channel_id=channel_id, ttl_s=self._hold_ttl_s, attempt=attempt,
                 )
             except psycopg.errors.UniqueViolation:
-                # A retried Reserve: the hold exists already; answer with it.
-                existing = await store.get_request(conn, request_id)
-                if existing is None or existing.user_id != user_id:
-                    raise Conflict("request id reused") from None
-                amount = existing.hold
+                amount = await self._retried(conn, request_id, user_id, key_id, credit_limit, prompt_tokens, plan,
+                                             attempt)
             if amount is None:
                 await self._explain_refusal(conn, user_id, key_id, credit_limit)
         budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit)
         return Hold(request_id, amount, budget, budget < plan.per_choice_limit)
+
+    async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
+                       credit_limit: int, prompt_tokens: int, plan: HoldPlan, attempt: str) -> int | None:
+        """A Reserve for a call that has a hold row already: a retry (the edge tried another
+        replica, or inference repeated a call billing may have taken). The retry takes an open
+        hold over; a hold an earlier attempt released is placed again; a settled call, already
+        paid for, is answered with its hold and charges nothing more."""
+        existing = await store.get_request(conn, request_id)
+        if existing is None or existing.user_id != user_id:
+            raise Conflict("request id reused")
+        if existing.state == "held":
+            taken = await store.take_over(conn, request_id, user_id, attempt)
+            if taken is not None:
+                return taken
+            existing = await store.get_request(conn, request_id)  # closed in the meantime
+            assert existing is not None
+        if existing.state == "released":
+            return await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
+                                      credit_limit=credit_limit, prompt_tokens=prompt_tokens, desired=plan.desired,
+                                      minimum=plan.minimum, ttl_s=self._hold_ttl_s, attempt=attempt)
+        return existing.hold
 
     async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,
                                credit_limit: int) -> None:
@@ -165,13 +183,13 @@ class Books:
                                 " Your balance cannot cover this request.")
 
     async def settle(self, *, request_id: str, prompt_tokens: int, completion_tokens: int, status: str,
-                     usage_source: str, channel_id: int) -> Settlement:
+                     usage_source: str, channel_id: int, attempt: str = "") -> Settlement:
         if prompt_tokens < 0 or completion_tokens < 0:
             raise InvalidRequest("token counts cannot be negative")
         async with self._pool.connection() as conn:
             result = await store.settle(
                 conn, request_id=request_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                status=status or "complete", usage_source=usage_source, channel_id=channel_id,
+                status=status or "complete", usage_source=usage_source, channel_id=channel_id, attempt=attempt,
             )
             if result is not None:
                 charged, released = result
@@ -180,6 +198,8 @@ class Books:
             row = await store.get_request(conn, request_id)
         if row is None:
             raise NotFound(f"No hold for request {request_id}")
+        if row.state == "held":  # held, but by a later attempt at the same call
+            return Settlement(request_id, 0, 0, "superseded")
         if row.status == "expired" and status != "expired":
             raise HoldClosed(f"The hold for {request_id} was released by the sweeper before it settled")
         return Settlement(request_id, row.credits, 0, row.state)

@@ -49,6 +49,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             request_id=request.request_id, user_id=request.user_id, key_id=request.key_id,
             credit_limit=request.credit_limit, model=request.model, prompt_tokens=request.prompt_tokens,
             max_tokens=request.max_completion_tokens, choices=request.choices or 1, channel_id=request.channel_id,
+            attempt=request.attempt,
         )
         return billing_pb2.Hold(request_id=hold.request_id, amount=hold.amount,
                                 completion_budget=hold.completion_budget, budget_capped=hold.budget_capped)
@@ -58,7 +59,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         s = await self.books.settle(
             request_id=request.request_id, prompt_tokens=request.prompt_tokens,
             completion_tokens=request.completion_tokens, status=request.status,
-            usage_source=request.usage_source, channel_id=request.channel_id,
+            usage_source=request.usage_source, channel_id=request.channel_id, attempt=request.attempt,
         )
         return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state)
 

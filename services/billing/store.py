@@ -33,13 +33,14 @@ class RequestRow:
     completion_tokens: int
     credits: int
     created: int
+    attempt: str = ""
 
 
 _USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint AS created, disabled"
 _REQUEST_COLUMNS = (
     "request_id, user_id, key_id, model, coalesce(channel_id, 0), hold, state, coalesce(status, ''),"
     " coalesce(usage_source, ''), prompt_tokens, completion_tokens, credits,"
-    " extract(epoch FROM created_at)::bigint"
+    " extract(epoch FROM created_at)::bigint, attempt"
 )
 
 # Two ledger entries, (account, sign), for each kind of movement that credits a user.
@@ -178,9 +179,9 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep_min_charge: boo
 _HOLD_INSERT = """
     req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
-                              prompt_price, completion_price, min_charge, prompt_tokens, deadline)
+                              prompt_price, completion_price, min_charge, prompt_tokens, deadline, attempt)
         SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
-               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s)
+               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
         FROM debit
         RETURNING hold
     ), mv AS (
@@ -219,12 +220,12 @@ _RESERVE_FIXED = """
 
 async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
                   price: Price, prompt_tokens: int, desired: int, minimum: int, channel_id: int,
-                  ttl_s: int) -> int | None:
+                  ttl_s: int, attempt: str = "") -> int | None:
     """Hold up to `desired` (at least `minimum`); the amount held, or None if it cannot."""
     params = {
         "rid": request_id, "uid": user_id, "kid": key_id, "model": price.model, "channel": channel_id,
         "pp": price.prompt, "cp": price.completion, "mc": price.min_charge, "pt": prompt_tokens,
-        "desired": desired, "minimum": minimum, "ttl": ttl_s,
+        "desired": desired, "minimum": minimum, "ttl": ttl_s, "attempt": attempt,
     }
     if credit_limit <= 0:
         cur = await conn.execute(_RESERVE, params)
@@ -249,6 +250,70 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
     return row[0] if row else None
 
 
+async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str) -> int | None:
+    """A retried call claims its open hold for its own attempt; the amount, or None if not open."""
+    cur = await conn.execute(
+        "UPDATE requests SET attempt = %s WHERE request_id = %s AND user_id = %s AND state = 'held' RETURNING hold",
+        (attempt, request_id, user_id))
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+_REOPEN = """
+    WITH debit AS (
+        UPDATE users SET balance = balance - %(amount)s, held = held + %(amount)s, last_hold = %(amount)s
+        WHERE id = %(uid)s AND balance >= %(amount)s
+        RETURNING last_hold AS amount
+    ), kdebit AS (
+        UPDATE key_spend k SET held = k.held + debit.amount FROM debit WHERE k.key_id = %(kid)s
+    ), req AS (
+        UPDATE requests q SET state = 'held', hold = debit.amount, attempt = %(attempt)s, status = NULL,
+               usage_source = NULL, prompt_tokens = %(pt)s, completion_tokens = 0, credits = 0,
+               settled_at = NULL, deadline = now() + make_interval(secs => %(ttl)s)
+        FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released'
+        RETURNING q.hold
+    ), mv AS (
+        SELECT nextval('ledger_movement_seq') AS id FROM req
+    ), led AS (
+        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+        SELECT mv.id, 'hold', %(rid)s, %(uid)s, e.account, e.sign * req.hold
+        FROM req, mv, (VALUES ('available', -1), ('held', 1)) AS e(account, sign)
+    )
+    SELECT hold FROM req
+"""
+
+
+async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
+                 prompt_tokens: int, desired: int, minimum: int, ttl_s: int, attempt: str) -> int | None:
+    """Hold again for a call whose earlier attempt released its hold (it failed, or its client
+    seemed gone, before a retry of the same call arrived). None if it cannot be paid for."""
+    async with conn.transaction():
+        # The request row first, then the user's, then the key's: the order settlement locks in.
+        cur = await conn.execute("SELECT state FROM requests WHERE request_id = %s AND user_id = %s FOR UPDATE",
+                                 (request_id, user_id))
+        row = await cur.fetchone()
+        if row is None or row[0] != "released":
+            return None
+        cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
+        user = await cur.fetchone()
+        room = desired
+        if credit_limit > 0:
+            await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
+            cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s FOR UPDATE",
+                                     (credit_limit, key_id))
+            room = (await cur.fetchone())[0]
+        if user is None:
+            return None
+        amount = min(desired, user[0], room)
+        if amount < minimum:
+            return None
+        cur = await conn.execute(_REOPEN, {"amount": amount, "uid": user_id, "kid": key_id if credit_limit > 0 else 0,
+                                           "attempt": attempt, "pt": prompt_tokens, "ttl": ttl_s,
+                                           "rid": request_id})
+        row = await cur.fetchone()
+    return row[0] if row else None
+
+
 async def key_room(conn: AsyncConnection, key_id: int, credit_limit: int) -> int:
     cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s", (credit_limit, key_id))
     row = await cur.fetchone()
@@ -265,6 +330,7 @@ _SETTLE = """
     WITH r AS (
         SELECT request_id, user_id, key_id, hold, prompt_price, completion_price, min_charge
         FROM requests WHERE request_id = %(rid)s AND state = 'held'
+          AND (%(attempt)s = '' OR attempt = %(attempt)s)
         FOR UPDATE
     ), c AS (
         SELECT r.*, CASE WHEN %(pt)s::bigint + %(ct)s::bigint = 0 THEN 0::bigint
@@ -306,12 +372,12 @@ _SETTLE = """
 
 
 async def settle(conn: AsyncConnection, *, request_id: str, prompt_tokens: int, completion_tokens: int,
-                 status: str, usage_source: str, channel_id: int) -> tuple[int, int] | None:
-    """Close an open hold: (charged, released), or None if it is not open."""
+                 status: str, usage_source: str, channel_id: int, attempt: str = "") -> tuple[int, int] | None:
+    """Close an open hold (held by `attempt`, when one is named): (charged, released), or None."""
     cur = await conn.execute(
         _SETTLE,
         {"rid": request_id, "pt": prompt_tokens, "ct": completion_tokens, "status": status,
-         "source": usage_source, "channel": channel_id},
+         "source": usage_source, "channel": channel_id, "attempt": attempt},
     )
     row = await cur.fetchone()
     return (row[0], row[1]) if row else None

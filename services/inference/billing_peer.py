@@ -35,6 +35,7 @@ class Settle:
     status: str
     usage_source: str
     channel_id: int
+    attempt: str = ""  # the attempt at the call that holds the hold (see billing.proto)
 
 
 class BillingPeer:
@@ -48,10 +49,10 @@ class BillingPeer:
         await self._channel.close()
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int) -> Hold:
+                      prompt_tokens: int, max_tokens: int, choices: int, attempt: str) -> Hold:
         request = billing_pb2.ReserveRequest(
             request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model,
-            prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices,
+            prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices, attempt=attempt,
         )
         # Reserve is idempotent by request id, so one retry of a transient failure is safe.
         try:
@@ -66,12 +67,12 @@ class BillingPeer:
             raise AssertionError("unreachable")
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
-                self._release_if_held(request_id)
+                self._release_if_held(request_id, attempt)
             raise
         except asyncio.CancelledError:
             # The caller left (its client went away) while the hold was being placed:
             # billing may still commit it, so release it once it exists.
-            self._release_if_held(request_id)
+            self._release_if_held(request_id, attempt)
             raise
 
     async def settle(self, s: Settle) -> int | None:
@@ -102,9 +103,10 @@ class BillingPeer:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    def _release_if_held(self, request_id: str) -> None:
-        """Release a hold whose Reserve was cut short, if it was placed after all."""
-        task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0),
+    def _release_if_held(self, request_id: str, attempt: str) -> None:
+        """Release a hold whose Reserve was cut short, if it was placed after all — and is still
+        this attempt's: a retry of the call on another replica may have taken it over."""
+        task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0, attempt),
                                                            missing_for_s=RELEASE_WAIT_S))
         self._later.add(task)
         task.add_done_callback(self._later.discard)
@@ -136,7 +138,7 @@ class BillingPeer:
     def _request(s: Settle) -> billing_pb2.SettleRequest:
         return billing_pb2.SettleRequest(
             request_id=s.request_id, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
-            status=s.status, usage_source=s.usage_source, channel_id=s.channel_id,
+            status=s.status, usage_source=s.usage_source, channel_id=s.channel_id, attempt=s.attempt,
         )
 
     @property

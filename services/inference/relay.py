@@ -52,6 +52,7 @@ class Call:
     include_usage: bool
     max_tokens: int            # per choice; 0 = not given
     n: int
+    attempt: str = ""          # this attempt at the call (a retry of it elsewhere has its own)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class Relay:
         return await self.billing.reserve(
             request_id=call.request_id, user_id=call.user_id, key_id=call.key_id, credit_limit=call.credit_limit,
             model=call.model, prompt_tokens=prompt_tokens, max_tokens=call.max_tokens, choices=call.n,
+            attempt=call.attempt,
         )
 
     def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold) -> Exchange:
@@ -159,7 +161,7 @@ class Relay:
             obj, channel = await self._first_answer(call, body, candidates, hold)
         except BaseException as exc:
             # Nothing was delivered: the hold is released in full.
-            await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0))
+            await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0, call.attempt))
             raise
         reported = usage_of(obj)
         if reported is not None and reported[0] > 0:
@@ -168,7 +170,8 @@ class Relay:
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(
                 completion_texts(call.endpoint, obj), call.model)
             usage, source = (prompt_tokens, completion), "counted"
-        credits = await self.billing.settle(Settle(call.request_id, usage[0], usage[1], "complete", source, channel.id))
+        credits = await self.billing.settle(Settle(call.request_id, usage[0], usage[1], "complete", source, channel.id,
+                                                  call.attempt))
         reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage)
         return Reply(reply, usage[0], usage[1], credits or 0)
 
@@ -238,7 +241,8 @@ class Relay:
             if call.include_usage:
                 yield tally.usage_chunk(prompt, completion)
             status = "complete"
-            credits = await self.billing.settle(Settle(call.request_id, prompt, completion, status, source, channel_id))
+            credits = await self.billing.settle(Settle(call.request_id, prompt, completion, status, source, channel_id,
+                                                      call.attempt))
             settled = True
             yield Outcome(prompt, completion, credits or 0, status)
         except BaseException as exc:
@@ -253,7 +257,8 @@ class Relay:
                     prompt, completion, source = self._stream_usage(tally, prompt_tokens)
                 else:
                     prompt, completion, source = 0, 0, ""
-                await self._close(Settle(call.request_id, prompt, completion, status, source, channel_id))
+                await self._close(Settle(call.request_id, prompt, completion, status, source, channel_id,
+                                                      call.attempt))
 
     async def _close(self, settle: Settle) -> None:
         """Settle a call that did not complete: now, so the client's next look at its balance

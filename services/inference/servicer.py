@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,7 +35,7 @@ def _call(request: inference_pb2.RelayRequest) -> Call:
         credit_limit=caller.credit_limit, allowed=tuple(caller.models),
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
-        n=max(1, request.n),
+        n=max(1, request.n), attempt=secrets.token_hex(8),
     )
 
 
