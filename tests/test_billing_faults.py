@@ -247,4 +247,18 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
     assert w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
     [row] = [r for r in w.usage(uid) if r["request_id"] == rid]
     assert row["status"] == "complete" and row["completion_tokens"] == 50
+
+    # Stale: an attempt older than the one holding the call (its Reserve arrived late) can
+    # neither take the newer attempt's hold nor place one again once the newer released it.
+    rid = "req_" + secrets.token_hex(8)
+    amount = reserve(rid, "c2")
+    with pytest.raises(grpc.RpcError) as stale:
+        reserve(rid, "c1")
+    assert stale.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert settle(rid, "c1", 50).state == "superseded"
+    assert w.held(uid) * 1_000_000 == amount
+    assert settle(rid, "c2", 0).state == "released"
+    with pytest.raises(grpc.RpcError):
+        reserve(rid, "c1")
+    assert w.held(uid) == 0 and w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
     assert w.verify()["ok"]

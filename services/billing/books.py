@@ -155,21 +155,36 @@ class Books:
         """A Reserve for a call that has a hold row already: a retry (the edge tried another
         replica, or inference repeated a call billing may have taken). The retry takes an open
         hold over; a hold an earlier attempt released is placed again; a settled call, already
-        paid for, is answered with its hold and charges nothing more."""
+        paid for, is answered with its hold and charges nothing more. Attempt tokens sort by the
+        time they were made: an attempt older than the one on the row is stale (its caller has
+        moved on) and is refused, so it can neither take a newer attempt's hold nor hold again
+        for a call whose client already had its answer. Without a token (an older caller), a
+        repeat is answered with the hold as it stands."""
         existing = await store.get_request(conn, request_id)
         if existing is None or existing.user_id != user_id:
             raise Conflict("request id reused")
+        if not attempt or existing.state == "settled":
+            return existing.hold
         if existing.state == "held":
             taken = await store.take_over(conn, request_id, user_id, attempt)
             if taken is not None:
                 return taken
-            existing = await store.get_request(conn, request_id)  # closed in the meantime
+            existing = await store.get_request(conn, request_id)  # closed, or a later attempt holds it
             assert existing is not None
-        if existing.state == "released":
-            return await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
-                                      credit_limit=credit_limit, prompt_tokens=prompt_tokens, desired=plan.desired,
-                                      minimum=plan.minimum, ttl_s=self._hold_ttl_s, attempt=attempt)
-        return existing.hold
+        if existing.state == "released" and existing.attempt < attempt:
+            amount = await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
+                                        credit_limit=credit_limit, prompt_tokens=prompt_tokens,
+                                        desired=plan.desired, minimum=plan.minimum, ttl_s=self._hold_ttl_s,
+                                        attempt=attempt)
+            if amount is not None:
+                return amount
+            existing = await store.get_request(conn, request_id)
+            assert existing is not None
+            if existing.state == "released":
+                return None  # the balance (or the key's limit) no longer covers it
+        if existing.state == "settled":
+            return existing.hold
+        raise Conflict("a later attempt at this call holds its credits")
 
     async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,
                                credit_limit: int) -> None:

@@ -251,10 +251,12 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
 
 
 async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str) -> int | None:
-    """A retried call claims its open hold for its own attempt; the amount, or None if not open."""
+    """A retried call claims its open hold for its own attempt; the amount, or None if the hold
+    is not open or a later attempt holds it (attempt tokens sort by the time they were made)."""
     cur = await conn.execute(
-        "UPDATE requests SET attempt = %s WHERE request_id = %s AND user_id = %s AND state = 'held' RETURNING hold",
-        (attempt, request_id, user_id))
+        "UPDATE requests SET attempt = %(a)s WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held'"
+        " AND attempt <= %(a)s RETURNING hold",
+        {"a": attempt, "rid": request_id, "uid": user_id})
     row = await cur.fetchone()
     return row[0] if row else None
 
@@ -270,7 +272,7 @@ _REOPEN = """
         UPDATE requests q SET state = 'held', hold = debit.amount, attempt = %(attempt)s, status = NULL,
                usage_source = NULL, prompt_tokens = %(pt)s, completion_tokens = 0, credits = 0,
                settled_at = NULL, deadline = now() + make_interval(secs => %(ttl)s)
-        FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released'
+        FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released' AND q.attempt < %(attempt)s
         RETURNING q.hold
     ), mv AS (
         SELECT nextval('ledger_movement_seq') AS id FROM req

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,7 @@ def _call(request: inference_pb2.RelayRequest) -> Call:
         credit_limit=caller.credit_limit, allowed=tuple(caller.models),
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
-        n=max(1, request.n), attempt=secrets.token_hex(8),
+        n=max(1, request.n), attempt=f"{time.time_ns():016x}{secrets.token_hex(4)}",
     )
 
 
