@@ -176,15 +176,9 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep_min_charge: boo
 
 # --- holds and settlement -----------------------------------------------------
 
-_HOLD_INSERT = """
-    req AS (
-        INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
-                              prompt_price, completion_price, min_charge, prompt_tokens, deadline, attempt)
-        SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
-               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
-        FROM debit
-        RETURNING hold
-    ), mv AS (
+# The ledger's two rows for a hold placed by the CTE named req (RETURNING hold).
+_HOLD_LEDGER = """
+    mv AS (
         SELECT nextval('ledger_movement_seq') AS id FROM req
     ), led AS (
         INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
@@ -193,6 +187,17 @@ _HOLD_INSERT = """
     )
     SELECT hold FROM req
 """
+
+_HOLD_INSERT = """
+    req AS (
+        INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
+                              prompt_price, completion_price, min_charge, prompt_tokens, deadline, attempt)
+        SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
+               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
+        FROM debit
+        RETURNING hold
+    ),
+""" + _HOLD_LEDGER
 
 _RESERVE = """
     WITH debit AS (
@@ -207,7 +212,8 @@ _RESERVE = """
     ),
 """ + _HOLD_INSERT
 
-_RESERVE_FIXED = """
+# A fixed amount, decided under the row locks of the user (and the key, when it has a limit).
+_DEBIT_FIXED = """
     WITH debit AS (
         UPDATE users SET balance = balance - %(amount)s, held = held + %(amount)s, last_hold = %(amount)s
         WHERE id = %(uid)s AND balance >= %(amount)s
@@ -215,7 +221,9 @@ _RESERVE_FIXED = """
     ), kdebit AS (
         UPDATE key_spend k SET held = k.held + debit.amount FROM debit WHERE k.key_id = %(kid)s
     ),
-""" + _HOLD_INSERT
+"""
+
+_RESERVE_FIXED = _DEBIT_FIXED + _HOLD_INSERT
 
 
 async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
@@ -261,28 +269,15 @@ async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attemp
     return row[0] if row else None
 
 
-_REOPEN = """
-    WITH debit AS (
-        UPDATE users SET balance = balance - %(amount)s, held = held + %(amount)s, last_hold = %(amount)s
-        WHERE id = %(uid)s AND balance >= %(amount)s
-        RETURNING last_hold AS amount
-    ), kdebit AS (
-        UPDATE key_spend k SET held = k.held + debit.amount FROM debit WHERE k.key_id = %(kid)s
-    ), req AS (
+_REOPEN = _DEBIT_FIXED + """
+    req AS (
         UPDATE requests q SET state = 'held', hold = debit.amount, attempt = %(attempt)s, status = NULL,
                usage_source = NULL, prompt_tokens = %(pt)s, completion_tokens = 0, credits = 0,
                settled_at = NULL, deadline = now() + make_interval(secs => %(ttl)s)
         FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released' AND q.attempt < %(attempt)s
         RETURNING q.hold
-    ), mv AS (
-        SELECT nextval('ledger_movement_seq') AS id FROM req
-    ), led AS (
-        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
-        SELECT mv.id, 'hold', %(rid)s, %(uid)s, e.account, e.sign * req.hold
-        FROM req, mv, (VALUES ('available', -1), ('held', 1)) AS e(account, sign)
-    )
-    SELECT hold FROM req
-"""
+    ),
+""" + _HOLD_LEDGER
 
 
 async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
