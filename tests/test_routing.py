@@ -115,9 +115,9 @@ def test_weights_split_three_to_one(world: World) -> None:
     assert codes == {200: 400}
     counts = len(world.mock.received(heavy)), len(world.mock.received(light))
     assert sum(counts) == 400
-    # Weighted random: the heavy share of 400 has a standard deviation of 2.2 points;
-    # 6 points either side of 75% fails by chance about once in 180 runs.
-    assert 0.69 <= counts[0] / 400 <= 0.81, counts
+    # Dealt in turn by weight: exactly 300:100 on one replica; a little room for calls
+    # planned while the second channel was still loading.
+    assert 0.73 <= counts[0] / 400 <= 0.77, counts
 
 
 def test_max_concurrency_spills_to_the_next_channel(world: World) -> None:

@@ -95,6 +95,7 @@ class ChannelBook:
         self._last_reload = 0.0
         self._reloading: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._turns = _Turns()
 
     # --- loading ---------------------------------------------------------------
 
@@ -175,8 +176,11 @@ class ChannelBook:
         return self.plan(model, endpoint, body)
 
     def plan(self, model: str, endpoint: Endpoint | None = None, body: dict[str, Any] | None = None) -> list[Channel]:
-        """The channels to try for `model`, best first: priority, then weighted random.
-        With an endpoint and body, only channels whose kind can carry that call."""
+        """The channels to try for `model`, best first: priority, then weight. The first
+        choice among the highest priority is taken in turn by weight (smooth weighted
+        round-robin: 3:1 is exactly three of every four calls on a replica, interleaved);
+        the rest, the order to fail over in, is a weighted shuffle. With an endpoint and
+        body, only channels whose kind can carry that call."""
         serving = [c for c in self._channels if c.enabled and model in c.models]
         if not serving:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
@@ -193,6 +197,12 @@ class ChannelBook:
                 retry_after_s=max(1.0, round(wait, 1)),
             )
         ready.sort(key=lambda c: (-c.priority, -_weighted_key(c.weight)))
+        top = [c for c in ready if c.priority == ready[0].priority]
+        if len(top) > 1:
+            first = self._turns.next(top)
+            if first is not None:
+                ready.remove(first)
+                ready.insert(0, first)
         return ready
 
     def _usable(self, c: Channel, now: float) -> bool:
@@ -378,6 +388,33 @@ def _capable(serving: list[Channel], endpoint: Endpoint, body: dict[str, Any]) -
     if not capable:
         raise next(r for r in refusals.values() if r is not None)
     return capable
+
+
+class _Turns:
+    """Smooth weighted round-robin (as nginx does it), one rotation per set of channels."""
+
+    MAX_SETS = 10_000  # a rotation per (model, ready channels) seen; forgotten wholesale past this
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[int, ...], dict[int, int]] = {}
+
+    def next(self, channels: list[Channel]) -> Channel | None:
+        weighted = [c for c in channels if c.weight > 0]
+        if not weighted:
+            return None
+        key = tuple(sorted((c.id, c.weight) for c in weighted))
+        current = self._current.get(key)
+        if current is None:
+            if len(self._current) >= self.MAX_SETS:
+                self._current.clear()
+            current = self._current[key] = {c.id: 0 for c in weighted}
+        total = 0
+        for c in weighted:
+            current[c.id] += c.weight
+            total += c.weight
+        best = max(weighted, key=lambda c: current[c.id])
+        current[best.id] -= total
+        return best
 
 
 def _weighted_key(weight: int) -> float:

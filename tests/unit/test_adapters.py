@@ -1,6 +1,7 @@
 """The adapters' pure translations, table by table, and the weighted shuffle of the routing order."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -10,7 +11,7 @@ from services.common.config import Secret
 from services.inference.adapters import ADAPTERS, Outgoing
 from services.inference.adapters import anthropic_request as tr
 from services.inference.adapters.anthropic import AnthropicExchange
-from services.inference.channels import Channel, _weighted_key
+from services.inference.channels import Channel, _Turns, _weighted_key
 from services.inference.failures import Failure, UpstreamError
 from services.inference.payloads import Endpoint
 
@@ -167,3 +168,15 @@ def test_weighted_shuffle_puts_heavier_first_in_proportion() -> None:
     firsts = Counter(max((_weighted_key(3), "heavy"), (_weighted_key(1), "light"))[1] for _ in range(100_000))
     assert abs(firsts["heavy"] / 100_000 - 0.75) < 0.01
     assert _weighted_key(0) < 0 <= _weighted_key(1)  # weight 0: only when nothing else is left
+
+
+def test_turns_deal_calls_out_by_weight_interleaved() -> None:
+    heavy, light, idle = (dataclasses.replace(_channel("openai"), id=i, weight=w) for i, w in ((1, 3), (2, 1), (3, 0)))
+    turns = _Turns()
+    picks = [turns.next([heavy, light, idle]).id for _ in range(400)]
+    assert Counter(picks) == {1: 300, 2: 100}  # weight 0 is never a first choice
+    assert picks[:4].count(2) == 1 and "1111" not in "".join(map(str, picks))  # interleaved, not in runs
+    # Another set of channels (one went cooling) has its own rotation; the first resumes after.
+    assert [turns.next([heavy]).id for _ in range(3)] == [1, 1, 1]
+    assert Counter(turns.next([heavy, light]).id for _ in range(400)) == {1: 300, 2: 100}
+    assert turns.next([idle]) is None
