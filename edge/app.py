@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import routes
-from edge.authn import KeyCache
+from edge.authn import TRUSTED_PROXIES, KeyCache
 from edge.config import EdgeConfig
 from edge.guard import AuthGuard, LimiterCounter, SignupLimit
 from edge.keylimits import KeyLimits
@@ -61,6 +61,7 @@ def make_app(cfg: EdgeConfig) -> web.Application:
     app = web.Application(router=Router(), middlewares=[errors] if traced is None else [traced, errors],
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
+    app[TRUSTED_PROXIES] = cfg.trusted_proxies
     app[COUNTERS] = Counters()
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)

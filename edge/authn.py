@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 
@@ -42,8 +43,37 @@ def bearer(request: web.Request) -> str:
     return token
 
 
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)  # EdgeConfig.trusted_proxies
+
+
 def client_ip(request: web.Request) -> str:
-    return request.remote or ""
+    """The client's address: the connection's peer, or — when that peer is a trusted proxy
+    (CHATKORE_TRUSTED_PROXIES) — the nearest address in X-Forwarded-For that is not one.
+    Read from the right, where each trusted proxy appended what it saw: entries further left
+    come from the client and are ignored, so a client cannot choose its own address."""
+    remote = request.remote or ""
+    trusted = request.config_dict.get(TRUSTED_PROXIES, ())
+    if not trusted or not _within(remote, trusted):
+        return remote
+    hops = [h.strip() for line in request.headers.getall("X-Forwarded-For", ()) for h in line.split(",")]
+    address = remote
+    for hop in reversed(hops):
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage where an address should be: stop at the last proxy that vouched
+        address = str(ip)
+        if not any(ip in net for net in trusted):
+            break
+    return address
+
+
+def _within(address: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
 
 
 class KeyCache:

@@ -1,6 +1,7 @@
 """Edge settings, read once from the environment (names as in DESIGN §3)."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from edge.limits import Limits
@@ -8,6 +9,7 @@ from services.common.config import (
     DEFAULT_AUTH_ADDR,
     DEFAULT_BILLING_ADDR,
     DEFAULT_INFERENCE_ADDR,
+    ConfigError,
     env_float,
     env_int,
     env_optional,
@@ -34,6 +36,7 @@ class EdgeConfig:
     relay_deadline_s: float    # gRPC deadline of a unary relay (covers failover across channels)
     stream_deadline_s: float   # gRPC deadline of a streamed relay
     redis_url: str | None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # whose X-Forwarded-For counts
     grace_s: float
     log_level: str
 
@@ -65,6 +68,20 @@ class EdgeConfig:
             relay_deadline_s=upstream_timeout * 3 + 30,
             stream_deadline_s=env_float("CHATKORE_MAX_STREAM_S", 600.0) + 60,
             redis_url=env_optional("REDIS_URL"),
+            trusted_proxies=trusted_networks(env_optional("CHATKORE_TRUSTED_PROXIES") or ""),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
         )
+
+
+def trusted_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`10.0.0.0/8, 192.168.1.7` → networks; a bad entry stops the edge at start-up."""
+    nets = []
+    for part in spec.split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"CHATKORE_TRUSTED_PROXIES: {part.strip()!r} is not an address or a network"
+                                  " (e.g. 10.0.0.0/8)") from None
+    return tuple(nets)

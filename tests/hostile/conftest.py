@@ -18,6 +18,7 @@ TIGHT_ENV = {
     "CHATKORE_AUTH_FAILURES_PER_MIN": "5",
     "CHATKORE_SIGNUPS_PER_HOUR": "3",
     "CHATKORE_MAX_STREAM_S": "2",
+    "CHATKORE_TRUSTED_PROXIES": "127.0.0.100/32, 127.0.0.101",  # stand-ins for an ingress
 }
 
 

@@ -79,6 +79,38 @@ def test_guessing_keys_is_rate_limited_per_address(tight: World) -> None:
     assert len(tight.usage(good.user_id)) == 1
 
 
+def test_behind_a_trusted_proxy_the_forwarded_address_is_limited_and_cannot_be_chosen(tight: World) -> None:
+    """Behind an ingress every call comes from the proxy: X-Forwarded-For names the client,
+    but only a trusted proxy's word counts, and only the address that proxy appended."""
+    good = tight.tenant()
+    model, _ = tight.served_model()
+    body = json.dumps({"model": model, "messages": MSG}).encode()
+
+    def chat(key: str, source: str, forwarded: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if forwarded is not None:
+            headers["X-Forwarded-For"] = forwarded
+        return rawhttp.call(tight.url, "POST", "/v1/chat/completions", body=body, source=source,
+                            headers=headers).status
+
+    proxy, inner_proxy = "127.0.0.100", "127.0.0.101"
+    guesser, neighbour, direct = "127.0.0.21", "127.0.0.22", "127.0.0.23"
+    for i in range(LIMIT):
+        assert chat(f"sk-guess{i:044d}", proxy, guesser) == 401
+    assert chat(good.key, proxy, guesser) == 429  # the guesser, seen through the proxy, is blocked
+    assert chat(good.key, proxy, neighbour) == 200  # its neighbour behind the same proxy is not
+    # Two proxies deep: the address the outer one appended, the client's own claim ignored.
+    assert chat(good.key, inner_proxy, f"{neighbour}, {guesser}, {proxy}") == 429
+    assert chat(good.key, inner_proxy, f"{guesser}, {neighbour}, {proxy}") == 200
+    # A client that is not a proxy cannot pin its failures on someone else.
+    for i in range(LIMIT):
+        assert chat(f"sk-guess{i:044d}", direct, neighbour) == 401
+    assert chat(good.key, direct, neighbour) == 429
+    assert chat(good.key, proxy, neighbour) == 200
+    assert chat(good.key, proxy, "not-an-address") == 200  # garbage: counted against the proxy itself
+    assert len(tight.usage(good.user_id)) == 4
+
+
 def test_guessing_the_admin_key_is_rate_limited(tight: World) -> None:
     source = "127.0.0.9"
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from edge.config import trusted_networks
 from edge.errors import OpenAIError
 from edge.guard import AuthGuard, LimiterCounter
 from edge.ratelimit import MemoryLimiter
+from services.common.config import ConfigError
 
 
 class Clock:
@@ -52,3 +54,11 @@ async def test_blocked_addresses_are_bounded() -> None:
     guard.check("a")  # the oldest was forgotten to make room
     with pytest.raises(OpenAIError):
         guard.check("c")
+
+
+def test_trusted_proxies_are_parsed_and_a_bad_entry_stops_the_edge() -> None:
+    nets = trusted_networks(" 10.0.0.0/8, 192.168.1.7 ,fc00::/7,")
+    assert [str(n) for n in nets] == ["10.0.0.0/8", "192.168.1.7/32", "fc00::/7"]
+    assert trusted_networks("") == ()
+    with pytest.raises(ConfigError, match="'10.0.0.0/33'"):
+        trusted_networks("10.0.0.0/8, 10.0.0.0/33")
