@@ -127,7 +127,8 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
         names = [choice["name"]] if choice["type"] == "tool" else [t["name"] for t in tools]
         names = names[:1] if choice.get("disable_parallel_tool_use") else names[:2]
         seed = json.dumps(body["messages"]).encode()
-        content.append({"type": "text", "text": "Let me check."})
+        if choice["type"] == "auto":  # a forced tool is called at once, with no words first
+            content.append({"type": "text", "text": "Let me check."})
         for k, name in enumerate(names):
             content.append({"type": "tool_use", "id": "toolu_" + hashlib.sha1(seed + bytes([k])).hexdigest()[:24],
                             "name": name, "input": {"query": said, "n": k}})

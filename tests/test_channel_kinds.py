@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 import requests
 
@@ -159,6 +160,43 @@ def test_anthropic_tool_choice(world: World, tenant: Tenant, choice, parallel, e
                      "auto": ["get_weather"]}[expected["type"]]
 
 
+class Lookup(pydantic.BaseModel):
+    query: str
+    n: int
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_structured_output(world: World, tenant: Tenant, stream: bool) -> None:
+    """response_format json_schema: the schema becomes a forced tool, and its input comes
+    back as the message's JSON content — what the SDK's parse() reads."""
+    model, tag, _ = _served(world, "anthropic")
+    schema = {"type": "object", "properties": {"query": {"type": "string"}, "n": {"type": "integer"}},
+              "required": ["query", "n"], "additionalProperties": False}
+    messages = [{"role": "user", "content": "Look it up"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "lookup", "schema": schema, "strict": True}}
+    if stream:
+        text, calls, finish = _streamed(list(tenant.client.chat.completions.create(
+            model=model, messages=messages, response_format=fmt, stream=True)))
+    else:
+        reply = tenant.client.chat.completions.create(model=model, messages=messages, response_format=fmt)
+        text, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
+        calls = reply.choices[0].message.tool_calls or {}
+    assert json.loads(text) == {"query": "Look it up", "n": 0}
+    assert finish == "stop" and not calls
+    sent = world.mock.received(tag)[-1].body
+    assert sent["tools"] == [{"name": "json_response", "description": "Give your answer as this tool's input.",
+                              "input_schema": schema}]
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_response"}
+    assert "response_format" not in sent
+
+    parsed = tenant.client.chat.completions.parse(model=model, messages=messages, response_format=Lookup)
+    assert parsed.choices[0].message.parsed == Lookup(query="Look it up", n=0)
+    json_object = tenant.client.chat.completions.create(model=model, messages=messages,
+                                                        response_format={"type": "json_object"})
+    assert json.loads(json_object.choices[0].message.content) == {"query": "Look it up", "n": 0}
+    assert world.mock.received(tag)[-1].body["tools"][0]["input_schema"] == {"type": "object"}
+
+
 def test_anthropic_legacy_functions_round_trip(world: World, tenant: Tenant) -> None:
     model, tag, _ = _served(world, "anthropic")
     functions = [TOOLS[0]["function"]]
@@ -192,6 +230,9 @@ def test_anthropic_image_part(world: World, tenant: Tenant) -> None:
 @pytest.mark.parametrize("path, extra, param", [
     ("/v1/chat/completions", {"n": 2}, "n"),
     ("/v1/chat/completions", {"logprobs": True}, "logprobs"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}, "tools": TOOLS}, "response_format"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "list", "schema": {"type": "array"}}}}, "response_format.json_schema.schema"),
     ("/v1/chat/completions", {"messages": [{"role": "system", "content": "only this"}]}, "messages"),
     ("/v1/completions", {"prompt": "hi"}, "model"),
 ])

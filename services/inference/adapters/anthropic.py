@@ -51,9 +51,12 @@ def _usage_object(prompt: int, completion: int) -> dict[str, int]:
 
 
 class AnthropicExchange(Exchange):
-    def __init__(self, channel: Channel, url: str, headers: dict[str, str], body: bytes, *, legacy: bool) -> None:
+    def __init__(self, channel: Channel, url: str, headers: dict[str, str], body: bytes, *, legacy: bool,
+                 structured: bool = False) -> None:
         super().__init__(channel, url, headers, body)
         self.legacy = legacy        # the client used `functions`, so it expects `function_call` back
+        self.structured = structured  # response_format: the forced tool's input is the answer
+        self._answer_blocks: set[int] = set()
         self._id = ""
         self._model = ""
         self._prompt = 0
@@ -62,6 +65,8 @@ class AnthropicExchange(Exchange):
 
     def _finish(self, stop_reason: Any) -> str:
         finish = FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+        if self.structured and finish == "tool_calls":
+            return "stop"  # the forced tool was the answer, not a call for the client to make
         return "function_call" if finish == "tool_calls" and self.legacy else finish
 
     # --- unary ------------------------------------------------------------------------
@@ -73,16 +78,22 @@ class AnthropicExchange(Exchange):
         texts: list[str] = []
         thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
+        answers: list[str] = []
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(str(block.get("text") or ""))
             elif kind == "thinking":
                 thoughts.append(str(block.get("thinking") or ""))
+            elif kind == "tool_use" and self.structured:
+                if block.get("name") == translate.RESPONSE_TOOL:
+                    answers.append(json.dumps(block.get("input") or {}, ensure_ascii=False))
             elif kind == "tool_use":
                 calls.append({"id": str(block.get("id") or ""), "type": "function", "function": {
                     "name": str(block.get("name") or ""),
                     "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
+        if answers:
+            texts = answers  # asked for JSON: the JSON alone, without any words around it
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
         if thoughts:
             message["reasoning_content"] = "".join(thoughts)
@@ -130,6 +141,12 @@ class AnthropicExchange(Exchange):
             block = event.get("content_block") if isinstance(event.get("content_block"), dict) else {}
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": str(block["text"])})]
+            if block.get("type") == "tool_use" and self.structured:
+                if block.get("name") != translate.RESPONSE_TOOL:
+                    return []
+                self._answer_blocks.add(index)
+                early = block.get("input")
+                return [self._chunk({"content": json.dumps(early, ensure_ascii=False)})] if early else []
             if block.get("type") == "tool_use":
                 self._calls[index] = len(self._calls)
                 early = block.get("input")
@@ -141,6 +158,8 @@ class AnthropicExchange(Exchange):
             dtype = delta.get("type")
             if dtype == "text_delta" and delta.get("text"):
                 return [self._chunk({"content": str(delta["text"])})]
+            if dtype == "input_json_delta" and delta.get("partial_json") and index in self._answer_blocks:
+                return [self._chunk({"content": str(delta["partial_json"])})]
             if dtype == "input_json_delta" and delta.get("partial_json") and index in self._calls:
                 return [self._call_delta(index, arguments=str(delta["partial_json"]))]
             if dtype == "thinking_delta" and delta.get("thinking"):
@@ -180,7 +199,9 @@ class AnthropicAdapter:
         if isinstance(beta, str) and beta:
             headers["anthropic-beta"] = beta
         legacy = bool(out.body.get("functions")) and not out.body.get("tools")
-        return AnthropicExchange(channel, channel.base_url + "/messages", headers, dumps(request), legacy=legacy)
+        structured = translate.response_tool(out.body) is not None
+        return AnthropicExchange(channel, channel.base_url + "/messages", headers, dumps(request), legacy=legacy,
+                                 structured=structured)
 
     def validate_settings(self, settings: dict[str, Any]) -> str | None:
         for name in ("anthropic_version", "anthropic_beta"):

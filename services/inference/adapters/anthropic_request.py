@@ -8,11 +8,14 @@
     tool_choice none|auto|required|{function}, parallel_tool_calls=false
                                      -> {"type": none|auto|any|tool}, disable_parallel_tool_use
     stop, temperature (capped at 1), top_p, top_k, user -> stop_sequences, ..., metadata.user_id
+    response_format json_schema / json_object
+                                     -> one tool whose input_schema is the schema, forced with
+                                        tool_choice; its input comes back as the message content
 
 Consecutive turns of one role are merged, as the Messages API wants alternating turns.
 OpenAI fields with no Anthropic counterpart that change nothing a client relies on
-(seed, penalties, logit_bias, response_format) are left out; the ones whose absence
-would silently change the answer (n > 1, logprobs) are refused before any hold.
+(seed, penalties, logit_bias) are left out; the ones whose absence would silently change
+the answer (n > 1, logprobs, a response_format it cannot carry) are refused before any hold.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import re
 from typing import Any
 
+RESPONSE_TOOL = "json_response"  # the forced tool that carries a response_format's JSON answer
 LEGACY_ID = "toolu_fn_{}"  # ids for legacy function_call turns, which carry none of their own
 _DATA_URL = re.compile(r"^data:(image/(?:jpeg|png|gif|webp));base64,(.+)$", re.DOTALL)
 
@@ -217,6 +221,32 @@ def _tool_choice(body: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def response_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool that makes the model answer in JSON, for response_format json_schema or
+    json_object; None for text (or no response_format)."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in (None, "text"):
+        return None
+    if kind not in ("json_schema", "json_object"):
+        raise Untranslatable(f"This model does not support response_format type '{kind}'.", "response_format.type")
+    if body.get("tools") or body.get("functions"):
+        raise Untranslatable("This model cannot combine response_format with tools or functions.", "response_format")
+    tool: dict[str, Any] = {"name": RESPONSE_TOOL, "description": "Give your answer as this tool's input."}
+    if kind == "json_object":
+        tool["input_schema"] = {"type": "object"}
+        return tool
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise Untranslatable("This model needs a json_schema whose root is an object.",
+                             "response_format.json_schema.schema")
+    tool["input_schema"] = schema
+    if isinstance(spec.get("description"), str) and spec["description"]:
+        tool["description"] += " " + spec["description"]
+    return tool
+
+
 def check(body: dict[str, Any]) -> None:
     """Raise Untranslatable if the call cannot be carried faithfully."""
     n = body.get("n")
@@ -226,6 +256,7 @@ def check(body: dict[str, Any]) -> None:
         raise Untranslatable("This model does not return log probabilities.", "logprobs")
     convert_messages(body["messages"])
     _tools(body)
+    response_tool(body)
 
 
 def messages_request(body: dict[str, Any], model: str, max_tokens: int, *, stream: bool) -> dict[str, Any]:
@@ -247,7 +278,11 @@ def messages_request(body: dict[str, Any], model: str, max_tokens: int, *, strea
     if stops:
         out["stop_sequences"] = stops
     tools = _tools(body)
-    if tools:
+    answer_tool = response_tool(body)
+    if answer_tool:
+        out["tools"] = [answer_tool]
+        out["tool_choice"] = {"type": "tool", "name": RESPONSE_TOOL}
+    elif tools:
         out["tools"] = tools
         choice = _tool_choice(body)
         if choice:
