@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import resource
 from dataclasses import dataclass
 
 from edge.limits import Limits
@@ -30,6 +31,7 @@ class EdgeConfig:
     limits: Limits             # what one request may carry, and how slowly
     max_header_bytes: int      # one header line (and the request line)
     header_timeout_s: float    # a request's headers must arrive within this
+    max_connections: int       # open client connections at once; more are answered 503 and closed
     auth_failures_per_min: int  # failed authentications per source address before 429; 0 = no limit
     signups_per_hour: int       # console sign-ups per source address an hour; 0 = no limit
     key_cache_s: float         # how long an authenticated key is remembered (while the change feed is live)
@@ -61,6 +63,7 @@ class EdgeConfig:
             ),
             max_header_bytes=env_int("CHATKORE_MAX_HEADER_BYTES", 16384),
             header_timeout_s=env_float("CHATKORE_HEADER_TIMEOUT_S", 10.0),
+            max_connections=env_int("CHATKORE_MAX_CONNECTIONS", 0) or default_max_connections(),
             auth_failures_per_min=env_int("CHATKORE_AUTH_FAILURES_PER_MIN", 30),
             signups_per_hour=env_int("CHATKORE_SIGNUPS_PER_HOUR", 5),
             # Revocation still reaches every replica within 1 s (DESIGN §5): see edge/authn.py.
@@ -85,3 +88,12 @@ def trusted_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6N
                 raise ConfigError(f"CHATKORE_TRUSTED_PROXIES: {part.strip()!r} is not an address or a network"
                                   " (e.g. 10.0.0.0/8)") from None
     return tuple(nets)
+
+
+def default_max_connections() -> int:
+    """What the process's file descriptor limit allows, less room for everything else it
+    opens (gRPC channels, Redis, logs): 10,000 where the limit is high."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(64, min(10_000, soft - 128))

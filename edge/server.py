@@ -31,9 +31,10 @@ KEEPALIVE_S = 75.0  # how long an idle connection is kept between requests (aioh
 
 def _raw_response(error: OpenAIError) -> bytes:
     body = json.dumps(error.body()).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (error.headers or {}).items())
     head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
             "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
+            f"Content-Length: {len(body)}\r\n" + extra +
             f"x-request-id: req_{uuid.uuid4().hex}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode() + body
@@ -42,13 +43,24 @@ def _raw_response(error: OpenAIError) -> bytes:
 class EdgeProtocol(RequestHandler):
     """One client connection. Times the arrival of each request's headers."""
 
-    def __init__(self, manager: web.Server, *, header_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, manager: EdgeServer, *, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        manager = self._manager
+        if isinstance(manager, EdgeServer) and manager.over_capacity():
+            # Refused at once, before the process runs out of file descriptors and every
+            # client, old and new, starts to fail.
+            log.warning("connection limit (%d) reached; refusing a connection", manager.max_connections)
+            error = OpenAIError(503, "chatkore is handling as many connections as it can. Please retry shortly.",
+                                type="server_error", code="too_many_connections", headers={"retry-after": "1"})
+            self.transport.write(_raw_response(error))
+            self.force_close()
+            self.transport.close()
+            return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -104,9 +116,13 @@ class EdgeProtocol(RequestHandler):
 
 
 class EdgeServer(web.Server):
-    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout_s: float, max_connections: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+
+    def over_capacity(self) -> bool:
+        return 0 < self.max_connections < len(self._connections)
 
     def __call__(self) -> RequestHandler:
         return EdgeProtocol(self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs)
@@ -115,21 +131,25 @@ class EdgeServer(web.Server):
 class EdgeRunner(web.AppRunner):
     """An AppRunner whose connections are EdgeProtocols."""
 
-    def __init__(self, app: web.Application, *, header_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, header_timeout_s: float, max_connections: int,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout_s = header_timeout_s
+        self._max_connections = max_connections
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return EdgeServer(plain.request_handler, request_factory=plain.request_factory,
                           handler_cancellation=plain.handler_cancellation, loop=plain._loop,
-                          header_timeout_s=self._header_timeout_s, **plain._kwargs)
+                          header_timeout_s=self._header_timeout_s, max_connections=self._max_connections,
+                          **plain._kwargs)
 
 
 async def serve(cfg: EdgeConfig) -> None:
     """Serve until SIGTERM/SIGINT; then let requests in flight finish for `grace_s`."""
     runner = EdgeRunner(
-        make_app(cfg), header_timeout_s=cfg.header_timeout_s, handle_signals=False, access_log=None,
+        make_app(cfg), header_timeout_s=cfg.header_timeout_s, max_connections=cfg.max_connections,
+        handle_signals=False, access_log=None,
         shutdown_timeout=cfg.grace_s, handler_cancellation=True, keepalive_timeout=KEEPALIVE_S,
         max_line_size=cfg.max_header_bytes, max_field_size=cfg.max_header_bytes,
     )

@@ -11,6 +11,7 @@ import requests
 from tests.hostile import rawhttp
 from tests.hostile.conftest import TIGHT_ENV
 from tests.world import Tenant, World
+from tools.stack import wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
 HEADER_TIMEOUT_S = float(TIGHT_ENV["CHATKORE_HEADER_TIMEOUT_S"])
@@ -203,3 +204,40 @@ def test_edge_serves_others_while_clients_trickle(tight: World, served: str) -> 
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_connections_past_the_limit_get_503_and_the_rest_carry_on(make_stack, mock) -> None:
+    """Past CHATKORE_MAX_CONNECTIONS a new connection is answered 503 in OpenAI's shape and
+    closed (before file descriptors run out for everyone); once some close, calls go through."""
+    capped = World(make_stack(name="capped", env={"CHATKORE_MAX_CONNECTIONS": "10"}), mock)
+    t = capped.tenant()
+    model, _ = capped.served_model()
+    chat = json.dumps({"model": model, "messages": MSG}).encode()
+    chat_request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Authorization: Bearer " + t.key.encode() + b"\r\nContent-Length: "
+                    + str(len(chat)).encode() + b"\r\n\r\n" + chat)
+    held = []
+    try:
+        for _ in range(20):  # some of the ten may be the test helpers' own keep-alive connections
+            sock = rawhttp.connect(capped.url)
+            sock.sendall(chat_request)
+            reply = rawhttp.read_reply(sock)
+            if reply.status != 200:
+                break
+            held.append(sock)  # kept open, idle, after its answer
+        assert 1 <= len(held) <= 10 and reply.status == 503, (len(held), reply.status)
+        assert reply.headers["retry-after"] == "1" and reply.headers["connection"] == "close"
+        assert _error(reply.json())["code"] == "too_many_connections"
+        assert rawhttp.closed_by_peer(sock, 5)[0]
+        sock.close()
+    finally:
+        for s in held:
+            s.close()
+    paid = capped.balance(t.user_id)
+    assert len(capped.usage(t.user_id)) == len(held)  # the refused call was never seen, let alone charged
+
+    def answered() -> bool:
+        return rawhttp.request(capped.url, chat_request).status == 200
+
+    wait_until(answered, 10, "a call once connections were freed")
+    assert capped.balance(t.user_id) < paid and capped.verify()["ok"]
