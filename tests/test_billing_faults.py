@@ -262,3 +262,46 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
         reserve(rid, "c1")
     assert w.held(uid) == 0 and w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
     assert w.verify()["ok"]
+
+
+def test_a_retry_that_finds_the_row_moved_on_under_its_lock_moves_no_money(fault_world: World) -> None:
+    """A retry about to place a released hold again waits for the row's lock; meanwhile a later
+    attempt re-held and released it. Under the lock the retry must see it is stale and move
+    nothing (the debit must never commit without the hold it pays for)."""
+    w = fault_world
+    uid = w.user(credits=10)["id"]
+    billing = _billing(w)
+    rid = "req_" + secrets.token_hex(8)
+    call = dict(request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo", prompt_tokens=100,
+                max_completion_tokens=100, choices=1)
+    billing.Reserve(billing_pb2.ReserveRequest(**call, attempt="d1"))
+    assert billing.Settle(billing_pb2.SettleRequest(request_id=rid, status="client_gone", attempt="d1")).state \
+        == "released"
+    outcome: list[grpc.RpcError | int] = []
+
+    def retry() -> None:
+        try:
+            outcome.append(billing.Reserve(billing_pb2.ReserveRequest(**call, attempt="d2")).amount)
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(w.stack.database_url) as conn:
+        conn.execute("SELECT 1 FROM requests WHERE request_id = %s FOR UPDATE", (rid,))
+        thread = threading.Thread(target=retry)
+        thread.start()
+
+        def waiting_on_the_row() -> bool:
+            with psycopg.connect(w.stack.database_url, autocommit=True) as probe:
+                return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                     " AND query LIKE '%%FROM requests WHERE request_id%%FOR UPDATE%%'"
+                                     ).fetchone()[0] > 0
+
+        wait_until(waiting_on_the_row, 15, "the retry to wait for the request row")
+        # What a later attempt d3 leaves behind once it has held the call again and released it.
+        conn.execute("UPDATE requests SET attempt = 'd3' WHERE request_id = %s", (rid,))
+        conn.commit()
+    thread.join(15)
+    [result] = outcome
+    assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert w.held(uid) == 0 and w.balance(uid) == 10
+    assert w.verify()["ok"]

@@ -160,30 +160,26 @@ class Books:
         moved on) and is refused, so it can neither take a newer attempt's hold nor hold again
         for a call whose client already had its answer. Without a token (an older caller), a
         repeat is answered with the hold as it stands."""
-        existing = await store.get_request(conn, request_id)
-        if existing is None or existing.user_id != user_id:
-            raise Conflict("request id reused")
-        if not attempt or existing.state == "settled":
-            return existing.hold
-        if existing.state == "held":
-            taken = await store.take_over(conn, request_id, user_id, attempt)
-            if taken is not None:
-                return taken
-            existing = await store.get_request(conn, request_id)  # closed, or a later attempt holds it
-            assert existing is not None
-        if existing.state == "released" and existing.attempt < attempt:
-            amount = await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
-                                        credit_limit=credit_limit, prompt_tokens=prompt_tokens,
-                                        desired=plan.desired, minimum=plan.minimum, ttl_s=self._hold_ttl_s,
-                                        attempt=attempt)
-            if amount is not None:
-                return amount
+        for _ in range(3):  # each pass that finds the row moved on sees a later state of it
             existing = await store.get_request(conn, request_id)
-            assert existing is not None
-            if existing.state == "released":
-                return None  # the balance (or the key's limit) no longer covers it
-        if existing.state == "settled":
-            return existing.hold
+            if existing is None or existing.user_id != user_id:
+                raise Conflict("request id reused")
+            if not attempt or existing.state == "settled":
+                return existing.hold
+            if existing.attempt > attempt:
+                break  # stale
+            if existing.state == "held":
+                taken = await store.take_over(conn, request_id, user_id, attempt, self._hold_ttl_s)
+                if taken is not None:
+                    return taken
+                continue
+            try:
+                return await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
+                                          credit_limit=credit_limit, prompt_tokens=prompt_tokens,
+                                          desired=plan.desired, minimum=plan.minimum, ttl_s=self._hold_ttl_s,
+                                          attempt=attempt)  # None: the balance no longer covers it
+            except store.Moved:
+                continue
         raise Conflict("a later attempt at this call holds its credits")
 
     async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,

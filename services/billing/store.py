@@ -258,13 +258,14 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
     return row[0] if row else None
 
 
-async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str) -> int | None:
-    """A retried call claims its open hold for its own attempt; the amount, or None if the hold
-    is not open or a later attempt holds it (attempt tokens sort by the time they were made)."""
+async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str, ttl_s: int) -> int | None:
+    """A retried call claims its open hold for its own attempt, with a fresh deadline; the
+    amount, or None if the hold is not open or a later attempt holds it (attempt tokens sort
+    by the time they were made)."""
     cur = await conn.execute(
-        "UPDATE requests SET attempt = %(a)s WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held'"
-        " AND attempt <= %(a)s RETURNING hold",
-        {"a": attempt, "rid": request_id, "uid": user_id})
+        "UPDATE requests SET attempt = %(a)s, deadline = now() + make_interval(secs => %(ttl)s)"
+        " WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held' AND attempt <= %(a)s RETURNING hold",
+        {"a": attempt, "rid": request_id, "uid": user_id, "ttl": ttl_s})
     row = await cur.fetchone()
     return row[0] if row else None
 
@@ -280,17 +281,23 @@ _REOPEN = _DEBIT_FIXED + """
 """ + _HOLD_LEDGER
 
 
+class Moved(Exception):
+    """The request row is no longer as the caller saw it (another attempt got there first)."""
+
+
 async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
                  prompt_tokens: int, desired: int, minimum: int, ttl_s: int, attempt: str) -> int | None:
     """Hold again for a call whose earlier attempt released its hold (it failed, or its client
-    seemed gone, before a retry of the same call arrived). None if it cannot be paid for."""
+    seemed gone, before a retry of the same call arrived). None if it cannot be paid for;
+    Moved if, under its lock, the row is not released by an earlier attempt any more."""
     async with conn.transaction():
         # The request row first, then the user's, then the key's: the order settlement locks in.
-        cur = await conn.execute("SELECT state FROM requests WHERE request_id = %s AND user_id = %s FOR UPDATE",
-                                 (request_id, user_id))
+        cur = await conn.execute(
+            "SELECT state, attempt FROM requests WHERE request_id = %s AND user_id = %s FOR UPDATE",
+            (request_id, user_id))
         row = await cur.fetchone()
-        if row is None or row[0] != "released":
-            return None
+        if row is None or row[0] != "released" or not row[1] < attempt:
+            raise Moved(request_id)
         cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
         user = await cur.fetchone()
         room = desired
@@ -308,7 +315,11 @@ async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id
                                            "attempt": attempt, "pt": prompt_tokens, "ttl": ttl_s,
                                            "rid": request_id})
         row = await cur.fetchone()
-    return row[0] if row else None
+        if row is None:
+            # The debit CTEs run whether or not the request row matched: never let them
+            # commit without the hold they pay for (the locks above make this unreachable).
+            raise Moved(request_id)
+    return row[0]
 
 
 async def key_room(conn: AsyncConnection, key_id: int, credit_limit: int) -> int:

@@ -56,12 +56,12 @@ class BillingPeer:
         )
         # Reserve is idempotent by request id, so one retry of a transient failure is safe.
         try:
-            for attempt in (0, 1):
+            for tried in (0, 1):
                 try:
                     hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
                     return Hold(hold.amount, hold.completion_budget, hold.budget_capped)
                 except grpc.aio.AioRpcError as exc:
-                    if attempt or exc.code() not in _TRANSIENT:
+                    if tried or exc.code() not in _TRANSIENT:
                         raise
                     await asyncio.sleep(0.05)
             raise AssertionError("unreachable")

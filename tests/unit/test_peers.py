@@ -2,6 +2,8 @@
 the failure was in transport, not a service's own answer."""
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_status import rpc_status
@@ -9,6 +11,7 @@ from grpc_status import rpc_status
 from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2
 from services.common import peers
 from services.common.errors import Unavailable, status_of
+from services.inference.billing_peer import BillingPeer
 
 
 def _methods() -> set[str]:
@@ -58,3 +61,42 @@ def test_a_services_own_unavailable_is_not() -> None:
                                   grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED])
 def test_other_codes_are_not_repeated(code: grpc.StatusCode) -> None:
     assert not peers.transport_failure(_error(code))
+
+
+class _Down(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+
+class _BillingDown:
+    """Reserve never answers; Settle records what it is asked."""
+
+    def __init__(self) -> None:
+        self.settled: list[billing_pb2.SettleRequest] = []
+
+    async def Reserve(self, request, timeout=None):  # noqa: N802, ANN001, ANN201 - a stub's signature
+        raise _Down()
+
+    async def Settle(self, request, timeout=None):  # noqa: N802, ANN001, ANN201
+        self.settled.append(request)
+        return billing_pb2.Settlement(request_id=request.request_id, state="released")
+
+
+def test_a_reserve_cut_short_releases_the_hold_it_may_have_placed_under_its_attempt() -> None:
+    """billing may have committed a hold whose Reserve failed in transport: inference releases
+    it at once, naming its own attempt (a retry elsewhere may have taken the hold over)."""
+    stub = _BillingDown()
+
+    async def run() -> None:
+        peer = BillingPeer("127.0.0.1:1", 1.0)
+        peer._stub = stub
+        with pytest.raises(grpc.aio.AioRpcError):
+            await peer.reserve(request_id="req_x", user_id=1, key_id=1, credit_limit=0, model="m",
+                               prompt_tokens=1, max_tokens=1, choices=1, attempt="0000abcd")
+        releases = set(peer._later)
+        done, _ = await asyncio.wait(releases, timeout=10)
+        assert done == releases and all(t.exception() is None for t in done)
+        await peer.close()
+
+    asyncio.run(run())
+    assert [(s.request_id, s.status, s.attempt) for s in stub.settled] == [("req_x", "client_gone", "0000abcd")]
