@@ -46,6 +46,7 @@ class _Opened:
 
 async def _first_event(open_call: Callable[[], grpc.aio.UnaryStreamCall], opened: _Opened) -> object:
     for attempt in range(peers.ATTEMPTS):
+        peers.try_var.set(attempt)  # tells inference which try this is (see peers.TRY_HEADER)
         opened.call = open_call()
         try:
             return await opened.call.read()  # a failure here raises, and becomes an ordinary error reply

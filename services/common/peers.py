@@ -3,6 +3,7 @@ deadlines on every call and a retry on another replica where repeating a call is
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any
@@ -63,12 +64,30 @@ def transport_failure(err: grpc.aio.AioRpcError) -> bool:
     return err.code() == grpc.StatusCode.UNAVAILABLE and detail_of(err) is None
 
 
-def _details(details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
+# Which try at a call this is (0 for the first), sent as TRY_HEADER on a retry so that the
+# callee can order the attempts at one request without trusting clocks. A stream's reader
+# (edge/sse.py), which does its own retrying, sets it before opening the stream again.
+TRY_HEADER = "x-chatkore-try"
+try_var: contextvars.ContextVar[int] = contextvars.ContextVar("chatkore_try", default=0)
+
+
+def try_of(metadata: Any) -> int:
+    """The try number a caller sent (0 when absent or not a small number)."""
+    for key, value in metadata or ():
+        if key == TRY_HEADER:
+            return int(value) if isinstance(value, str) and value.isdigit() and len(value) <= 2 else 0
+    return 0
+
+
+def _details(details: grpc.aio.ClientCallDetails, timeout: float | None, tried: int = 0) -> grpc.aio.ClientCallDetails:
     metadata = details.metadata
     rid = request_id_var.get()
-    if rid:
+    if rid or tried:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add("x-request-id", rid)
+        if rid:
+            metadata.add("x-request-id", rid)
+        if tried:
+            metadata.add(TRY_HEADER, str(tried))
     return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
 
 
@@ -86,7 +105,7 @@ class UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             return await continuation(_details(details, timeout), request)
         deadline = time.monotonic() + timeout
         for attempt in range(ATTEMPTS):
-            call = await continuation(_details(details, max(0.001, deadline - time.monotonic())), request)
+            call = await continuation(_details(details, max(0.001, deadline - time.monotonic()), attempt), request)
             try:
                 await call
                 return call
@@ -107,7 +126,7 @@ class StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         # A stream is retried by its reader (edge/sse.py), which knows whether anything was relayed.
         timeout = details.timeout if details.timeout is not None else DEFAULT_DEADLINE_S
-        return await continuation(_details(details, timeout), request)
+        return await continuation(_details(details, timeout, try_var.get()), request)
 
 
 def channel(target: str) -> grpc.aio.Channel:

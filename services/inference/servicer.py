@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.common import metrics
+from services.common import metrics, peers
 from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
@@ -29,14 +29,20 @@ _CHANNEL_FIELDS = ("name", "type", "base_url", "api_key", "models", "model_map",
                    "settings")
 
 
-def _call(request: inference_pb2.RelayRequest) -> Call:
+def _attempt(context: grpc.aio.ServicerContext) -> str:
+    """This attempt's token: the edge's try number first, so a retry sorts after the try it
+    replaces whatever the clocks say, then the time and a random tail (billing.proto)."""
+    return f"{peers.try_of(context.invocation_metadata()):02x}{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def _call(request: inference_pb2.RelayRequest, context: grpc.aio.ServicerContext) -> Call:
     caller = request.caller
     return Call(
         request_id=caller.request_id, user_id=caller.user_id, key_id=caller.key_id,
         credit_limit=caller.credit_limit, allowed=tuple(caller.models),
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
-        n=max(1, request.n), attempt=f"{time.time_ns():016x}{secrets.token_hex(4)}",
+        n=max(1, request.n), attempt=_attempt(context),
     )
 
 
@@ -70,14 +76,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
-        reply = await self.relay.unary(_call(request))
+        reply = await self.relay.unary(_call(request, context))
         _count(request.model, reply.prompt_tokens, reply.completion_tokens)
         return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens),
                                         credits=reply.credits)
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
-        async for item in self.relay.stream(_call(request)):
+        async for item in self.relay.stream(_call(request, context)):
             if isinstance(item, Outcome):
                 _count(request.model, item.prompt_tokens, item.completion_tokens)
                 yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(

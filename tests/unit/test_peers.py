@@ -100,3 +100,25 @@ def test_a_reserve_cut_short_releases_the_hold_it_may_have_placed_under_its_atte
 
     asyncio.run(run())
     assert [(s.request_id, s.status, s.attempt) for s in stub.settled] == [("req_x", "client_gone", "0000abcd")]
+
+
+class _Context:
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+def test_a_retry_names_its_try_and_sorts_after_the_try_it_replaces_whatever_the_clock() -> None:
+    from services.inference.servicer import _attempt
+
+    details = grpc.aio.ClientCallDetails("/chatkore.v1.Inference/Relay", 5.0, None, None, None)
+    assert peers._details(details, 5.0).metadata is None  # a first try adds nothing
+    sent = peers._details(details, 5.0, 2).metadata
+    assert (peers.TRY_HEADER, "2") in list(sent)
+    assert peers.try_of(list(sent)) == 2
+    assert peers.try_of([(peers.TRY_HEADER, "x")]) == peers.try_of([(peers.TRY_HEADER, "123")]) == 0
+    retry = _attempt(_Context((peers.TRY_HEADER, "1")))  # made first: a replica whose clock is behind
+    first = _attempt(_Context())
+    assert first < retry and len(first) == len(retry) == 26
