@@ -10,25 +10,26 @@ from dataclasses import dataclass
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), or None once it is gone."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name, or None once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
     # The command name may hold spaces or parentheses: the fields start after the last ')'.
-    fields = raw[raw.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+    return raw[raw.rindex(b")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), or None once it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return int(raw[raw.rindex(b")") + 2:].split()[1])
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 def children_of(pid: int) -> list[int]:

@@ -17,7 +17,7 @@ import psycopg
 
 from bench import procs
 from services.common.migrations import apply_all
-from tools import pg
+from tools import pg, process
 from tools.stack import ROOT, Stack, free_port, wait_until
 
 # The models every target serves, and the mock path each one reaches (`/i<ms>` spaces stream chunks).
@@ -78,8 +78,7 @@ class Mock(Target):
         return f"http://127.0.0.1:{self.port}{MOCK_PREFIX[model]}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        process.stop(self.proc, 10)
 
 
 class Chatkore(Target):
@@ -220,12 +219,7 @@ class LiteLLM(Target):
         return found
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        process.stop(self.proc, 20)
 
 
 def _litellm_config(mock: Mock, key: str) -> str:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import process
 from tools.stack import free_port
 
 
@@ -33,12 +34,7 @@ class RedisServer:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        process.stop(self.process, 5)
 
 
 def start(binary: str, workdir: Path, timeout_s: float = 10) -> RedisServer:
