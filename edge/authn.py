@@ -53,11 +53,12 @@ def client_ip(request: web.Request) -> str:
     come from the client and are ignored, so a client cannot choose its own address."""
     remote = request.remote or ""
     trusted = request.config_dict.get(TRUSTED_PROXIES, ())
-    if not trusted or not _within(remote, trusted):
+    if not trusted:
         return remote
-    hops = [h.strip() for line in request.headers.getall("X-Forwarded-For", ()) for h in line.split(",")]
+    chain = [h.strip() for line in request.headers.getall("X-Forwarded-For", ()) for h in line.split(",")]
+    chain.append(remote)
     address = remote
-    for hop in reversed(hops):
+    for hop in reversed(chain):
         try:
             ip = ipaddress.ip_address(hop)
         except ValueError:
@@ -66,14 +67,6 @@ def client_ip(request: web.Request) -> str:
         if not any(ip in net for net in trusted):
             break
     return address
-
-
-def _within(address: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in nets)
 
 
 class KeyCache:

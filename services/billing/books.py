@@ -155,8 +155,8 @@ class Books:
         """A Reserve for a call that has a hold row already: a retry (the edge tried another
         replica, or inference repeated a call billing may have taken). The retry takes an open
         hold over; a hold an earlier attempt released is placed again; a settled call, already
-        paid for, is answered with its hold and charges nothing more. Attempt tokens sort by the
-        time they were made: an attempt older than the one on the row is stale (its caller has
+        paid for, is answered with its hold and charges nothing more. Attempt tokens sort in the
+        order the attempts were made (billing.proto): an attempt older than the one on the row is stale (its caller has
         moved on) and is refused, so it can neither take a newer attempt's hold nor hold again
         for a call whose client already had its answer. Without a token (an older caller), a
         repeat is answered with the hold as it stands."""

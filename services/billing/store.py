@@ -239,29 +239,39 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
         cur = await conn.execute(_RESERVE, params)
         row = await cur.fetchone()
         return row[0] if row else None
-    # A key with a credit limit: lock the user's row, then the key's (the order settlement
-    # takes them in, so the two never deadlock), and take what both can spare.
-    await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
+    # A key with a credit limit: take what both the user and the key can spare.
     async with conn.transaction():
-        cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
-        user = await cur.fetchone()
-        cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s FOR UPDATE",
-                                 (credit_limit, key_id))
-        key = await cur.fetchone()
-        if user is None or key is None:
-            return None
-        amount = min(desired, user[0], key[0])
-        if amount < minimum:
+        amount = await _lock_amount(conn, user_id, key_id, credit_limit, desired, minimum)
+        if amount is None:
             return None
         cur = await conn.execute(_RESERVE_FIXED, {**params, "amount": amount})
         row = await cur.fetchone()
     return row[0] if row else None
 
 
+async def _lock_amount(conn: AsyncConnection, user_id: int, key_id: int, credit_limit: int, desired: int,
+                       minimum: int) -> int | None:
+    """Inside a transaction: lock the user's row, then the key's when it has a credit limit (the
+    order settlement takes them in, so the two never deadlock); the most both can spare up to
+    `desired`, or None if that is below `minimum` (or the user is disabled)."""
+    cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
+    user = await cur.fetchone()
+    if user is None:
+        return None
+    room = desired
+    if credit_limit > 0:
+        await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
+        cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s FOR UPDATE",
+                                 (credit_limit, key_id))
+        room = (await cur.fetchone())[0]
+    amount = min(desired, user[0], room)
+    return amount if amount >= minimum else None
+
+
 async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str, ttl_s: int) -> int | None:
     """A retried call claims its open hold for its own attempt, with a fresh deadline; the
     amount, or None if the hold is not open or a later attempt holds it (attempt tokens sort
-    by the time they were made)."""
+    in the order the attempts were made: billing.proto)."""
     cur = await conn.execute(
         "UPDATE requests SET attempt = %(a)s, deadline = now() + make_interval(secs => %(ttl)s)"
         " WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held' AND attempt <= %(a)s RETURNING hold",
@@ -298,18 +308,8 @@ async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id
         row = await cur.fetchone()
         if row is None or row[0] != "released" or not row[1] < attempt:
             raise Moved(request_id)
-        cur = await conn.execute("SELECT balance FROM users WHERE id = %s AND NOT disabled FOR UPDATE", (user_id,))
-        user = await cur.fetchone()
-        room = desired
-        if credit_limit > 0:
-            await conn.execute("INSERT INTO key_spend (key_id) VALUES (%s) ON CONFLICT DO NOTHING", (key_id,))
-            cur = await conn.execute("SELECT %s - spent - held FROM key_spend WHERE key_id = %s FOR UPDATE",
-                                     (credit_limit, key_id))
-            room = (await cur.fetchone())[0]
-        if user is None:
-            return None
-        amount = min(desired, user[0], room)
-        if amount < minimum:
+        amount = await _lock_amount(conn, user_id, key_id, credit_limit, desired, minimum)
+        if amount is None:
             return None
         cur = await conn.execute(_REOPEN, {"amount": amount, "uid": user_id, "kid": key_id if credit_limit > 0 else 0,
                                            "attempt": attempt, "pt": prompt_tokens, "ttl": ttl_s,
