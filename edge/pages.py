@@ -1,4 +1,4 @@
-"""The web pages: /chat, /console, /ops and their static files, served by the edge itself.
+"""The web pages: /chat, /console, /pricing, /ops and their static files, served by the edge itself.
 
 The pages are plain HTML, CSS and JavaScript; the few libraries they load (Markdown,
 sanitising, highlighting, charts) come from npm through `make web` into
@@ -56,6 +56,10 @@ async def console(request: web.Request) -> web.StreamResponse:
     return _page("console.html")
 
 
+async def pricing(request: web.Request) -> web.StreamResponse:
+    return _page("pricing.html")
+
+
 async def ops(request: web.Request) -> web.StreamResponse:
     """Operators only: anyone else is sent to the console to sign in as one."""
     if not sessions.has_session(request):
@@ -80,6 +84,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/", home)
     r.add_get("/chat", chat)
     r.add_get("/console", console)
+    r.add_get("/pricing", pricing)
     r.add_get("/ops", ops)
     r.add_get("/static/vendor/{name}", vendor)
     r.add_static("/static/", STATIC, append_version=False)

@@ -6,6 +6,7 @@ from aiohttp import web
 from edge import admin_api as admin
 from edge import console_api as console
 from edge import health, openapi, pages
+from edge import money_api as money
 from edge import openai_api as v1
 from edge import operator_api as operator
 from edge.state import CONFIG
@@ -63,6 +64,9 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/redeem", console.redeem)
     r.add_get("/api/models", console.models)
     r.add_post("/api/chat/completions", console.chat_completions)
+
+    # Money in: public prices, the user's payment orders, the providers' notifications.
+    r.add_get("/api/pricing", money.pricing)
 
     # Pages: /chat, /console, /ops and their static files.
     pages.setup(app)

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
-from services.common.config import DEFAULT_BILLING_ADDR, Secret, env_float, env_int, env_secret, env_str, listen_address
+from services.common.config import (
+    DEFAULT_BILLING_ADDR,
+    ConfigError,
+    Secret,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+    listen_address,
+)
 from services.common.telemetry import Telemetry
 
 MICRO = 1_000_000  # micro-credits per credit
@@ -20,6 +30,8 @@ class BillingConfig:
     grace_s: float
     pool_size: int
     log_level: str
+    credits_per_cny: int     # micro-credits one yuan buys
+    credits_per_usd: int     # micro-credits one US dollar buys
 
     @classmethod
     def from_env(cls) -> BillingConfig:
@@ -33,4 +45,18 @@ class BillingConfig:
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             pool_size=env_int("CHATKORE_DB_POOL", 10),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
+            credits_per_cny=env_rate("CHATKORE_CREDITS_PER_CNY", "140"),
+            credits_per_usd=env_rate("CHATKORE_CREDITS_PER_USD", "1000"),
         )
+
+
+def env_rate(name: str, default: str) -> int:
+    """Credits one unit of a currency buys (a decimal, up to 6 places), as micro-credits."""
+    raw = env_str(name, default)
+    try:
+        micro = Decimal(raw) * MICRO
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a number of credits, got {raw!r}") from None
+    if not micro.is_finite() or micro <= 0 or micro != micro.to_integral_value() or micro > 10**15:
+        raise ConfigError(f"{name} must be a positive number of credits with at most 6 decimals, got {raw!r}")
+    return int(micro)

@@ -60,3 +60,16 @@ def completion_budget(price: Price, amount: int, prompt_tokens: int, choices: in
         return limit
     room = amount * 1000 - prompt_tokens * price.prompt
     return max(0, min(limit, room // (price.completion * max(1, choices))))
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What money buys: micro-credits per unit of each currency an order may be paid in."""
+
+    cny: int
+    usd: int
+
+    def credits_for(self, amount_minor: int, currency: str) -> int:
+        """Micro-credits for an amount in the currency's minor unit (fen, cents), rounded down."""
+        rate = {"CNY": self.cny, "USD": self.usd}[currency]
+        return amount_minor * rate // 100

@@ -8,6 +8,7 @@ from chatkore.v1 import billing_pb2_grpc
 from services.billing.books import Books
 from services.billing.config import BillingConfig
 from services.billing.prices import PriceBook
+from services.billing.pricing import Rates
 from services.billing.servicer import BillingServicer
 from services.common import db, grpcserver, metrics
 
@@ -29,13 +30,15 @@ async def serve(cfg: BillingConfig) -> None:
     prices = PriceBook(pool)
     await prices.start()
     books = Books(pool, prices, hold_ttl_s=cfg.hold_ttl_s, signup_credits=cfg.signup_credits)
+    rates = Rates(cny=cfg.credits_per_cny, usd=cfg.credits_per_usd)
     sweeper = asyncio.create_task(books.sweep_forever(cfg.sweep_interval_s))
     counter = asyncio.create_task(_count_holds(books, cfg.sweep_interval_s))
     try:
         await grpcserver.serve(
             name="billing",
             listen=cfg.listen,
-            register=lambda server: billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(books), server),
+            register=lambda server: billing_pb2_grpc.add_BillingServicer_to_server(
+                BillingServicer(books, rates), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,

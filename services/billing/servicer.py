@@ -5,7 +5,7 @@ import grpc
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.billing.books import Books
-from services.billing.pricing import Price
+from services.billing.pricing import Price, Rates
 from services.billing.store import RequestRow, UserRow
 
 
@@ -28,8 +28,9 @@ def _usage(r: RequestRow) -> billing_pb2.UsageRow:
 
 
 class BillingServicer(billing_pb2_grpc.BillingServicer):
-    def __init__(self, books: Books) -> None:
+    def __init__(self, books: Books, rates: Rates) -> None:
         self.books = books
+        self.rates = rates
 
     async def CreateUser(self, request: billing_pb2.CreateUserRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.User:
@@ -70,7 +71,8 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def ListPrices(self, request: billing_pb2.ListPricesRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.PriceList:
-        return billing_pb2.PriceList(prices=[_price(p) for p in await self.books.list_prices()])
+        return billing_pb2.PriceList(prices=[_price(p) for p in await self.books.list_prices()],
+                                     credits_per_cny=self.rates.cny, credits_per_usd=self.rates.usd)
 
     async def ListUsage(self, request: billing_pb2.ListUsageRequest,
                         context: grpc.aio.ServicerContext) -> billing_pb2.UsageList:

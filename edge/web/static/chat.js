@@ -5,6 +5,7 @@
 const { el } = ck;
 let store = null;      // { chats: [...], current: id, model }
 let models = [];
+let prices = {};       // model -> its row of /api/pricing
 let running = null;    // the AbortController of the answer being streamed
 
 marked.use({ gfm: true, breaks: true });
@@ -45,6 +46,9 @@ async function start() {
   }
   load();
   models = (await ck.api("GET", "/api/models")).data.map((m) => m.id).filter((m) => !m.includes("embedding") && !m.includes("instruct"));
+  try {
+    prices = Object.fromEntries((await ck.api("GET", "/api/pricing")).data.map((p) => [p.model, p]));
+  } catch (e) { prices = {}; }  // the chat works without the price line
   if (!models.includes(store.model)) store.model = models.includes("gpt-3.5-turbo") ? "gpt-3.5-turbo" : models[0] || null;
   layout(root);
   draw();
@@ -56,7 +60,13 @@ function layout(root) {
     el("div", { class: "conv-list", id: "conv-list" }));
   const select = el("select", { id: "model", "aria-label": "Model" },
     models.map((m) => el("option", { value: m, selected: m === store.model }, m)));
-  select.addEventListener("change", () => { store.model = select.value; save(); });
+  const price = el("span", { class: "hint", id: "model-price" });
+  const showPrice = () => {
+    const p = prices[store.model];
+    price.textContent = p ? `${ck.credits(p.prompt)} / ${ck.credits(p.completion)} credits per 1K prompt / completion tokens` : "";
+  };
+  select.addEventListener("change", () => { store.model = select.value; save(); showPrice(); });
+  showPrice();
   const prompt = el("textarea", { id: "prompt", rows: "1", placeholder: "Send a message…", "aria-label": "Message" });
   prompt.addEventListener("input", () => { prompt.style.height = "auto"; prompt.style.height = `${Math.min(prompt.scrollHeight, 200)}px`; });
   prompt.addEventListener("keydown", (ev) => {
@@ -69,7 +79,7 @@ function layout(root) {
   root.replaceChildren(side, el("section", { class: "chat-main" },
     el("div", { class: "chat-head" },
       el("button", { class: "secondary small menu", id: "menu", "aria-label": "Conversations", onclick: () => side.classList.toggle("open") }, "☰"),
-      select),
+      select, price, el("a", { href: "/pricing", class: "hint" }, "All prices")),
     el("div", { class: "messages", id: "messages" }, el("div", { class: "messages-inner", id: "thread" })),
     el("div", { class: "composer" }, form,
       el("p", { class: "hint", text: "Each answer shows what it cost. Conversations stay in this browser." }))));

@@ -71,7 +71,7 @@ const ck = {
     bar.append(
       ck.el("a", { class: "brand", href: "/chat" }, ck.el("span", { class: "dot" }), "chatkore"),
       ck.el("nav", { class: "topnav" },
-        link("/chat", "Chat", "chat"), link("/console", "Console", "console"),
+        link("/chat", "Chat", "chat"), link("/console", "Console", "console"), link("/pricing", "Pricing", "pricing"),
         ck.me && ck.me.role === "operator" ? link("/ops", "Operator", "ops") : null),
       ck.el("div", { class: "spacer" }),
     );
