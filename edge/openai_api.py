@@ -59,8 +59,10 @@ async def _relay(request: web.Request, endpoint: int,
     used: list[int] = []  # the call's real tokens, once known
     try:
         if fields.stream:
+            framing = sse.ResponsesFraming() if endpoint == inference_pb2.RESPONSES else None
             return await sse.relay(request, lambda: inference.RelayStream(message, timeout=cfg.stream_deadline_s),
-                                   headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens))
+                                   headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens),
+                                   framing=framing)
         reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
         used.append(reply.usage.total_tokens)
         return web.Response(body=reply.body, content_type=_JSON, headers=headers)
@@ -88,6 +90,50 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, inference_pb2.EMBEDDINGS, validate.embeddings)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, inference_pb2.RESPONSES, validate.responses)
+
+
+def _response_id(request: web.Request) -> str:
+    response_id = request.match_info["id"]
+    if len(response_id) > 200:
+        raise OpenAIError(404, "Response not found.", param="response_id")
+    return response_id
+
+
+async def get_response(request: web.Request) -> web.Response:
+    key = await authenticate(request)
+    reply = await request.app[PEERS].inference.GetResponse(
+        inference_pb2.StoredResponseRequest(user_id=key.user_id, id=_response_id(request)), timeout=10)
+    return web.Response(body=reply.body, content_type=_JSON)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    key = await authenticate(request)
+    reply = await request.app[PEERS].inference.DeleteResponse(
+        inference_pb2.StoredResponseRequest(user_id=key.user_id, id=_response_id(request)), timeout=10)
+    return web.Response(body=reply.body, content_type=_JSON)
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    key = await authenticate(request)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid(f"Invalid value: '{order[:40]}'. Supported values are: 'asc' and 'desc'.", "order",
+                      "invalid_value")
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        raise invalid("Invalid 'limit': expected an integer.", "limit", "invalid_type") from None
+    if not 1 <= limit <= 100:
+        raise invalid("Invalid 'limit': expected an integer between 1 and 100.", "limit")
+    reply = await request.app[PEERS].inference.ListInputItems(
+        inference_pb2.ListInputItemsRequest(user_id=key.user_id, id=_response_id(request),
+                                            after=request.query.get("after", "")[:200], limit=limit,
+                                            ascending=order == "asc"), timeout=10)
+    return web.Response(body=reply.body, content_type=_JSON)
 
 
 def _model_object(m: inference_pb2.Model) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import inference_pb2
-from edge.errors import from_rpc
-from services.common import metrics, peers
+from edge.errors import OpenAIError, from_rpc
+from services.common import jsoncodec, metrics, peers
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,45 @@ HEADERS = {
 
 def event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
+
+
+class Framing:
+    """Chat and completions streams: `data:` events, an error as `data: {"error": ...}`, then [DONE]."""
+
+    done = DONE
+
+    def event(self, data: bytes) -> bytes:
+        return event(data)
+
+    def error(self, error: OpenAIError) -> bytes:
+        return event(json.dumps(error.body()).encode())
+
+
+class ResponsesFraming(Framing):
+    """Responses API streams: each event named by its type (`event:` line), numbered; an error is
+    an `error` event (OpenAI's fields, and `error` itself so the SDKs raise it); no [DONE]."""
+
+    done = b""
+
+    def __init__(self) -> None:
+        self.next_sequence = 0
+
+    def event(self, data: bytes) -> bytes:
+        try:
+            obj = jsoncodec.loads(data)
+        except ValueError:
+            obj = None
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if isinstance(obj, dict) and isinstance(obj.get("sequence_number"), int):
+            self.next_sequence = obj["sequence_number"] + 1
+        name = kind.encode() if isinstance(kind, str) and kind.isprintable() else b"message"
+        return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+    def error(self, error: OpenAIError) -> bytes:
+        body = error.body()["error"]
+        data = {"type": "error", "code": error.code or error.type, "message": error.message, "param": error.param,
+                "sequence_number": self.next_sequence, "error": body}
+        return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 
 class _Opened:
@@ -60,7 +99,9 @@ async def _first_event(open_call: Callable[[], grpc.aio.UnaryStreamCall], opened
 
 async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStreamCall], *,
                 headers: dict[str, str] | None = None,
-                on_outcome: Callable[[inference_pb2.Outcome], None] | None = None) -> web.StreamResponse:
+                on_outcome: Callable[[inference_pb2.Outcome], None] | None = None,
+                framing: Framing | None = None) -> web.StreamResponse:
+    framing = framing or Framing()
     opened = _Opened()
     finished = False
     streaming = False
@@ -80,16 +121,17 @@ async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStre
             while item is not grpc.aio.EOF:
                 assert isinstance(item, inference_pb2.RelayEvent)
                 if item.HasField("chunk"):
-                    await response.write(event(item.chunk))
+                    await response.write(framing.event(item.chunk))
                 elif on_outcome is not None and item.HasField("outcome"):
                     on_outcome(item.outcome)
                 item = await call.read()
         except grpc.aio.AioRpcError as exc:
             error = from_rpc(exc)
             log.warning("stream failed after it started: %s", error.message)
-            await response.write(event(json.dumps(error.body()).encode()))
+            await response.write(framing.error(error))
         finished = True
-        await response.write(DONE)
+        if framing.done:
+            await response.write(framing.done)
         await response.write_eof()
         return response
     except (ConnectionResetError, asyncio.CancelledError):

@@ -262,3 +262,81 @@ def embeddings(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayab
     _optional_int(body, "dimensions", 1, 65536)
     _optional(body, "user", (str,), "a string")
     return Relayable(model, False, False, 0, 1)
+
+
+def _metadata(body: dict[str, Any]) -> None:
+    metadata = _optional(body, "metadata", (dict,), "an object")
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise invalid("Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but"
+                      f" got an object with {len(metadata)} properties instead.", "metadata",
+                      "object_above_max_properties")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise invalid("Invalid 'metadata': keys may be at most 64 characters long.", "metadata")
+        if not isinstance(value, str):
+            raise _type_error(f"metadata.{key[:64]}", "a string", value)
+        if len(value) > 512:
+            raise invalid(f"Invalid 'metadata.{key[:64]}': string too long. Expected a string with maximum length 512.",
+                          f"metadata.{key[:64]}", "string_above_max_length")
+
+
+def _response_tools(body: dict[str, Any]) -> None:
+    """Function tools need a name; every other kind (custom, web_search, namespace, ...) passes through."""
+    tools = _optional(body, "tools", (list,), "an array")
+    for i, tool in enumerate(tools or ()):
+        if not isinstance(tool, dict):
+            raise _type_error(f"tools[{i}]", "an object", tool)
+        if tool.get("type") == "function" and (not isinstance(tool.get("name"), str) or not tool["name"]):
+            raise invalid(f"Missing required parameter: 'tools[{i}].name'.", f"tools[{i}].name",
+                          "missing_required_parameter")
+    _optional(body, "tool_choice", (str, dict), "one of a string or object")
+    _optional(body, "parallel_tool_calls", (bool,), "a boolean")
+
+
+def _text_format(body: dict[str, Any]) -> None:
+    text = _optional(body, "text", (dict,), "an object")
+    fmt = text.get("format") if text else None
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise _type_error("text.format", "an object", fmt)
+    if fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("name"), str) or not fmt["name"]:
+            raise invalid("Missing required parameter: 'text.format.name'.", "text.format.name",
+                          "missing_required_parameter")
+        if not isinstance(fmt.get("schema"), dict):
+            raise invalid("Missing required parameter: 'text.format.schema'.", "text.format.schema",
+                          "missing_required_parameter")
+
+
+def responses(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
+    """POST /v1/responses. Input items of any type pass (unknown ones are the upstream's to judge)."""
+    model = _model(body)
+    value = body.get("input")
+    previous = _optional(body, "previous_response_id", (str,), "a string")
+    if value is None and not previous:
+        raise invalid("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+    if value is not None and not isinstance(value, (str, list)):
+        raise _type_error("input", "one of a string or array of input items", value)
+    if isinstance(value, list):
+        if len(value) > limits.max_messages:
+            raise invalid(f"Invalid 'input': array too long. Expected an array with maximum length"
+                          f" {limits.max_messages}, but got an array with length {len(value)} instead.", "input",
+                          "array_above_max_length")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise _type_error(f"input[{i}]", "an object", item)
+    _optional(body, "instructions", (str,), "a string")
+    stream = _optional(body, "stream", (bool,), "a boolean") or False
+    _optional(body, "store", (bool,), "a boolean")
+    max_output = _optional_int(body, "max_output_tokens", 16, MAX_INT32)
+    _optional_number(body, "temperature", 0, 2)
+    _optional_number(body, "top_p", 0, 1)
+    _optional(body, "reasoning", (dict,), "an object")
+    _optional(body, "user", (str,), "a string")
+    _response_tools(body)
+    _text_format(body)
+    _metadata(body)
+    return Relayable(model, stream, False, max_output or 0, 1)

@@ -5,7 +5,7 @@ Each test talks to its own path prefix (`tag`), so scripts never cross:
 upstream unless scripted; `script(tag, b1, b2, ...)` queues behaviours that
 the next requests consume in order, `always(tag, b)` sets the default.
 The same tag also answers as Anthropic's Messages API (`{tag}/v1/messages`,
-tests/mock_anthropic.py) and as Azure OpenAI (`{tag}/openai/deployments/...`,
+tests/mock_anthropic.py), as OpenAI's Responses API (`{tag}/v1/responses`, tests/mock_responses.py) and as Azure OpenAI (`{tag}/openai/deployments/...`,
 tests/mock_azure.py), each in its own wire format.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from services.demo import replies
-from tests import mock_anthropic, mock_azure
+from tests import mock_anthropic, mock_azure, mock_responses
 
 STATE = web.RequestKey("state", "TagState")
 Behavior = Callable[[web.Request, dict[str, Any], str], Awaitable[web.StreamResponse]]
@@ -259,6 +259,8 @@ class MockUpstream:
             behavior = mock_azure.ok()
         elif path == "messages":
             behavior = mock_anthropic.ok()
+        elif path == "responses":
+            behavior = mock_responses.ok()
         else:
             behavior = ok()
         state.in_flight += 1

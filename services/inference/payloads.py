@@ -14,6 +14,7 @@ class Endpoint(Enum):
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"
+    RESPONSES = "/responses"
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -43,6 +44,11 @@ def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: st
     the hold pays for, and a request for usage on streams. Everything else passes through untouched."""
     out = dict(body)
     out["model"] = upstream_model
+    if endpoint is Endpoint.RESPONSES:
+        # Responses streams always end with their usage; the budget has its own name.
+        if budget is not None:
+            out["max_output_tokens"] = budget
+        return out
     if budget is not None and endpoint is not Endpoint.EMBEDDINGS:
         if "max_completion_tokens" in body or (
             "max_tokens" not in body and upstream_model.startswith(_REASONING_PREFIXES)
@@ -149,6 +155,14 @@ class StreamTally:
 
     def completion_tokens(self) -> int:
         return tokens.count_choices_text(("".join(parts) for parts in self.texts.values()), self.model)
+
+    def take_all(self, obj: dict[str, Any]) -> list[bytes]:
+        out = self.take(obj)
+        return [out] if out is not None else []
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> bytes | None:
+        """The last chunk: usage, for a client that asked for it."""
+        return self.usage_chunk(prompt_tokens, completion_tokens) if self.include_usage else None
 
     def take(self, obj: dict[str, Any]) -> bytes | None:
         """Account for one upstream chunk; the bytes to send our client, or None to drop it."""

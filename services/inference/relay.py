@@ -27,9 +27,14 @@ from services.inference.payloads import (
     StreamTally,
     completion_texts,
     count_prompt,
+    dumps,
     rewrite_reply,
     usage_of,
 )
+from services.inference.responses import call as responses
+from services.inference.responses.book import ResponseBook
+from services.inference.responses.events import ResponsesTally
+from services.inference.responses.reply import output_texts, usage_details, usage_object
 from services.inference.tokens import count_choices_text
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
@@ -97,6 +102,14 @@ def _rejected(e: UpstreamError) -> UpstreamRejected:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    body: dict[str, Any]
+    candidates: list[Channel]
+    prompt_tokens: int
+    responses: responses.ResponsesCall | None = None  # a Responses API call, its history resolved
+
+
 def _status_of(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return "client_gone"
@@ -108,14 +121,16 @@ def _status_of(exc: BaseException) -> str:
 
 
 class Relay:
-    def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer, *, max_stream_s: float) -> None:
+    def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer, *, max_stream_s: float,
+                 responses: ResponseBook | None = None) -> None:
         self.book = book
         self.upstream = upstream
         self.billing = billing
+        self.responses = responses
         self.max_stream_s = max_stream_s
         self.in_flight = 0  # calls between their start and their settlement (GetStats)
 
-    async def _prepare(self, call: Call) -> tuple[dict[str, Any], list[Channel], int]:
+    async def _prepare(self, call: Call) -> _Prepared:
         if call.allowed and call.model not in call.allowed:
             raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
                                 param="model")
@@ -125,13 +140,22 @@ class Relay:
             body = None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
-        candidates = await self.book.plan_fresh(call.model, call.endpoint, body)
+        resp = None
+        counted, counted_body = call.endpoint, body
+        if call.endpoint is Endpoint.RESPONSES:
+            if self.responses is None:
+                raise InvalidRequest("The Responses API is not available here.")
+            resp = await responses.prepare(self.responses, user_id=call.user_id, request_id=call.request_id,
+                                           model=call.model, body=body)
+            # Every kind of channel can carry it; an Anthropic one only what its chat translation can.
+            counted, counted_body = Endpoint.CHAT, resp.chat_body
+        candidates = await self.book.plan_fresh(call.model, counted, counted_body)
         if len(call.body) < LARGE_BODY:
-            return body, candidates, count_prompt(call.endpoint, body, call.model)
+            return _Prepared(body, candidates, count_prompt(counted, counted_body, call.model), resp)
         # Counting megabytes takes tiktoken a noticeable time; it releases the GIL, so a
         # thread keeps every other call on this loop moving meanwhile.
-        prompt_tokens = await asyncio.to_thread(count_prompt, call.endpoint, body, call.model)
-        return body, candidates, prompt_tokens
+        prompt_tokens = await asyncio.to_thread(count_prompt, counted, counted_body, call.model)
+        return _Prepared(body, candidates, prompt_tokens, resp)
 
     async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
         return await self.billing.reserve(
@@ -140,7 +164,11 @@ class Relay:
             attempt=call.attempt,
         )
 
-    def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold) -> Exchange:
+    def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold,
+                  resp: responses.ResponsesCall | None = None) -> Exchange:
+        if resp is not None:
+            return responses.exchange(channel, resp, upstream_model=channel.upstream_model(call.model),
+                                      stream=call.stream, budget=hold.completion_budget, capped=hold.budget_capped)
         out = Outgoing(call.endpoint, body, channel.upstream_model(call.model), call.model, call.stream,
                        hold.completion_budget, hold.budget_capped)
         return ADAPTERS[channel.type].exchange(channel, out)
@@ -155,10 +183,11 @@ class Relay:
             self.in_flight -= 1
 
     async def _unary(self, call: Call) -> Reply:
-        body, candidates, prompt_tokens = await self._prepare(call)
+        prepared = await self._prepare(call)
+        body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
         hold = await self._reserve(call, prompt_tokens)
         try:
-            obj, channel = await self._first_answer(call, body, candidates, hold)
+            obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses)
         except BaseException as exc:
             # Nothing was delivered: the hold is released in full.
             await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0, call.attempt))
@@ -167,25 +196,45 @@ class Relay:
         if reported is not None and reported[0] > 0:
             usage, source = reported, "upstream"
         else:
-            completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(
-                completion_texts(call.endpoint, obj), call.model)
+            texts = output_texts(obj) if prepared.responses else completion_texts(call.endpoint, obj)
+            completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
             usage, source = (prompt_tokens, completion), "counted"
         credits = await self.billing.settle(Settle(call.request_id, usage[0], usage[1], "complete", source, channel.id,
                                                   call.attempt))
+        if prepared.responses is not None:
+            response = prepared.responses.envelope.adopt(obj)
+            response["usage"] = usage_object(usage[0], usage[1], *usage_details(obj.get("usage")))
+            await self._keep(prepared.responses, response)
+            return Reply(dumps(response), usage[0], usage[1], credits or 0)
         reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage)
         return Reply(reply, usage[0], usage[1], credits or 0)
 
+    async def _keep(self, resp: responses.ResponsesCall, response: dict[str, Any]) -> None:
+        """Store a finished response for previous_response_id and GET; the answer stands if this fails."""
+        if not resp.store or self.responses is None:
+            return
+        try:
+            await self.responses.keep(user_id=resp.user_id, model=resp.envelope.model, items=resp.items,
+                                      response=response)
+        except Exception:
+            log.exception("could not store response %s", resp.envelope.id)
+
+    def _tally(self, call: Call, resp: responses.ResponsesCall | None) -> StreamTally | ResponsesTally:
+        if resp is not None:
+            return ResponsesTally(resp.envelope, call.model)
+        return StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
+
     async def _first_answer(self, call: Call, body: dict[str, Any], candidates: list[Channel],
-                            hold: Hold) -> tuple[dict[str, Any], Channel]:
+                            hold: Hold, resp: responses.ResponsesCall | None) -> tuple[dict[str, Any], Channel]:
         failures: list[UpstreamError] = []
         for channel in candidates:
             attempt = self.book.take(channel)
             if attempt is None:
                 continue
             try:
-                exchange = self._exchange(call, body, channel, hold)
-                resp = await self.upstream.post(exchange, stream=False)
-                obj = await self.upstream.read_json(resp, exchange)
+                exchange = self._exchange(call, body, channel, hold, resp)
+                answer = await self.upstream.post(exchange, stream=False)
+                obj = await self.upstream.read_json(answer, exchange)
             except UpstreamError as e:
                 if not e.kind.retryable:
                     self.book.done(attempt)  # the client's fault says nothing about the channel
@@ -217,15 +266,16 @@ class Relay:
                 self.in_flight -= 1
 
     async def _stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
-        body, candidates, prompt_tokens = await self._prepare(call)
+        prepared = await self._prepare(call)
+        body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
         hold = await self._reserve(call, prompt_tokens)
-        tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
+        tally = self._tally(call, prepared.responses)
         channel_id = 0
         settled = False
         opened: _Opened | None = None
         status = "upstream_error"
         try:
-            opened = await self._open_stream(call, body, candidates, hold)
+            opened = await self._open_stream(call, body, candidates, hold, prepared.responses)
             tally, channel_id = opened.tally, opened.channel.id
             failure: str | None = None
             try:
@@ -238,8 +288,11 @@ class Relay:
             finally:
                 self.book.done(opened.attempt, failure)
             prompt, completion, source = self._stream_usage(tally, prompt_tokens)
-            if call.include_usage:
-                yield tally.usage_chunk(prompt, completion)
+            closing = tally.closing(prompt, completion)
+            if isinstance(tally, ResponsesTally) and prepared.responses is not None and tally.final is not None:
+                await self._keep(prepared.responses, tally.final)
+            if closing is not None:
+                yield closing
             status = "complete"
             credits = await self.billing.settle(Settle(call.request_id, prompt, completion, status, source, channel_id,
                                                       call.attempt))
@@ -268,7 +321,7 @@ class Relay:
         else:
             await self.billing.settle(settle)
 
-    def _stream_usage(self, tally: StreamTally, prompt_tokens: int) -> tuple[int, int, str]:
+    def _stream_usage(self, tally: StreamTally | ResponsesTally, prompt_tokens: int) -> tuple[int, int, str]:
         if tally.usage is not None and tally.usage[0] > 0:
             return tally.usage[0], tally.usage[1], "upstream"
         return prompt_tokens, tally.completion_tokens(), "counted"
@@ -278,13 +331,9 @@ class Relay:
         payload = await anext(opened.events, None)
         if payload is None:
             opened.ended = True
-            return []
-        outputs = []
-        for obj in opened.exchange.chunks(_chunk(payload, opened.channel)):
-            out = opened.tally.take(obj)
-            if out is not None:
-                outputs.append(out)
-        return outputs
+            return [out for obj in opened.exchange.flush() for out in opened.tally.take_all(obj)]
+        return [out for obj in opened.exchange.chunks(_chunk(payload, opened.channel))
+                for out in opened.tally.take_all(obj)]
 
     async def _relay_events(self, opened: _Opened) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -303,7 +352,7 @@ class Relay:
                 yield out
 
     async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel],
-                           hold: Hold) -> _Opened:
+                           hold: Hold, resp: responses.ResponsesCall | None) -> _Opened:
         """Open a stream on the first channel that yields something for the client: failover
         happens only here, before a byte has reached the client."""
         failures: list[UpstreamError] = []
@@ -313,10 +362,10 @@ class Relay:
                 continue
             events = None
             try:
-                exchange = self._exchange(call, body, channel, hold)
-                resp = await self.upstream.post(exchange, stream=True)
-                events = self.upstream.events(resp)
-                tally = StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
+                exchange = self._exchange(call, body, channel, hold, resp)
+                answer = await self.upstream.post(exchange, stream=True)
+                events = self.upstream.events(answer)
+                tally = self._tally(call, resp)
                 opened = _Opened(channel, attempt, exchange, events, tally)
                 # Keep-alive comments reset the socket's read timeout; the first chunk
                 # itself must come within the channel's timeout.
@@ -355,7 +404,7 @@ class _Opened:
     attempt: Attempt
     exchange: Exchange
     events: AsyncIterator[bytes]
-    tally: StreamTally
+    tally: StreamTally | ResponsesTally
     pending: list[bytes] = field(default_factory=list)  # outputs read but not yet yielded
     ended: bool = False
 

@@ -8,6 +8,7 @@ from services.inference.billing_peer import BillingPeer
 from services.inference.channels import ChannelBook
 from services.inference.config import InferenceConfig
 from services.inference.relay import Relay
+from services.inference.responses.book import ResponseBook
 from services.inference.secretbox import SecretBox
 from services.inference.servicer import InferenceServicer
 from services.inference.upstream import Upstream
@@ -24,7 +25,8 @@ async def serve(cfg: InferenceConfig) -> None:
     upstream = Upstream(cfg.upstream_timeout_s)
     await upstream.start()
     billing = BillingPeer(cfg.billing_addr, cfg.settle_retry_s)
-    relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s)
+    responses = ResponseBook(pool)
+    relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s, responses=responses)
 
     async def settle_pending() -> None:
         # Streams cut by the shutdown have queued their settlements; let them land.
@@ -35,7 +37,7 @@ async def serve(cfg: InferenceConfig) -> None:
             name="inference",
             listen=cfg.listen,
             register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(
-                InferenceServicer(relay, book), server),
+                InferenceServicer(relay, book, responses), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,

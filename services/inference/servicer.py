@@ -11,17 +11,19 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.common import metrics, peers
+from services.common import jsoncodec, metrics, peers
 from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
 from services.inference.relay import Call, Outcome, Relay
+from services.inference.responses.book import ResponseBook
 from services.inference.store import ChannelRow
 
 _ENDPOINTS = {
     inference_pb2.CHAT_COMPLETIONS: Endpoint.CHAT,
     inference_pb2.COMPLETIONS: Endpoint.COMPLETIONS,
     inference_pb2.EMBEDDINGS: Endpoint.EMBEDDINGS,
+    inference_pb2.RESPONSES: Endpoint.RESPONSES,
 }
 
 # Channel fields an UpdateChannelRequest may name.
@@ -70,9 +72,10 @@ def _channel_values(channel: inference_pb2.Channel, fields: list[str]) -> dict[s
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, relay: Relay, book: ChannelBook) -> None:
+    def __init__(self, relay: Relay, book: ChannelBook, responses: ResponseBook) -> None:
         self.relay = relay
         self.book = book
+        self.responses = responses
 
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
@@ -101,6 +104,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if not allowed or model in allowed
         ]
         return inference_pb2.ModelList(models=models)
+
+    async def GetResponse(self, request: inference_pb2.StoredResponseRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.StoredResponse:
+        found = await self.responses.get(request.user_id, request.id)
+        return inference_pb2.StoredResponse(body=jsoncodec.dumps(found))
+
+    async def DeleteResponse(self, request: inference_pb2.StoredResponseRequest,
+                             context: grpc.aio.ServicerContext) -> inference_pb2.StoredResponse:
+        gone = await self.responses.delete(request.user_id, request.id)
+        return inference_pb2.StoredResponse(body=jsoncodec.dumps(gone))
+
+    async def ListInputItems(self, request: inference_pb2.ListInputItemsRequest,
+                             context: grpc.aio.ServicerContext) -> inference_pb2.StoredResponse:
+        page = await self.responses.input_items(request.user_id, request.id, after=request.after,
+                                                limit=request.limit, ascending=request.ascending)
+        return inference_pb2.StoredResponse(body=jsoncodec.dumps(page))
 
     def _channel(self, row: ChannelRow) -> inference_pb2.Channel:
         settings = struct_pb2.Struct()

@@ -1,4 +1,4 @@
-"""All of inference's SQL: the channels table."""
+"""All of inference's SQL: the channels table, and stored Responses API responses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,3 +99,29 @@ async def channels_fingerprint(conn: AsyncConnection) -> tuple[int, float]:
     )
     row = await cur.fetchone()
     return int(row[0]), float(row[1])
+
+
+# --- stored Responses API responses (each its user's only) ---------------------------
+
+
+async def insert_response(conn: AsyncConnection, response_id: str, user_id: int, model: str,
+                          items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO responses (id, user_id, model, input, response) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING",
+        (response_id, user_id, model, Jsonb(items), Jsonb(response)),
+    )
+
+
+async def get_response(conn: AsyncConnection, user_id: int,
+                       response_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    cur = await conn.execute("SELECT input, response FROM responses WHERE id = %s AND user_id = %s",
+                             (response_id, user_id))
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+async def delete_response(conn: AsyncConnection, user_id: int, response_id: str) -> bool:
+    cur = await conn.execute("DELETE FROM responses WHERE id = %s AND user_id = %s RETURNING id",
+                             (response_id, user_id))
+    return await cur.fetchone() is not None

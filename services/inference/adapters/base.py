@@ -48,6 +48,10 @@ class Exchange:
         """One stream event as OpenAI chunk objects (none, one or several)."""
         return [event]
 
+    def flush(self) -> list[dict[str, Any]]:
+        """What is still to come once the upstream's stream has ended (none, for most)."""
+        return []
+
     def failure(self, status: int, payload: bytes, headers: Any) -> UpstreamError:
         return classify(status, payload, headers, self.channel)
 

@@ -28,4 +28,6 @@ class OpenAIAdapter:
         return Exchange(channel, channel.base_url + out.endpoint.value, bearer_headers(channel), body)
 
     def validate_settings(self, settings: dict[str, Any]) -> str | None:
+        if settings.get("responses_api") not in (None, "native", "chat"):
+            return "'settings.responses_api' must be 'native' (the upstream serves /responses) or 'chat'"
         return None
