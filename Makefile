@@ -68,6 +68,10 @@ browser:
 	  echo "installing chromium for the browser tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+	@fc-list :lang=zh 2>/dev/null | grep -q . || { \
+	  echo "installing a Chinese font for the zh-CN pages' screenshots"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q fonts-wqy-microhei || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q fonts-wqy-microhei; }; }
 
 clean:
 	rm -rf $(GEN) $(VENV) $(WEB)/node_modules

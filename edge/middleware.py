@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from edge.errors import OpenAIError, from_rpc
+from edge.i18n import localize
 from edge.state import COUNTERS
 from services.common import metrics
 from services.common.logs import request_id_var
@@ -68,24 +69,25 @@ async def errors(request: web.Request, handler: web.RequestHandler) -> web.Strea
         return response
     except OpenAIError as exc:
         status = exc.status
-        return exc.response()
+        return localize(request, exc).response()
     except grpc.aio.AioRpcError as exc:
         error = from_rpc(exc)
         status = error.status
-        return error.response()
+        return localize(request, error).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = _http_error(exc, request)
         status = error.status
-        return error.response()
+        return localize(request, error).response()
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499  # the client went away
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return OpenAIError(500, "The server had an error while processing your request. Sorry about that!",
-                           type="server_error").response()
+        return localize(request, OpenAIError(
+            500, "The server had an error while processing your request. Sorry about that!",
+            type="server_error")).response()
     finally:
         elapsed = time.perf_counter() - started
         counters.requests_in_flight -= 1

@@ -3,14 +3,19 @@
 The pages are plain HTML, CSS and JavaScript; the few libraries they load (Markdown,
 sanitising, highlighting, charts) come from npm through `make web` into
 edge/web/node_modules and are served from there, file by file, as /static/vendor/*.
+
+A page's HTML is a small template in the visitor's language (edge/i18n.py): `{{lang}}`
+becomes `zh-CN` or `en` (for `<html lang>` and the catalogue script `/i18n/{{lang}}.js`,
+which every page loads before common.js), and `{{t:key}}` that key's text.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiohttp import web
 
-from edge import sessions
+from edge import i18n, sessions
 from edge.errors import OpenAIError
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -40,8 +45,27 @@ HEADERS = {
 }
 
 
-def _page(name: str) -> web.FileResponse:
-    return web.FileResponse(STATIC / name, headers=HEADERS)
+_TEMPLATE = re.compile(r"\{\{(lang|t:[\w.-]+)\}\}")
+
+
+def render(template: str, lang: str) -> str:
+    return _TEMPLATE.sub(lambda m: lang if m.group(1) == "lang" else i18n.t(lang, m.group(1)[2:]), template)
+
+
+def _page(name: str, request: web.Request) -> web.Response:
+    lang = i18n.language(request)
+    html = render((STATIC / name).read_text(encoding="utf-8"), lang)
+    # The same URL answers in two languages: caches must keep them apart.
+    return web.Response(text=html, content_type="text/html", charset="utf-8",
+                        headers={**HEADERS, "Content-Language": lang, "Vary": "Accept-Language, Cookie"})
+
+
+async def catalogue(request: web.Request) -> web.StreamResponse:
+    lang = request.match_info["lang"]
+    if lang not in i18n.LANGUAGES:
+        raise OpenAIError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    return web.Response(body=i18n.script(lang), content_type="text/javascript", charset="utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -49,15 +73,15 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    return _page("chat.html")
+    return _page("chat.html", request)
 
 
 async def console(request: web.Request) -> web.StreamResponse:
-    return _page("console.html")
+    return _page("console.html", request)
 
 
 async def pricing(request: web.Request) -> web.StreamResponse:
-    return _page("pricing.html")
+    return _page("pricing.html", request)
 
 
 async def ops(request: web.Request) -> web.StreamResponse:
@@ -68,7 +92,7 @@ async def ops(request: web.Request) -> web.StreamResponse:
         await sessions.operator(request)
     except OpenAIError:
         raise web.HTTPFound("/console?next=/ops") from None
-    return _page("ops.html")
+    return _page("ops.html", request)
 
 
 async def vendor(request: web.Request) -> web.StreamResponse:
@@ -86,5 +110,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/console", console)
     r.add_get("/pricing", pricing)
     r.add_get("/ops", ops)
+    r.add_get("/i18n/{lang}.js", catalogue)
     r.add_get("/static/vendor/{name}", vendor)
     r.add_static("/static/", STATIC, append_version=False)

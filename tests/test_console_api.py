@@ -233,3 +233,25 @@ def test_registration_failing_half_way_resumes_without_double_credit(make_stack)
                               (user.user_id,)).fetchone()[0]
     assert users == 1 and grants == 1
     assert stack.admin("GET", "/admin/v1/ledger/verify")["ok"]
+
+
+def test_api_errors_speak_the_users_language_and_v1_stays_english(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    zh = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}
+    wrong = requests.post(world.url + "/api/login", json={"email": user.email, "password": "wrong password"},
+                          headers=zh, timeout=30)
+    assert wrong.status_code == 401
+    assert wrong.json()["error"] == {"message": "邮箱或密码错误。", "type": "invalid_request_error", "param": None,
+                                     "code": "invalid_credentials"}
+    taken = requests.post(world.url + "/api/register", json={"email": user.email, "password": PASSWORD},
+                          headers=zh, timeout=30)
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "email_taken"
+    assert taken.json()["error"]["message"] == "该邮箱已注册，请直接登录。"
+    # The switch's cookie wins over the browser's languages.
+    chosen = requests.post(world.url + "/api/login", json={"email": user.email, "password": "wrong password"},
+                           headers=zh, cookies={"ck_lang": "en"}, timeout=30)
+    assert chosen.json()["error"]["message"] == "Incorrect email or password."
+    # SDKs and tools read /v1 errors: OpenAI's English, whatever the language.
+    v1 = requests.get(world.url + "/v1/models", headers={**zh, "Authorization": "Bearer sk-nope"}, timeout=30)
+    assert v1.status_code == 401 and v1.json()["error"]["code"] == "invalid_api_key"
+    assert v1.json()["error"]["message"].isascii()

@@ -35,9 +35,11 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def context(browser: Browser, viewport: dict[str, int], base_url: str, state: object = None) -> BrowserContext:
+def context(browser: Browser, viewport: dict[str, int], base_url: str, state: object = None,
+            locale: str = "en-US") -> BrowserContext:
     ctx = browser.new_context(viewport=viewport, base_url=base_url, storage_state=state,  # type: ignore[arg-type]
-                              device_scale_factor=1, is_mobile=viewport is PHONE, has_touch=viewport is PHONE)
+                              device_scale_factor=1, is_mobile=viewport is PHONE, has_touch=viewport is PHONE,
+                              locale=locale)
     ctx.set_default_timeout(15_000)
     return ctx
 
@@ -51,14 +53,17 @@ def shoot(page: Page, name: str) -> None:
         assert overflow <= 0, f"{name}: the page is {overflow}px wider than the phone"
 
 
-def phone_shots(browser: Browser, desktop: BrowserContext, base_url: str, pages: dict[str, str]) -> None:
+def phone_shots(browser: Browser, desktop: BrowserContext, base_url: str, pages: dict[str, str],
+                locale: str = "en-US") -> None:
     """The same pages, signed in as the same user, on a phone."""
-    phone = context(browser, PHONE, base_url, desktop.storage_state())
+    phone = context(browser, PHONE, base_url, desktop.storage_state(), locale)
     page = phone.new_page()
     for name, path in pages.items():
         page.goto(path)
         page.wait_for_selector("#content, #thread, #auth-form")
         shoot(page, f"{name}-phone")
+        if locale.startswith("zh"):
+            assert_chinese(page)
     phone.close()
 
 
@@ -267,4 +272,96 @@ def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: Wo
     # A normal user who opens the operator page is sent back to the console.
     page.goto("/ops")
     expect(page).to_have_url(re.compile(r"/console"))
+    ctx.close()
+
+
+# What a Chinese page may still show in Latin letters: product, model and client names, units
+# and formats, and data (emails, URLs, names of channels and users) that is not the page's text.
+_NAMES = re.compile(r"chatkore|OpenAI|API|token|UTC|CI|sk-…|ck-…|gpt-[\w.-]+|text-[\w.-]+|[\w.+-]+@[\w.-]+"
+                    r"|https?://\S+|/v1")
+_PAGE_TEXT = """() => {
+  const parts = [document.title];
+  const skip = (el) => el.closest("#lang-switch, [data-data]");
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement;
+    if (!el || skip(el) || el.closest("script, style") || !el.getClientRects().length) continue;
+    parts.push(n.textContent);
+  }
+  for (const el of document.querySelectorAll("[placeholder], [title], [aria-label]")) {
+    if (skip(el)) continue;
+    for (const a of ["placeholder", "title", "aria-label"]) if (el.getAttribute(a)) parts.push(el.getAttribute(a));
+  }
+  return parts.join("\\n");
+}"""
+
+
+def assert_chinese(page: Page, data: tuple[str, ...] = ()) -> None:
+    """No English on the page but names: a string a catalogue lacks, or one left inline, shows here."""
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    text = page.evaluate(_PAGE_TEXT)
+    for value in sorted(data, key=len, reverse=True):
+        text = text.replace(value, " ")
+    left = re.findall(r"[A-Za-z]{2,}", _NAMES.sub(" ", text))
+    assert not left, f"{page.url}: English on a Chinese page: {sorted(set(left))}"
+
+
+def test_pages_in_chinese_and_the_language_switch_sticks(browser: Browser, world: World) -> None:
+    model, _ = world.served_model(prefix="gpt-zh")
+    ctx = context(browser, DESKTOP, world.url, locale="zh-CN")
+    page = ctx.new_page()
+    page.goto("/console")
+    expect(page.locator("#auth-form")).to_be_visible()
+    expect(page.locator("#auth-submit")).to_have_text("登录")
+    assert_chinese(page)
+    # A refusal from /api comes in Chinese too.
+    email = f"zh{secrets.token_hex(3)}@example.com"
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#auth-submit")
+    expect(page.locator("#auth-form .error")).to_have_text("邮箱或密码错误。")
+    shoot(page, "console-signin-zh")
+
+    page.click("#tab-register")
+    page.click("#auth-submit")
+    expect(page.locator("#balance")).to_have_text("100.00 额度")
+    user_id = page.evaluate("ck.me.user_id")
+    for section in ("overview", "keys", "usage"):
+        page.click(f"#nav-{section}")
+        page.wait_for_selector("#content h1")
+        assert_chinese(page)
+        shoot(page, f"console-{section}-zh")
+    phone_shots(browser, ctx, world.url, {"console-overview-zh": "/console#overview"}, "zh-CN")
+
+    page.goto("/chat")
+    page.wait_for_selector("#prompt")
+    assert_chinese(page, (model,))
+    shoot(page, "chat-zh")
+    phone_shots(browser, ctx, world.url, {"chat-zh": "/chat"}, "zh-CN")
+
+    world.admin("PUT", f"/admin/v1/users/{user_id}/role", {"role": "operator"})
+    # What the operator pages list is data the other tests made, not the page's text.
+    data = [u[f] for u in world.admin("GET", "/admin/v1/users?limit=100")["data"] for f in ("email", "name") if u.get(f)]
+    data += [c[f] for c in world.admin("GET", "/admin/v1/channels")["data"] for f in ("name", "base_url", "api_key")]
+    data += [m for c in world.admin("GET", "/admin/v1/channels")["data"] for m in c["models"]]
+    data += [p["model"] for p in world.admin("GET", "/admin/v1/prices")["data"]]
+    page.goto("/ops")
+    for section in ("dashboard", "users", "channels", "prices", "codes"):
+        page.click(f"#nav-{section}")
+        page.wait_for_selector("#content h1")
+        assert_chinese(page, tuple(d for d in data if d))
+        shoot(page, f"ops-{section}-zh")
+
+    # The switch: English now, on this page and the next, after a reload; then back.
+    page.goto("/console")
+    page.select_option("#lang-switch", "en")
+    expect(page.locator("#signout")).to_have_text("Sign out")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    page.goto("/chat")
+    expect(page.locator("#send")).to_have_text("Send")
+    page.reload()
+    expect(page.locator("#new-chat")).to_have_text("+ New chat")
+    page.select_option("#lang-switch", "zh-CN")
+    expect(page.locator("#send")).to_have_text("发送")
     ctx.close()

@@ -54,16 +54,17 @@ class Session:
 def _check_email(email: str) -> str:
     email = email.strip()
     if len(email) > 254 or not _EMAIL.fullmatch(email):
-        raise InvalidRequest("Enter a valid email address.", param="email")
+        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_email")
     return email
 
 
 def _check_password(password: str) -> None:
     if len(password) < passwords.MIN_LENGTH:
         raise InvalidRequest(f"The password must have at least {passwords.MIN_LENGTH} characters.",
-                             param="password")
+                             param="password", code="password_too_short")
     if len(password) > passwords.MAX_LENGTH:
-        raise InvalidRequest(f"The password may have at most {passwords.MAX_LENGTH} characters.", param="password")
+        raise InvalidRequest(f"The password may have at most {passwords.MAX_LENGTH} characters.", param="password",
+                             code="password_too_long")
 
 
 class Accounts:
@@ -81,25 +82,26 @@ class Accounts:
             if account is None:
                 account = await store.find_account(conn, email)
                 if account is None or account.user_id is not None:
-                    raise Conflict(_TAKEN, param="email")
+                    raise Conflict(_TAKEN, param="email", code="email_taken")
                 # Someone else's sign-up under way is theirs to finish, unless long abandoned.
                 resumable = await passwords.verify(account.password_hash, password) or (
                     account.pending_age_s >= STALE_PENDING_S
                     and await store.restart_registration(conn, account.id, hashed))
                 if not resumable:
-                    raise Conflict(_TAKEN, param="email")
+                    raise Conflict(_TAKEN, param="email", code="email_taken")
         user_id = await self._billing.create_user(email, f"account:{account.id}")  # step 2
         async with self._pool.connection() as conn:
             done = await store.attach_user(conn, account.id, user_id)  # step 3
         if done is None:
-            raise Conflict(_TAKEN, param="email")
+            raise Conflict(_TAKEN, param="email", code="email_taken")
         return done
 
     async def login(self, email: str, password: str) -> Session:
         async with self._pool.connection() as conn:
             account = await store.find_account(conn, email.strip()[:254])
         if account is not None and account.locked:
-            raise TooManySignIns("Too many failed sign-ins. Try again in 15 minutes.", retry_after_s=LOCK_S)
+            raise TooManySignIns("Too many failed sign-ins. Try again in 15 minutes.", retry_after_s=LOCK_S,
+                                 code="account_locked")
         # An unknown email costs one hash too, so timing does not tell which emails exist.
         ok = await passwords.verify(account.password_hash if account else None, password[:passwords.MAX_LENGTH])
         if account is None or account.user_id is None or account.user_disabled:

@@ -41,7 +41,7 @@ async function start() {
   ck.topbar("chat");
   const root = document.getElementById("root");
   if (!ck.me) {
-    ck.authCard(root, "Sign in to chat. New accounts get 100 free credits.", start);
+    ck.authCard(root, ck.t("chat.signin_lead"), start);
     return;
   }
   load();
@@ -56,34 +56,34 @@ async function start() {
 
 function layout(root) {
   const side = el("aside", { class: "chat-side", id: "chat-side" },
-    el("button", { class: "new", id: "new-chat", onclick: () => { side.classList.remove("open"); newChat(); } }, "+ New chat"),
+    el("button", { class: "new", id: "new-chat", onclick: () => { side.classList.remove("open"); newChat(); } }, ck.t("chat.new")),
     el("div", { class: "conv-list", id: "conv-list" }));
-  const select = el("select", { id: "model", "aria-label": "Model" },
+  const select = el("select", { id: "model", "aria-label": ck.t("usage.model") },
     models.map((m) => el("option", { value: m, selected: m === store.model }, m)));
   const price = el("span", { class: "hint", id: "model-price" });
   const showPrice = () => {
     const p = prices[store.model];
-    price.textContent = p ? `${ck.credits(p.prompt)} / ${ck.credits(p.completion)} credits per 1K prompt / completion tokens` : "";
+    price.textContent = p ? ck.t("chat.price", { prompt: ck.credits(p.prompt), completion: ck.credits(p.completion) }) : "";
   };
   select.addEventListener("change", () => { store.model = select.value; save(); showPrice(); });
   showPrice();
-  const prompt = el("textarea", { id: "prompt", rows: "1", placeholder: "Send a message…", "aria-label": "Message" });
+  const prompt = el("textarea", { id: "prompt", rows: "1", placeholder: ck.t("chat.placeholder"), "aria-label": ck.t("chat.message") });
   prompt.addEventListener("input", () => { prompt.style.height = "auto"; prompt.style.height = `${Math.min(prompt.scrollHeight, 200)}px`; });
   prompt.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); form.requestSubmit(); }
   });
-  const send = el("button", { type: "submit", id: "send" }, "Send");
-  const stop = el("button", { type: "button", class: "danger", id: "stop", hidden: true, onclick: () => running && running.abort() }, "Stop");
+  const send = el("button", { type: "submit", id: "send" }, ck.t("chat.send"));
+  const stop = el("button", { type: "button", class: "danger", id: "stop", hidden: true, onclick: () => running && running.abort() }, ck.t("chat.stop"));
   const form = el("form", { id: "composer" }, prompt, send, stop);
   form.addEventListener("submit", (ev) => { ev.preventDefault(); ask(prompt.value); });
   root.replaceChildren(side, el("section", { class: "chat-main" },
     el("div", { class: "chat-head" },
-      el("button", { class: "secondary small menu", id: "menu", "aria-label": "Conversations", onclick: () => side.classList.toggle("open") }, "☰"),
-      select, price, el("a", { href: "/pricing", class: "hint" }, "All prices")),
+      el("button", { class: "secondary small menu", id: "menu", "aria-label": ck.t("chat.conversations"), onclick: () => side.classList.toggle("open") }, "☰"),
+      select, price, el("a", { href: "/pricing", class: "hint" }, ck.t("chat.all_prices"))),
     el("div", { class: "messages", id: "messages" }, el("div", { class: "messages-inner", id: "thread" })),
     el("div", { class: "composer" }, form,
-      el("p", { class: "hint", text: "Each answer shows what it cost. Conversations stay in this browser." }))));
-  if (!models.length) { send.disabled = true; prompt.placeholder = "No model is available to your account right now."; }
+      el("p", { class: "hint", text: ck.t("chat.footer_hint") }))));
+  if (!models.length) { send.disabled = true; prompt.placeholder = ck.t("chat.no_model"); }
 }
 
 function draw() {
@@ -92,17 +92,17 @@ function draw() {
     el("a", { href: "#", title: c.title, onclick: (ev) => {
       ev.preventDefault(); store.current = c.id; save(); document.getElementById("chat-side").classList.remove("open"); draw();
     } }, c.title),
-    el("button", { class: "ghost small", title: "Delete", "aria-label": `Delete ${c.title}`, onclick: () => {
+    el("button", { class: "ghost small", title: ck.t("common.delete"), "aria-label": ck.t("chat.delete_named", { title: c.title }), onclick: () => {
       store.chats = store.chats.filter((x) => x.id !== c.id);
       if (store.current === c.id) store.current = null;
       save(); draw();
     } }, "✕"))));
-  if (!store.chats.length) list.append(el("p", { class: "hint", text: "No conversations yet." }));
+  if (!store.chats.length) list.append(el("p", { class: "hint", text: ck.t("chat.no_conversations") }));
   const thread = document.getElementById("thread");
   const chat = currentChat();
   if (!chat) {
-    thread.replaceChildren(el("div", { class: "welcome" }, el("h1", { text: "What can I help with?" }),
-      el("p", { text: `You have ${ck.credits(ck.me.balance)} credits. Pick a model above and ask anything.` })));
+    thread.replaceChildren(el("div", { class: "welcome" }, el("h1", { text: ck.t("chat.welcome") }),
+      el("p", { text: ck.t("chat.welcome_hint", { balance: ck.credits(ck.me.balance) }) })));
     return;
   }
   thread.replaceChildren(...chat.messages.map(message));
@@ -113,7 +113,7 @@ function message(m) {
   const bubble = el("div", { class: "bubble" });
   if (m.role === "user") bubble.textContent = m.content;
   else render_markdown(bubble, m.content);
-  const node = el("div", { class: `msg ${m.role}` }, el("div", { class: "who-label", text: m.role === "user" ? "You" : m.model || "Assistant" }), bubble);
+  const node = el("div", { class: `msg ${m.role}` }, el("div", { class: "who-label", text: m.role === "user" ? ck.t("chat.you") : m.model || ck.t("chat.assistant") }), bubble);
   if (m.role === "assistant") node.append(el("div", { class: m.error ? "meta error" : "meta", text: meta(m) }));
   return node;
 }
@@ -122,10 +122,10 @@ function meta(m) {
   if (m.error) return m.error;
   if (m.pending) return "…";
   const parts = [];
-  if (m.stopped) parts.push("stopped");
-  if (m.tokens) parts.push(`${m.tokens.prompt} + ${m.tokens.completion} tokens`);
-  if (m.cost !== undefined) parts.push(`cost ${ck.credits(m.cost)} credits`);
-  if (m.balance !== undefined) parts.push(`balance ${ck.credits(m.balance)}`);
+  if (m.stopped) parts.push(ck.t("chat.stopped"));
+  if (m.tokens) parts.push(ck.t("chat.tokens", { prompt: ck.num(m.tokens.prompt), completion: ck.num(m.tokens.completion) }));
+  if (m.cost !== undefined) parts.push(ck.t("chat.cost", { cost: ck.credits(m.cost) }));
+  if (m.balance !== undefined) parts.push(ck.t("chat.balance", { balance: ck.credits(m.balance) }));
   return parts.join(" · ");
 }
 
@@ -171,7 +171,7 @@ async function ask(text) {
     });
     requestId = resp.headers.get("x-request-id");
     if (!resp.ok) {
-      let msg = `Request failed (${resp.status})`;
+      let msg = ck.t("common.request_failed", { status: resp.status });
       try { msg = (await resp.json()).error.message; } catch (e) { /* keep the status */ }
       throw new Error(msg);
     }
@@ -211,7 +211,7 @@ async function readStream(resp, answer, bubble) {
         const data = line.slice(6);
         if (data === "[DONE]") return;
         const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message || "The answer broke off.");
+        if (chunk.error) throw new Error(chunk.error.message || ck.t("chat.broke_off"));
         if (chunk.usage) answer.tokens = { prompt: chunk.usage.prompt_tokens, completion: chunk.usage.completion_tokens };
         const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
         if (delta && delta.content) {

@@ -1,10 +1,28 @@
 // What every chatkore page shares: calling the API with the session, building DOM safely,
-// the top bar and the sign-in card. Text always goes in as text, never as HTML.
+// the page's language (its catalogue, /i18n/<lang>.js, loads first), the top bar and the
+// sign-in card. Text always goes in as text, never as HTML.
 "use strict";
+
+const CK_LANGUAGES = [["zh-CN", "中文"], ["en", "English"]];
 
 const ck = {
   csrf: "",
   me: null,
+  lang: (window.CK_I18N && window.CK_I18N.lang) || document.documentElement.lang || "en",
+  messages: (window.CK_I18N && window.CK_I18N.messages) || {},
+
+  // The text of `key` in the page's language, `{name}` filled from `values`.
+  t(key, values) {
+    const text = ck.messages[key];
+    if (text === undefined) { console.warn(`i18n: no text for ${key}`); return key; }
+    return text.replace(/\{(\w+)\}/g, (m, name) => (values && values[name] !== undefined ? String(values[name]) : m));
+  },
+
+  // The switch sets a cookie the server reads (pages and /api errors come in that language).
+  setLang(lang) {
+    document.cookie = `ck_lang=${encodeURIComponent(lang)}; path=/; max-age=31536000; samesite=lax`;
+    location.reload();
+  },
 
   async api(method, path, body) {
     const headers = { Accept: "application/json" };
@@ -18,7 +36,7 @@ const ck = {
     let data = null;
     try { data = await resp.json(); } catch (e) { data = null; }
     if (!resp.ok) {
-      const err = new Error((data && data.error && data.error.message) || `Request failed (${resp.status})`);
+      const err = new Error((data && data.error && data.error.message) || ck.t("common.request_failed", { status: resp.status }));
       err.status = resp.status;
       err.code = data && data.error && data.error.code;
       throw err;
@@ -55,12 +73,34 @@ const ck = {
 
   credits(n) {
     // Exact to the micro-credit (what billing keeps), but 2 decimals when that is all there is.
-    return Number(n || 0).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 6 });
+    return new Intl.NumberFormat(ck.lang, { minimumFractionDigits: 2, maximumFractionDigits: 6 }).format(Number(n || 0));
+  },
+
+  num(n) {
+    return new Intl.NumberFormat(ck.lang).format(Number(n || 0));
   },
 
   when(unix) {
-    const d = new Date(unix * 1000);
-    return d.toLocaleString("en-GB", { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit" });
+    return new Intl.DateTimeFormat(ck.lang, { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit" })
+      .format(new Date(unix * 1000));
+  },
+
+  // A date (or date and hour) as the page's language writes it, for chart axes.
+  date(d, withHour, timeZone) {
+    const opts = withHour ? { day: "2-digit", hour: "2-digit", minute: "2-digit" } : { month: "short", day: "2-digit" };
+    return new Intl.DateTimeFormat(ck.lang, { ...opts, timeZone }).format(d);
+  },
+
+  // How a call ended (usage rows' `status`), in words when the catalogue has them.
+  status(s) {
+    return ck.messages[`status.${s}`] || s;
+  },
+
+  langSwitch() {
+    const select = ck.el("select", { id: "lang-switch", class: "lang-switch", "aria-label": ck.t("common.language") },
+      CK_LANGUAGES.map(([code, name]) => ck.el("option", { value: code, lang: code, selected: code === ck.lang }, name)));
+    select.addEventListener("change", () => ck.setLang(select.value));
+    return select;
   },
 
   // The top bar: brand, the pages, and who is signed in with the balance.
@@ -71,16 +111,19 @@ const ck = {
     bar.append(
       ck.el("a", { class: "brand", href: "/chat" }, ck.el("span", { class: "dot" }), "chatkore"),
       ck.el("nav", { class: "topnav" },
-        link("/chat", "Chat", "chat"), link("/console", "Console", "console"), link("/pricing", "Pricing", "pricing"),
-        ck.me && ck.me.role === "operator" ? link("/ops", "Operator", "ops") : null),
+        link("/chat", ck.t("nav.chat"), "chat"), link("/console", ck.t("nav.console"), "console"), link("/pricing", ck.t("nav.pricing"), "pricing"),
+        ck.me && ck.me.role === "operator" ? link("/ops", ck.t("nav.ops"), "ops") : null),
       ck.el("div", { class: "spacer" }),
     );
+    const who = ck.el("div", { class: "who" });
     if (ck.me) {
-      bar.append(ck.el("div", { class: "who" },
-        ck.el("span", { class: "pill", id: "balance", title: "Your balance" }, ck.credits(ck.me.balance) + " credits"),
-        ck.el("span", { class: "email", text: ck.me.email }),
-        ck.el("button", { class: "secondary small", id: "signout", onclick: ck.signOut }, "Sign out")));
+      who.append(
+        ck.el("span", { class: "pill", id: "balance", title: ck.t("common.your_balance") }, ck.t("common.credits_n", { n: ck.credits(ck.me.balance) })),
+        ck.el("span", { class: "email", text: ck.me.email }));
     }
+    who.append(ck.langSwitch());
+    if (ck.me) who.append(ck.el("button", { class: "secondary small", id: "signout", onclick: ck.signOut }, ck.t("common.sign_out")));
+    bar.append(who);
   },
 
   // Each cell learns its column's name, which a phone shows beside it (tables stack there).
@@ -92,7 +135,7 @@ const ck = {
   setBalance(balance) {
     if (ck.me) ck.me.balance = balance;
     const pill = document.getElementById("balance");
-    if (pill) pill.textContent = ck.credits(balance) + " credits";
+    if (pill) pill.textContent = ck.t("common.credits_n", { n: ck.credits(balance) });
   },
 
   async signOut() {
@@ -106,26 +149,26 @@ const ck = {
     const email = ck.el("input", { type: "email", id: "email", name: "email", autocomplete: "email", required: true });
     const password = ck.el("input", { type: "password", id: "password", name: "password", required: true,
       minlength: "8", autocomplete: "current-password" });
-    const submit = ck.el("button", { type: "submit", id: "auth-submit" }, "Sign in");
+    const submit = ck.el("button", { type: "submit", id: "auth-submit" }, ck.t("auth.sign_in"));
     const note = ck.el("p", { class: "hint" });
     const tabs = ck.el("div", { class: "tabs", role: "tablist" });
     const setMode = (m) => {
       mode = m;
       for (const b of tabs.children) b.classList.toggle("active", b.dataset.mode === m);
-      submit.textContent = m === "login" ? "Sign in" : "Create account";
+      submit.textContent = ck.t(m === "login" ? "auth.sign_in" : "auth.create_account");
       password.setAttribute("autocomplete", m === "login" ? "current-password" : "new-password");
-      note.textContent = m === "login" ? "" : "New accounts start with 100 free credits. Passwords need 8 characters or more.";
+      note.textContent = m === "login" ? "" : ck.t("auth.register_note");
       error.hidden = true;
     };
-    for (const [m, text] of [["login", "Sign in"], ["register", "Create account"]]) {
+    for (const [m, text] of [["login", ck.t("auth.sign_in")], ["register", ck.t("auth.create_account")]]) {
       const b = ck.el("button", { type: "button", id: `tab-${m}`, onclick: () => setMode(m) }, text);
       b.dataset.mode = m;
       tabs.append(b);
     }
     const form = ck.el("form", { class: "card auth-card", id: "auth-form" },
       ck.el("h1", { text: "chatkore" }), ck.el("p", { class: "lead", text: lead }), tabs,
-      ck.el("div", { class: "field" }, ck.el("label", { for: "email", text: "Email" }), email),
-      ck.el("div", { class: "field" }, ck.el("label", { for: "password", text: "Password" }), password),
+      ck.el("div", { class: "field" }, ck.el("label", { for: "email", text: ck.t("auth.email") }), email),
+      ck.el("div", { class: "field" }, ck.el("label", { for: "password", text: ck.t("auth.password") }), password),
       note, error, submit);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();

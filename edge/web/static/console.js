@@ -2,7 +2,7 @@
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["overview", "Overview"], ["keys", "API keys"], ["usage", "Usage"]];
+const SECTIONS = [["overview", "console.nav.overview"], ["keys", "console.nav.keys"], ["usage", "console.nav.usage"]];
 let spendChart = null;
 
 function section() {
@@ -15,7 +15,7 @@ async function start() {
   const next = new URLSearchParams(location.search).get("next");
   if (!ck.me) {
     ck.topbar("console");
-    ck.authCard(document.getElementById("root"), "Sign in to manage your keys and credits.", () => {
+    ck.authCard(document.getElementById("root"), ck.t("console.signin_lead"), () => {
       if (next === "/ops" && ck.me.role === "operator") location.assign("/ops");
       else start();
     });
@@ -31,7 +31,7 @@ async function render() {
   if (!(await ck.loadMe())) { start(); return; }
   ck.setBalance(ck.me.balance);
   const nav = el("nav", { class: "sidenav" },
-    SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, text)));
+    SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, ck.t(text))));
   const content = el("main", { class: "content", id: "content" });
   document.getElementById("root").replaceChildren(nav, content);
   ({ overview, keys, usage })[current](content);
@@ -43,12 +43,12 @@ async function overview(root) {
   const balance = el("div", { class: "value", id: "overview-balance" }, ck.credits(ck.me.balance));
   const spent = el("div", { class: "value", id: "overview-spent" }, "…");
   const calls = el("div", { class: "value", id: "overview-requests" }, "…");
-  const canvas = el("canvas", { id: "spend-chart", "aria-label": "Credits spent per day" });
+  const canvas = el("canvas", { id: "spend-chart", "aria-label": ck.t("console.spend_chart") });
   const message = el("div", { hidden: true, role: "status", id: "redeem-message" });
   const code = el("input", { id: "redeem-code", placeholder: "ck-…", autocomplete: "off", required: true });
   const form = el("form", { class: "row", id: "redeem-form" },
-    el("div", { class: "field grow" }, el("label", { for: "redeem-code", text: "Top-up code" }), code),
-    el("button", { type: "submit" }, "Redeem"));
+    el("div", { class: "field grow" }, el("label", { for: "redeem-code", text: ck.t("console.redeem.code") }), code),
+    el("button", { type: "submit" }, ck.t("console.redeem.submit")));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     message.hidden = true;
@@ -57,7 +57,7 @@ async function overview(root) {
       ck.setBalance(reply.balance);
       balance.textContent = ck.credits(reply.balance);
       message.className = "notice";
-      message.textContent = `Code redeemed. Your balance is now ${ck.credits(reply.balance)} credits.`;
+      message.textContent = ck.t("console.redeem.done", { balance: ck.credits(reply.balance) });
       code.value = "";
     } catch (e) {
       message.className = "error";
@@ -66,25 +66,25 @@ async function overview(root) {
     message.hidden = false;
   });
   root.append(
-    el("h1", { text: "Overview" }),
+    el("h1", { text: ck.t("console.nav.overview") }),
     el("div", { class: "grid stats" },
-      el("div", { class: "card stat" }, el("div", { class: "label", text: "Balance (credits)" }), balance),
-      el("div", { class: "card stat" }, el("div", { class: "label", text: "Spent, last 30 days" }), spent),
-      el("div", { class: "card stat" }, el("div", { class: "label", text: "Requests, last 30 days" }), calls)),
+      el("div", { class: "card stat" }, el("div", { class: "label", text: ck.t("console.stat.balance") }), balance),
+      el("div", { class: "card stat" }, el("div", { class: "label", text: ck.t("console.stat.spent") }), spent),
+      el("div", { class: "card stat" }, el("div", { class: "label", text: ck.t("console.stat.requests") }), calls)),
     el("div", { class: "card" },
-      el("div", { class: "card-head" }, el("h2", { text: "Credits spent per day" }), el("span", { class: "hint", text: "UTC days" })),
+      el("div", { class: "card-head" }, el("h2", { text: ck.t("console.spend_chart") }), el("span", { class: "hint", text: ck.t("console.utc_days") })),
       el("div", { class: "chart-box" }, canvas)),
-    el("div", { class: "card" }, el("h2", { text: "Redeem a top-up code" }),
-      el("p", { class: "hint", text: "Codes come from your operator. Each works once." }), form, message));
+    el("div", { class: "card" }, el("h2", { text: ck.t("console.redeem.title") }),
+      el("p", { class: "hint", text: ck.t("console.redeem.hint") }), form, message));
   const days = (await ck.api("GET", "/api/spend?days=30")).data;
   spent.textContent = ck.credits(days.reduce((s, d) => s + d.credits, 0));
-  calls.textContent = days.reduce((s, d) => s + d.requests, 0).toLocaleString("en-US");
+  calls.textContent = ck.num(days.reduce((s, d) => s + d.requests, 0));
   if (spendChart) spendChart.destroy();
   spendChart = new Chart(canvas, {
     type: "bar",
     data: {
-      labels: days.map((d) => d.day.slice(5)),
-      datasets: [{ label: "Credits", data: days.map((d) => d.credits), backgroundColor: "#3b5bdb", borderRadius: 4 }],
+      labels: days.map((d) => ck.date(new Date(`${d.day}T00:00:00Z`), false, "UTC")),
+      datasets: [{ label: ck.t("common.credits"), data: days.map((d) => d.credits), backgroundColor: "#3b5bdb", borderRadius: 4 }],
     },
     options: {
       maintainAspectRatio: false, animation: false,
@@ -97,14 +97,14 @@ async function overview(root) {
 // --- keys ---------------------------------------------------------------------------
 
 async function keys(root) {
-  const name = el("input", { id: "key-name", placeholder: "e.g. laptop, CI, my app", maxlength: "200" });
-  const limit = el("input", { id: "key-limit", type: "number", min: "0", step: "0.01", placeholder: "no limit" });
+  const name = el("input", { id: "key-name", placeholder: ck.t("console.key.name_placeholder"), maxlength: "200" });
+  const limit = el("input", { id: "key-limit", type: "number", min: "0", step: "0.01", placeholder: ck.t("console.key.no_limit") });
   const shown = el("div", { id: "new-key", hidden: true });
   const error = el("div", { class: "error", hidden: true, role: "alert" });
   const form = el("form", { class: "row", id: "key-form" },
-    el("div", { class: "field grow" }, el("label", { for: "key-name", text: "Name" }), name),
-    el("div", { class: "field" }, el("label", { for: "key-limit", text: "Credit limit (optional)" }), limit),
-    el("button", { type: "submit", id: "create-key" }, "Create key"));
+    el("div", { class: "field grow" }, el("label", { for: "key-name", text: ck.t("console.key.name") }), name),
+    el("div", { class: "field" }, el("label", { for: "key-limit", text: ck.t("console.key.limit_optional") }), limit),
+    el("button", { type: "submit", id: "create-key" }, ck.t("console.key.create")));
   const body = el("tbody", { id: "keys-body" });
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -113,10 +113,10 @@ async function keys(root) {
       const req = { name: name.value.trim() };
       if (limit.value) req.credit_limit = Number(limit.value);
       const key = await ck.api("POST", "/api/keys", req);
-      const copy = el("button", { type: "button", class: "secondary small" }, "Copy");
+      const copy = el("button", { type: "button", class: "secondary small" }, ck.t("common.copy"));
       copy.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(key.key));
       shown.replaceChildren(
-        el("p", { text: "Your new key. Copy it now: it will not be shown again." }),
+        el("p", { text: ck.t("console.key.shown_once") }),
         el("div", { class: "secret" }, el("code", { id: "new-key-value", text: key.key }), copy));
       shown.hidden = false;
       name.value = "";
@@ -128,30 +128,30 @@ async function keys(root) {
     }
   });
   root.append(
-    el("h1", { text: "API keys" }),
-    el("div", { class: "card" }, el("h2", { text: "Create a key" }),
-      el("p", { class: "hint" }, "Use a key with any OpenAI client: base URL ", el("code", { text: `${location.origin}/v1` }), "."),
+    el("h1", { text: ck.t("console.nav.keys") }),
+    el("div", { class: "card" }, el("h2", { text: ck.t("console.key.create_title") }),
+      el("p", { class: "hint" }, ck.t("console.key.base_url_hint"), " ", el("code", { text: `${location.origin}/v1` })),
       form, error, shown),
-    el("div", { class: "card" }, el("h2", { text: "Your keys" }),
+    el("div", { class: "card" }, el("h2", { text: ck.t("console.key.yours") }),
       el("div", { class: "table-wrap" }, el("table", {},
-        el("thead", {}, el("tr", {}, ["Name", "Key", "Credit limit", "Created", "Status", ""].map((h) => el("th", { text: h })))),
+        el("thead", {}, el("tr", {}, ["console.key.name", "console.key.key", "console.key.limit", "console.key.created", "common.status", ""].map((h) => el("th", { text: h && ck.t(h) })))),
         body))));
 
   async function fill() {
     const list = (await ck.api("GET", "/api/keys")).data.filter((k) => !k.web);
     body.replaceChildren();
-    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "6", text: "No keys yet." })));
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "6", text: ck.t("console.key.none") })));
     for (const k of list.reverse()) {
       const revoke = k.revoked ? null : el("button", { class: "danger small", onclick: async () => {
-        if (!confirm(`Revoke the key “${k.name || k.hint}”? Programs using it stop working.`)) return;
+        if (!confirm(ck.t("console.key.revoke_confirm", { name: k.name || k.hint }))) return;
         await ck.api("DELETE", `/api/keys/${k.id}`);
         await fill();
-      } }, "Revoke");
+      } }, ck.t("console.key.revoke"));
       body.append(el("tr", { "data-key-id": k.id },
         el("td", { class: "wrap", text: k.name || "—" }), el("td", { class: "mono", text: k.hint }),
         el("td", { class: "num", text: k.credit_limit === null ? "—" : ck.credits(k.credit_limit) }),
         el("td", { text: ck.when(k.created) }),
-        el("td", {}, el("span", { class: k.revoked ? "badge bad" : "badge ok", text: k.revoked ? "revoked" : "active" })),
+        el("td", {}, el("span", { class: k.revoked ? "badge bad" : "badge ok", text: ck.t(k.revoked ? "console.key.revoked" : "console.key.active") })),
         el("td", {}, el("div", { class: "actions" }, revoke))));
     }
     ck.label(body);
@@ -163,26 +163,26 @@ async function keys(root) {
 
 async function usage(root) {
   const body = el("tbody", { id: "usage-body" });
-  root.append(el("h1", { text: "Usage" }),
+  root.append(el("h1", { text: ck.t("console.nav.usage") }),
     el("div", { class: "card" },
-      el("div", { class: "card-head" }, el("h2", { text: "Recent requests" }),
-        el("button", { class: "secondary small", id: "usage-refresh", onclick: () => fill() }, "Refresh")),
+      el("div", { class: "card-head" }, el("h2", { text: ck.t("console.usage.recent") }),
+        el("button", { class: "secondary small", id: "usage-refresh", onclick: () => fill() }, ck.t("common.refresh"))),
       el("div", { class: "table-wrap" }, el("table", {},
-        el("thead", {}, el("tr", {}, ["Time", "Model", "Key", "Prompt", "Completion", "Credits", "Status"].map(
-          (h, i) => el("th", { class: i >= 3 && i <= 5 ? "num" : "", text: h })))),
+        el("thead", {}, el("tr", {}, ["usage.time", "usage.model", "usage.key", "usage.prompt", "usage.completion", "common.credits", "common.status"].map(
+          (h, i) => el("th", { class: i >= 3 && i <= 5 ? "num" : "", text: ck.t(h) })))),
         body))));
   async function fill() {
     const [rows, keyList] = await Promise.all([ck.api("GET", "/api/usage?limit=100"), ck.api("GET", "/api/keys")]);
-    const names = Object.fromEntries(keyList.data.map((k) => [k.id, k.web ? "chat page" : k.name || k.hint]));
+    const names = Object.fromEntries(keyList.data.map((k) => [k.id, k.web ? ck.t("usage.chat_page") : k.name || k.hint]));
     body.replaceChildren();
-    if (!rows.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: "No requests yet." })));
+    if (!rows.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("usage.none") })));
     for (const r of rows.data) {
       body.append(el("tr", { "data-request-id": r.request_id },
         el("td", { text: ck.when(r.created) }), el("td", { text: r.model }), el("td", { text: names[r.key_id] || `#${r.key_id}` }),
-        el("td", { class: "num", text: r.prompt_tokens.toLocaleString("en-US") }),
-        el("td", { class: "num", text: r.completion_tokens.toLocaleString("en-US") }),
+        el("td", { class: "num", text: ck.num(r.prompt_tokens) }),
+        el("td", { class: "num", text: ck.num(r.completion_tokens) }),
         el("td", { class: "num", text: ck.credits(r.credits) }),
-        el("td", {}, el("span", { class: r.status === "complete" ? "badge ok" : "badge warn", text: r.status }))));
+        el("td", {}, el("span", { class: r.status === "complete" ? "badge ok" : "badge warn", text: ck.status(r.status) }))));
     }
     ck.label(body);
   }

@@ -3,7 +3,7 @@
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["dashboard", "Dashboard"], ["users", "Users"], ["channels", "Channels"], ["prices", "Prices"], ["codes", "Redeem codes"]];
+const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"]];
 const COLORS = ["#3b5bdb", "#f08c00", "#2b8a3e", "#c2255c", "#1098ad", "#7048e8", "#5c940d", "#e8590c"];
 let charts = [];
 
@@ -26,7 +26,7 @@ function render() {
   charts = [];
   const content = el("main", { class: "content", id: "content" });
   document.getElementById("root").replaceChildren(
-    el("nav", { class: "sidenav" }, SECTIONS.map(([s, t]) => el("a", { href: `#${s}`, id: `nav-${s}`, class: s === current ? "active" : "" }, t))),
+    el("nav", { class: "sidenav" }, SECTIONS.map(([s, t]) => el("a", { href: `#${s}`, id: `nav-${s}`, class: s === current ? "active" : "" }, ck.t(t)))),
     content);
   ({ dashboard, users, channels, prices, codes })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
 }
@@ -34,7 +34,7 @@ function render() {
 function table(headers, id) {
   const body = el("tbody", { id });
   const wrap = el("div", { class: "table-wrap" }, el("table", {},
-    el("thead", {}, el("tr", {}, headers.map(([h, cls]) => el("th", { class: cls || "", text: h })))), body));
+    el("thead", {}, el("tr", {}, headers.map(([h, cls]) => el("th", { class: cls || "", text: h && ck.t(h) })))), body));
   return [wrap, body];
 }
 
@@ -47,11 +47,11 @@ function flash(target, ok, text) {
 // --- dashboard --------------------------------------------------------------------------
 
 async function dashboard(root) {
-  const hours = el("select", { id: "dash-hours", "aria-label": "Window" },
-    [[24, "Last 24 hours"], [168, "Last 7 days"], [720, "Last 30 days"]].map(([h, t]) => el("option", { value: h }, t)));
+  const hours = el("select", { id: "dash-hours", "aria-label": ck.t("ops.dash.window") },
+    [[24, "ops.dash.24h"], [168, "ops.dash.7d"], [720, "ops.dash.30d"]].map(([h, t]) => el("option", { value: h }, ck.t(t))));
   const cards = el("div", { class: "grid stats", id: "dash-totals" });
   const boxes = el("div", { class: "grid charts" });
-  root.append(el("div", { class: "card-head" }, el("h1", { text: "Dashboard" }), hours), cards, boxes);
+  root.append(el("div", { class: "card-head" }, el("h1", { text: ck.t("ops.nav.dashboard") }), hours), cards, boxes);
   const draw = async () => {
     const h = Number(hours.value);
     const bucket = h <= 24 ? 3600 : h <= 168 ? 6 * 3600 : 86400;
@@ -61,32 +61,33 @@ async function dashboard(root) {
       totals.requests += r.requests; totals.tokens += r.prompt_tokens + r.completion_tokens;
       totals.credits += r.credits; totals.errors += r.errors;
     }
-    cards.replaceChildren(...[["Requests", totals.requests.toLocaleString("en-US")], ["Tokens", totals.tokens.toLocaleString("en-US")],
-      ["Credits charged", ck.credits(totals.credits)], ["Errors", totals.errors.toLocaleString("en-US")]].map(([label, value]) =>
+    cards.replaceChildren(...[[ck.t("ops.dash.requests"), ck.num(totals.requests)], [ck.t("ops.dash.tokens"), ck.num(totals.tokens)],
+      [ck.t("ops.dash.credits_charged"), ck.credits(totals.credits)], [ck.t("ops.dash.errors"), ck.num(totals.errors)]].map(([label, value]) =>
       el("div", { class: "card stat" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }))));
     const start = Math.floor((Date.now() / 1000 - h * 3600) / bucket) * bucket;
     const buckets = [];
     for (let t = start; t <= Date.now() / 1000; t += bucket) buckets.push(t);
-    const label = (t) => { const d = new Date(t * 1000); return bucket < 86400 ? d.toLocaleString("en-GB", { day: "2-digit", hour: "2-digit", minute: "2-digit" }) : d.toLocaleDateString("en-GB", { month: "short", day: "2-digit" }); };
+    const label = (t) => ck.date(new Date(t * 1000), bucket < 86400);
     // The six busiest models by name, the rest together as "other", so the legend stays readable.
     const busy = {};
     for (const r of rows) busy[r.model] = (busy[r.model] || 0) + r.requests;
     const top = Object.keys(busy).sort((a, b) => busy[b] - busy[a]).slice(0, 6);
-    for (const r of rows) if (!top.includes(r.model)) r.model = "other";
-    const modelNames = [...top.sort(), ...(rows.some((r) => r.model === "other") ? ["other"] : [])];
+    const other = ck.t("ops.dash.other");
+    for (const r of rows) if (!top.includes(r.model)) r.model = other;
+    const modelNames = [...top.sort(), ...(rows.some((r) => r.model === other) ? [other] : [])];
     for (const c of charts) c.destroy();
     charts = [];
     boxes.replaceChildren();
-    for (const [title, pick] of [["Requests", (r) => r.requests], ["Tokens", (r) => r.prompt_tokens + r.completion_tokens],
-      ["Credits", (r) => r.credits], ["Errors", (r) => r.errors]]) {
-      const canvas = el("canvas", { "aria-label": `${title} per model` });
-      boxes.append(el("div", { class: "card" }, el("h2", { text: `${title} per model` }), el("div", { class: "chart-box" }, canvas)));
+    for (const [title, pick] of [["ops.dash.requests_per_model", (r) => r.requests], ["ops.dash.tokens_per_model", (r) => r.prompt_tokens + r.completion_tokens],
+      ["ops.dash.credits_per_model", (r) => r.credits], ["ops.dash.errors_per_model", (r) => r.errors]]) {
+      const canvas = el("canvas", { "aria-label": ck.t(title) });
+      boxes.append(el("div", { class: "card" }, el("h2", { text: ck.t(title) }), el("div", { class: "chart-box" }, canvas)));
       charts.push(new Chart(canvas, {
         type: "bar",
         data: {
           labels: buckets.map(label),
           datasets: modelNames.map((m, i) => ({
-            label: m, backgroundColor: m === "other" ? "#adb5bd" : COLORS[i % COLORS.length], borderRadius: 3,
+            label: m, backgroundColor: m === other ? "#adb5bd" : COLORS[i % COLORS.length], borderRadius: 3,
             data: buckets.map((b) => rows.filter((r) => r.model === m && r.bucket === b).reduce((s, r) => s + pick(r), 0)),
           })),
         },
@@ -106,39 +107,39 @@ async function dashboard(root) {
 // --- users -----------------------------------------------------------------------------
 
 async function users(root) {
-  const q = el("input", { id: "user-query", type: "search", placeholder: "Email, name or id" });
+  const q = el("input", { id: "user-query", type: "search", placeholder: ck.t("ops.users.query") });
   const message = el("div", { hidden: true, role: "status", id: "users-message" });
-  const form = el("form", { class: "row", id: "user-search" }, el("div", { class: "field grow" }, q), el("button", { type: "submit" }, "Search"));
-  const [wrap, body] = table([["Id"], ["Email / name"], ["Balance", "num"], ["Role"], ["Status"], ["Top up"], [""]], "users-body");
+  const form = el("form", { class: "row", id: "user-search" }, el("div", { class: "field grow" }, q), el("button", { type: "submit" }, ck.t("ops.users.search")));
+  const [wrap, body] = table([["ops.users.id"], ["ops.users.email"], ["ops.users.balance", "num"], ["ops.users.role"], ["common.status"], ["ops.users.top_up"], [""]], "users-body");
   form.addEventListener("submit", (ev) => { ev.preventDefault(); fill(); });
-  root.append(el("h1", { text: "Users" }), el("div", { class: "card" }, form, message, wrap));
+  root.append(el("h1", { text: ck.t("ops.nav.users") }), el("div", { class: "card" }, form, message, wrap));
   async function fill() {
     const list = (await ck.api("GET", `/admin/v1/users?q=${encodeURIComponent(q.value.trim())}&limit=100`)).data;
     body.replaceChildren();
-    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: "No users found." })));
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("ops.users.none") })));
     for (const u of list) {
-      const amount = el("input", { type: "number", min: "0.01", step: "0.01", placeholder: "credits", class: "topup-amount", "aria-label": `Top up user ${u.id}` });
-      const topup = el("form", { class: "inline-form" }, amount, el("button", { type: "submit", class: "secondary small" }, "Add"));
+      const amount = el("input", { type: "number", min: "0.01", step: "0.01", placeholder: ck.t("common.credits"), class: "topup-amount", "aria-label": ck.t("ops.users.top_up_user", { id: u.id }) });
+      const topup = el("form", { class: "inline-form" }, amount, el("button", { type: "submit", class: "secondary small" }, ck.t("ops.users.add")));
       topup.addEventListener("submit", async (ev) => {
         ev.preventDefault();
         try {
           const reply = await ck.api("POST", `/admin/v1/users/${u.id}/topups`, { credits: Number(amount.value) });
-          flash(message, true, `Added ${ck.credits(amount.value)} credits to user ${u.id}; balance ${ck.credits(reply.balance)}.`);
+          flash(message, true, ck.t("ops.users.added", { credits: ck.credits(amount.value), id: u.id, balance: ck.credits(reply.balance) }));
           await fill();
         } catch (e) { flash(message, false, e.message); }
       });
       const toggle = el("button", { class: u.disabled ? "secondary small" : "danger small", onclick: async () => {
         try {
           await ck.api("PATCH", `/admin/v1/users/${u.id}`, { disabled: !u.disabled });
-          flash(message, true, `User ${u.id} ${u.disabled ? "enabled" : "disabled"}.`);
+          flash(message, true, ck.t(u.disabled ? "ops.users.enabled" : "ops.users.disabled", { id: u.id }));
           await fill();
         } catch (e) { flash(message, false, e.message); }
-      } }, u.disabled ? "Enable" : "Disable");
+      } }, ck.t(u.disabled ? "common.enable" : "common.disable"));
       body.append(el("tr", { "data-user-id": u.id },
         el("td", { text: u.id }), el("td", { class: "wrap", text: u.email || u.name }),
         el("td", { class: "num", text: ck.credits(u.balance) }),
-        el("td", {}, u.role ? el("span", { class: u.role === "operator" ? "badge warn" : "badge", text: u.role }) : el("span", { class: "hint", text: "API only" })),
-        el("td", {}, el("span", { class: u.disabled ? "badge bad" : "badge ok", text: u.disabled ? "disabled" : "active" })),
+        el("td", {}, u.role ? el("span", { class: u.role === "operator" ? "badge warn" : "badge", text: ck.t(`ops.role.${u.role === "operator" ? "operator" : "user"}`) }) : el("span", { class: "hint", text: ck.t("ops.users.api_only") })),
+        el("td", {}, el("span", { class: u.disabled ? "badge bad" : "badge ok", text: ck.t(u.disabled ? "common.disabled" : "common.active") })),
         el("td", {}, topup), el("td", {}, el("div", { class: "actions" }, toggle))));
     }
     ck.label(body);
@@ -150,7 +151,7 @@ async function users(root) {
 
 async function channels(root) {
   const f = {
-    name: el("input", { id: "ch-name", required: true, placeholder: "openai-main" }),
+    name: el("input", { id: "ch-name", required: true, placeholder: ck.t("ops.ch.name_placeholder") }),
     base_url: el("input", { id: "ch-base-url", required: true, placeholder: "https://api.openai.com/v1" }),
     api_key: el("input", { id: "ch-api-key", type: "password", autocomplete: "off", placeholder: "sk-…" }),
     models: el("input", { id: "ch-models", required: true, placeholder: "gpt-3.5-turbo, gpt-4" }),
@@ -158,19 +159,19 @@ async function channels(root) {
     weight: el("input", { id: "ch-weight", type: "number", min: "0", value: "1" }),
   };
   let editing = null;
-  const title = el("h2", { text: "Add a channel" });
-  const save = el("button", { type: "submit", id: "ch-save" }, "Add channel");
-  const cancel = el("button", { type: "button", class: "secondary", hidden: true, onclick: () => reset() }, "Cancel");
+  const title = el("h2", { text: ck.t("ops.ch.add_title") });
+  const save = el("button", { type: "submit", id: "ch-save" }, ck.t("ops.ch.add"));
+  const cancel = el("button", { type: "button", class: "secondary", hidden: true, onclick: () => reset() }, ck.t("common.cancel"));
   const message = el("div", { hidden: true, role: "status", id: "channels-message" });
   const field = (label, input, cls) => el("div", { class: `field ${cls || "grow"}` }, el("label", { for: input.id, text: label }), input);
   const form = el("form", { id: "channel-form" },
-    el("div", { class: "row" }, field("Name", f.name), field("Base URL (with /v1)", f.base_url)),
-    el("div", { class: "row" }, field("API key", f.api_key), field("Models (comma separated)", f.models)),
-    el("div", { class: "row" }, field("Priority", f.priority, ""), field("Weight", f.weight, ""), el("div", { class: "spacer" }), cancel, save));
-  const [wrap, body] = table([["Name"], ["Base URL"], ["Models"], ["Priority", "num"], ["Weight", "num"], ["Health"], [""]], "channels-body");
+    el("div", { class: "row" }, field(ck.t("ops.ch.name"), f.name), field(ck.t("ops.ch.base_url_v1"), f.base_url)),
+    el("div", { class: "row" }, field(ck.t("ops.ch.api_key"), f.api_key), field(ck.t("ops.ch.models_comma"), f.models)),
+    el("div", { class: "row" }, field(ck.t("ops.ch.priority"), f.priority, ""), field(ck.t("ops.ch.weight"), f.weight, ""), el("div", { class: "spacer" }), cancel, save));
+  const [wrap, body] = table([["ops.ch.name"], ["ops.ch.base_url"], ["ops.ch.models"], ["ops.ch.priority", "num"], ["ops.ch.weight", "num"], ["ops.ch.health"], [""]], "channels-body");
   const reset = () => {
     editing = null; form.reset(); f.priority.value = "0"; f.weight.value = "1";
-    title.textContent = "Add a channel"; save.textContent = "Add channel"; cancel.hidden = true; f.api_key.placeholder = "sk-…";
+    title.textContent = ck.t("ops.ch.add_title"); save.textContent = ck.t("ops.ch.add"); cancel.hidden = true; f.api_key.placeholder = "sk-…";
   };
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -181,40 +182,40 @@ async function channels(root) {
     try {
       if (editing) await ck.api("PATCH", `/admin/v1/channels/${editing}`, req);
       else await ck.api("POST", "/admin/v1/channels", req);
-      flash(message, true, editing ? `Channel “${req.name}” saved.` : `Channel “${req.name}” added.`);
+      flash(message, true, ck.t(editing ? "ops.ch.saved" : "ops.ch.added", { name: req.name }));
       reset();
       await fill();
     } catch (e) { flash(message, false, e.message); }
   });
-  root.append(el("h1", { text: "Channels" }), el("div", { class: "card" }, title, form, message),
-    el("div", { class: "card" }, el("h2", { text: "Upstream channels" }), wrap));
+  root.append(el("h1", { text: ck.t("ops.nav.channels") }), el("div", { class: "card" }, title, form, message),
+    el("div", { class: "card" }, el("h2", { text: ck.t("ops.ch.upstreams") }), wrap));
 
   async function fill() {
     const list = (await ck.api("GET", "/admin/v1/channels")).data;
     body.replaceChildren();
-    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "8", text: "No channels yet." })));
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "8", text: ck.t("ops.ch.none") })));
     for (const c of list) {
       const result = el("span", { class: "test-result sub" });
       const test = el("button", { class: "secondary small", onclick: async () => {
-        result.className = "test-result sub hint"; result.textContent = "testing…";
+        result.className = "test-result sub hint"; result.textContent = ck.t("ops.ch.testing");
         try {
           const r = await ck.api("POST", `/admin/v1/channels/${c.id}/test`, {});
           result.className = r.ok ? "test-result sub badge ok" : "test-result sub badge bad";
-          result.textContent = r.ok ? `ok · ${Math.round(r.latency_ms)} ms` : r.error;
+          result.textContent = r.ok ? ck.t("ops.ch.test_ok", { ms: Math.round(r.latency_ms) }) : r.error;
         } catch (e) { result.className = "test-result sub badge bad"; result.textContent = e.message; }
-      } }, "Test");
+      } }, ck.t("ops.ch.test"));
       const edit = el("button", { class: "secondary small", onclick: () => {
         editing = c.id; f.name.value = c.name; f.base_url.value = c.base_url; f.api_key.value = "";
-        f.api_key.placeholder = `unchanged (${c.api_key || "none"})`; f.models.value = c.models.join(", ");
+        f.api_key.placeholder = ck.t("ops.ch.key_unchanged", { key: c.api_key || "—" }); f.models.value = c.models.join(", ");
         f.priority.value = c.priority; f.weight.value = c.weight;
-        title.textContent = `Edit channel “${c.name}”`; save.textContent = "Save"; cancel.hidden = false;
+        title.textContent = ck.t("ops.ch.edit_title", { name: c.name }); save.textContent = ck.t("common.save"); cancel.hidden = false;
         form.scrollIntoView({ behavior: "smooth" });
-      } }, "Edit");
+      } }, ck.t("common.edit"));
       const toggle = el("button", { class: c.enabled ? "danger small" : "secondary small", onclick: async () => {
         await ck.api("PATCH", `/admin/v1/channels/${c.id}`, { enabled: !c.enabled });
         await fill();
-      } }, c.enabled ? "Disable" : "Enable");
-      const health = !c.enabled ? ["disabled", "badge"] : c.health === "healthy" ? ["healthy", "badge ok"] : [c.health, "badge warn"];
+      } }, ck.t(c.enabled ? "common.disable" : "common.enable"));
+      const health = !c.enabled ? [ck.t("common.disabled"), "badge"] : [ck.messages[`health.${c.health}`] || c.health, c.health === "healthy" ? "badge ok" : "badge warn"];
       body.append(el("tr", { "data-channel-id": c.id },
         el("td", { text: c.name }), el("td", { class: "mono url", text: c.base_url }),
         el("td", { class: "wrap", text: c.models.join(", ") }),
@@ -234,35 +235,35 @@ async function prices(root) {
     model: el("input", { id: "price-model", required: true, placeholder: "gpt-4o" }),
     prompt: el("input", { id: "price-prompt", type: "number", min: "0", step: "any", required: true }),
     completion: el("input", { id: "price-completion", type: "number", min: "0", step: "any", required: true }),
-    min_charge: el("input", { id: "price-min", type: "number", min: "0", step: "any", placeholder: "keep" }),
+    min_charge: el("input", { id: "price-min", type: "number", min: "0", step: "any", placeholder: ck.t("ops.price.keep") }),
   };
   const message = el("div", { hidden: true, role: "status" });
   const field = (label, input) => el("div", { class: "field grow" }, el("label", { for: input.id, text: label }), input);
-  const form = el("form", { class: "row", id: "price-form" }, field("Model", f.model), field("Prompt / 1K tokens", f.prompt),
-    field("Completion / 1K tokens", f.completion), field("Minimum charge", f.min_charge), el("button", { type: "submit" }, "Save price"));
-  const [wrap, body] = table([["Model"], ["Prompt / 1K", "num"], ["Completion / 1K", "num"], ["Minimum", "num"], ["Context", "num"], [""]], "prices-body");
+  const form = el("form", { class: "row", id: "price-form" }, field(ck.t("usage.model"), f.model), field(ck.t("ops.price.prompt_1k_tokens"), f.prompt),
+    field(ck.t("ops.price.completion_1k_tokens"), f.completion), field(ck.t("ops.price.min_charge"), f.min_charge), el("button", { type: "submit" }, ck.t("ops.price.save")));
+  const [wrap, body] = table([["usage.model"], ["ops.price.prompt_1k", "num"], ["ops.price.completion_1k", "num"], ["ops.price.minimum", "num"], ["ops.price.context", "num"], [""]], "prices-body");
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const req = { prompt: Number(f.prompt.value), completion: Number(f.completion.value) };
     if (f.min_charge.value !== "") req.min_charge = Number(f.min_charge.value);
     try {
       await ck.api("PUT", `/admin/v1/prices/${encodeURIComponent(f.model.value.trim())}`, req);
-      flash(message, true, `Price of ${f.model.value.trim()} saved.`);
+      flash(message, true, ck.t("ops.price.saved", { model: f.model.value.trim() }));
       form.reset();
       await fill();
     } catch (e) { flash(message, false, e.message); }
   });
-  root.append(el("h1", { text: "Prices" }),
-    el("div", { class: "card" }, el("h2", { text: "Set a price" }), el("p", { class: "hint", text: "Credits per 1,000 tokens; changes apply within a second." }), form, message),
+  root.append(el("h1", { text: ck.t("ops.nav.prices") }),
+    el("div", { class: "card" }, el("h2", { text: ck.t("ops.price.set") }), el("p", { class: "hint", text: ck.t("ops.price.hint") }), form, message),
     el("div", { class: "card" }, wrap));
   async function fill() {
     body.replaceChildren(...(await ck.api("GET", "/admin/v1/prices")).data.map((p) => el("tr", {},
       el("td", { text: p.model }), el("td", { class: "num", text: p.prompt }), el("td", { class: "num", text: p.completion }),
-      el("td", { class: "num", text: p.min_charge }), el("td", { class: "num", text: p.context_window.toLocaleString("en-US") }),
+      el("td", { class: "num", text: p.min_charge }), el("td", { class: "num", text: ck.num(p.context_window) }),
       el("td", {}, el("div", { class: "actions" }, el("button", { class: "secondary small", onclick: () => {
         f.model.value = p.model; f.prompt.value = p.prompt; f.completion.value = p.completion; f.min_charge.value = p.min_charge;
         form.scrollIntoView({ behavior: "smooth" });
-      } }, "Edit"))))));
+      } }, ck.t("common.edit")))))));
     ck.label(body);
   }
   await fill();
@@ -276,24 +277,24 @@ async function codes(root) {
   const out = el("div", { id: "codes-out", hidden: true });
   const message = el("div", { hidden: true, role: "status" });
   const form = el("form", { class: "row", id: "codes-form" },
-    el("div", { class: "field grow" }, el("label", { for: "code-credits", text: "Credits per code" }), credits),
-    el("div", { class: "field grow" }, el("label", { for: "code-count", text: "How many" }), count),
-    el("button", { type: "submit" }, "Create codes"));
+    el("div", { class: "field grow" }, el("label", { for: "code-credits", text: ck.t("ops.codes.credits_each") }), credits),
+    el("div", { class: "field grow" }, el("label", { for: "code-count", text: ck.t("ops.codes.count") }), count),
+    el("button", { type: "submit" }, ck.t("ops.codes.create")));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
       const reply = await ck.api("POST", "/admin/v1/redeem-codes", { credits: Number(credits.value), count: Number(count.value) });
-      const copy = el("button", { type: "button", class: "secondary small", onclick: () => navigator.clipboard && navigator.clipboard.writeText(reply.codes.join("\n")) }, "Copy all");
+      const copy = el("button", { type: "button", class: "secondary small", onclick: () => navigator.clipboard && navigator.clipboard.writeText(reply.codes.join("\n")) }, ck.t("common.copy_all"));
       out.replaceChildren(
-        el("div", { class: "card-head" }, el("p", { text: `${reply.codes.length} codes of ${ck.credits(credits.value)} credits each. They are shown only now.` }), copy),
+        el("div", { class: "card-head" }, el("p", { text: ck.t("ops.codes.made", { count: ck.num(reply.codes.length), credits: ck.credits(credits.value) }) }), copy),
         el("div", { class: "codes" }, reply.codes.map((c) => el("code", { class: "redeem-code", text: c }))));
       out.hidden = false;
       message.hidden = true;
     } catch (e) { flash(message, false, e.message); }
   });
-  root.append(el("h1", { text: "Redeem codes" }),
-    el("div", { class: "card" }, el("h2", { text: "Create a batch" }),
-      el("p", { class: "hint", text: "Hand codes to users; each adds its credits once, from the console's Overview." }), form, message, out));
+  root.append(el("h1", { text: ck.t("ops.nav.codes") }),
+    el("div", { class: "card" }, el("h2", { text: ck.t("ops.codes.batch") }),
+      el("p", { class: "hint", text: ck.t("ops.codes.hint") }), form, message, out));
 }
 
 start();

@@ -7,7 +7,7 @@ const { el } = ck;
 function money(credits, perUnit, symbol) {
   const value = credits / perUnit;
   const digits = value >= 1 ? 2 : value >= 0.01 ? 4 : 6;
-  return symbol + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: digits });
+  return symbol + new Intl.NumberFormat(ck.lang, { minimumFractionDigits: 2, maximumFractionDigits: digits }).format(value);
 }
 
 async function start() {
@@ -16,7 +16,7 @@ async function start() {
   const prices = await ck.api("GET", "/api/pricing");
   const body = el("tbody", { id: "pricing-body" });
   const hasCached = prices.data.some((p) => p.cached_prompt !== undefined);
-  const heads = ["Model", "Prompt", "Completion"].concat(hasCached ? ["Cached prompt"] : [], ["Minimum charge", "Max output"]);
+  const heads = ["usage.model", "usage.prompt", "usage.completion"].concat(hasCached ? ["pricing.cached_prompt"] : [], ["ops.price.min_charge", "pricing.max_output"]).map((h) => ck.t(h));
   const cell = (credits) => el("td", { class: "num" }, el("div", { text: ck.credits(credits) }),
     el("div", { class: "hint", text: `${money(credits, prices.credits_per_cny, "¥")} · ${money(credits, prices.credits_per_usd, "$")}` }));
   for (const p of prices.data) {
@@ -24,18 +24,16 @@ async function start() {
       el("td", { class: "mono", text: p.model }), cell(p.prompt), cell(p.completion),
       hasCached ? cell(p.cached_prompt === undefined ? p.prompt : p.cached_prompt) : null,
       cell(p.min_charge),
-      el("td", { class: "num", text: p.max_output ? p.max_output.toLocaleString("en-US") : "—" })));
+      el("td", { class: "num", text: p.max_output ? ck.num(p.max_output) : "—" })));
   }
-  if (!prices.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: String(heads.length), text: "No model is on offer right now." })));
+  if (!prices.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: String(heads.length), text: ck.t("pricing.none") })));
   const content = el("main", { class: "content", id: "content" },
-    el("h1", { text: "Pricing" }),
+    el("h1", { text: ck.t("title.pricing") }),
     el("div", { class: "card" },
       el("p", { id: "pricing-rates" },
-        `Prices are in credits per 1,000 tokens. 1 yuan buys ${ck.credits(prices.credits_per_cny)} credits; `
-        + `1 US dollar buys ${ck.credits(prices.credits_per_usd)} credits. A call costs prompt tokens × the prompt price `
-        + "plus completion tokens × the completion price, never less than the model's minimum charge."),
-      el("p", {}, ck.me ? el("a", { href: "/console#topup", id: "pricing-topup" }, "Top up your credits")
-        : el("a", { href: "/console", id: "pricing-signup" }, "Create an account: 100 free credits to start")),
+        ck.t("pricing.rates", { cny: ck.credits(prices.credits_per_cny), usd: ck.credits(prices.credits_per_usd) })),
+      el("p", {}, ck.me ? el("a", { href: "/console#topup", id: "pricing-topup" }, ck.t("pricing.top_up"))
+        : el("a", { href: "/console", id: "pricing-signup" }, ck.t("pricing.sign_up"))),
       el("div", { class: "table-wrap" }, el("table", { id: "pricing-table" },
         el("thead", {}, el("tr", {}, heads.map((h, i) => el("th", { class: i ? "num" : "", text: h })))), body))));
   ck.label(body);
