@@ -340,6 +340,12 @@ def test_pages_in_chinese_and_the_language_switch_sticks(browser: Browser, world
     shoot(page, "chat-zh")
     phone_shots(browser, ctx, world.url, {"chat-zh": "/chat"}, "zh-CN")
 
+    prices = tuple(p["model"] for p in world.admin("GET", "/admin/v1/prices")["data"])
+    page.goto("/pricing")
+    page.wait_for_selector("#pricing-table")
+    assert_chinese(page, prices)
+    shoot(page, "pricing-zh")
+
     world.admin("PUT", f"/admin/v1/users/{user_id}/role", {"role": "operator"})
     # What the operator pages list is data the other tests made, not the page's text.
     data = [u[f] for u in world.admin("GET", "/admin/v1/users?limit=100")["data"] for f in ("email", "name") if u.get(f)]
