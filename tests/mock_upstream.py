@@ -5,7 +5,8 @@ Each test talks to its own path prefix (`tag`), so scripts never cross:
 upstream unless scripted; `script(tag, b1, b2, ...)` queues behaviours that
 the next requests consume in order, `always(tag, b)` sets the default.
 The same tag also answers as Anthropic's Messages API (`{tag}/v1/messages`,
-tests/mock_anthropic.py), as OpenAI's Responses API (`{tag}/v1/responses`, tests/mock_responses.py) and as Azure OpenAI (`{tag}/openai/deployments/...`,
+tests/mock_anthropic.py), as OpenAI's Responses API (`{tag}/v1/responses`,
+tests/mock_responses.py) and as Azure OpenAI (`{tag}/openai/deployments/...`,
 tests/mock_azure.py), each in its own wire format.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""POST /v1/responses through the official SDK: native on a Responses upstream, translated on chat and Anthropic ones."""
+"""POST /v1/responses through the official SDKs: native on a Responses upstream, translated on chat and Anthropic."""
 from __future__ import annotations
 
 import json
@@ -101,3 +101,281 @@ def test_streamed(world: World, kind: str) -> None:
     assert final.usage is not None
     _assert_billed_exactly(world, t, final.usage, Decimal(100))
     assert t.client.responses.retrieve(final.id).output_text == text
+
+
+# --- function tools: a round trip by previous_response_id, and by replaying the input ------------
+
+
+def _chat_weather() -> up.Behavior:
+    """A chat upstream that calls the first tool with {"city": "Paris"} and answers its result."""
+
+    async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        last = body["messages"][-1]
+        if last["role"] == "tool" or not body.get("tools"):
+            message: dict[str, Any] = {"role": "assistant", "content": f"The tool said: {last['content']}"}
+        else:
+            message = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"call_{len(body['messages'])}x", "type": "function",
+                "function": {"name": body["tools"][0]["function"]["name"], "arguments": '{"city": "Paris"}'}}]}
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        usage = {"prompt_tokens": 50 + len(body["messages"]), "completion_tokens": 9, "total_tokens": 59}
+        base = {"id": "chatcmpl-w", "created": 1, "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({**base, "object": "chat.completion", "usage": usage, "choices": [
+                {"index": 0, "message": message, "finish_reason": finish}]})
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        for call in message.get("tool_calls") or ():
+            fn = call["function"]
+            deltas.append({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                           "function": {"name": fn["name"], "arguments": ""}}]})
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]}
+                       for p in (fn["arguments"][:5], fn["arguments"][5:])]
+        if message.get("content"):
+            deltas += [{"content": message["content"][:7]}, {"content": message["content"][7:]}]
+        chunks = [{**base, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({**base, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {}, "finish_reason": finish}]})
+        chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        for chunk in chunks:
+            await stream.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await stream.write(b"data: [DONE]\n\n")
+        return stream
+
+    return behave
+
+
+def _tool_model(world: World, kind: str) -> tuple[str, str]:
+    model, tag = _served(world, kind)
+    if kind == "chat":
+        world.mock.always(tag, _chat_weather())
+    return model, tag
+
+
+def _calls(reply: Any) -> list[Any]:
+    return [o for o in reply.output if o.type == "function_call"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_function_tool_round_trip_by_previous_response_id(world: World, kind: str, stream: bool) -> None:
+    model, tag = _tool_model(world, kind)
+    t = world.tenant(credits=100)
+
+    def create(**kwargs: Any) -> Any:
+        if not stream:
+            return t.client.responses.create(model=model, tools=[WEATHER_TOOL], **kwargs)
+        with t.client.responses.stream(model=model, tools=[WEATHER_TOOL], **kwargs) as s:
+            return s.get_final_response()
+
+    first = create(input="What is the weather in Paris?")
+    calls = _calls(first)
+    assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id
+    assert isinstance(json.loads(calls[0].arguments), dict)
+    second = create(previous_response_id=first.id,
+                    input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "21C, sunny"}])
+    assert second.output_text.endswith("The tool said: 21C, sunny")
+    assert second.previous_response_id == first.id
+    sent = world.mock.received(tag)[-1].body
+    assert "previous_response_id" not in sent  # chatkore keeps the chain and sends it whole
+    if kind == "chat":
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
+        assert sent["messages"][1]["tool_calls"][0]["id"] == calls[0].call_id
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": calls[0].call_id, "content": "21C, sunny"}
+    if kind == "native":
+        assert [i.get("type", "message") for i in sent["input"]] == ["message", "function_call",
+                                                                     "function_call_output"]
+    items = t.client.responses.input_items.list(second.id, order="asc")
+    assert [i.type for i in items.data][-1] == "function_call_output"
+    assert any(i.type == "function_call" and i.call_id == calls[0].call_id for i in items.data)
+    rows = world.usage(t.user_id)
+    assert len(rows) == 2 and all(r["status"] == "complete" for r in rows)
+    charged = sum(Decimal(str(r["credits"])) for r in rows)
+    assert world.balance(t.user_id) == 100 - charged and world.held(t.user_id) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_function_tool_round_trip_by_replaying_the_input(world: World, kind: str) -> None:
+    model, _ = _tool_model(world, kind)
+    t = world.tenant(credits=100)
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    first = t.client.responses.create(model=model, input=[question], tools=[WEATHER_TOOL], store=False)
+    call = _calls(first)[0]
+    replay = [question, *[o.model_dump(exclude_none=True) for o in first.output],
+              {"type": "function_call_output", "call_id": call.call_id, "output": "18C, rain"}]
+    second = t.client.responses.create(model=model, input=replay, tools=[WEATHER_TOOL], store=False)
+    assert second.output_text.endswith("The tool said: 18C, rain")
+    with pytest.raises(openai.NotFoundError):  # store: false keeps nothing
+        t.client.responses.retrieve(first.id)
+
+
+# --- structured output ------------------------------------------------------------------------------
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    temperature_c: int
+
+
+@pytest.mark.parametrize("kind", ["native", "chat"])
+def test_structured_output_with_parse(world: World, kind: str) -> None:
+    model, tag = _served(world, kind)
+    answer = '{"city": "Paris", "temperature_c": 21}'
+    world.mock.script(tag, mock_responses.ok(content=answer) if kind == "native" else up.ok(content=answer))
+    t = world.tenant(credits=100)
+    reply = t.client.responses.parse(model=model, input="Weather in Paris as JSON", text_format=Weather)
+    assert reply.output_parsed == Weather(city="Paris", temperature_c=21)
+    sent = world.mock.received(tag)[-1].body
+    if kind == "chat":
+        fmt = sent["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
+        assert fmt["json_schema"]["schema"]["properties"].keys() == {"city", "temperature_c"}
+    else:
+        assert sent["text"]["format"]["type"] == "json_schema"
+
+
+# --- stored responses belong to their user -------------------------------------------------------------
+
+
+def test_another_users_key_cannot_see_a_stored_response(world: World) -> None:
+    model, _ = _served(world, "chat")
+    owner, stranger = world.tenant(credits=100), world.tenant(credits=100)
+    reply = owner.client.responses.create(model=model, input="A secret of mine")
+    with pytest.raises(openai.NotFoundError) as seen:
+        stranger.client.responses.retrieve(reply.id)
+    assert seen.value.body["type"] == "invalid_request_error" and reply.id in seen.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        stranger.client.responses.input_items.list(reply.id)
+    with pytest.raises(openai.NotFoundError):
+        stranger.client.responses.delete(reply.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        stranger.client.responses.create(model=model, input="and what did I say?", previous_response_id=reply.id)
+    assert refused.value.body["param"] == "previous_response_id"
+    assert refused.value.body["code"] == "previous_response_not_found"
+    assert world.balance(stranger.user_id) == 100 and world.usage(stranger.user_id) == []
+    # Another key of the owner's sees it; deleted, it is gone for everyone.
+    other_key = world.client(world.key(owner.user_id)["key"])
+    assert other_key.responses.retrieve(reply.id).output_text == reply.output_text
+    items = other_key.responses.input_items.list(reply.id)
+    assert [i.type for i in items.data] == ["message"] and items.data[0].content[0].text == "A secret of mine"
+    owner.client.responses.delete(reply.id)
+    with pytest.raises(openai.NotFoundError):
+        owner.client.responses.retrieve(reply.id)
+
+
+def test_bad_input_is_a_400_and_costs_nothing(world: World) -> None:
+    model, _ = _served(world, "chat")
+    t = world.tenant(credits=100)
+    for body, param in [({"input": 5}, "input"), ({"input": ["text"]}, "input[0]"), ({}, "input"),
+                        ({"input": "x", "max_output_tokens": 3}, "max_output_tokens"),
+                        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+                        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}},
+                         "text.format.schema"),
+                        ({"input": "x", "metadata": {"k": 1}}, "metadata.k")]:
+        with pytest.raises(openai.BadRequestError) as seen:
+            t.client.responses.create(model=model, **body)
+        assert seen.value.body["param"] == param, body
+    assert world.balance(t.user_id) == 100 and world.usage(t.user_id) == []
+
+
+# --- what Codex sends: unknown items, tools and fields are tolerated ------------------------------------
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "shell", "description": "Runs a command.", "strict": False,
+     "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["command"]}},
+    {"type": "custom", "name": "apply_patch", "description": "Applies a patch.",
+     "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+    {"type": "web_search"},
+    {"type": "namespace", "name": "mcp__files", "description": "File tools.",
+     "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object", "properties": {}}}]},
+]
+
+
+def _codex_body(model: str) -> dict[str, Any]:
+    return {
+        "model": model, "instructions": "You are Codex.", "tools": CODEX_TOOLS, "tool_choice": "auto",
+        "parallel_tool_calls": False, "reasoning": {"effort": "medium", "summary": "auto"}, "store": False,
+        "stream": True, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "0b6c-session",
+        "client_metadata": {"originator": "codex_exec"}, "text": {"verbosity": "low"},
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions/>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list the files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-opaque"},
+            {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "shell",
+             "arguments": "{\"command\": [\"ls\"]}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "a.txt\nb.txt"},
+            {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_2", "name": "apply_patch",
+             "input": "*** Begin Patch"},
+            {"type": "custom_tool_call_output", "call_id": "call_2", "output": "Done."},
+            {"type": "additional_tools", "tools": [{"type": "function", "name": "view_image",
+                                                    "parameters": {"type": "object", "properties": {}}}]},
+            {"type": "a_future_item", "whatever": {"nested": True}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("kind", ["native", "chat"])
+def test_codex_requests_are_tolerated(world: World, kind: str) -> None:
+    model, tag = _served(world, kind)
+    t = world.tenant(credits=100)
+    body = _codex_body(model)
+    resp = world.http.post(world.url + "/v1/responses", json=body, timeout=60,
+                           headers={"Authorization": f"Bearer {t.key}"}, stream=True)
+    assert resp.status_code == 200, resp.text
+    events = [json.loads(line[6:]) for line in resp.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.completed" and events[-1]["response"]["store"] is False
+    sent = world.mock.received(tag)[-1].body
+    if kind == "native":
+        # Passed through as sent, but for the upstream's model name and the budget the hold pays for.
+        assert {k: v for k, v in sent.items() if k not in ("model", "max_output_tokens")} == \
+            {k: v for k, v in body.items() if k != "model"}
+    else:
+        names = [tool["function"]["name"] for tool in sent["tools"]]
+        assert names == ["shell", "apply_patch", "read_file", "view_image"]
+        assert sent["messages"][0] == {"role": "system", "content": "You are Codex."}
+        assert [m["role"] for m in sent["messages"]] == ["system", "system", "user", "assistant", "tool", "assistant",
+                                                         "tool"]
+        assert sent["messages"][3]["tool_calls"][0]["id"] == "call_1"
+        patch = sent["messages"][5]["tool_calls"][0]
+        assert patch["id"] == "call_2" and json.loads(patch["function"]["arguments"]) == {"input": "*** Begin Patch"}
+    assert world.usage(t.user_id)[0]["status"] == "complete"
+
+
+# --- the OpenAI Agents SDK -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["native", "chat"])
+def test_an_agent_with_a_function_tool_runs_to_its_final_answer(world: World, kind: str) -> None:
+    import asyncio
+
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # no trace export to api.openai.com
+    model, tag = _tool_model(world, kind)
+    t = world.tenant(credits=100)
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city now."""
+        asked.append(city)
+        return f"Sunny and 24C in {city}"
+
+    async def run() -> str:
+        client = world.async_client(t.key)
+        agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather],
+                      model=OpenAIResponsesModel(model=model, openai_client=client))
+        result = await Runner.run(agent, "What is the weather in Paris?")
+        await client.close()
+        return str(result.final_output)
+
+    final = asyncio.run(run())
+    city = "Paris" if kind == "chat" else "What is the weather in Paris?"
+    assert asked == [city]
+    assert final.endswith(f"The tool said: Sunny and 24C in {city}")
+    rows = world.usage(t.user_id)
+    assert len(rows) == 2 and all(r["status"] == "complete" for r in rows)
+    assert world.balance(t.user_id) == 100 - sum(Decimal(str(r["credits"])) for r in rows)
