@@ -55,10 +55,15 @@ async def _signed_in(request: web.Request, email: str, password: str, status: in
 
 async def register(request: web.Request) -> web.Response:
     sessions.check_origin(request)
-    email, password = _credentials(await _body(request))
+    body = await _body(request)
+    email, password = _credentials(body)
+    invite = _str(body, "invite", limit=64).strip()  # another user's invite code (an unknown one is ignored)
     await request.app[SIGNUPS].admit(client_ip(request))
-    await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
-                                           timeout=RPC_TIMEOUT_S)
+    account = await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
+                                                     timeout=RPC_TIMEOUT_S)
+    if invite:
+        await request.app[PEERS].billing.AcceptInvite(
+            billing_pb2.AcceptInviteRequest(user_id=account.user_id, code=invite), timeout=RPC_TIMEOUT_S)
     return await _signed_in(request, email, password, 201)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2
+from edge import money_api
 from edge.admin_api import INT32_MAX, RPC_TIMEOUT_S, _body, _path_id, _query_int, _str, _user, admin
 from edge.credits import from_micro
 from edge.errors import invalid
@@ -70,4 +71,61 @@ async def stats(request: web.Request) -> web.Response:
         {"bucket": s.bucket, "model": s.model, "requests": s.requests, "prompt_tokens": s.prompt_tokens,
          "completion_tokens": s.completion_tokens, "credits": from_micro(s.credits), "errors": s.errors}
         for s in reply.stats
+    ]})
+
+
+# --- payment orders (the Orders page) --------------------------------------------------------
+
+ORDER_STATUSES = ("", "pending", "expired", "paid", "refunded")
+
+
+def _admin_order(o: billing_pb2.Order) -> dict[str, Any]:
+    return {**money_api.order_json(o), "user_id": o.user_id, "review": o.review, "review_note": o.review_note}
+
+
+@admin
+async def list_orders(request: web.Request) -> web.Response:
+    """Every order, newest first: `status`, `user_id`, `provider`, `review` (true/false) filter."""
+    status = request.query.get("status", "")
+    if status not in ORDER_STATUSES:
+        raise invalid(f"'status' must be one of {', '.join(s for s in ORDER_STATUSES if s)}", "status")
+    provider = request.query.get("provider", "")
+    if provider not in ("", "alipay", "stripe", "demo"):
+        raise invalid("'provider' must be alipay, stripe or demo", "provider")
+    message = billing_pb2.ListOrdersRequest(user_id=_query_int(request, "user_id", 2**62), status=status,
+                                            provider=provider, limit=_query_int(request, "limit", 500))
+    review = request.query.get("review", "")
+    if review:
+        if review not in ("true", "false"):
+            raise invalid("'review' must be true or false", "review")
+        message.review = review == "true"
+    reply = await request.app[PEERS].billing.ListOrders(message, timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [_admin_order(o) for o in reply.orders]})
+
+
+@admin
+async def review_order(request: web.Request) -> web.Response:
+    """PATCH an order: `review` (true marks it for review, false clears it) and an optional `note`."""
+    body = await _body(request)
+    review = body.get("review")
+    if not isinstance(review, bool):
+        raise invalid("'review' must be true or false", "review")
+    order = await request.app[PEERS].billing.SetOrderReview(
+        billing_pb2.SetOrderReviewRequest(order_id=money_api.order_id_param(request), review=review,
+                                          note=_str(body, "note", limit=500)),
+        timeout=RPC_TIMEOUT_S)
+    return json_response(_admin_order(order))
+
+
+@admin
+async def list_notifications(request: web.Request) -> web.Response:
+    """Every payment notification kept, newest first (`order_id` narrows to one order's)."""
+    reply = await request.app[PEERS].billing.ListNotifications(
+        billing_pb2.ListNotificationsRequest(order_id=request.query.get("order_id", "")[:100],
+                                             limit=_query_int(request, "limit", 500)),
+        timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [
+        {"id": n.id, "provider": n.provider, "order_id": n.order_id, "event": n.event, "verdict": n.verdict,
+         "reason": n.reason, "received": n.received}
+        for n in reply.notifications
     ]})

@@ -84,6 +84,11 @@ async def pricing(request: web.Request) -> web.StreamResponse:
     return _page("pricing.html", request)
 
 
+async def demo_pay(request: web.Request) -> web.StreamResponse:
+    """The demo provider's pay page (the order id is read from the path by its script)."""
+    return _page("demo-pay.html", request)
+
+
 async def ops(request: web.Request) -> web.StreamResponse:
     """Operators only: anyone else is sent to the console to sign in as one."""
     if not sessions.has_session(request):
@@ -109,6 +114,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/chat", chat)
     r.add_get("/console", console)
     r.add_get("/pricing", pricing)
+    r.add_get("/pay/demo/{id}", demo_pay)
     r.add_get("/ops", ops)
     r.add_get("/i18n/{lang}.js", catalogue)
     r.add_get("/static/vendor/{name}", vendor)

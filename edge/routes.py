@@ -71,6 +71,18 @@ def setup(app: web.Application) -> None:
 
     # Money in: public prices, the user's payment orders, the providers' notifications.
     r.add_get("/api/pricing", money.pricing)
+    r.add_post("/api/payments", money.create_payment)
+    r.add_get("/api/payments", money.list_payments)
+    r.add_get("/api/payments/{id}", money.get_payment)
+    r.add_get("/api/payments/{id}/qr.svg", money.payment_qr)
+    r.add_post("/api/payments/{id}/pay", money.pay_demo)  # the demo provider's Pay button
+    r.add_get("/api/invite", money.invite)
+    r.add_post("/payments/alipay/notify", money.alipay_notify)
+    r.add_get("/payments/alipay/return", money.alipay_return)
+    r.add_post("/payments/stripe/webhook", money.stripe_webhook)
+    r.add_get("/admin/v1/orders", operator.list_orders)
+    r.add_patch("/admin/v1/orders/{id}", operator.review_order)
+    r.add_get("/admin/v1/payment-notifications", operator.list_notifications)
 
     # Pages: /chat, /console, /ops and their static files.
     pages.setup(app)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from services.common.config import (
     DEFAULT_BILLING_ADDR,
@@ -20,6 +21,74 @@ MICRO = 1_000_000  # micro-credits per credit
 
 
 @dataclass(frozen=True)
+class AlipayConfig:
+    app_id: str
+    private_key: Secret   # the app's RSA private key: PEM, or Alipay's bare base64
+    public_key: str       # Alipay's public key: PEM, or bare base64
+    gateway: str
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    secret_key: Secret
+    webhook_secret: Secret
+    api_base: str
+
+
+@dataclass(frozen=True)
+class PaymentConfig:
+    ttl_s: int                 # an unpaid order expires after this
+    invite_reward_pct: int     # percent of an invitee's first paid order credited to the inviter
+    public_url: str            # where providers send notifications and buyers come back to
+    alipay: AlipayConfig | None
+    stripe: StripeConfig | None
+
+    @property
+    def demo(self) -> bool:
+        """The demo provider pays without money: only while no real provider is set."""
+        return self.alipay is None and self.stripe is None
+
+    @classmethod
+    def from_env(cls) -> PaymentConfig:
+        public_url = env_str("CHATKORE_PUBLIC_URL", "").rstrip("/")
+        alipay = None
+        if app_id := env_str("CHATKORE_ALIPAY_APP_ID", ""):
+            alipay = AlipayConfig(
+                app_id=app_id,
+                private_key=Secret(_key_text("CHATKORE_ALIPAY_PRIVATE_KEY")),
+                public_key=_key_text("CHATKORE_ALIPAY_PUBLIC_KEY"),
+                gateway=env_str("CHATKORE_ALIPAY_GATEWAY", "https://openapi.alipay.com/gateway.do"),
+            )
+        stripe = None
+        if secret := env_str("CHATKORE_STRIPE_SECRET_KEY", ""):
+            stripe = StripeConfig(
+                secret_key=Secret(secret),
+                webhook_secret=Secret(env_str("CHATKORE_STRIPE_WEBHOOK_SECRET")),
+                api_base=env_str("CHATKORE_STRIPE_API_BASE", "https://api.stripe.com").rstrip("/"),
+            )
+        if (alipay or stripe) and not public_url:
+            raise ConfigError("CHATKORE_PUBLIC_URL is required with a payment provider (its notify and return URLs)")
+        pct = env_int("CHATKORE_INVITE_REWARD_PCT", 10)
+        if not 0 <= pct <= 100:
+            raise ConfigError(f"CHATKORE_INVITE_REWARD_PCT must be 0 to 100, got {pct}")
+        ttl = env_int("CHATKORE_PAYMENT_TTL_S", 1800)
+        if ttl < 60:
+            raise ConfigError(f"CHATKORE_PAYMENT_TTL_S must be at least 60, got {ttl}")
+        return cls(ttl_s=ttl, invite_reward_pct=pct, public_url=public_url, alipay=alipay, stripe=stripe)
+
+
+def _key_text(name: str) -> str:
+    """A key given as its text, or as the path of a file holding it."""
+    value = env_str(name)
+    if "-----BEGIN" in value:
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError:
+        return value  # Alipay's console hands out keys as bare base64
+
+
+@dataclass(frozen=True)
 class BillingConfig:
     database_url: Secret
     listen: str
@@ -32,6 +101,7 @@ class BillingConfig:
     log_level: str
     credits_per_cny: int     # micro-credits one yuan buys
     credits_per_usd: int     # micro-credits one US dollar buys
+    payments: PaymentConfig
 
     @classmethod
     def from_env(cls) -> BillingConfig:
@@ -47,6 +117,7 @@ class BillingConfig:
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
             credits_per_cny=env_rate("CHATKORE_CREDITS_PER_CNY", "140"),
             credits_per_usd=env_rate("CHATKORE_CREDITS_PER_USD", "1000"),
+            payments=PaymentConfig.from_env(),
         )
 
 

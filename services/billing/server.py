@@ -10,6 +10,7 @@ from services.billing.config import BillingConfig
 from services.billing.prices import PriceBook
 from services.billing.pricing import Rates
 from services.billing.servicer import BillingServicer
+from services.billing.till import Till
 from services.common import db, grpcserver, metrics
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ async def serve(cfg: BillingConfig) -> None:
     await prices.start()
     books = Books(pool, prices, hold_ttl_s=cfg.hold_ttl_s, signup_credits=cfg.signup_credits)
     rates = Rates(cny=cfg.credits_per_cny, usd=cfg.credits_per_usd)
+    till = Till(pool, rates, cfg.payments)
     sweeper = asyncio.create_task(books.sweep_forever(cfg.sweep_interval_s))
     counter = asyncio.create_task(_count_holds(books, cfg.sweep_interval_s))
     try:
@@ -38,7 +40,7 @@ async def serve(cfg: BillingConfig) -> None:
             name="billing",
             listen=cfg.listen,
             register=lambda server: billing_pb2_grpc.add_BillingServicer_to_server(
-                BillingServicer(books, rates), server),
+                BillingServicer(books, rates, till), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,

@@ -6,7 +6,8 @@ import grpc
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.billing.books import Books
 from services.billing.pricing import Price, Rates
-from services.billing.store import RequestRow, UserRow
+from services.billing.store import OrderRow, RequestRow, UserRow
+from services.billing.till import Till, Verdict
 
 
 def _user(u: UserRow) -> billing_pb2.User:
@@ -27,10 +28,24 @@ def _usage(r: RequestRow) -> billing_pb2.UsageRow:
     )
 
 
+def _order(o: OrderRow) -> billing_pb2.Order:
+    return billing_pb2.Order(
+        id=o.id, user_id=o.user_id, provider=o.provider, currency=o.currency, amount=o.amount, credits=o.credits,
+        status=o.status, pay_url=o.pay_url, qr_code=o.qr_code, created=o.created, expires_at=o.expires_at,
+        paid_at=o.paid_at, review=o.review, review_note=o.review_note, refunded=o.refunded, owed=o.owed,
+    )
+
+
+def _verdict(v: Verdict) -> billing_pb2.NotificationVerdict:
+    return billing_pb2.NotificationVerdict(accepted=v.accepted, verdict=v.verdict, reason=v.reason,
+                                           order_id=v.order_id)
+
+
 class BillingServicer(billing_pb2_grpc.BillingServicer):
-    def __init__(self, books: Books, rates: Rates) -> None:
+    def __init__(self, books: Books, rates: Rates, till: Till) -> None:
         self.books = books
         self.rates = rates
+        self.till = till
 
     async def CreateUser(self, request: billing_pb2.CreateUserRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.User:
@@ -72,7 +87,8 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     async def ListPrices(self, request: billing_pb2.ListPricesRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.PriceList:
         return billing_pb2.PriceList(prices=[_price(p) for p in await self.books.list_prices()],
-                                     credits_per_cny=self.rates.cny, credits_per_usd=self.rates.usd)
+                                     credits_per_cny=self.rates.cny, credits_per_usd=self.rates.usd,
+                                     payment_providers=self.till.providers())
 
     async def ListUsage(self, request: billing_pb2.ListUsageRequest,
                         context: grpc.aio.ServicerContext) -> billing_pb2.UsageList:
@@ -126,3 +142,54 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
                                   credits=c, errors=e)
             for b, m, n, pt, ct, c, e in rows
         ])
+
+    # --- money in ---------------------------------------------------------------------
+
+    async def CreateOrder(self, request: billing_pb2.CreateOrderRequest,
+                          context: grpc.aio.ServicerContext) -> billing_pb2.Order:
+        return _order(await self.till.create_order(request.user_id, request.provider, request.amount))
+
+    async def GetOrder(self, request: billing_pb2.GetOrderRequest,
+                       context: grpc.aio.ServicerContext) -> billing_pb2.Order:
+        return _order(await self.till.get_order(request.order_id, request.user_id))
+
+    async def ListOrders(self, request: billing_pb2.ListOrdersRequest,
+                         context: grpc.aio.ServicerContext) -> billing_pb2.OrderList:
+        review = request.review if request.HasField("review") else None
+        orders = await self.till.list_orders(request.user_id, request.status, request.provider, review, request.limit)
+        return billing_pb2.OrderList(orders=[_order(o) for o in orders])
+
+    async def PayDemoOrder(self, request: billing_pb2.GetOrderRequest,
+                           context: grpc.aio.ServicerContext) -> billing_pb2.Order:
+        return _order(await self.till.pay_demo(request.user_id, request.order_id))
+
+    async def AlipayNotify(self, request: billing_pb2.AlipayNotification,
+                           context: grpc.aio.ServicerContext) -> billing_pb2.NotificationVerdict:
+        return _verdict(await self.till.alipay_notify(dict(request.params)))
+
+    async def StripeWebhook(self, request: billing_pb2.StripeEvent,
+                            context: grpc.aio.ServicerContext) -> billing_pb2.NotificationVerdict:
+        return _verdict(await self.till.stripe_webhook(request.payload, request.signature))
+
+    async def SetOrderReview(self, request: billing_pb2.SetOrderReviewRequest,
+                             context: grpc.aio.ServicerContext) -> billing_pb2.Order:
+        return _order(await self.till.set_review(request.order_id, request.review, request.note))
+
+    async def ListNotifications(self, request: billing_pb2.ListNotificationsRequest,
+                                context: grpc.aio.ServicerContext) -> billing_pb2.NotificationList:
+        rows = await self.till.notifications(request.order_id, request.limit)
+        return billing_pb2.NotificationList(notifications=[
+            billing_pb2.Notification(id=n.id, provider=n.provider, order_id=n.order_id, event=n.event,
+                                     verdict=n.verdict, reason=n.reason, received=n.received)
+            for n in rows
+        ])
+
+    async def GetInvite(self, request: billing_pb2.GetUserRequest,
+                        context: grpc.aio.ServicerContext) -> billing_pb2.Invite:
+        info = await self.till.invite(request.user_id)
+        return billing_pb2.Invite(code=info.code, invited=info.invited, earned=info.earned,
+                                  reward_pct=info.reward_pct)
+
+    async def AcceptInvite(self, request: billing_pb2.AcceptInviteRequest,
+                           context: grpc.aio.ServicerContext) -> billing_pb2.AcceptInviteReply:
+        return billing_pb2.AcceptInviteReply(accepted=await self.till.accept_invite(request.user_id, request.code))

@@ -428,7 +428,8 @@ async def spend(conn: AsyncConnection, user_id: int, since: int, until: int) -> 
              WHERE user_id = %(uid)s AND state = 'settled'
                AND created_at >= to_timestamp(%(since)s) AND created_at < to_timestamp(%(until)s)),
             (SELECT coalesce(sum(amount), 0)::bigint FROM ledger
-             WHERE user_id = %(uid)s AND account = 'available' AND kind IN ('grant', 'topup', 'redeem'))
+             WHERE user_id = %(uid)s AND account = 'available'
+               AND kind IN ('grant', 'topup', 'redeem', 'payment', 'invite', 'refund'))
         """,
         {"uid": user_id, "since": since, "until": until},
     )
@@ -560,3 +561,237 @@ async def redeem(conn: AsyncConnection, user_id: int, code_hash: bytes) -> UserR
     )
     row = await cur.fetchone()
     return UserRow(*row) if row else None
+
+
+# --- payment orders ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    id: str
+    user_id: int
+    provider: str
+    currency: str
+    amount: int
+    credits: int
+    status: str  # pending, expired (pending past its time), paid, refunded
+    pay_url: str
+    qr_code: str
+    provider_ref: str
+    refunded: int
+    owed: int
+    review: bool
+    review_note: str
+    created: int
+    expires_at: int
+    paid_at: int
+
+
+_ORDER_COLUMNS = (
+    "id, user_id, provider, currency, amount, credits,"
+    " CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END,"
+    " pay_url, qr_code, provider_ref, refunded, owed, review, review_note,"
+    " extract(epoch FROM created_at)::bigint, extract(epoch FROM expires_at)::bigint,"
+    " coalesce(extract(epoch FROM paid_at)::bigint, 0)"
+)
+
+
+async def create_order(conn: AsyncConnection, *, order_id: str, user_id: int, provider: str, currency: str,
+                       amount: int, credits: int, ttl_s: int) -> OrderRow:
+    cur = await conn.execute(
+        f"""
+        INSERT INTO orders (id, user_id, provider, currency, amount, credits, expires_at)
+        VALUES (%s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))
+        RETURNING {_ORDER_COLUMNS}
+        """,
+        (order_id, user_id, provider, currency, amount, credits, ttl_s),
+    )
+    return OrderRow(*await cur.fetchone())
+
+
+async def set_order_links(conn: AsyncConnection, order_id: str, pay_url: str, qr_code: str,
+                          provider_ref: str) -> OrderRow | None:
+    cur = await conn.execute(
+        f"""
+        UPDATE orders SET pay_url = %s, qr_code = %s, provider_ref = %s WHERE id = %s
+        RETURNING {_ORDER_COLUMNS}
+        """,
+        (pay_url, qr_code, provider_ref, order_id),
+    )
+    row = await cur.fetchone()
+    return OrderRow(*row) if row else None
+
+
+async def get_order(conn: AsyncConnection, order_id: str) -> OrderRow | None:
+    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = %s", (order_id,))
+    row = await cur.fetchone()
+    return OrderRow(*row) if row else None
+
+
+async def order_by_provider_ref(conn: AsyncConnection, provider: str, ref: str) -> OrderRow | None:
+    cur = await conn.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE provider = %s AND provider_ref = %s",
+                             (provider, ref))
+    row = await cur.fetchone()
+    return OrderRow(*row) if row else None
+
+
+async def list_orders(conn: AsyncConnection, *, user_id: int, status: str, provider: str, review: bool | None,
+                      limit: int) -> list[OrderRow]:
+    """Newest first; each filter applies when set (user 0, status '' and provider '' are any)."""
+    cur = await conn.execute(
+        f"""
+        SELECT * FROM (SELECT {_ORDER_COLUMNS} FROM orders
+                       WHERE (%(uid)s = 0 OR user_id = %(uid)s) AND (%(provider)s = '' OR provider = %(provider)s)
+                         AND (%(review)s::boolean IS NULL OR review = %(review)s::boolean)
+                       ORDER BY created_at DESC, id) o
+        WHERE %(status)s = '' OR o.status = %(status)s
+        LIMIT %(limit)s
+        """,
+        {"uid": user_id, "provider": provider, "status": status, "review": review, "limit": limit},
+    )
+    return [OrderRow(*row) for row in await cur.fetchall()]
+
+
+async def credit_order(conn: AsyncConnection, order_id: str, provider_ref: str,
+                       invite_pct: int) -> OrderRow | None:
+    """Pay a pending order, in one transaction: the order becomes paid, its credits are the
+    top-up `order:<id>` with its ledger entries, and on the user's first paid order the
+    inviter gets `invite_pct` percent. None when the order was not pending (paid already:
+    a repeated notification; the row lock makes a concurrent one wait, then find it paid)."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE orders SET status = 'paid', paid_at = now(),"
+            " provider_ref = CASE WHEN %s = '' THEN provider_ref ELSE %s END"
+            " WHERE id = %s AND status = 'pending' RETURNING user_id, credits",
+            (provider_ref, provider_ref, order_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        user_id, credits = row
+        if await top_up(conn, user_id, credits, f"order:{order_id}", "payment") is None:
+            raise RuntimeError(f"order {order_id} was credited before it was paid")  # rolls the payment back
+        cur = await conn.execute(
+            "UPDATE users SET invite_rewarded = true WHERE id = %s AND invited_by IS NOT NULL"
+            " AND NOT invite_rewarded RETURNING invited_by",
+            (user_id,),
+        )
+        inviter = await cur.fetchone()
+        reward = credits * invite_pct // 100
+        if inviter is not None and reward > 0:
+            await top_up(conn, inviter[0], reward, f"invite:{user_id}", "invite")
+        return await get_order(conn, order_id)
+
+
+async def refund_order(conn: AsyncConnection, order_id: str, target: int, fully: bool) -> tuple[int, int] | None:
+    """Reverse credits of a refunded order up to `target` in all: what the balance holds is
+    taken back (ledger kind refund), the rest recorded as owed. Returns (taken, owed now),
+    or None when nothing more was due (a repeated refund notification)."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT user_id, refunded FROM orders WHERE id = %s AND status IN ('paid', 'refunded') FOR UPDATE",
+            (order_id,))
+        row = await cur.fetchone()
+        if row is None or target <= row[1]:
+            return None
+        user_id, done = row
+        due = target - done
+        cur = await conn.execute("SELECT balance FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        taken = min(due, (await cur.fetchone())[0])
+        if taken > 0:
+            await conn.execute(
+                f"""
+                WITH u AS (
+                    UPDATE users SET balance = balance - %(taken)s WHERE id = %(uid)s RETURNING id
+                ), mv AS (
+                    SELECT nextval('ledger_movement_seq') AS id FROM u
+                )
+                INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+                SELECT mv.id, 'refund', %(ref)s, CASE WHEN e.account = 'available' THEN %(uid)s::bigint END,
+                       e.account, -e.sign * %(taken)s
+                FROM mv, {_CREDIT_ENTRIES}
+                """,
+                {"taken": taken, "uid": user_id, "ref": f"refund:{order_id}:{target}"},
+            )
+        cur = await conn.execute(
+            "UPDATE orders SET refunded = %s, owed = owed + %s,"
+            " status = CASE WHEN %s THEN 'refunded' ELSE status END WHERE id = %s RETURNING owed",
+            (target, due - taken, fully, order_id),
+        )
+        return taken, (await cur.fetchone())[0]
+
+
+async def set_order_review(conn: AsyncConnection, order_id: str, review: bool, note: str) -> OrderRow | None:
+    cur = await conn.execute(
+        f"UPDATE orders SET review = %s, review_note = %s WHERE id = %s RETURNING {_ORDER_COLUMNS}",
+        (review, note, order_id),
+    )
+    row = await cur.fetchone()
+    return OrderRow(*row) if row else None
+
+
+async def record_notification(conn: AsyncConnection, provider: str, order_id: str, event: str, verdict: str,
+                              reason: str) -> None:
+    await conn.execute(
+        "INSERT INTO payment_notifications (provider, order_id, event, verdict, reason) VALUES (%s, %s, %s, %s, %s)",
+        (provider, order_id[:100], event[:100], verdict, reason[:500]),
+    )
+
+
+@dataclass(frozen=True)
+class NotificationRow:
+    id: int
+    provider: str
+    order_id: str
+    event: str
+    verdict: str
+    reason: str
+    received: int
+
+
+async def list_notifications(conn: AsyncConnection, order_id: str, limit: int) -> list[NotificationRow]:
+    cur = await conn.execute(
+        """
+        SELECT id, provider, order_id, event, verdict, reason, extract(epoch FROM received_at)::bigint
+        FROM payment_notifications WHERE %(oid)s = '' OR order_id = %(oid)s ORDER BY id DESC LIMIT %(limit)s
+        """,
+        {"oid": order_id, "limit": limit},
+    )
+    return [NotificationRow(*row) for row in await cur.fetchall()]
+
+
+# --- invites ---------------------------------------------------------------------------
+
+
+async def invite_code(conn: AsyncConnection, user_id: int, fresh: str) -> str | None:
+    """The user's invite code, `fresh` becoming it the first time; None for no such user."""
+    cur = await conn.execute(
+        "UPDATE users SET invite_code = coalesce(invite_code, %s) WHERE id = %s RETURNING invite_code",
+        (fresh, user_id))
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def invite_stats(conn: AsyncConnection, user_id: int) -> tuple[int, int]:
+    """(users this user invited, credits earned by invites)."""
+    cur = await conn.execute(
+        """
+        SELECT (SELECT count(*) FROM users WHERE invited_by = %(uid)s),
+               (SELECT coalesce(sum(amount), 0)::bigint FROM ledger
+                WHERE user_id = %(uid)s AND account = 'available' AND kind = 'invite')
+        """,
+        {"uid": user_id})
+    row = await cur.fetchone()
+    return row[0], row[1]
+
+
+async def accept_invite(conn: AsyncConnection, user_id: int, code: str) -> bool:
+    """Record who invited a user (once, never themselves); False for an unknown code."""
+    cur = await conn.execute(
+        """
+        UPDATE users u SET invited_by = i.id FROM users i
+        WHERE u.id = %s AND i.invite_code = %s AND i.id <> u.id AND u.invited_by IS NULL
+        RETURNING i.id
+        """,
+        (user_id, code))
+    return await cur.fetchone() is not None

@@ -176,6 +176,8 @@ const ck = {
       error.hidden = true;
       try {
         const body = { email: email.value, password: password.value };
+        const invite = new URLSearchParams(location.search).get("invite");
+        if (mode === "register" && invite) body.invite = invite;
         await ck.api("POST", mode === "login" ? "/api/login" : "/api/register", body);
         await ck.loadMe();
         onDone();
@@ -186,7 +188,7 @@ const ck = {
         submit.disabled = false;
       }
     });
-    setMode("login");
+    setMode(new URLSearchParams(location.search).get("invite") ? "register" : "login");
     root.replaceChildren(ck.el("div", { class: "auth-wrap" }, form));
   },
 };

@@ -2,7 +2,7 @@
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["overview", "console.nav.overview"], ["keys", "console.nav.keys"], ["usage", "console.nav.usage"]];
+const SECTIONS = [["overview", "console.nav.overview"], ["topup", "console.nav.topup"], ["keys", "console.nav.keys"], ["usage", "console.nav.usage"]];
 let spendChart = null;
 
 function section() {
@@ -34,7 +34,7 @@ async function render() {
     SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, ck.t(text))));
   const content = el("main", { class: "content", id: "content" });
   document.getElementById("root").replaceChildren(nav, content);
-  ({ overview, keys, usage })[current](content);
+  ({ overview, topup, keys, usage })[current](content);
 }
 
 // --- overview ---------------------------------------------------------------------
@@ -92,6 +92,125 @@ async function overview(root) {
       scales: { y: { beginAtZero: true, grid: { color: "#eef0f3" } }, x: { grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 8 } } },
     },
   });
+}
+
+// --- top up: pay with a provider, watch the order until it is paid; order history; invites ---
+
+let watching = null;  // the timer polling the open order's status
+
+const CURRENCY_OF = { alipay: "CNY", stripe: "USD", demo: "CNY" };
+const providerName = (p) => (CURRENCY_OF[p] ? ck.t(`topup.provider.${p}`) : p);
+const orderStatus = (s) => (["pending", "paid", "expired", "refunded"].includes(s) ? ck.t(`topup.status.${s}`) : s);
+
+async function topup(root) {
+  if (watching) { clearTimeout(watching); watching = null; }
+  const pricing = await ck.api("GET", "/api/pricing");
+  const providers = pricing.payment_providers;
+  const amount = el("input", { id: "topup-amount", type: "number", min: "0.01", step: "0.01", value: "10", required: true });
+  const provider = el("select", { id: "topup-provider" }, providers.map((p) => el("option", { value: p, text: providerName(p) })));
+  const unit = el("span", { class: "hint", id: "topup-unit" });
+  const preview = () => {
+    const currency = CURRENCY_OF[provider.value];
+    const rate = currency === "USD" ? pricing.credits_per_usd : pricing.credits_per_cny;
+    unit.textContent = ck.t("topup.buys", { currency, credits: ck.credits(Math.floor(Number(amount.value || 0) * rate * 1e6) / 1e6) });
+  };
+  amount.addEventListener("input", preview);
+  provider.addEventListener("change", preview);
+  preview();
+  const error = el("div", { class: "error", hidden: true, role: "alert", id: "topup-error" });
+  const current = el("div", { id: "topup-order" });
+  const form = el("form", { class: "row", id: "topup-form" },
+    el("div", { class: "field" }, el("label", { for: "topup-amount", text: ck.t("topup.amount") }), amount),
+    el("div", { class: "field" }, el("label", { for: "topup-provider", text: ck.t("topup.pay_with") }), provider),
+    el("button", { type: "submit", id: "topup-submit" }, ck.t("topup.submit")));
+  const body = el("tbody", { id: "orders-body" });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.hidden = true;
+    try {
+      const order = await ck.api("POST", "/api/payments", { provider: provider.value, amount: Number(amount.value) });
+      show(order);
+      await fill();
+    } catch (e) {
+      error.textContent = e.message;
+      error.hidden = false;
+    }
+  });
+  const invite = el("div", { id: "invite" });
+  const heads = ["topup.time", "topup.amount", "topup.credits", "topup.pay_with", "common.status"];
+  root.append(
+    el("h1", { text: ck.t("console.nav.topup") }),
+    el("div", { class: "card" }, el("h2", { text: ck.t("topup.title") }),
+      el("p", { class: "hint" }, ck.t("topup.no_minimum"), " ", el("a", { href: "/pricing", text: ck.t("topup.price_list") })),
+      form, unit, error, current),
+    el("div", { class: "card" },
+      el("div", { class: "card-head" }, el("h2", { text: ck.t("topup.orders") }),
+        el("button", { class: "secondary small", id: "orders-refresh", onclick: () => fill() }, ck.t("common.refresh"))),
+      el("div", { class: "table-wrap" }, el("table", {},
+        el("thead", {}, el("tr", {}, heads.map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", text: ck.t(h) })))),
+        body))),
+    el("div", { class: "card" }, el("h2", { text: ck.t("topup.invite_title") }), invite));
+
+  function badge(status) {
+    return el("span", { class: status === "paid" ? "badge ok" : status === "pending" ? "badge warn" : "badge bad",
+      "data-status": status, text: orderStatus(status) });
+  }
+
+  function show(order) {
+    const status = el("span", { id: "topup-status" }, badge(order.status));
+    const pay = el("a", { class: "button", id: "topup-pay", href: order.pay_url,
+      target: order.provider === "demo" ? null : "_blank", rel: "noopener" },
+      ck.t(order.provider === "alipay" ? "topup.pay_page" : "topup.pay"));
+    current.replaceChildren(el("div", { class: "card inset", "data-order-id": order.id },
+      el("p", {}, ck.t("topup.order_line", { amount: order.amount.toFixed(2), currency: order.currency, credits: ck.credits(order.credits) }), " — ", status),
+      order.qr_code ? el("div", {}, el("p", { class: "hint", text: ck.t("topup.scan") }),
+        el("img", { id: "topup-qr", src: `/api/payments/${order.id}/qr.svg`, alt: ck.t("topup.qr_alt"), width: "220", height: "220" })) : null,
+      el("p", {}, pay),
+      el("p", { class: "hint", text: ck.t("topup.expires", { when: ck.when(order.expires_at) }) })));
+    const poll = async () => {
+      watching = null;
+      if (!document.body.contains(current)) return;
+      try {
+        const now = await ck.api("GET", `/api/payments/${order.id}`);
+        status.replaceChildren(badge(now.status));
+        if (now.status === "paid") {
+          await ck.loadMe();
+          ck.setBalance(ck.me.balance);
+          await fill();
+          return;
+        }
+        if (now.status !== "pending") return;
+      } catch (e) { /* try again at the next tick */ }
+      watching = setTimeout(poll, 2000);
+    };
+    watching = setTimeout(poll, 2000);
+  }
+
+  async function fill() {
+    const orders = (await ck.api("GET", "/api/payments")).data;
+    body.replaceChildren();
+    if (!orders.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "5", text: ck.t("topup.none") })));
+    for (const o of orders) {
+      body.append(el("tr", { "data-order-id": o.id },
+        el("td", { text: ck.when(o.created) }), el("td", { class: "num", text: `${o.amount.toFixed(2)} ${o.currency}` }),
+        el("td", { class: "num", text: ck.credits(o.credits) }), el("td", { text: providerName(o.provider) }),
+        el("td", {}, badge(o.status))));
+    }
+    ck.label(body);
+  }
+
+  async function fillInvite() {
+    const info = await ck.api("GET", "/api/invite");
+    const link = `${location.origin}${info.url}`;
+    const copy = el("button", { type: "button", class: "secondary small" }, ck.t("common.copy"));
+    copy.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(link));
+    invite.replaceChildren(
+      el("p", { class: "hint", text: ck.t("topup.invite_hint", { pct: info.reward_pct }) }),
+      el("div", { class: "secret" }, el("code", { id: "invite-link", text: link }), copy),
+      el("p", { id: "invite-stats", text: ck.t("topup.invite_stats", { invited: info.invited, earned: ck.credits(info.earned) }) }));
+  }
+
+  await Promise.all([fill(), fillInvite()]);
 }
 
 // --- keys ---------------------------------------------------------------------------
