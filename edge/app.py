@@ -21,7 +21,7 @@ from services.common import metrics, peers, telemetry
 
 async def _peers(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    channels = {name: peers.channel(addr) for name, addr in
+    channels = {name: peers.channel(addr, name, cfg.tls) for name, addr in
                 (("auth", cfg.auth_addr), ("billing", cfg.billing_addr), ("inference", cfg.inference_addr))}
     app[PEERS] = Peers(
         auth=auth_pb2_grpc.AuthStub(channels["auth"]),

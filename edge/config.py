@@ -16,6 +16,7 @@ from services.common.config import (
     env_optional,
     env_str,
 )
+from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
 
 
@@ -27,6 +28,7 @@ class EdgeConfig:
     billing_addr: str
     inference_addr: str
     telemetry: Telemetry       # metrics port (0: /metrics on the main port) and tracing
+    tls: GrpcTls               # the edge's certificate for calling the services (services/common/mtls.py)
     max_body_bytes: int
     limits: Limits             # what one request may carry, and how slowly
     max_header_bytes: int      # one header line (and the request line)
@@ -53,6 +55,7 @@ class EdgeConfig:
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             inference_addr=env_str("CHATKORE_INFERENCE_ADDR", DEFAULT_INFERENCE_ADDR),
             telemetry=Telemetry.from_env(),
+            tls=GrpcTls.from_env("edge"),
             max_body_bytes=max_body,
             limits=Limits(
                 max_body_bytes=max_body,

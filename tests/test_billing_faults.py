@@ -35,7 +35,8 @@ def fault_world(make_stack, mock) -> World:
 
 
 def _billing(world: World) -> billing_pb2_grpc.BillingStub:
-    return billing_pb2_grpc.BillingStub(grpc.insecure_channel(f"127.0.0.1:{world.stack.ports['billing']}"))
+    # Holds and charges are inference's to place: the test calls as inference, with its certificate.
+    return billing_pb2_grpc.BillingStub(world.stack.grpc_channel("billing", "inference"))
 
 
 def test_reserve_and_settle_are_idempotent(fault_world: World) -> None:

@@ -88,7 +88,8 @@ def test_two_edges_share_the_limit_through_redis(make_stack, mock, redis_servers
     redis_url = next(iter(redis_servers.values()))
     stack = make_stack(env={"REDIS_URL": redis_url}, name="redis-edges")
     second = Stack(database_url=stack.database_url, admin_key=stack.admin_key, secret_key=stack.secret_key,
-                   log_dir=stack.log_dir / "edge2", ports=dict(stack.ports), env_extra=dict(stack.env_extra))
+                   log_dir=stack.log_dir / "edge2", ports=dict(stack.ports), env_extra=dict(stack.env_extra),
+                   pki_dir=stack.pki_dir)
     try:
         second.start_process("edge")
         second.wait_healthy(30)

@@ -91,6 +91,7 @@ def main() -> int:
     apply_all(database_url)
 
     stack = Stack(database_url=database_url, admin_key=admin_key, secret_key=secret_key, log_dir=data / "logs",
+                  pki_dir=data / "pki",
                   http_port=int(os.environ.get("CHATKORE_HTTP_PORT", "8080")),
                   ports={"auth": 50051, "billing": 50052, "inference": 50053})
     for name, port in (("auth", 50051), ("billing", 50052), ("inference", 50053)):

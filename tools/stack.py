@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from services.common.mtls import GrpcTls
+from tools import pki
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = {"auth": "services.auth", "billing": "services.billing", "inference": "services.inference",
             "edge": "edge"}
@@ -55,13 +60,24 @@ class Stack:
     # own port in `ports`; peers get every replica's address in one target, balanced round-robin.
     replicas: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)  # per gRPC process: its /metrics
+    health_ports: dict[str, int] = field(default_factory=dict)  # per gRPC process: plaintext, health only
+    # The CA and a certificate per process (tools/pki.py); a second Stack sharing this one's
+    # services passes the same directory.
+    pki_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.http_port = self.http_port or free_port()
         for name in self.grpc_processes():
             self.ports.setdefault(name, free_port())
             self.metrics_ports.setdefault(name, free_port())
+            self.health_ports.setdefault(name, free_port())
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.pki_dir = pki.ensure(self.pki_dir or self.log_dir / "pki")
+
+    def tls_dir(self, process: str) -> Path:
+        """Where `process`'s certificate, key and CA are (CHATKORE_GRPC_TLS_DIR)."""
+        assert self.pki_dir is not None
+        return self.pki_dir / process
 
     def grpc_processes(self, service: str | None = None) -> list[str]:
         names = []
@@ -75,6 +91,12 @@ class Stack:
         if len(ports) == 1:
             return f"127.0.0.1:{ports[0]}"
         return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+    def grpc_channel(self, service: str, caller: str) -> grpc.Channel:
+        """A blocking channel to `service` presenting `caller`'s certificate (for tests and tools)."""
+        tls = GrpcTls.from_dir(caller, self.tls_dir(caller))
+        return grpc.secure_channel(self.target(service), tls.channel_credentials(),
+                                   options=[("grpc.ssl_target_name_override", service)])
 
     @property
     def url(self) -> str:
@@ -98,11 +120,15 @@ class Stack:
 
     def process_env(self, name: str) -> dict[str, str]:
         env = self.env()
+        service = name.split("-")[0]
+        if service in pki.PROCESSES and "CHATKORE_GRPC_TLS_DIR" not in self.env_extra:
+            env["CHATKORE_GRPC_TLS_DIR"] = str(self.tls_dir(service))
         if name in self.metrics_ports:
             service = name.split("-")[0]
             env[f"CHATKORE_{service.upper()}_LISTEN"] = f"127.0.0.1:{self.ports[name]}"
             env["CHATKORE_METRICS_HOST"] = "127.0.0.1"
             env["CHATKORE_METRICS_PORT"] = str(self.metrics_ports[name])
+            env["CHATKORE_HEALTH_LISTEN"] = f"127.0.0.1:{self.health_ports[name]}"
         return env
 
     def start_process(self, name: str, module: str | None = None, args: tuple[str, ...] = ()) -> None:

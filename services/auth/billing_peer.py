@@ -7,14 +7,15 @@ import grpc
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.common import peers
+from services.common.mtls import GrpcTls
 
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 RPC_TIMEOUT_S = 10.0
 
 
 class BillingPeer:
-    def __init__(self, target: str) -> None:
-        self._channel = peers.channel(target)
+    def __init__(self, target: str, tls: GrpcTls) -> None:
+        self._channel = peers.channel(target, "billing", tls)
         self._stub = billing_pb2_grpc.BillingStub(self._channel)
 
     async def close(self) -> None:

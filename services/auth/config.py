@@ -9,10 +9,12 @@ from services.common.config import (
     Secret,
     env_float,
     env_int,
+    env_optional,
     env_secret,
     env_str,
     listen_address,
 )
+from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
 
 
@@ -24,6 +26,8 @@ class AuthConfig:
     billing_addr: str          # console sign-up makes the billing user
     session_ttl_s: int         # how long a console sign-in lasts
     telemetry: Telemetry       # metrics port and tracing
+    tls: GrpcTls               # this process's certificate (services/common/mtls.py)
+    health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
     grace_s: float
     pool_size: int
     log_level: str
@@ -37,6 +41,8 @@ class AuthConfig:
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             session_ttl_s=env_int("CHATKORE_SESSION_TTL_S", 7 * 24 * 3600),
             telemetry=Telemetry.from_env(),
+            tls=GrpcTls.from_env("auth"),
+            health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             pool_size=env_int("CHATKORE_DB_POOL", 10),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),

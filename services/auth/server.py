@@ -15,7 +15,7 @@ from services.common import db, grpcserver
 async def serve(cfg: AuthConfig) -> None:
     pool = await db.open_pool(cfg.database_url.reveal(), name="auth", max_size=cfg.pool_size)
     keys = Keys(pool, cfg.admin_key)
-    billing = BillingPeer(cfg.billing_addr)
+    billing = BillingPeer(cfg.billing_addr, cfg.tls)
     accounts = Accounts(pool, billing, cfg.session_ttl_s)
     pruner = asyncio.create_task(keys.prune_changes_forever())
     try:
@@ -27,6 +27,8 @@ async def serve(cfg: AuthConfig) -> None:
             pool=pool,
             grace_s=cfg.grace_s,
             telemetry=cfg.telemetry,
+            tls=cfg.tls,
+            health_listen=cfg.health_listen,
         )
     finally:
         pruner.cancel()

@@ -11,10 +11,12 @@ from services.common.config import (
     Secret,
     env_float,
     env_int,
+    env_optional,
     env_secret,
     env_str,
     listen_address,
 )
+from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
 
 MICRO = 1_000_000  # micro-credits per credit
@@ -93,6 +95,8 @@ class BillingConfig:
     database_url: Secret
     listen: str
     telemetry: Telemetry       # metrics port and tracing
+    tls: GrpcTls               # this process's certificate (services/common/mtls.py)
+    health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
     hold_ttl_s: int          # an open hold older than this is swept (its request died)
     sweep_interval_s: float
     signup_credits: int      # micro-credits a new user starts with
@@ -109,6 +113,8 @@ class BillingConfig:
             database_url=env_secret("DATABASE_URL"),
             listen=listen_address("billing", DEFAULT_BILLING_ADDR),
             telemetry=Telemetry.from_env(),
+            tls=GrpcTls.from_env("billing"),
+            health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),
             hold_ttl_s=env_int("CHATKORE_HOLD_TTL_S", 900),
             sweep_interval_s=env_float("CHATKORE_SWEEP_INTERVAL_S", 5.0),
             signup_credits=env_int("CHATKORE_SIGNUP_CREDITS", 100) * MICRO,

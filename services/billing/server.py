@@ -45,6 +45,8 @@ async def serve(cfg: BillingConfig) -> None:
             pool=pool,
             grace_s=cfg.grace_s,
             telemetry=cfg.telemetry,
+            tls=cfg.tls,
+            health_listen=cfg.health_listen,
         )
     finally:
         sweeper.cancel()

@@ -13,9 +13,10 @@ import psycopg
 import psycopg_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import metrics, telemetry
+from services.common import metrics, mtls, telemetry
 from services.common.errors import DETAILS_KEY, InvalidRequest, ServiceError, Unavailable
 from services.common.logs import request_id_var
+from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,25 @@ def _finished(method: str, code: grpc.StatusCode, started: float) -> None:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Request id into contextvars; every exception out as a mapped status."""
+    """The caller's certificate checked against the method; request id into contextvars; every
+    exception out as a mapped status."""
 
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool | None = None) -> None:
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool | None = None, authorize: bool = True) -> None:
         self._pool = pool
         self._pool_check: asyncio.Task[None] | None = None
+        self._authorize = authorize
+
+    async def _check_caller(self, path: str, context: grpc.aio.ServicerContext) -> None:
+        """Abort (PERMISSION_DENIED) a call whose certificate does not name a process that
+        mtls.CALLERS lets call this method; no certificate (the plaintext health port) calls none."""
+        if not self._authorize:
+            return
+        caller = mtls.caller_of(context)
+        if mtls.allowed(path, caller):
+            return
+        who = caller or "a caller without a certificate"
+        log.warning("refused %s from %s (%s)", path.lstrip("/"), who, context.peer())
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {path.lstrip('/')}")
 
     def _database_failed(self) -> None:
         # The database went away (a restart, a failover): test every idle connection
@@ -123,6 +138,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                await self._check_caller("/" + method, context)
                 with telemetry.server_span(method, context.invocation_metadata()):
                     return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -144,6 +160,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             span = telemetry.start_server_span(method, context.invocation_metadata())
             code = grpc.StatusCode.OK
+            await self._check_caller("/" + method, context)
             stream = behavior(request, context)
             try:
                 while True:
@@ -179,13 +196,34 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
+    def _wrap_client_streaming(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Calls that stream requests get the caller check too (no method does today)."""
+        if handler.stream_unary:
+            behavior = handler.stream_unary
+
+            async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._check_caller("/" + method, context)
+                return await behavior(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                                        response_serializer=handler.response_serializer)
+        bidi = handler.stream_stream
+
+        async def stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._check_caller("/" + method, context)
+            async for item in bidi(requests, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc.health"):
+        if handler is None or details.method.startswith(mtls.OPEN_PREFIX):
             return handler
         method = details.method.lstrip("/")
         if handler.unary_unary:
@@ -200,7 +238,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return self._wrap_client_streaming(method, handler)
 
 
 async def serve(
@@ -210,6 +248,8 @@ async def serve(
     register: Callable[[grpc.aio.Server], None],
     ready: Callable[[], Awaitable[bool]],
     grace_s: float,
+    tls: GrpcTls,
+    health_listen: str | None = None,
     pool: psycopg_pool.AsyncConnectionPool | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
     telemetry: Telemetry | None = None,
@@ -220,14 +260,21 @@ async def serve(
     (a service is SERVING only while it reaches the database). The health service
     `liveness` stays SERVING while the process runs: a liveness probe must not
     restart a healthy process because the database is away.
+
+    `listen` takes mutual TLS only (unless `tls` is insecure); `health_listen`, when set, is a
+    plaintext port on which only the health service answers (for probes that have no certificate).
     """
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(pool)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(pool, authorize=not tls.insecure)],
+                             options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise SystemExit(f"chatkore-{name}: cannot listen on {listen}")
+    if tls.insecure:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, tls.server_credentials())
+    if port == 0 or (health_listen and server.add_insecure_port(health_listen) == 0):
+        raise SystemExit(f"chatkore-{name}: cannot listen on {listen if port == 0 else health_listen}")
     await server.start()
     await health_servicer.set("liveness", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s listening on %s", name, listen, extra={"port": port})

@@ -10,9 +10,10 @@ from typing import Any
 
 import grpc
 
-from services.common import telemetry
+from services.common import mtls, telemetry
 from services.common.errors import detail_of
 from services.common.logs import request_id_var
+from services.common.mtls import GrpcTls
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_details(details, timeout, try_var.get()), request)
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS,
-                                     interceptors=[UnaryInterceptor(), StreamInterceptor(),
-                                                   *telemetry.client_interceptors()])
+def channel(target: str, peer: str, tls: GrpcTls) -> grpc.aio.Channel:
+    """A channel to the service `peer` at `target`, authenticated both ways by `tls` (services/common/mtls.py)."""
+    return mtls.secure_channel(tls, target, peer, CLIENT_OPTIONS,
+                               [UnaryInterceptor(), StreamInterceptor(), *telemetry.client_interceptors()])

@@ -12,6 +12,7 @@ from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.common import peers
 from services.common.errors import reason_of
 from services.common.logs import request_id_var
+from services.common.mtls import GrpcTls
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ class Settle:
 
 
 class BillingPeer:
-    def __init__(self, target: str, retry_for_s: float) -> None:
-        self._channel = peers.channel(target)
+    def __init__(self, target: str, tls: GrpcTls, retry_for_s: float) -> None:
+        self._channel = peers.channel(target, "billing", tls)
         self._stub = billing_pb2_grpc.BillingStub(self._channel)
         self._retry_for_s = retry_for_s
         self._later: set[asyncio.Task[None]] = set()

@@ -9,10 +9,12 @@ from services.common.config import (
     Secret,
     env_float,
     env_int,
+    env_optional,
     env_secret,
     env_str,
     listen_address,
 )
+from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
 
 
@@ -22,6 +24,8 @@ class InferenceConfig:
     secret_key: Secret         # encrypts upstream keys at rest
     listen: str
     telemetry: Telemetry       # metrics port and tracing
+    tls: GrpcTls               # this process's certificate (services/common/mtls.py)
+    health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
     billing_addr: str
     upstream_timeout_s: float  # read timeout per upstream call, unless a channel sets its own
     max_stream_s: float        # a stream longer than this is cut (an endless upstream)
@@ -39,6 +43,8 @@ class InferenceConfig:
             secret_key=env_secret("CHATKORE_SECRET_KEY"),
             listen=listen_address("inference", DEFAULT_INFERENCE_ADDR),
             telemetry=Telemetry.from_env(),
+            tls=GrpcTls.from_env("inference"),
+            health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             upstream_timeout_s=env_float("CHATKORE_UPSTREAM_TIMEOUT_S", 180.0),
             max_stream_s=env_float("CHATKORE_MAX_STREAM_S", 600.0),

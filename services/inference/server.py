@@ -24,7 +24,7 @@ async def serve(cfg: InferenceConfig) -> None:
     await book.start()
     upstream = Upstream(cfg.upstream_timeout_s)
     await upstream.start()
-    billing = BillingPeer(cfg.billing_addr, cfg.settle_retry_s)
+    billing = BillingPeer(cfg.billing_addr, cfg.tls, cfg.settle_retry_s)
     responses = ResponseBook(pool)
     relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s, responses=responses)
 
@@ -42,6 +42,8 @@ async def serve(cfg: InferenceConfig) -> None:
             pool=pool,
             grace_s=cfg.grace_s,
             telemetry=cfg.telemetry,
+            tls=cfg.tls,
+            health_listen=cfg.health_listen,
             on_draining=settle_pending,
         )
     finally:

@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2
 from services.common import peers
 from services.common.errors import Unavailable, status_of
+from services.common.mtls import GrpcTls
 from services.inference.billing_peer import BillingPeer
 
 
@@ -88,7 +89,7 @@ def test_a_reserve_cut_short_releases_the_hold_it_may_have_placed_under_its_atte
     stub = _BillingDown()
 
     async def run() -> None:
-        peer = BillingPeer("127.0.0.1:1", 1.0)
+        peer = BillingPeer("127.0.0.1:1", GrpcTls("inference", insecure=True), 1.0)
         peer._stub = stub
         with pytest.raises(grpc.aio.AioRpcError):
             await peer.reserve(request_id="req_x", user_id=1, key_id=1, credit_limit=0, model="m",
