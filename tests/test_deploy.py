@@ -27,6 +27,7 @@ OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "k8s" / "overlays").iterdir
 # on by default from 1.30), and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 GRPC = {"auth": 50051, "billing": 50052, "inference": 50053}
+HEALTH_PORT = 50060  # plaintext, gRPC health only: the kubelet's probes have no certificate
 # Who calls whom (peers.channel in the code): each call must be let through both ways.
 CALLS = {("edge", "auth"), ("edge", "billing"), ("edge", "inference"), ("auth", "billing"), ("inference", "billing")}
 
@@ -57,6 +58,31 @@ CNPG_CLUSTER = {
             "resources": _RESOURCES,
         }},
     },
+}
+
+# cert-manager's Issuer and Certificate, the fields the base uses (names and types as in
+# cert-manager.io/v1); an unknown or misspelt field fails.
+_REF = {"type": "object", "additionalProperties": False, "required": ["name", "kind"],
+        "properties": {"name": {"type": "string"}, "kind": {"const": "Issuer"}}}
+CERT_MANAGER = {
+    "Issuer": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
+        "spec": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+                 "properties": {"selfSigned": {"type": "object", "additionalProperties": False},
+                                "ca": {"type": "object", "additionalProperties": False, "required": ["secretName"],
+                                       "properties": {"secretName": {"type": "string"}}}}}}},
+    "Certificate": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
+        "spec": {"type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef", "commonName"],
+                 "properties": {
+                     "secretName": {"type": "string"}, "commonName": {"type": "string"}, "isCA": {"type": "boolean"},
+                     "dnsNames": {"type": "array", "items": {"type": "string"}},
+                     "usages": {"type": "array", "items": {"enum": ["server auth", "client auth", "digital signature",
+                                                                    "key encipherment", "cert sign"]}},
+                     "duration": {"type": "string", "pattern": "^[0-9]+h$"},
+                     "renewBefore": {"type": "string", "pattern": "^[0-9]+h$"},
+                     "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                         "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                         "rotationPolicy": {"enum": ["Never", "Always"]}}},
+                     "issuerRef": _REF}}}},
 }
 
 
@@ -92,6 +118,10 @@ def test_every_manifest_validates_offline(overlay: str) -> None:
         if doc["apiVersion"].startswith("postgresql.cnpg.io/"):
             jsonschema.validate(doc, CNPG_CLUSTER)
             continue
+        if doc["apiVersion"] == "cert-manager.io/v1":
+            jsonschema.validate(doc, CERT_MANAGER[doc["kind"]])
+            assert doc["metadata"].get("namespace") == "chatkore", doc["metadata"]
+            continue
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)  # raises on any error or unknown field
         assert doc["metadata"].get("namespace") == "chatkore" or doc["kind"] == "Namespace", doc["metadata"]
@@ -118,8 +148,8 @@ def test_each_process_has_its_deployment_probes_and_limits(overlay: str) -> None
             assert services[name]["spec"].get("clusterIP") != "None"
         else:
             port = GRPC[name]
-            assert container["readinessProbe"]["grpc"] == {"port": port}
-            assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+            assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}
+            assert container["livenessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": "liveness"}
             # Headless, so that dns:///name:port resolves to every replica.
             assert services[name]["spec"]["clusterIP"] == "None"
             assert {p["port"] for p in services[name]["spec"]["ports"]} == {port, 9464}
@@ -127,6 +157,27 @@ def test_each_process_has_its_deployment_probes_and_limits(overlay: str) -> None
         config = _docs(overlay, "ConfigMap")["chatkore-config"]["data"]
         assert grace > float(config["CHATKORE_GRACE_S"]) + container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert config["CHATKORE_INFERENCE_ADDR"] == "dns:///inference:50053"
+    assert config["CHATKORE_HEALTH_LISTEN"] == f"[::]:{HEALTH_PORT}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_process_mounts_its_own_certificate_from_chatkore_ca(overlay: str) -> None:
+    """Mutual TLS: a Certificate per process, named for it, from chatkore's own CA Issuer; each
+    Deployment mounts its own Secret (and no other) where CHATKORE_GRPC_TLS_DIR points."""
+    certificates = {d["spec"]["secretName"]: d for d in _docs(overlay, "Certificate").values()}
+    issuers = _docs(overlay, "Issuer")
+    config = _docs(overlay, "ConfigMap")["chatkore-config"]["data"]
+    for name, deployment in _docs(overlay, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        secrets = [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
+        assert secrets == [f"chatkore-{name}-tls"], name
+        certificate = certificates[f"chatkore-{name}-tls"]["spec"]
+        assert certificate["commonName"] == name and {"server auth", "client auth"} <= set(certificate["usages"])
+        assert issuers[certificate["issuerRef"]["name"]]["spec"] == {"ca": {"secretName": "chatkore-ca"}}
+        [mount] = _containers(deployment)[0]["volumeMounts"]
+        assert mount["mountPath"] == config["CHATKORE_GRPC_TLS_DIR"] and mount["readOnly"]
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert certificates["chatkore-ca"]["spec"]["isCA"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

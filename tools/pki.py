@@ -110,3 +110,11 @@ def ensure(root: Path, processes: tuple[str, ...] = PROCESSES) -> Path:
         if not all((root / name / f).exists() for f in ("ca.crt", "tls.crt", "tls.key")):
             write_identity(root / name, ca_cert, *issue(ca_cert, ca_key, name))
     return root
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tools.pki DIR   (a CA in DIR/ca, and DIR/<process>/{ca.crt,tls.crt,tls.key})")
+    print(ensure(Path(sys.argv[1])))
