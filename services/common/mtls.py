@@ -39,7 +39,7 @@ CALLERS: dict[str, frozenset[str]] = {
     "/chatkore.v1.Billing/Settle": frozenset({"inference"}),
     **{f"/chatkore.v1.Inference/{m}": _EDGE for m in (
         "Relay", "RelayStream", "ListModels", "CreateChannel", "ListChannels", "UpdateChannel",
-        "DeleteChannel", "TestChannel", "GetStats")},
+        "DeleteChannel", "TestChannel", "GetStats", "GetResponse", "DeleteResponse", "ListInputItems")},
 }
 # Health answers anyone, over TLS or (CHATKORE_HEALTH_LISTEN) plaintext: the kubelet's gRPC
 # probe cannot present a certificate. It tells nothing but SERVING or not.
