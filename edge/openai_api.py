@@ -24,13 +24,13 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=jsoncodec.dumps(obj), content_type=_JSON)
 
 
-async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
-    """The caller's key; a wrong one counts against its address (edge.guard)."""
+async def authenticate(request: web.Request, token: str | None = None) -> auth_pb2.KeyInfo:
+    """The caller's key (the bearer token unless given); a wrong one counts against its address (edge.guard)."""
     address = client_ip(request)
     guard = request.app[GUARD]
     guard.check(address)
     try:
-        return await request.app[KEYS].resolve(bearer(request), address)
+        return await request.app[KEYS].resolve(token or bearer(request), address)
     except grpc.aio.AioRpcError as exc:
         if reason_of(exc) == "INVALID_API_KEY":
             await guard.failed(address)
@@ -39,7 +39,8 @@ async def authenticate(request: web.Request) -> auth_pb2.KeyInfo:
 
 async def _relay(request: web.Request, endpoint: int,
                  check: Callable[[dict[str, Any], Limits], validate.Relayable],
-                 key: auth_pb2.KeyInfo | None = None) -> web.StreamResponse:
+                 key: auth_pb2.KeyInfo | None = None, *, forward_headers: dict[str, str] | None = None,
+                 framing: sse.Framing | None = None) -> web.StreamResponse:
     key = key or await authenticate(request)
     cfg = request.app[CONFIG]
     raw = await read_body(request, cfg.limits)
@@ -53,13 +54,15 @@ async def _relay(request: web.Request, endpoint: int,
                                  credit_limit=key.credit_limit, request_id=request["request_id"]),
         endpoint=endpoint, model=fields.model, body=raw, stream=fields.stream,
         include_usage=fields.include_usage, max_tokens=fields.max_tokens, n=fields.n,
+        forward_headers=forward_headers,
     )
     inference = request.app[PEERS].inference
     headers = admission.headers if admission else None
     used: list[int] = []  # the call's real tokens, once known
     try:
         if fields.stream:
-            framing = sse.ResponsesFraming() if endpoint == inference_pb2.RESPONSES else None
+            if framing is None and endpoint == inference_pb2.RESPONSES:
+                framing = sse.ResponsesFraming()
             return await sse.relay(request, lambda: inference.RelayStream(message, timeout=cfg.stream_deadline_s),
                                    headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens),
                                    framing=framing)
@@ -140,8 +143,8 @@ def _model_object(m: inference_pb2.Model) -> dict[str, Any]:
     return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
 
 
-async def _models(request: web.Request) -> list[inference_pb2.Model]:
-    key = await authenticate(request)
+async def _models(request: web.Request, key: auth_pb2.KeyInfo | None = None) -> list[inference_pb2.Model]:
+    key = key or await authenticate(request)
     reply = await request.app[PEERS].inference.ListModels(inference_pb2.ListModelsRequest(allowed=key.models),
                                                           timeout=10)
     return list(reply.models)

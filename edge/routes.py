@@ -4,6 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge import admin_api as admin
+from edge import anthropic_api as anthropic
 from edge import console_api as console
 from edge import health, openapi, pages
 from edge import money_api as money
@@ -23,8 +24,11 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/responses/{id}", v1.get_response)
     r.add_delete("/v1/responses/{id}", v1.delete_response)
     r.add_get("/v1/responses/{id}/input_items", v1.list_input_items)
-    r.add_get("/v1/models", v1.list_models)
+    r.add_get("/v1/models", anthropic.list_models)  # Anthropic's shape when asked with anthropic-version
     r.add_get("/v1/models/{model:.+}", v1.get_model)
+    # Anthropic's Messages API (Claude Code, the Anthropic SDKs; `?beta=true` changes nothing).
+    r.add_post("/v1/messages", anthropic.messages)
+    r.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     r.add_get("/v1/dashboard/billing/subscription", v1.billing_subscription)
     r.add_get("/v1/dashboard/billing/usage", v1.billing_usage)
     r.add_get("/dashboard/billing/subscription", v1.billing_subscription)

@@ -42,6 +42,7 @@ class Framing:
     """Chat and completions streams: `data:` events, an error as `data: {"error": ...}`, then [DONE]."""
 
     done = DONE
+    done_after_error = True  # the end is sent after an in-band error too
 
     def event(self, data: bytes) -> bytes:
         return event(data)
@@ -117,6 +118,7 @@ async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStre
         metrics.STREAMS.inc()
         streaming = True
         item: inference_pb2.RelayEvent | object = first
+        failed = False
         try:
             while item is not grpc.aio.EOF:
                 assert isinstance(item, inference_pb2.RelayEvent)
@@ -129,8 +131,9 @@ async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStre
             error = from_rpc(exc)
             log.warning("stream failed after it started: %s", error.message)
             await response.write(framing.error(error))
+            failed = True
         finished = True
-        if framing.done:
+        if framing.done and (framing.done_after_error or not failed):
             await response.write(framing.done)
         await response.write_eof()
         return response

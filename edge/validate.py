@@ -340,3 +340,69 @@ def responses(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayabl
     _text_format(body)
     _metadata(body)
     return Relayable(model, stream, False, max_output or 0, 1)
+
+
+# --- Anthropic's Messages API (/v1/messages) ------------------------------------------
+
+_MESSAGE_ROLES = ("user", "assistant")
+
+
+def _anthropic_messages(body: dict[str, Any], limits: Limits) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages: Field required (a non-empty array of messages)", "messages")
+    if len(messages) > limits.max_messages:
+        raise invalid(f"messages: at most {limits.max_messages} messages are allowed", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"messages.{i}: Input should be an object", f"messages.{i}")
+        if message.get("role") not in _MESSAGE_ROLES:
+            raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'", f"messages.{i}.role")
+        content = message.get("content")
+        if not isinstance(content, (str, list)):
+            raise invalid(f"messages.{i}.content: Input should be a string or an array of content blocks",
+                          f"messages.{i}.content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise invalid(f"messages.{i}.content.{j}: Input should be a content block with a type",
+                              f"messages.{i}.content.{j}")
+
+
+def messages(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
+    """An Anthropic Messages request: what the hold needs, and the shape errors worth a 400 here."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model: Field required", "model")
+    if len(model) > 256:
+        raise invalid("model: String should have at most 256 characters", "model")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise invalid("max_tokens: Field required (an integer)", "max_tokens")
+    if not 1 <= max_tokens <= MAX_INT32:
+        raise invalid("max_tokens: Input should be greater than or equal to 1", "max_tokens")
+    _anthropic_messages(body, limits)
+    system = body.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise invalid("system: Input should be a string or an array of text blocks", "system")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid("stream: Input should be a valid boolean", "stream")
+    for name, kind, expected in (("tools", list, "an array"), ("stop_sequences", list, "an array"),
+                                 ("metadata", dict, "an object"), ("thinking", dict, "an object"),
+                                 ("tool_choice", dict, "an object")):
+        value = body.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise invalid(f"{name}: Input should be {expected}", name)
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise invalid(f"tools.{i}.name: Field required", f"tools.{i}.name")
+    temperature = body.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 1):
+        raise invalid("temperature: Input should be a number between 0 and 1", "temperature")
+    return Relayable(model, bool(stream), False, max_tokens, 1)
+
+
+def count_tokens(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayable:
+    """/v1/messages/count_tokens: a Messages request without max_tokens."""
+    return messages({**body, "max_tokens": 1, "stream": False}, limits)

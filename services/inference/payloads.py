@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any
 
 from services.common import jsoncodec
-from services.inference import tokens
+from services.inference import messages, tokens
 
 
 class Endpoint(Enum):
@@ -15,6 +15,7 @@ class Endpoint(Enum):
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"
     RESPONSES = "/responses"
+    MESSAGES = "/messages"  # Anthropic's Messages API (services/inference/messages.py)
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -27,6 +28,8 @@ def dumps(obj: Any) -> bytes:
 def count_prompt(endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
     if endpoint is Endpoint.CHAT:
         return tokens.count_chat_prompt(body, model)
+    if endpoint is Endpoint.MESSAGES:
+        return messages.count_prompt(body, model)
     enc = tokens.encoding_for(model)
     if endpoint is Endpoint.COMPLETIONS:
         return tokens.count_input(body.get("prompt"), enc) + tokens.count_text(str(body.get("suffix") or ""), enc)
@@ -63,8 +66,10 @@ def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: st
     return out
 
 
-def usage_of(obj: dict[str, Any]) -> tuple[int, int] | None:
+def usage_of(obj: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> tuple[int, int] | None:
     """(prompt, completion) tokens an upstream reported, if it reported them sensibly."""
+    if endpoint is Endpoint.MESSAGES:
+        return messages.usage_of(obj.get("usage"))
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         return None
@@ -103,6 +108,8 @@ def _message_text(message: Any) -> str:
 
 
 def completion_texts(endpoint: Endpoint, obj: dict[str, Any]) -> list[str]:
+    if endpoint is Endpoint.MESSAGES:
+        return [messages.completion_text(obj)]
     choices = obj.get("choices")
     if not isinstance(choices, list):
         return []
@@ -117,8 +124,10 @@ def reply_id(endpoint: Endpoint, request_id: str) -> str:
 
 
 def rewrite_reply(endpoint: Endpoint, obj: dict[str, Any], *, model: str, request_id: str,
-                  usage: tuple[int, int]) -> bytes:
+                  usage: tuple[int, int], counted: bool = False) -> bytes:
     """A unary reply as our client sees it: our id, the model it asked for, real usage."""
+    if endpoint is Endpoint.MESSAGES:
+        return messages.rewrite_reply(obj, model=model, request_id=request_id, usage=usage, counted=counted)
     if endpoint is not Endpoint.EMBEDDINGS:
         obj["id"] = reply_id(endpoint, request_id)
         obj["object"] = "chat.completion" if endpoint is Endpoint.CHAT else "text_completion"
@@ -214,3 +223,4 @@ class StreamTally:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
+

@@ -22,6 +22,7 @@ from services.inference.errors import (
     UpstreamTimedOut,
 )
 from services.inference.failures import scrub
+from services.inference.messages import MessagesTally
 from services.inference.payloads import (
     Endpoint,
     StreamTally,
@@ -39,6 +40,8 @@ from services.inference.tokens import count_choices_text
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
+
+AnyTally = StreamTally | ResponsesTally | MessagesTally  # what a stream has delivered, in its API's terms
 
 LARGE_BODY = 256 * 1024  # bytes of request above which the prompt is counted off the event loop
 
@@ -58,6 +61,7 @@ class Call:
     max_tokens: int            # per choice; 0 = not given
     n: int
     attempt: str = ""          # this attempt at the call (a retry of it elsewhere has its own)
+    forward_headers: tuple[tuple[str, str], ...] = ()  # client headers for an upstream of its dialect
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,12 @@ class Relay:
             return responses.exchange(channel, resp, upstream_model=channel.upstream_model(call.model),
                                       stream=call.stream, budget=hold.completion_budget, capped=hold.budget_capped)
         out = Outgoing(call.endpoint, body, channel.upstream_model(call.model), call.model, call.stream,
-                       hold.completion_budget, hold.budget_capped)
+                       hold.completion_budget, hold.budget_capped, dict(call.forward_headers))
         return ADAPTERS[channel.type].exchange(channel, out)
+
+    async def count(self, call: Call) -> int:
+        """The prompt tokens the call would be held for; nothing is held or sent."""
+        return (await self._prepare(call)).prompt_tokens
 
     # --- unary ----------------------------------------------------------------------
 
@@ -192,7 +200,7 @@ class Relay:
             # Nothing was delivered: the hold is released in full.
             await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0, call.attempt))
             raise
-        reported = usage_of(obj)
+        reported = usage_of(obj, call.endpoint)
         if reported is not None and reported[0] > 0:
             usage, source = reported, "upstream"
         else:
@@ -206,7 +214,8 @@ class Relay:
             response["usage"] = usage_object(usage[0], usage[1], *usage_details(obj.get("usage")))
             await self._keep(prepared.responses, response)
             return Reply(dumps(response), usage[0], usage[1], credits or 0)
-        reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage)
+        reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage,
+                              counted=source == "counted")
         return Reply(reply, usage[0], usage[1], credits or 0)
 
     async def _keep(self, resp: responses.ResponsesCall, response: dict[str, Any]) -> None:
@@ -219,9 +228,11 @@ class Relay:
         except Exception:
             log.exception("could not store response %s", resp.envelope.id)
 
-    def _tally(self, call: Call, resp: responses.ResponsesCall | None) -> StreamTally | ResponsesTally:
+    def _tally(self, call: Call, resp: responses.ResponsesCall | None) -> AnyTally:
         if resp is not None:
             return ResponsesTally(resp.envelope, call.model)
+        if call.endpoint is Endpoint.MESSAGES:
+            return MessagesTally(call.model, call.request_id)
         return StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
 
     async def _first_answer(self, call: Call, body: dict[str, Any], candidates: list[Channel],
@@ -321,7 +332,7 @@ class Relay:
         else:
             await self.billing.settle(settle)
 
-    def _stream_usage(self, tally: StreamTally | ResponsesTally, prompt_tokens: int) -> tuple[int, int, str]:
+    def _stream_usage(self, tally: AnyTally, prompt_tokens: int) -> tuple[int, int, str]:
         if tally.usage is not None and tally.usage[0] > 0:
             return tally.usage[0], tally.usage[1], "upstream"
         return prompt_tokens, tally.completion_tokens(), "counted"
@@ -404,7 +415,7 @@ class _Opened:
     attempt: Attempt
     exchange: Exchange
     events: AsyncIterator[bytes]
-    tally: StreamTally | ResponsesTally
+    tally: AnyTally
     pending: list[bytes] = field(default_factory=list)  # outputs read but not yet yielded
     ended: bool = False
 

@@ -24,6 +24,7 @@ _ENDPOINTS = {
     inference_pb2.COMPLETIONS: Endpoint.COMPLETIONS,
     inference_pb2.EMBEDDINGS: Endpoint.EMBEDDINGS,
     inference_pb2.RESPONSES: Endpoint.RESPONSES,
+    inference_pb2.MESSAGES: Endpoint.MESSAGES,
 }
 
 # Channel fields an UpdateChannelRequest may name.
@@ -44,7 +45,7 @@ def _call(request: inference_pb2.RelayRequest, context: grpc.aio.ServicerContext
         credit_limit=caller.credit_limit, allowed=tuple(caller.models),
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
-        n=max(1, request.n), attempt=_attempt(context),
+        n=max(1, request.n), attempt=_attempt(context), forward_headers=tuple(sorted(request.forward_headers.items())),
     )
 
 
@@ -94,6 +95,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     status=item.status))
             else:
                 yield inference_pb2.RelayEvent(chunk=item)
+
+    async def CountTokens(self, request: inference_pb2.RelayRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.TokenCount:
+        return inference_pb2.TokenCount(input_tokens=await self.relay.count(_call(request, context)))
 
     async def ListModels(self, request: inference_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.ModelList:

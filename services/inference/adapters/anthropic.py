@@ -178,10 +178,36 @@ class AnthropicExchange(Exchange):
         return []  # ping, content_block_stop, message_stop, and event types yet to come
 
 
+def _native(channel: Channel, out: Outgoing) -> Exchange:
+    """A Messages call relayed as it came: the upstream's model name, the budget the hold pays
+    for, and the client's anthropic-version and anthropic-beta (the channel's when it sent none)."""
+    body = dict(out.body)
+    body["model"] = out.model
+    body["max_tokens"] = max(1, out.budget)
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int) \
+            and thinking["budget_tokens"] >= body["max_tokens"]:
+        # Anthropic wants the thinking budget below max_tokens; a capped budget must not break that.
+        body["thinking"] = {**thinking, "budget_tokens": max(1, body["max_tokens"] - 1)}
+    if out.stream:
+        body["stream"] = True
+    else:
+        body.pop("stream", None)
+    version = out.headers.get("anthropic-version") or str(channel.settings.get("anthropic_version") or DEFAULT_VERSION)
+    headers = {"x-api-key": channel.api_key.reveal(), "anthropic-version": version}
+    betas = [b for b in (out.headers.get("anthropic-beta"), channel.settings.get("anthropic_beta"))
+             if isinstance(b, str) and b]
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    return Exchange(channel, channel.base_url + "/messages", headers, dumps(body))
+
+
 class AnthropicAdapter:
-    endpoints = frozenset({Endpoint.CHAT})
+    endpoints = frozenset({Endpoint.CHAT, Endpoint.MESSAGES})
 
     def refusal(self, endpoint: Endpoint, body: dict[str, Any]) -> InvalidRequest | None:
+        if endpoint is Endpoint.MESSAGES:
+            return None
         if endpoint is not Endpoint.CHAT:
             return InvalidRequest(f"This model is only available through /v1/chat/completions, not {endpoint.value}.",
                                   param="model")
@@ -192,6 +218,8 @@ class AnthropicAdapter:
         return None
 
     def exchange(self, channel: Channel, out: Outgoing) -> Exchange:
+        if out.endpoint is Endpoint.MESSAGES:
+            return _native(channel, out)
         request = translate.messages_request(out.body, out.model, out.budget, stream=out.stream)
         headers = {"x-api-key": channel.api_key.reveal(),
                    "anthropic-version": str(channel.settings.get("anthropic_version") or DEFAULT_VERSION)}

@@ -58,9 +58,11 @@ class AzureExchange(Exchange):
 
 
 class AzureAdapter:
-    endpoints = frozenset(Endpoint)
+    endpoints = frozenset(Endpoint) - {Endpoint.MESSAGES}
 
     def refusal(self, endpoint: Endpoint, body: dict[str, Any]) -> InvalidRequest | None:
+        if endpoint not in self.endpoints:
+            return InvalidRequest(f"This model is not available through {endpoint.value}.", param="model")
         return None
 
     def exchange(self, channel: Channel, out: Outgoing) -> Exchange:

@@ -7,7 +7,7 @@ becomes an UpstreamError of the right kind. Relay only ever sees OpenAI's shapes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.inference.errors import InvalidRequest
@@ -29,6 +29,7 @@ class Outgoing:
     stream: bool
     budget: int           # completion tokens per choice the hold pays for
     capped: bool          # the budget is below what the client asked for, so it must be sent
+    headers: dict[str, str] = field(default_factory=dict)  # client headers for an upstream of its dialect
 
 
 class Exchange:

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from services.inference.adapters.base import Exchange, Outgoing
+from services.inference.adapters.chat_as_messages import ChatAsMessagesExchange, chat_request
 from services.inference.errors import InvalidRequest
-from services.inference.payloads import Endpoint, upstream_body
+from services.inference.payloads import Endpoint, dumps, upstream_body
 
 if TYPE_CHECKING:
     from services.inference.channels import Channel
@@ -23,6 +24,9 @@ class OpenAIAdapter:
         return None
 
     def exchange(self, channel: Channel, out: Outgoing) -> Exchange:
+        if out.endpoint is Endpoint.MESSAGES:
+            return ChatAsMessagesExchange(channel, channel.base_url + Endpoint.CHAT.value, bearer_headers(channel),
+                                          dumps(chat_request(out)), out.model)
         body = upstream_body(out.endpoint, out.body, out.model, stream=out.stream,
                              budget=out.budget if out.capped else None)
         return Exchange(channel, channel.base_url + out.endpoint.value, bearer_headers(channel), body)
