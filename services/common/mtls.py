@@ -31,7 +31,10 @@ CALLERS: dict[str, frozenset[str]] = {
         "Login", "ResolveSession", "Logout", "WebKey", "SetRole", "ListAccounts")},
     **{f"/chatkore.v1.Billing/{m}": _EDGE for m in (
         "GetUser", "TopUp", "SetPrice", "ListPrices", "ListUsage", "GetSpend", "VerifyLedger",
-        "CreateRedeemCodes", "Redeem", "SearchUsers", "SetUserDisabled", "DailySpend", "ModelStats")},
+        "CreateRedeemCodes", "Redeem", "SearchUsers", "SetUserDisabled", "DailySpend", "ModelStats",
+        # Payments: orders, the providers' notifications (they reach the edge over HTTP), invites.
+        "CreateOrder", "GetOrder", "ListOrders", "PayDemoOrder", "SetOrderReview", "AlipayNotify",
+        "StripeWebhook", "ListNotifications", "GetInvite", "AcceptInvite")},
     # Console sign-up (auth) makes the billing user behind a new account; the admin API (edge) too.
     "/chatkore.v1.Billing/CreateUser": frozenset({"edge", "auth"}),
     # Holds and charges are placed only by the service that relays the call upstream.
