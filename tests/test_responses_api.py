@@ -379,3 +379,77 @@ def test_an_agent_with_a_function_tool_runs_to_its_final_answer(world: World, ki
     rows = world.usage(t.user_id)
     assert len(rows) == 2 and all(r["status"] == "complete" for r in rows)
     assert world.balance(t.user_id) == 100 - sum(Decimal(str(r["credits"])) for r in rows)
+
+
+# --- failures and limits --------------------------------------------------------------------------------
+
+
+def test_a_stream_broken_after_output_errors_in_band_and_pays_what_was_delivered(world: World) -> None:
+    model, tag = _served(world, "chat")
+    world.mock.script(tag, up.stream_then(4, "cut"))
+    t = world.tenant(credits=100)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as failed, \
+            t.client.responses.stream(model=model, input="Tell me something long enough to cut") as stream:
+        for event in stream:
+            seen.append(event.type)
+    assert "response.output_text.delta" in seen and "response.completed" not in seen
+    assert "upstream" in str(failed.value.message).lower()
+    row = _usage_row(world, t)
+    assert row["status"] == "upstream_error" and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    wait_held_zero(world, t)
+    assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"])) and Decimal(str(row["credits"])) > 0
+
+
+def wait_held_zero(world: World, t: Tenant) -> None:
+    from tools.stack import wait_until
+
+    wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to settle")
+
+
+def test_a_failure_before_any_output_is_a_real_status_and_costs_nothing(world: World) -> None:
+    model, tag = _served(world, "native")
+    world.mock.always(tag, up.fail(500, "upstream exploded"))
+    t = world.tenant(credits=100)
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as failed:
+            if stream:
+                with t.client.responses.stream(model=model, input="hi") as s:
+                    list(s)
+            else:
+                t.client.responses.create(model=model, input="hi")
+        assert failed.value.status_code in (502, 503)
+        assert failed.value.body["type"] == "server_error"
+    wait_held_zero(world, t)
+    assert world.balance(t.user_id) == 100
+    assert all(Decimal(str(r["credits"])) == 0 for r in world.usage(t.user_id))
+
+
+def test_an_upstream_validation_error_passes_through(world: World) -> None:
+    model, tag = _served(world, "native")
+    world.mock.script(tag, up.fail(400, "Invalid 'input[0].content': bad part.", error_type="invalid_request_error",
+                                   param="input[0].content", code="invalid_value"))
+    t = world.tenant(credits=100)
+    with pytest.raises(openai.BadRequestError) as refused:
+        t.client.responses.create(model=model, input=[{"role": "user", "content": [{"type": "input_strange"}]}])
+    assert refused.value.body["param"] == "input[0].content" and refused.value.body["code"] == "invalid_value"
+    wait_held_zero(world, t)
+    assert world.balance(t.user_id) == 100
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+def test_output_cut_by_max_output_tokens_is_incomplete(world: World, stream: bool) -> None:
+    model, tag = _served(world, "chat")
+    t = world.tenant(credits=100)
+    prompt = "Please repeat every one of these words back to me exactly as they were written here, thank you"
+    if stream:
+        with t.client.responses.stream(model=model, input=prompt, max_output_tokens=16) as s:
+            events = list(s)
+        assert events[-1].type == "response.incomplete"  # as OpenAI ends such a stream (not .completed)
+        reply = events[-1].response
+    else:
+        reply = t.client.responses.create(model=model, input=prompt, max_output_tokens=16)
+    assert reply.status == "incomplete" and reply.incomplete_details.reason == "max_output_tokens"
+    assert world.mock.received(tag)[-1].body["max_tokens"] == 16
+    assert reply.usage.output_tokens == 16
+    _assert_billed_exactly(world, t, reply.usage, Decimal(100))
