@@ -8,7 +8,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2_grpc
 
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
-from edge import routes
+from edge import cors, routes
 from edge.authn import TRUSTED_PROXIES, KeyCache
 from edge.config import EdgeConfig
 from edge.guard import AuthGuard, LimiterCounter, SignupLimit
@@ -58,7 +58,8 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(cfg: EdgeConfig) -> web.Application:
     traced = telemetry.http_server_middleware()  # None unless an OTLP endpoint is configured
-    app = web.Application(router=Router(), middlewares=[errors] if traced is None else [traced, errors],
+    app = web.Application(router=Router(), middlewares=[errors, cors.preflight] if traced is None
+                          else [traced, errors, cors.preflight],
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app[TRUSTED_PROXIES] = cfg.trusted_proxies
@@ -67,5 +68,6 @@ def make_app(cfg: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_metrics_server)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(cors.add_headers)
     routes.setup(app)
     return app

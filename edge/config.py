@@ -43,6 +43,7 @@ class EdgeConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # whose X-Forwarded-For counts
     grace_s: float
     log_level: str
+    cors_origins: tuple[str, ...] = ("*",)  # origins /v1 answers CORS for; "*" for any (edge/cors.py)
 
     @classmethod
     def from_env(cls) -> EdgeConfig:
@@ -77,7 +78,13 @@ class EdgeConfig:
             trusted_proxies=trusted_networks(env_optional("CHATKORE_TRUSTED_PROXIES") or ""),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
+            cors_origins=parse_origins(env_str("CHATKORE_CORS_ORIGINS", "*")),
         )
+
+
+def parse_origins(spec: str) -> tuple[str, ...]:
+    """CHATKORE_CORS_ORIGINS: `*` (any origin) or a comma-separated list of origins (edge/cors.py)."""
+    return tuple(o.strip().rstrip("/") for o in spec.split(",") if o.strip())
 
 
 def trusted_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
