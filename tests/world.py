@@ -24,6 +24,11 @@ def remember_secrets(sent: Any, answer: Any) -> None:
         ISSUED_SECRETS.add(answer["key"])
 
 
+class AdminError(Exception):
+    """The admin API refused a call a helper expected to succeed (not an assertion: a wait may
+    poll through it, e.g. a 503 while a service restarts)."""
+
+
 @dataclass
 class Tenant:
     user_id: int
@@ -49,7 +54,7 @@ class World:
         if expect is not None:
             assert resp.status_code == expect, f"{method} {path}: {resp.status_code} {resp.text}"
         elif resp.status_code >= 300:
-            raise AssertionError(f"{method} {path}: {resp.status_code} {resp.text}")
+            raise AdminError(f"{method} {path}: {resp.status_code} {resp.text}")
         answer = resp.json() if resp.content else None
         remember_secrets(body, answer)
         return answer

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll `check()` until it returns something truthy, or fail after `timeout_s`."""
+    """Poll `check()` until it returns something truthy, or fail after `timeout_s`.
+
+    An `AssertionError` from `check` is a verdict, not a "not yet": it fails at once. Other
+    errors (a service still starting, a refused connection) keep the polling going, and the
+    last of them is chained to the timeout so the failure shows what went wrong."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -40,10 +44,13 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.05
             result = check()
             if result:
                 return result
+        except AssertionError:
+            raise
         except Exception as exc:  # keep polling: the thing may not be up yet
             last_error = exc
         time.sleep(interval_s)
-    raise TimeoutError(f"timed out waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise TimeoutError(f"timed out waiting for {what}" + (f" (last error: {last_error!r})" if last_error else "")) \
+        from last_error
 
 
 @dataclass
