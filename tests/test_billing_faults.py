@@ -80,16 +80,32 @@ def test_sweeper_releases_dead_holds_and_refuses_late_settles(fault_world: World
 
 
 class Load:
-    """Requests from a background thread until told to stop; every outcome recorded."""
+    """Requests from a background thread until told to stop; every outcome recorded. A request
+    that gets no HTTP answer at all (a dropped connection, a body that is not JSON) stops the
+    load and fails the test: the edge must answer every call, whatever is down behind it."""
 
     def __init__(self, world: World, key: str, model: str, concurrency: int = 8) -> None:
         self.world, self.key, self.model, self.concurrency = world, key, model, concurrency
         self.results: list[tuple[int, str, dict]] = []  # (status, request id, body)
+        self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=self._main, daemon=True)
 
     def count(self, status: int) -> int:
+        self.check()
         return sum(1 for s, _, _ in list(self.results) if s == status)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"the load stopped after {len(self.results)} calls: {self.error!r}") \
+                from self.error
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # reported by count() and on exit, in the test's thread
+            self.error = exc
+            self._stop.set()
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
@@ -106,9 +122,12 @@ class Load:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         self._thread.join(120)
+        assert not self._thread.is_alive(), "the load did not stop within 120 s"
+        if exc_type is None:
+            self.check()
 
 
 def _check_books(world: World, user_id: int, initial: Decimal, load: Load) -> None:
@@ -122,7 +141,9 @@ def _check_books(world: World, user_id: int, initial: Decimal, load: Load) -> No
         overdue = conn.execute("SELECT count(*) FROM requests WHERE state = 'held'"
                                " AND deadline < now() - interval '3 seconds'").fetchone()[0]
     assert overdue == 0
-    assert all(rows[rid][0] == "settled" and rows[rid][1] > 0 for rid in ok_ids)
+    unpaid = [(rid, rows.get(rid)) for rid in ok_ids if rid not in rows or rows[rid][0] != "settled"
+              or rows[rid][1] <= 0]
+    assert unpaid == []  # every answered call charged
     assert all(rid not in rows or rows[rid][1] == 0 for rid in failed_ids)
     assert len([r for r in rows.values() if r[0] == "settled"]) == len(ok_ids)
     charged = sum(r[1] for r in rows.values())

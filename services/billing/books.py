@@ -24,7 +24,7 @@ from services.billing.errors import (
 from services.billing.prices import PriceBook
 from services.billing.pricing import HoldPlan, Price, completion_budget, plan_hold
 from services.billing.store import RequestRow, UserRow
-from services.common import metrics
+from services.common import metrics, peers
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,10 @@ class Books:
         return len(overdue)
 
     async def sweep_forever(self, interval_s: float) -> None:
+        # Holds whose deadline passed while billing was away may belong to calls that finished
+        # and whose settlements are still retrying: let them land before sweeping (a 200 answered
+        # while billing restarted must be charged, not released as if its request had died).
+        await asyncio.sleep(peers.SETTLE_RETRY_LONGEST_WAIT_S)
         while True:
             try:
                 await self.sweep()

@@ -54,6 +54,11 @@ IDEMPOTENT = frozenset({
 })
 ATTEMPTS = 3
 BACKOFF_S = (0.02, 0.1)  # before the 2nd and 3rd attempt: time for the balancer to drop a dead replica
+# A settlement that billing could not take is retried in the background; the pause between
+# tries doubles up to this (times 0.5-1.5 jitter). Billing's sweeper waits out one such pause
+# after it starts, so settlements held back by its absence land before it sweeps their holds.
+SETTLE_RETRY_MAX_PAUSE_S = 5.0
+SETTLE_RETRY_LONGEST_WAIT_S = SETTLE_RETRY_MAX_PAUSE_S * 1.5 + 1.0
 
 
 def transport_failure(err: grpc.aio.AioRpcError) -> bool:

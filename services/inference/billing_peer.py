@@ -133,7 +133,7 @@ class BillingPeer:
                               s.request_id, exc.details(), reason_of(exc))
                     return
             await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, peers.SETTLE_RETRY_MAX_PAUSE_S)
 
     @staticmethod
     def _request(s: Settle) -> billing_pb2.SettleRequest:
