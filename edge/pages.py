@@ -1,4 +1,4 @@
-"""The web pages: /chat, /console, /pricing, /ops and their static files, served by the edge itself.
+"""The web pages (/, /chat, /console, /pricing, /docs, /ops) and their static files, served by the edge.
 
 The pages are plain HTML, CSS and JavaScript; the few libraries they load (Markdown,
 sanitising, highlighting, charts) come from npm through `make web` into
@@ -69,7 +69,11 @@ async def catalogue(request: web.Request) -> web.StreamResponse:
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/chat")
+    return _page("home.html", request)
+
+
+async def docs(request: web.Request) -> web.StreamResponse:
+    return _page("docs.html", request)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -115,6 +119,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console", console)
     r.add_get("/pricing", pricing)
     r.add_get("/pay/demo/{id}", demo_pay)
+    r.add_get("/docs", docs)
     r.add_get("/ops", ops)
     r.add_get("/i18n/{lang}.js", catalogue)
     r.add_get("/static/vendor/{name}", vendor)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -61,6 +63,7 @@ def phone_shots(browser: Browser, desktop: BrowserContext, base_url: str, pages:
     for name, path in pages.items():
         page.goto(path)
         page.wait_for_selector("#content, #thread, #auth-form")
+        page.wait_for_load_state("networkidle")
         shoot(page, f"{name}-phone")
         if locale.startswith("zh"):
             assert_chinese(page)
@@ -277,11 +280,12 @@ def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: Wo
 
 # What a Chinese page may still show in Latin letters: product, model and client names, units
 # and formats, and data (emails, URLs, names of channels and users) that is not the page's text.
-_NAMES = re.compile(r"chatkore|OpenAI|API|token|UTC|CI|sk-…|ck-…|gpt-[\w.-]+|text-[\w.-]+|[\w.+-]+@[\w.-]+"
-                    r"|https?://\S+|/v1")
+_NAMES = re.compile(r"chatkore|OpenAI|API|SDK|SSE|JSON|HTTP|IP|UTC|CI|Python|Node\.js|curl|LangChain|chatgpt-web|token"
+                    r"|sk-…|ck-…|gpt-[\w.-]+|text-[\w.-]+|[\w.+-]+@[\w.-]+|https?://\S+|/v1")
 _PAGE_TEXT = """() => {
   const parts = [document.title];
-  const skip = (el) => el.closest("#lang-switch, [data-data]");
+  // The language switch names each language in itself; code (commands, headers) is code.
+  const skip = (el) => el.closest("#lang-switch, pre, code, .mono");
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const el = n.parentElement;
@@ -340,11 +344,13 @@ def test_pages_in_chinese_and_the_language_switch_sticks(browser: Browser, world
     shoot(page, "chat-zh")
     phone_shots(browser, ctx, world.url, {"chat-zh": "/chat"}, "zh-CN")
 
-    prices = tuple(p["model"] for p in world.admin("GET", "/admin/v1/prices")["data"])
-    page.goto("/pricing")
-    page.wait_for_selector("#pricing-table")
-    assert_chinese(page, prices)
-    shoot(page, "pricing-zh")
+    for path, ready, name in (("/pricing", "#pricing-table", "pricing-zh"), ("/", "#home-prices", "home-zh"),
+                              ("/docs", "#docs-prices", "docs-zh")):
+        page.goto(path)
+        page.wait_for_selector(ready)
+        assert_chinese(page)
+        shoot(page, name)
+    phone_shots(browser, ctx, world.url, {"home-zh": "/", "docs-zh": "/docs"}, "zh-CN")
 
     world.admin("PUT", f"/admin/v1/users/{user_id}/role", {"role": "operator"})
     # What the operator pages list is data the other tests made, not the page's text.
@@ -371,3 +377,35 @@ def test_pages_in_chinese_and_the_language_switch_sticks(browser: Browser, world
     page.select_option("#lang-switch", "zh-CN")
     expect(page.locator("#send")).to_have_text("发送")
     ctx.close()
+
+
+def test_home_introduces_and_docs_examples_work_as_written(browser: Browser, world: World) -> None:
+    """The home page leads to sign-up and docs; the docs' examples carry this server's address
+    and run as they stand, with only the key filled in."""
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/")
+    expect(page).to_have_url(world.url + "/")
+    expect(page.locator("#home-base-url")).to_have_text(world.url + "/v1")
+    expect(page.locator("#home-prices tr").first).to_be_visible()
+    shoot(page, "home")
+    page.click("#home-docs")
+    expect(page).to_have_url(world.url + "/docs")
+    expect(page.locator("#docs-base-url")).to_have_text(world.url + "/v1")
+    expect(page.locator("#docs-errors tr[data-code=insufficient_quota]")).to_contain_text("402")
+    expect(page.locator('#docs-prices tr[data-model="text-embedding-ada-002"]')).to_contain_text("4.00")
+    shoot(page, "docs")
+    phone_shots(browser, ctx, world.url, {"home": "/", "docs": "/docs"})
+    curl = page.locator("#example-curl").inner_text()
+    python = page.locator("#example-python").inner_text()
+    ctx.close()
+
+    tenant = world.tenant()
+    assert world.url + "/v1" in curl and world.url + "/v1" in python
+    ran = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "CHATKORE_KEY": tenant.key})
+    assert ran.returncode == 0 and '"chat.completion"' in ran.stdout, ran.stderr
+    ran = subprocess.run([sys.executable, "-c", python.replace('api_key="sk-..."', f'api_key="{tenant.key}"')],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
+    assert len(world.usage(tenant.user_id)) == 2

@@ -18,6 +18,11 @@ const ck = {
     return text.replace(/\{(\w+)\}/g, (m, name) => (values && values[name] !== undefined ? String(values[name]) : m));
   },
 
+  // A text whose `backticked` parts are code (commands, headers, field names): nodes, never HTML.
+  rich(key, values) {
+    return ck.t(key, values).split("`").map((part, i) => (i % 2 ? ck.el("code", { text: part }) : document.createTextNode(part)));
+  },
+
   // The switch sets a cookie the server reads (pages and /api errors come in that language).
   setLang(lang) {
     document.cookie = `ck_lang=${encodeURIComponent(lang)}; path=/; max-age=31536000; samesite=lax`;
@@ -109,9 +114,9 @@ const ck = {
     bar.replaceChildren();
     const link = (href, text, name) => ck.el("a", { href, class: name === active ? "active" : "", text });
     bar.append(
-      ck.el("a", { class: "brand", href: "/chat" }, ck.el("span", { class: "dot" }), "chatkore"),
+      ck.el("a", { class: "brand", href: "/" }, ck.el("span", { class: "dot" }), "chatkore"),
       ck.el("nav", { class: "topnav" },
-        link("/chat", ck.t("nav.chat"), "chat"), link("/console", ck.t("nav.console"), "console"), link("/pricing", ck.t("nav.pricing"), "pricing"),
+        link("/chat", ck.t("nav.chat"), "chat"), link("/console", ck.t("nav.console"), "console"), link("/pricing", ck.t("nav.pricing"), "pricing"), link("/docs", ck.t("nav.docs"), "docs"),
         ck.me && ck.me.role === "operator" ? link("/ops", ck.t("nav.ops"), "ops") : null),
       ck.el("div", { class: "spacer" }),
     );
