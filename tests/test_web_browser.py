@@ -23,6 +23,9 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# A deadline for what `expect` waits on (a page to load, a stream to arrive), as for the pages'
+# own actions: on a machine shared by many runs, 5 s is not always enough for chromium to start a page.
+expect.set_options(timeout=15_000)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update"]
 
