@@ -1,0 +1,222 @@
+"""Alipay and Stripe against a stack configured for both, with a fake of each on loopback
+(tests/fake_payments.py): orders, signed notifications and webhooks credit exactly once;
+forged, tampered, replayed and mismatched ones move nothing and are kept; refunds take back
+what the balance holds and record the rest as owed."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import requests
+
+from tests.console import ConsoleUser
+from tests.fake_payments import (
+    FakePayments,
+    alipay_notification,
+    alipay_signed,
+    new_key,
+    stripe_event,
+    stripe_signature,
+)
+from tests.mock_upstream import MockUpstream
+from tests.world import World
+
+PUBLIC_URL = "https://chatkore.example.com"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakePayments]:
+    payments = FakePayments().start()
+    yield payments
+    payments.stop()
+
+
+@pytest.fixture(scope="module")
+def shop(make_stack, mock: MockUpstream, fake: FakePayments) -> Iterator[World]:
+    """A stack that takes Alipay and Stripe; its books must balance at the end."""
+    w = World(make_stack(name="payments", env={**fake.env(PUBLIC_URL), "CHATKORE_SIGNUP_CREDITS": "0"}), mock)
+    yield w
+    report = w.verify()
+    assert report["ok"], report["problems"]
+
+
+def notify(shop: World, params: dict[str, str]) -> str:
+    resp = requests.post(shop.url + "/payments/alipay/notify", data=params, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.text
+
+
+def webhook(shop: World, payload: bytes, signature: str) -> requests.Response:
+    return requests.post(shop.url + "/payments/stripe/webhook", data=payload, timeout=30,
+                         headers={"Stripe-Signature": signature, "Content-Type": "application/json"})
+
+
+def kept(shop: World, order_id: str) -> list[dict[str, Any]]:
+    return shop.admin("GET", f"/admin/v1/payment-notifications?order_id={order_id}")["data"]
+
+
+def admin_order(shop: World, order_id: str) -> dict[str, Any]:
+    return next(o for o in shop.admin("GET", "/admin/v1/orders?limit=500")["data"] if o["id"] == order_id)
+
+
+# --- Alipay ---------------------------------------------------------------------------------
+
+
+def test_alipay_order_has_a_signed_page_and_a_qr_code(shop: World, fake: FakePayments) -> None:
+    user = ConsoleUser(shop.url).register()
+    assert requests.get(shop.url + "/api/pricing", timeout=30).json()["payment_providers"] == ["alipay", "stripe"]
+    refused = user.call("POST", "/api/payments", {"provider": "demo", "amount": 1})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "provider_unavailable"
+
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 12.3}, expect=201)
+    assert order["currency"] == "CNY" and order["amount"] == 12.3 and order["credits"] == 1722
+    page = urlsplit(order["pay_url"])
+    assert f"{page.scheme}://{page.netloc}{page.path}" == f"{fake.url}/gateway.do"
+    params = dict(parse_qsl(page.query))
+    assert fake.app_signed(params), "the page-pay URL must carry the app's RSA2 signature"
+    assert params["method"] == "alipay.trade.page.pay" and params["app_id"] == "2021000000000001"
+    assert params["notify_url"] == f"{PUBLIC_URL}/payments/alipay/notify"
+    biz = json.loads(params["biz_content"])
+    assert biz["out_trade_no"] == order["id"] and biz["total_amount"] == "12.30"
+    assert order["qr_code"] == f"https://qr.alipay.com/fake{order['id']}"
+    precreate = fake.alipay_calls[-1]
+    assert precreate["signed"] and json.loads(precreate["params"]["biz_content"])["total_amount"] == "12.30"
+    qr = user.http.get(f"{shop.url}/api/payments/{order['id']}/qr.svg", timeout=30)
+    assert qr.status_code == 200 and qr.headers["Content-Type"].startswith("image/svg+xml") and b"<svg" in qr.content
+
+
+def test_alipay_notification_five_times_at_once_credits_once(shop: World, fake: FakePayments) -> None:
+    user = ConsoleUser(shop.url).register()
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 0.01}, expect=201)  # no minimum
+    signed = alipay_signed(fake.alipay_key, alipay_notification(order["id"], "0.01"))
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: notify(shop, signed), range(5)))
+    assert answers == ["success"] * 5
+    assert shop.balance(user.user_id) == Decimal("1.4")
+    assert user.ok("GET", f"/api/payments/{order['id']}")["status"] == "paid"
+    assert notify(shop, signed) == "success"  # a replay later: answered, nothing moves
+    assert shop.balance(user.user_id) == Decimal("1.4")
+    verdicts = sorted(n["verdict"] for n in kept(shop, order["id"]))
+    assert verdicts == ["credited"] + ["duplicate"] * 5
+    assert all(signed["sign"] not in json.dumps(n) for n in kept(shop, order["id"]))  # never the signature
+
+
+@pytest.mark.parametrize("case", ["tampered_amount", "resigned_amount", "wrong_key", "unknown_order", "other_app",
+                                  "trade_closed", "no_signature"])
+def test_alipay_forged_or_mismatched_notification_moves_nothing(shop: World, fake: FakePayments, case: str) -> None:
+    user = ConsoleUser(shop.url).register()
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 50}, expect=201)
+    genuine = alipay_notification(order["id"], "50.00")
+    if case == "tampered_amount":  # signed as it was, then the amount changed
+        params = {**alipay_signed(fake.alipay_key, {**genuine, "total_amount": "50.00"}), "total_amount": "5000.00"}
+    elif case == "resigned_amount":  # a correct signature, the wrong amount
+        params = alipay_signed(fake.alipay_key, {**genuine, "total_amount": "0.50"})
+    elif case == "wrong_key":
+        params = alipay_signed(new_key(), genuine)
+    elif case == "unknown_order":
+        params = alipay_signed(fake.alipay_key, {**genuine, "out_trade_no": "ord_" + "0" * 24})
+    elif case == "other_app":
+        params = alipay_signed(fake.alipay_key, {**genuine, "app_id": "2021999999999999"})
+    elif case == "trade_closed":
+        params = alipay_signed(fake.alipay_key, {**genuine, "trade_status": "TRADE_CLOSED"})
+    else:
+        params = genuine
+    before = shop.verify()["entries"]
+    assert notify(shop, params) == "failure"
+    assert shop.balance(user.user_id) == 0
+    assert shop.verify()["entries"] == before  # not one ledger entry
+    assert user.ok("GET", f"/api/payments/{order['id']}")["status"] == "pending"
+    named = params["out_trade_no"]
+    [note] = [n for n in kept(shop, named) if n["verdict"] == "refused"][:1]
+    assert note["provider"] == "alipay" and note["reason"]
+    # A signed notification that disagrees with its order puts the order under review.
+    assert admin_order(shop, order["id"])["review"] is (case in ("resigned_amount", "other_app"))
+    # The genuine notification still credits it.
+    assert notify(shop, alipay_signed(fake.alipay_key, genuine)) == "success"
+    assert shop.balance(user.user_id) == 7000
+
+
+def test_alipay_notify_survives_garbage(shop: World) -> None:
+    for body in (b"", b"sign=%%%", b"\x00\xff" * 100, b"a=1&a=2", b"out_trade_no=" + b"x" * 10_000 + b"&sign=zz",
+                 json.dumps({"out_trade_no": "x"}).encode()):
+        resp = requests.post(shop.url + "/payments/alipay/notify", data=body, timeout=30,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert (resp.status_code, resp.text) == (200, "failure"), body[:40]
+    too_big = requests.post(shop.url + "/payments/alipay/notify", data=b"a=" + b"x" * 100_000, timeout=30)
+    assert too_big.status_code == 413
+
+
+# --- Stripe ---------------------------------------------------------------------------------
+
+
+def stripe_order(shop: World, fake: FakePayments, user: ConsoleUser, dollars: float) -> dict[str, Any]:
+    order = user.ok("POST", "/api/payments", {"provider": "stripe", "amount": dollars}, expect=201)
+    sent = fake.stripe_calls[-1]
+    assert sent["client_reference_id"] == order["id"] and sent["mode"] == "payment"
+    assert sent["line_items[0][price_data][unit_amount]"] == str(round(dollars * 100))
+    assert order["currency"] == "USD" and order["pay_url"].startswith("https://checkout.stripe.test/c/pay/cs_test_")
+    return order
+
+
+def completed(order: dict[str, Any], intent: str, *, amount: int | None = None, currency: str = "usd") -> bytes:
+    return stripe_event("checkout.session.completed", {
+        "id": "cs_test_x", "object": "checkout.session", "client_reference_id": order["id"],
+        "payment_status": "paid", "amount_total": round(order["amount"] * 100) if amount is None else amount,
+        "currency": currency, "payment_intent": intent, "metadata": {"order_id": order["id"]}})
+
+
+def test_stripe_webhook_credits_once_and_refuses_bad_signatures(shop: World, fake: FakePayments) -> None:
+    user = ConsoleUser(shop.url).register()
+    order = stripe_order(shop, fake, user, 2.5)
+    assert order["credits"] == 2500
+    payload = completed(order, "pi_once")
+    for bad in (stripe_signature("whsec_other", payload), "t=1,v1=deadbeef", "",
+                stripe_signature(fake.webhook_secret, payload, int(time.time()) - 3600)):  # stale
+        resp = webhook(shop, payload, bad)
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", bad
+    assert shop.balance(user.user_id) == 0
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: webhook(shop, payload, stripe_signature(fake.webhook_secret, payload)),
+                                range(5)))
+    assert [a.status_code for a in answers] == [200] * 5
+    assert sorted(a.json()["verdict"] for a in answers) == ["credited"] + ["duplicate"] * 4
+    assert shop.balance(user.user_id) == 2500
+    # Signed, but for another amount: answered (no retries), nothing moves, the order goes to review.
+    other = stripe_order(shop, fake, user, 3)
+    wrong = completed(other, "pi_wrong", amount=1)
+    assert webhook(shop, wrong, stripe_signature(fake.webhook_secret, wrong)).json()["verdict"] == "refused"
+    assert shop.balance(user.user_id) == 2500 and admin_order(shop, other["id"])["review"] is True
+    assert [n["verdict"] for n in kept(shop, "")][:1]  # kept, newest first
+    refused = [n for n in kept(shop, "") if n["provider"] == "stripe" and n["verdict"] == "refused"]
+    assert len(refused) >= 5
+
+
+def test_stripe_refund_takes_back_what_the_balance_holds_and_records_the_rest(shop: World, fake: FakePayments) -> None:
+    user = ConsoleUser(shop.url).register()
+    order = stripe_order(shop, fake, user, 2)  # 2000 credits
+    payload = completed(order, "pi_refund")
+    assert webhook(shop, payload, stripe_signature(fake.webhook_secret, payload)).json()["verdict"] == "credited"
+
+    def refund(refunded: int) -> requests.Response:
+        event = stripe_event("charge.refunded", {"id": "ch_1", "object": "charge", "payment_intent": "pi_refund",
+                                                 "amount": 200, "amount_refunded": refunded, "currency": "usd"})
+        return webhook(shop, event, stripe_signature(fake.webhook_secret, event))
+
+    assert refund(50).json()["verdict"] == "refunded"  # a quarter back
+    assert shop.balance(user.user_id) == 1500
+    assert refund(50).json()["verdict"] == "duplicate"
+    # Spend most of the rest, then the whole charge is refunded: take what is left, owe the rest.
+    model, _ = shop.served_model(prompt=1, completion=1, min_charge=1400)
+    key = shop.key(user.user_id)["key"]
+    shop.client(key).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert shop.balance(user.user_id) == 100
+    assert refund(200).json()["verdict"] == "refunded"
+    assert shop.balance(user.user_id) == 0
+    mine = user.ok("GET", f"/api/payments/{order['id']}")
+    assert mine["status"] == "refunded" and mine["refunded"] == 2000 and mine["owed"] == 1400
