@@ -208,8 +208,28 @@ def _date(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
 
 
 async def billing_usage(request: web.Request) -> web.Response:
+    """Spend from start_date to end_date, both days included (chatgpt-web asks for the whole month
+    by its last day), in hundredths, with each day's cost."""
     now = dt.datetime.now(dt.UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     start = _date(request, "start_date", _month_start(now))
-    end = _date(request, "end_date", now + dt.timedelta(days=1))
-    spend = await _spend(request, start, end)
-    return json_response({"object": "list", "daily_costs": [], "total_usage": round(spend.spent / 10_000, 4)})
+    end = _date(request, "end_date", today) + dt.timedelta(days=1)
+    if end <= start:
+        raise invalid("Invalid 'end_date': it must not be before 'start_date'.", "end_date")
+    if (end - start).days > 366:
+        raise invalid("The date range may span at most 366 days.", "start_date")
+    key = await authenticate(request)
+    billing = request.app[PEERS].billing
+    spend = await billing.GetSpend(
+        billing_pb2.GetSpendRequest(user_id=key.user_id, since=int(start.timestamp()), until=int(end.timestamp())),
+        timeout=10)
+    daily: list[dict[str, Any]] = []
+    if start <= today:
+        days = await billing.DailySpend(
+            billing_pb2.DailySpendRequest(user_id=key.user_id, days=min(366, (today - start).days + 1)), timeout=10)
+        for d in days.days:
+            day = dt.datetime.strptime(d.day, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            if start <= day < end:
+                daily.append({"timestamp": day.timestamp(),
+                              "line_items": [{"name": "Chat models", "cost": round(d.credits / 10_000, 4)}]})
+    return json_response({"object": "list", "daily_costs": daily, "total_usage": round(spend.spent / 10_000, 4)})

@@ -50,3 +50,26 @@ def test_chatgpt_web_balance(world: World) -> None:
     # chatgpt-web shows hard_limit_usd - total_usage / 100: that must be the balance.
     assert abs(sub["hard_limit_usd"] - usage["total_usage"] / 100 - balance) < 1e-6
     assert usage["total_usage"] > 0
+
+
+def test_chatgpt_web_usage_includes_its_end_date(world: World) -> None:
+    """chatgpt-web asks for start_date=YYYY-MM-01&end_date=<last day of the month>: on that last
+    day, today's spending must count; daily_costs has one entry per day, as OpenAI's had."""
+    t = world.tenant(credits=100)
+    t.client.chat.completions.create(model="gpt-4", messages=MSG, max_tokens=10)
+    spent = 100 - world.balance(t.user_id)
+    today = dt.datetime.now(dt.UTC).date()
+    start = today.replace(day=1)
+    headers = {"Authorization": f"Bearer {t.key}"}
+    usage = requests.get(world.url + f"/v1/dashboard/billing/usage?start_date={start}&end_date={today}",
+                         headers=headers, timeout=10).json()
+    assert usage["total_usage"] == float(spent * 100) > 0
+    days = usage["daily_costs"]
+    assert len(days) == (today - start).days + 1
+    assert [dt.datetime.fromtimestamp(d["timestamp"], dt.UTC).date() for d in days] == [
+        start + dt.timedelta(days=i) for i in range(len(days))]
+    assert sum(item["cost"] for d in days for item in d["line_items"]) == usage["total_usage"]
+    assert days[-1]["line_items"][0]["cost"] == usage["total_usage"]
+    backwards = requests.get(world.url + "/v1/dashboard/billing/usage?start_date=2026-01-02&end_date=2026-01-01",
+                             headers=headers, timeout=10)
+    assert backwards.status_code == 400 and backwards.json()["error"]["param"] == "end_date"
