@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -16,10 +14,10 @@ from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
 from edge import sessions
 from edge.authn import bearer, client_ip
 from edge.credits import from_micro, to_micro
-from edge.errors import OpenAIError, invalid
-from edge.limits import check_shape, read_body
+from edge.errors import invalid
+from edge.inputs import get_int, get_str, get_str_list, get_timestamp, json_body, path_id, query_int
 from edge.openai_api import json_response
-from edge.state import CONFIG, COUNTERS, GUARD, PEERS
+from edge.state import COUNTERS, GUARD, PEERS
 from services.common.errors import reason_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,119 +47,47 @@ def admin(handler: Handler) -> Handler:
     return guarded
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    limits = request.app[CONFIG].limits
-    raw = await read_body(request, limits)
-    try:
-        body = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_reject_constant)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        raise invalid("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.")
-    check_shape(body, limits, text=True)
-    return body
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _path_id(request: web.Request, name: str = "id") -> int:
-    raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise OpenAIError(404, f"No such resource: {raw[:40]!r}", code="not_found")
-    return int(raw)
-
-
-def _int(body: dict[str, Any], name: str, default: int = 0, low: int = 0) -> int:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(f"'{name}' must be an integer", name)
-    if value < low or value > 2**31 - 1:
-        raise invalid(f"'{name}' is out of range", name)
-    return value
-
-
-def _str(body: dict[str, Any], name: str, default: str = "", limit: int = 200) -> str:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise invalid(f"'{name}' must be a string", name)
-    if len(value) > limit:
-        raise invalid(f"'{name}' must be at most {limit} characters", name)
-    return value
-
-
-def _str_list(body: dict[str, Any], name: str) -> list[str]:
-    value = body.get(name) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise invalid(f"'{name}' must be an array of strings", name)
-    return value
-
-
-def _timestamp(value: Any, name: str) -> int:
-    """Unix seconds or ISO 8601 (UTC when no zone is given)."""
-    if value is None:
-        return 0
-    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
-        if not abs(value) < 2**40:  # also false for NaN; int() of 1e999999 would take forever
-            raise invalid(f"'{name}' is out of range", name)
-        return int(value)
-    if isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        return int(moment.timestamp())
-    raise invalid(f"'{name}' must be unix seconds or an ISO 8601 time", name)
-
-
 # --- users and keys ----------------------------------------------------------------
 
 
-def _user(u: billing_pb2.User) -> dict[str, Any]:
+def user_info(u: billing_pb2.User) -> dict[str, Any]:
     return {"id": u.id, "name": u.name, "balance": from_micro(u.balance), "held": from_micro(u.held),
             "created": u.created}
 
 
 @admin
 async def create_user(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     if not isinstance(body.get("name"), str):
         raise invalid("Missing required parameter: 'name'.", "name", "missing_required_parameter")
     message = billing_pb2.CreateUserRequest(name=body["name"])
     if body.get("credits") is not None:
         message.credits = to_micro(body["credits"], "credits")
     user = await request.app[PEERS].billing.CreateUser(message, timeout=RPC_TIMEOUT_S)
-    return json_response(_user(user), status=201)
+    return json_response(user_info(user), status=201)
 
 
 @admin
 async def get_user(request: web.Request) -> web.Response:
-    user = await request.app[PEERS].billing.GetUser(billing_pb2.GetUserRequest(user_id=_path_id(request)),
+    user = await request.app[PEERS].billing.GetUser(billing_pb2.GetUserRequest(user_id=path_id(request)),
                                                     timeout=RPC_TIMEOUT_S)
-    return json_response(_user(user))
+    return json_response(user_info(user))
 
 
 @admin
 async def top_up(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     if "credits" not in body:
         raise invalid("Missing required parameter: 'credits'.", "credits", "missing_required_parameter")
     user = await request.app[PEERS].billing.TopUp(
-        billing_pb2.TopUpRequest(user_id=_path_id(request), credits=to_micro(body["credits"], "credits"),
-                                 reference=_str(body, "reference")),
+        billing_pb2.TopUpRequest(user_id=path_id(request), credits=to_micro(body["credits"], "credits"),
+                                 reference=get_str(body, "reference")),
         timeout=RPC_TIMEOUT_S,
     )
-    return json_response(_user(user))
+    return json_response(user_info(user))
 
 
-def _key(k: auth_pb2.KeyInfo) -> dict[str, Any]:
+def key_info(k: auth_pb2.KeyInfo) -> dict[str, Any]:
     return {
         "id": k.key_id, "user_id": k.user_id, "name": k.name, "hint": k.hint, "models": list(k.models),
         "credit_limit": from_micro(k.credit_limit) if k.credit_limit else None,
@@ -172,30 +98,30 @@ def _key(k: auth_pb2.KeyInfo) -> dict[str, Any]:
 
 @admin
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     limit = body.get("credit_limit")
     created = await request.app[PEERS].auth.CreateKey(
         auth_pb2.CreateKeyRequest(
-            user_id=_path_id(request), name=_str(body, "name"), models=_str_list(body, "models"),
+            user_id=path_id(request), name=get_str(body, "name"), models=get_str_list(body, "models"),
             credit_limit=to_micro(limit, "credit_limit") if limit is not None else 0,
-            expires_at=_timestamp(body.get("expires_at"), "expires_at"),
-            rpm=_int(body, "rpm"), tpm=_int(body, "tpm"), ips=_str_list(body, "ips"),
+            expires_at=get_timestamp(body.get("expires_at"), "expires_at"),
+            rpm=get_int(body, "rpm"), tpm=get_int(body, "tpm"), ips=get_str_list(body, "ips"),
         ),
         timeout=RPC_TIMEOUT_S,
     )
-    return json_response({**_key(created.info), "key": created.key}, status=201)
+    return json_response({**key_info(created.info), "key": created.key}, status=201)
 
 
 @admin
 async def list_keys(request: web.Request) -> web.Response:
-    keys = await request.app[PEERS].auth.ListKeys(auth_pb2.ListKeysRequest(user_id=_path_id(request)),
+    keys = await request.app[PEERS].auth.ListKeys(auth_pb2.ListKeysRequest(user_id=path_id(request)),
                                                   timeout=RPC_TIMEOUT_S)
-    return json_response({"data": [_key(k) for k in keys.keys]})
+    return json_response({"data": [key_info(k) for k in keys.keys]})
 
 
 @admin
 async def revoke_key(request: web.Request) -> web.Response:
-    await request.app[PEERS].auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=_path_id(request)),
+    await request.app[PEERS].auth.RevokeKey(auth_pb2.RevokeKeyRequest(key_id=path_id(request)),
                                             timeout=RPC_TIMEOUT_S)
     return web.Response(status=204)
 
@@ -215,9 +141,9 @@ def _channel_message(body: dict[str, Any]) -> tuple[inference_pb2.Channel, list[
         fields.append(name)
         value = body[name]
         if name in ("name", "type", "base_url", "api_key"):
-            setattr(channel, name, _str(body, name, limit=8192))
+            setattr(channel, name, get_str(body, name, limit=8192))
         elif name == "models":
-            channel.models.extend(_str_list(body, name))
+            channel.models.extend(get_str_list(body, name))
         elif name == "model_map":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise invalid("'model_map' must map public model names to upstream names", name)
@@ -253,7 +179,7 @@ def _channel(c: inference_pb2.Channel) -> dict[str, Any]:
 
 @admin
 async def create_channel(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     for required in ("name", "base_url", "models"):
         if required not in body:
             raise invalid(f"Missing required parameter: '{required}'.", required, "missing_required_parameter")
@@ -275,9 +201,9 @@ async def list_channels(request: web.Request) -> web.Response:
 
 @admin
 async def update_channel(request: web.Request) -> web.Response:
-    message, fields = _channel_message(await _body(request))
+    message, fields = _channel_message(await json_body(request))
     channel = await request.app[PEERS].inference.UpdateChannel(
-        inference_pb2.UpdateChannelRequest(id=_path_id(request), fields=fields, channel=message),
+        inference_pb2.UpdateChannelRequest(id=path_id(request), fields=fields, channel=message),
         timeout=RPC_TIMEOUT_S,
     )
     return json_response(_channel(channel))
@@ -285,16 +211,16 @@ async def update_channel(request: web.Request) -> web.Response:
 
 @admin
 async def delete_channel(request: web.Request) -> web.Response:
-    await request.app[PEERS].inference.DeleteChannel(inference_pb2.DeleteChannelRequest(id=_path_id(request)),
+    await request.app[PEERS].inference.DeleteChannel(inference_pb2.DeleteChannelRequest(id=path_id(request)),
                                                      timeout=RPC_TIMEOUT_S)
     return web.Response(status=204)
 
 
 @admin
 async def test_channel(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     result = await request.app[PEERS].inference.TestChannel(
-        inference_pb2.TestChannelRequest(id=_path_id(request), model=_str(body, "model")), timeout=45)
+        inference_pb2.TestChannelRequest(id=path_id(request), model=get_str(body, "model")), timeout=45)
     return json_response({"ok": result.ok, "model": result.model, "latency_ms": result.latency_ms,
                           "status": result.status or None, "error": result.error or None,
                           "reply": result.reply, "health": result.health})
@@ -311,7 +237,7 @@ def _price(p: billing_pb2.Price) -> dict[str, Any]:
 
 @admin
 async def set_price(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     for required in ("prompt", "completion"):
         if required not in body:
             raise invalid(f"Missing required parameter: '{required}'.", required, "missing_required_parameter")
@@ -330,20 +256,11 @@ async def list_prices(request: web.Request) -> web.Response:
     return json_response({"data": [_price(p) for p in reply.prices]})
 
 
-def _query_int(request: web.Request, name: str, high: int = 10**18 - 1) -> int:
-    raw = request.query.get(name, "")
-    if not raw:
-        return 0
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) > high:
-        raise invalid(f"'{name}' must be an integer from 0 to {high}", name)
-    return int(raw)
-
-
 @admin
 async def usage(request: web.Request) -> web.Response:
     reply = await request.app[PEERS].billing.ListUsage(
-        billing_pb2.ListUsageRequest(user_id=_query_int(request, "user_id"),
-                                     limit=_query_int(request, "limit", INT32_MAX)),
+        billing_pb2.ListUsageRequest(user_id=query_int(request, "user_id"),
+                                     limit=query_int(request, "limit", INT32_MAX)),
         timeout=RPC_TIMEOUT_S,
     )
     return json_response({"data": [
@@ -357,12 +274,12 @@ async def usage(request: web.Request) -> web.Response:
 
 @admin
 async def create_redeem_codes(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     if "credits" not in body:
         raise invalid("Missing required parameter: 'credits'.", "credits", "missing_required_parameter")
     reply = await request.app[PEERS].billing.CreateRedeemCodes(
         billing_pb2.CreateRedeemCodesRequest(credits=to_micro(body["credits"], "credits"),
-                                             count=_int(body, "count", default=1, low=1)),
+                                             count=get_int(body, "count", default=1, low=1)),
         timeout=RPC_TIMEOUT_S,
     )
     return json_response({"codes": list(reply.codes)}, status=201)

@@ -17,10 +17,9 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, common_pb2, inference_pb2
+from edge import inputs, sse, validate
 from edge import openai_api as v1
-from edge import sse, validate
 from edge.errors import OpenAIError, from_rpc
-from edge.limits import read_body
 from edge.state import CONFIG, PEERS
 from services.common import jsoncodec
 
@@ -121,8 +120,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     key = await _key(request)
     cfg = request.app[CONFIG]
-    raw = await read_body(request, cfg.limits)
-    body = validate.parse_body(raw, cfg.limits)
+    raw, body = await inputs.relay_body(request)
     fields = validate.count_tokens(body, cfg.limits)
     request["model"] = fields.model
     message = inference_pb2.RelayRequest(

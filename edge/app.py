@@ -12,6 +12,7 @@ from edge import cors, routes
 from edge.authn import TRUSTED_PROXIES, KeyCache
 from edge.config import EdgeConfig
 from edge.guard import AuthGuard, LimiterCounter, SignupLimit
+from edge.inputs import declared_size
 from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
@@ -58,8 +59,8 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(cfg: EdgeConfig) -> web.Application:
     traced = telemetry.http_server_middleware()  # None unless an OTLP endpoint is configured
-    app = web.Application(router=Router(), middlewares=[errors, cors.preflight] if traced is None
-                          else [traced, errors, cors.preflight],
+    middlewares = [errors, cors.preflight, declared_size]
+    app = web.Application(router=Router(), middlewares=middlewares if traced is None else [traced, *middlewares],
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app[TRUSTED_PROXIES] = cfg.trusted_proxies

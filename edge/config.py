@@ -60,6 +60,8 @@ class EdgeConfig:
             max_body_bytes=max_body,
             limits=Limits(
                 max_body_bytes=max_body,
+                max_small_body_bytes=env_int("CHATKORE_MAX_ADMIN_BODY_KB", 64) * 1024,
+                max_json_nodes=env_int("CHATKORE_MAX_JSON_NODES", 100_000),
                 body_timeout_s=env_float("CHATKORE_BODY_TIMEOUT_S", 60.0),
                 max_json_depth=env_int("CHATKORE_MAX_JSON_DEPTH", 64),
                 max_string_chars=env_int("CHATKORE_MAX_STRING_CHARS", 10_485_760),

@@ -12,10 +12,11 @@ from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
 from edge import openai_api, sessions
-from edge.admin_api import _body, _key, _path_id, _str, _timestamp
+from edge.admin_api import key_info
 from edge.authn import client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
+from edge.inputs import get_str, get_timestamp, json_body, path_id
 from edge.openai_api import json_response
 from edge.state import GUARD, PEERS, SIGNUPS
 from services.common.errors import reason_of
@@ -55,9 +56,9 @@ async def _signed_in(request: web.Request, email: str, password: str, status: in
 
 async def register(request: web.Request) -> web.Response:
     sessions.check_origin(request)
-    body = await _body(request)
+    body = await json_body(request)
     email, password = _credentials(body)
-    invite = _str(body, "invite", limit=64).strip()  # another user's invite code (an unknown one is ignored)
+    invite = get_str(body, "invite", limit=64).strip()  # another user's invite code (an unknown one is ignored)
     await request.app[SIGNUPS].admit(client_ip(request))
     account = await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
                                                      timeout=RPC_TIMEOUT_S)
@@ -69,7 +70,7 @@ async def register(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     sessions.check_origin(request)  # no login CSRF: another site cannot sign a browser in
-    email, password = _credentials(await _body(request))
+    email, password = _credentials(await json_body(request))
     return await _signed_in(request, email, password, 200)
 
 
@@ -97,29 +98,29 @@ async def list_keys(request: web.Request) -> web.Response:
     session = await sessions.resolve(request)
     keys = await request.app[PEERS].auth.ListKeys(auth_pb2.ListKeysRequest(user_id=session.account.user_id),
                                                   timeout=RPC_TIMEOUT_S)
-    return json_response({"data": [{**_key(k), "web": k.web} for k in keys.keys]})
+    return json_response({"data": [{**key_info(k), "web": k.web} for k in keys.keys]})
 
 
 async def create_key(request: web.Request) -> web.Response:
     session = await sessions.resolve(request)
-    body = await _body(request)
+    body = await json_body(request)
     limit = body.get("credit_limit")
     created = await request.app[PEERS].auth.CreateKey(
         auth_pb2.CreateKeyRequest(
-            user_id=session.account.user_id, name=_str(body, "name"),
+            user_id=session.account.user_id, name=get_str(body, "name"),
             credit_limit=to_micro(limit, "credit_limit") if limit is not None else 0,
-            expires_at=_timestamp(body.get("expires_at"), "expires_at"),
+            expires_at=get_timestamp(body.get("expires_at"), "expires_at"),
         ),
         timeout=RPC_TIMEOUT_S,
     )
-    return json_response({**_key(created.info), "key": created.key}, status=201)
+    return json_response({**key_info(created.info), "key": created.key}, status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     session = await sessions.resolve(request)
     # The user id makes another user's key answer 404, exactly like a key that does not exist.
     await request.app[PEERS].auth.RevokeKey(
-        auth_pb2.RevokeKeyRequest(key_id=_path_id(request), user_id=session.account.user_id), timeout=RPC_TIMEOUT_S)
+        auth_pb2.RevokeKeyRequest(key_id=path_id(request), user_id=session.account.user_id), timeout=RPC_TIMEOUT_S)
     return web.Response(status=204)
 
 
@@ -162,7 +163,7 @@ async def spend(request: web.Request) -> web.Response:
 
 async def redeem(request: web.Request) -> web.Response:
     session = await sessions.resolve(request)
-    code = _str(await _body(request), "code", limit=100).strip()
+    code = get_str(await json_body(request), "code", limit=100).strip()
     if not code:
         raise invalid("Enter a redeem code.", "code", "missing_required_parameter")
     user = await request.app[PEERS].billing.Redeem(billing_pb2.RedeemRequest(user_id=session.account.user_id,

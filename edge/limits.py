@@ -1,37 +1,26 @@
 """Bounds on what a client may send: body size and pace, JSON shape, string lengths.
 
-Each bound answers with OpenAI's error shape and changes nothing. Header size and
-pace are bounded one layer down, in `edge.protocol`.
+Each bound answers with OpenAI's error shape and changes nothing. Bodies are read and held
+to these in `edge.inputs`; header size and pace are bounded one layer down, in `edge.server`.
 """
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from edge.errors import OpenAIError, invalid
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 20 * 1024 * 1024
+    max_body_bytes: int = 20 * 1024 * 1024     # the OpenAI API's prompts (CHATKORE_MAX_BODY_MB)
+    max_small_body_bytes: int = 64 * 1024     # console, operator and admin calls (CHATKORE_MAX_ADMIN_BODY_KB)
+    max_json_nodes: int = 100_000             # JSON objects and arrays in one body, counted before parsing
     body_timeout_s: float = 60.0      # the whole body must arrive within this
     max_json_depth: int = 64          # nested arrays/objects
     max_string_chars: int = 10_485_760  # any one string (OpenAI's own per-string limit)
     max_messages: int = 2048          # chat messages (OpenAI's own limit)
-
-
-async def read_body(request: web.Request, limits: Limits) -> bytes:
-    """The request body, or 408 when the client trickles it slower than the limit allows."""
-    try:
-        async with asyncio.timeout(limits.body_timeout_s):
-            return await request.read()
-    except TimeoutError:
-        raise OpenAIError(408, f"The request body did not arrive within {limits.body_timeout_s:g} seconds.",
-                          code="request_timeout", headers={"Connection": "close"}) from None
 
 
 def _name(path: str, key: object) -> str:

@@ -14,13 +14,11 @@ import segno
 from aiohttp import web
 
 from chatkore.v1 import billing_pb2, inference_pb2
-from edge import sessions
-from edge.admin_api import _body, _str
+from edge import inputs, sessions
 from edge.credits import from_micro
 from edge.errors import OpenAIError, invalid
-from edge.limits import read_body
 from edge.openai_api import json_response
-from edge.state import CONFIG, PEERS
+from edge.state import PEERS
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +96,8 @@ def order_id_param(request: web.Request) -> str:
 
 async def create_payment(request: web.Request) -> web.Response:
     session = await sessions.resolve(request)
-    body = await _body(request)
-    provider = _str(body, "provider", limit=20)
+    body = await inputs.json_body(request)
+    provider = inputs.get_str(body, "provider", limit=20)
     if not provider:
         raise invalid("Choose a payment provider: 'provider'.", "provider", "missing_required_parameter")
     if "amount" not in body:
@@ -152,15 +150,6 @@ async def pay_demo(request: web.Request) -> web.Response:
 # --- the providers' notifications (hostile until billing has verified them) ----------------
 
 
-async def _bounded(request: web.Request, cap: int) -> bytes:
-    if request.content_length is not None and request.content_length > cap:
-        raise OpenAIError(413, "The notification is too large.", code="request_too_large")
-    raw = await read_body(request, request.app[CONFIG].limits)
-    if len(raw) > cap:
-        raise OpenAIError(413, "The notification is too large.", code="request_too_large")
-    return raw
-
-
 def _form(raw: bytes) -> dict[str, str] | None:
     """Alipay's form fields; None for anything that is not a well-formed form of unique names."""
     try:
@@ -172,9 +161,10 @@ def _form(raw: bytes) -> dict[str, str] | None:
     return params if len(params) == len(pairs) else None
 
 
+@inputs.body_limit(NOTIFY_BODY_BYTES)
 async def alipay_notify(request: web.Request) -> web.Response:
     """Answers `success` only once the credit is committed (Alipay retries anything else)."""
-    params = _form(await _bounded(request, NOTIFY_BODY_BYTES))
+    params = _form(await inputs.read(request, json_budget=False))
     verdict = "refused: not a form"
     accepted = False
     if params is not None:
@@ -193,8 +183,9 @@ async def alipay_return(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/console#topup")
 
 
+@inputs.body_limit(WEBHOOK_BODY_BYTES)
 async def stripe_webhook(request: web.Request) -> web.Response:
-    raw = await _bounded(request, WEBHOOK_BODY_BYTES)
+    raw = await inputs.read(request)
     signature = request.headers.get("Stripe-Signature", "")[:2000]
     reply = await request.app[PEERS].billing.StripeWebhook(
         billing_pb2.StripeEvent(payload=raw, signature=signature), timeout=RPC_TIMEOUT_S)

@@ -9,10 +9,10 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, common_pb2, inference_pb2
-from edge import sse, validate
+from edge import inputs, sse, validate
 from edge.authn import bearer, client_ip
 from edge.errors import OpenAIError, invalid
-from edge.limits import Limits, read_body
+from edge.limits import Limits
 from edge.state import CONFIG, GUARD, KEYS, LIMITS, PEERS
 from services.common import jsoncodec
 from services.common.errors import reason_of
@@ -43,8 +43,7 @@ async def _relay(request: web.Request, endpoint: int,
                  framing: sse.Framing | None = None) -> web.StreamResponse:
     key = key or await authenticate(request)
     cfg = request.app[CONFIG]
-    raw = await read_body(request, cfg.limits)
-    body = validate.parse_body(raw, cfg.limits)
+    raw, body = await inputs.relay_body(request)
     fields = check(body, cfg.limits)
     limits = request.app[LIMITS]
     admission = await limits.admit(key, body, fields)

@@ -9,9 +9,10 @@ from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2
 from edge import money_api
-from edge.admin_api import INT32_MAX, RPC_TIMEOUT_S, _body, _path_id, _query_int, _str, _user, admin
+from edge.admin_api import INT32_MAX, RPC_TIMEOUT_S, admin, user_info
 from edge.credits import from_micro
 from edge.errors import invalid
+from edge.inputs import get_str, json_body, path_id, query_int
 from edge.openai_api import json_response
 from edge.state import PEERS
 
@@ -21,7 +22,7 @@ def _account_of(accounts: auth_pb2.AccountList) -> dict[int, auth_pb2.Account]:
 
 
 def _user_row(u: billing_pb2.User, account: auth_pb2.Account | None) -> dict[str, Any]:
-    return {**_user(u), "disabled": u.disabled, "email": account.email if account else None,
+    return {**user_info(u), "disabled": u.disabled, "email": account.email if account else None,
             "role": account.role if account else None}
 
 
@@ -30,7 +31,7 @@ async def search_users(request: web.Request) -> web.Response:
     peers = request.app[PEERS]
     reply = await peers.billing.SearchUsers(
         billing_pb2.SearchUsersRequest(query=request.query.get("q", "")[:200],
-                                       limit=_query_int(request, "limit", INT32_MAX)),
+                                       limit=query_int(request, "limit", INT32_MAX)),
         timeout=RPC_TIMEOUT_S)
     accounts = _account_of(await peers.auth.ListAccounts(
         auth_pb2.ListAccountsRequest(user_ids=[u.id for u in reply.users]), timeout=RPC_TIMEOUT_S))
@@ -40,20 +41,20 @@ async def search_users(request: web.Request) -> web.Response:
 @admin
 async def update_user(request: web.Request) -> web.Response:
     """PATCH a user: `disabled` (a disabled user's keys, sessions and holds all stop)."""
-    body = await _body(request)
+    body = await json_body(request)
     disabled = body.get("disabled")
     if not isinstance(disabled, bool):
         raise invalid("'disabled' must be true or false", "disabled")
     user = await request.app[PEERS].billing.SetUserDisabled(
-        billing_pb2.SetUserDisabledRequest(user_id=_path_id(request), disabled=disabled), timeout=RPC_TIMEOUT_S)
+        billing_pb2.SetUserDisabledRequest(user_id=path_id(request), disabled=disabled), timeout=RPC_TIMEOUT_S)
     return json_response(_user_row(user, None))
 
 
 @admin
 async def set_role(request: web.Request) -> web.Response:
     """PUT a console account's role; how the first operator is made, with the admin key."""
-    role = _str(await _body(request), "role", limit=20)
-    account = await request.app[PEERS].auth.SetRole(auth_pb2.SetRoleRequest(user_id=_path_id(request), role=role),
+    role = get_str(await json_body(request), "role", limit=20)
+    account = await request.app[PEERS].auth.SetRole(auth_pb2.SetRoleRequest(user_id=path_id(request), role=role),
                                                     timeout=RPC_TIMEOUT_S)
     return json_response({"user_id": account.user_id, "email": account.email, "role": account.role})
 
@@ -61,8 +62,8 @@ async def set_role(request: web.Request) -> web.Response:
 @admin
 async def stats(request: web.Request) -> web.Response:
     """Requests, tokens, credits and errors per model per time bucket (default: 24 hours by the hour)."""
-    hours = _query_int(request, "hours") or 24
-    bucket = _query_int(request, "bucket", INT32_MAX) or 3600
+    hours = query_int(request, "hours") or 24
+    bucket = query_int(request, "bucket", INT32_MAX) or 3600
     if hours > 24 * 366:
         raise invalid("'hours' must be at most a year", "hours")
     reply = await request.app[PEERS].billing.ModelStats(
@@ -92,8 +93,8 @@ async def list_orders(request: web.Request) -> web.Response:
     provider = request.query.get("provider", "")
     if provider not in ("", "alipay", "stripe", "demo"):
         raise invalid("'provider' must be alipay, stripe or demo", "provider")
-    message = billing_pb2.ListOrdersRequest(user_id=_query_int(request, "user_id", 2**62), status=status,
-                                            provider=provider, limit=_query_int(request, "limit", 500))
+    message = billing_pb2.ListOrdersRequest(user_id=query_int(request, "user_id", 2**62), status=status,
+                                            provider=provider, limit=query_int(request, "limit", 500))
     review = request.query.get("review", "")
     if review:
         if review not in ("true", "false"):
@@ -106,13 +107,13 @@ async def list_orders(request: web.Request) -> web.Response:
 @admin
 async def review_order(request: web.Request) -> web.Response:
     """PATCH an order: `review` (true marks it for review, false clears it) and an optional `note`."""
-    body = await _body(request)
+    body = await json_body(request)
     review = body.get("review")
     if not isinstance(review, bool):
         raise invalid("'review' must be true or false", "review")
     order = await request.app[PEERS].billing.SetOrderReview(
         billing_pb2.SetOrderReviewRequest(order_id=money_api.order_id_param(request), review=review,
-                                          note=_str(body, "note", limit=500)),
+                                          note=get_str(body, "note", limit=500)),
         timeout=RPC_TIMEOUT_S)
     return json_response(_admin_order(order))
 
@@ -122,7 +123,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     """Every payment notification kept, newest first (`order_id` narrows to one order's)."""
     reply = await request.app[PEERS].billing.ListNotifications(
         billing_pb2.ListNotificationsRequest(order_id=request.query.get("order_id", "")[:100],
-                                             limit=_query_int(request, "limit", 500)),
+                                             limit=query_int(request, "limit", 500)),
         timeout=RPC_TIMEOUT_S)
     return json_response({"data": [
         {"id": n.id, "provider": n.provider, "order_id": n.order_id, "event": n.event, "verdict": n.verdict,

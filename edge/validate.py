@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.errors import OpenAIError, invalid
-from edge.limits import Limits, check_shape
-from services.common import jsoncodec
+from edge.limits import Limits
 
 MAX_N = 128
 MAX_INT32 = 2**31 - 1  # the services carry token counts as int32
@@ -18,21 +17,6 @@ DEFAULT_LIMITS = Limits()
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
                dict: "an object", type(None): "null"}
-
-
-def parse_body(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """A JSON object within the limits of depth and string length, or a 400."""
-    try:
-        body = jsoncodec.loads(raw)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        raise invalid(
-            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP"
-            " library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
-        ) from None
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.")
-    check_shape(body, limits)
-    return body
 
 
 def _got(value: Any) -> str:

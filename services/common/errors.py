@@ -4,6 +4,7 @@ Hierarchy (each service's errors.py adds its own leaves):
 
     ServiceError                 reason name + gRPC code, carried as an ErrorDetail
     ├── InvalidRequest           INVALID_REQUEST        INVALID_ARGUMENT
+    ├── RequestTooLarge          REQUEST_TOO_LARGE      INVALID_ARGUMENT
     ├── NotFound                 NOT_FOUND              NOT_FOUND
     ├── Conflict                 CONFLICT               ALREADY_EXISTS
     └── Unavailable              UNAVAILABLE            UNAVAILABLE
@@ -62,6 +63,11 @@ class ServiceError(Exception):
 
 class InvalidRequest(ServiceError):
     reason = "INVALID_REQUEST"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class RequestTooLarge(ServiceError):
+    reason = "REQUEST_TOO_LARGE"
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -32,6 +32,7 @@ class InferenceConfig:
     cooldown_s: float          # how long a failing channel sits out before a probe
     failure_threshold: int     # consecutive failures that start a cool-down
     settle_retry_s: float      # how long a settlement is retried while billing is away
+    max_json_nodes: int        # JSON objects and arrays a request body may hold (counted before parsing)
     grace_s: float
     pool_size: int
     log_level: str
@@ -51,6 +52,7 @@ class InferenceConfig:
             cooldown_s=env_float("CHATKORE_CHANNEL_COOLDOWN_S", 30.0),
             failure_threshold=env_int("CHATKORE_CHANNEL_FAILURES", 3),
             settle_retry_s=env_float("CHATKORE_SETTLE_RETRY_S", 600.0),
+            max_json_nodes=env_int("CHATKORE_MAX_JSON_NODES", 100_000),
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             pool_size=env_int("CHATKORE_DB_POOL", 5),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),

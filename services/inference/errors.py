@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import grpc
 
-from services.common.errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from services.common.errors import InvalidRequest, NotFound, RequestTooLarge, ServiceError, Unavailable
 
-__all__ = ["InvalidRequest", "ModelNotFound", "NoAvailableChannel", "NotFound", "Unavailable", "UpstreamFailed",
-           "UpstreamRateLimited", "UpstreamRejected", "UpstreamTimedOut"]
+__all__ = ["InvalidRequest", "ModelNotFound", "NoAvailableChannel", "NotFound", "RequestTooLarge", "Unavailable",
+           "UpstreamFailed", "UpstreamRateLimited", "UpstreamRejected", "UpstreamTimedOut"]
 
 
 class ModelNotFound(ServiceError):

@@ -16,6 +16,7 @@ from services.inference.errors import (
     InvalidRequest,
     ModelNotFound,
     NoAvailableChannel,
+    RequestTooLarge,
     UpstreamFailed,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -126,8 +127,9 @@ def _status_of(exc: BaseException) -> str:
 
 class Relay:
     def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer, *, max_stream_s: float,
-                 responses: ResponseBook | None = None) -> None:
+                 responses: ResponseBook | None = None, max_json_nodes: int = 100_000) -> None:
         self.book = book
+        self.max_json_nodes = max_json_nodes
         self.upstream = upstream
         self.billing = billing
         self.responses = responses
@@ -138,6 +140,12 @@ class Relay:
         if call.allowed and call.model not in call.allowed:
             raise ModelNotFound(f"The model `{call.model}` does not exist or you do not have access to it.",
                                 param="model")
+        try:
+            # Counted on the bytes first: a body of a million empty objects is refused, not built.
+            jsoncodec.check_containers(call.body, self.max_json_nodes)
+        except jsoncodec.TooManyContainers as exc:
+            raise RequestTooLarge(f"The request body is too complex: it holds more than {exc.budget} JSON objects"
+                                  " and arrays, the most this server accepts.") from None
         try:
             body = jsoncodec.loads(call.body)
         except ValueError:

@@ -26,7 +26,8 @@ async def serve(cfg: InferenceConfig) -> None:
     await upstream.start()
     billing = BillingPeer(cfg.billing_addr, cfg.tls, cfg.settle_retry_s)
     responses = ResponseBook(pool)
-    relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s, responses=responses)
+    relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s, responses=responses,
+                  max_json_nodes=cfg.max_json_nodes)
 
     async def settle_pending() -> None:
         # Streams cut by the shutdown have queued their settlements; let them land.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge import validate
+from edge import inputs, validate
 from edge.errors import OpenAIError
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -46,7 +46,7 @@ def test_completions_default_budget_is_16() -> None:
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"NaN", b'{"a": NaN}', b"[" * 100000, b"\xff\xfe", b"null", b"1"])
-def test_parse_body_rejects(raw) -> None:
+def test_parse_relay_rejects(raw) -> None:
     with pytest.raises(OpenAIError) as err:
-        validate.parse_body(raw)
+        inputs.parse_relay(raw, validate.DEFAULT_LIMITS)
     assert err.value.status == 400
