@@ -231,12 +231,26 @@ async def test_channel(request: web.Request) -> web.Response:
 
 def _price(p: billing_pb2.Price) -> dict[str, Any]:
     return {"model": p.model, "prompt": from_micro(p.prompt), "completion": from_micro(p.completion),
-            "min_charge": from_micro(p.min_charge), "context_window": p.context_window,
-            "max_output_tokens": p.max_output_tokens}
+            "min_charge": from_micro(p.min_charge), "cached_prompt": from_micro(p.cached_prompt),
+            "cache_write": from_micro(p.cache_write), "context": p.context_window, "max_output": p.max_output_tokens,
+            "tiers": dict(p.tiers.values), "features": dict(p.features.values),
+            # the names of the first API version, kept for the clients that read them
+            "context_window": p.context_window, "max_output_tokens": p.max_output_tokens}
+
+
+def _multipliers(body: dict[str, Any], name: str) -> billing_pb2.Multipliers:
+    value = body[name]
+    if not isinstance(value, dict) or len(value) > 32 or not all(
+            isinstance(k, str) and isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
+            for k, v in value.items()):
+        raise invalid(f"'{name}' must be an object of names to multipliers, e.g. {{\"priority\": 2.0}}", name)
+    return billing_pb2.Multipliers(values={k: float(v) for k, v in value.items()})
 
 
 @admin
 async def set_price(request: web.Request) -> web.Response:
+    """PUT a model's price. Given fields change; absent ones keep their value (a new model's
+    default). `cached_prompt`/`cache_write` null: follow the prompt price."""
     body = await json_body(request)
     for required in ("prompt", "completion"):
         if required not in body:
@@ -246,6 +260,18 @@ async def set_price(request: web.Request) -> web.Response:
                                           completion=to_micro(body["completion"], "completion"))
     if body.get("min_charge") is not None:
         message.min_charge = to_micro(body["min_charge"], "min_charge")
+    for name in ("cached_prompt", "cache_write"):
+        if name in body:
+            value = -1 if body[name] is None else to_micro(body[name], name)
+            if body[name] is not None and value < 0:
+                raise invalid(f"'{name}' must be a non-negative number of credits, or null", name)
+            setattr(message, name, value)
+    for name, field in (("context", "context_window"), ("max_output", "max_output_tokens")):
+        if body.get(name) is not None:
+            setattr(message, field, _int(body, name))
+    for name in ("tiers", "features"):
+        if body.get(name) is not None:
+            getattr(message, name).CopyFrom(_multipliers(body, name))
     price = await request.app[PEERS].billing.SetPrice(message, timeout=RPC_TIMEOUT_S)
     return json_response(_price(price))
 
@@ -266,8 +292,10 @@ async def usage(request: web.Request) -> web.Response:
     return json_response({"data": [
         {"request_id": r.request_id, "user_id": r.user_id, "key_id": r.key_id, "model": r.model,
          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-         "credits": from_micro(r.credits), "status": r.status, "usage_source": r.usage_source,
-         "channel_id": r.channel_id or None, "created": r.created}
+         "cached_prompt_tokens": r.cached_prompt_tokens, "cache_write_tokens": r.cache_write_tokens,
+         "reasoning_tokens": r.reasoning_tokens, "credits": from_micro(r.credits),
+         "unpaid_credits": from_micro(r.unpaid_credits), "late": r.late, "status": r.status,
+         "usage_source": r.usage_source, "channel_id": r.channel_id or None, "created": r.created}
         for r in reply.rows
     ]})
 

@@ -145,7 +145,9 @@ async def usage(request: web.Request) -> web.Response:
     )
     return json_response({"data": [
         {"request_id": r.request_id, "key_id": r.key_id, "model": r.model, "prompt_tokens": r.prompt_tokens,
-         "completion_tokens": r.completion_tokens, "credits": from_micro(r.credits), "status": r.status,
+         "completion_tokens": r.completion_tokens, "cached_prompt_tokens": r.cached_prompt_tokens,
+         "cache_write_tokens": r.cache_write_tokens, "reasoning_tokens": r.reasoning_tokens,
+         "credits": from_micro(r.credits), "unpaid_credits": from_micro(r.unpaid_credits), "status": r.status,
          "usage_source": r.usage_source, "created": r.created}
         for r in reply.rows
     ]})

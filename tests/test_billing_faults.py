@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
-from services.common.errors import reason_of
 from services.common.migrations import apply_all
 from tests.world import World
 from tools import pg
@@ -62,7 +61,10 @@ def test_reserve_and_settle_are_idempotent(fault_world: World) -> None:
     assert w.verify()["ok"]
 
 
-def test_sweeper_releases_dead_holds_and_refuses_late_settles(fault_world: World) -> None:
+def test_sweeper_releases_dead_holds_and_a_late_settle_still_charges(fault_world: World) -> None:
+    """Issue 11 changed this contract: a settlement arriving after the sweeper released its
+    hold (it used to be refused with HOLD_CLOSED, leaving the call free) charges what the
+    balance can pay, once, and the usage row says it was late."""
     w = fault_world
     uid = w.user(credits=10)["id"]
     billing = _billing(w)
@@ -72,11 +74,14 @@ def test_sweeper_releases_dead_holds_and_refuses_late_settles(fault_world: World
     assert w.held(uid) > 0
     wait_until(lambda: w.held(uid) == 0, HOLD_TTL_S + 10, "the sweeper to release the dead hold")
     assert w.balance(uid) == 10
-    with pytest.raises(grpc.RpcError) as err:
-        billing.Settle(billing_pb2.SettleRequest(request_id=rid, prompt_tokens=10, completion_tokens=10,
-                                                 status="complete"))
-    assert reason_of(err.value) == "HOLD_CLOSED"
-    assert w.balance(uid) == 10 and w.verify()["ok"]
+    settle = billing_pb2.SettleRequest(request_id=rid, prompt_tokens=10, completion_tokens=10, status="complete")
+    first = billing.Settle(settle)
+    assert first.charged == (10 * 1_500_000 + 10 * 2_000_000) // 1000 and first.unpaid == 0
+    assert billing.Settle(settle).charged == first.charged  # idempotent
+    assert w.balance(uid) * 1_000_000 == 10_000_000 - first.charged
+    row = billing.ListUsage(billing_pb2.ListUsageRequest(request_id=rid)).rows[0]
+    assert row.late and row.status == "complete" and row.credits == first.charged
+    assert w.verify()["ok"]
 
 
 class Load:
@@ -135,6 +140,15 @@ def _check_books(world: World, user_id: int, initial: Decimal, load: Load) -> No
     wait_until(lambda: world.verify()["open_holds"] == 0, HOLD_TTL_S + 20, "every hold to close")
     ok_ids = {rid for status, rid, _ in load.results if status == 200}
     failed_ids = {rid for status, rid, _ in load.results if status != 200}
+
+    def unsettled() -> int:
+        with psycopg.connect(world.stack.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM requests WHERE request_id = ANY(%s) AND state <> 'settled'",
+                                (list(ok_ids),)).fetchone()[0]
+
+    # A 200 whose settlement met billing down is settled by inference's retries; if the sweeper
+    # released its hold meanwhile, the retry still charges it (a late settlement, issue 11).
+    wait_until(lambda: unsettled() == 0, 60, "every answered call to be settled")
     with psycopg.connect(world.stack.database_url) as conn:
         rows = {r[0]: r[1:] for r in conn.execute(
             "SELECT request_id, state, credits FROM requests WHERE user_id = %s", (user_id,))}

@@ -15,14 +15,23 @@ from psycopg_pool import AsyncConnectionPool
 from services.billing import store
 from services.billing.errors import (
     Conflict,
-    HoldClosed,
     InsufficientQuota,
     InvalidRequest,
     ModelNotPriced,
     NotFound,
 )
 from services.billing.prices import PriceBook
-from services.billing.pricing import HoldPlan, Price, completion_budget, plan_hold
+from services.billing.pricing import (
+    FEATURES,
+    HoldPlan,
+    Price,
+    Usage,
+    completion_budget,
+    cost,
+    multiplier,
+    plan_hold,
+    rates_of,
+)
 from services.billing.store import RequestRow, UserRow
 from services.common import metrics, peers
 
@@ -37,6 +46,8 @@ class Hold:
     amount: int
     completion_budget: int
     budget_capped: bool
+    completion_limit: int = 0
+    ttl_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Settlement:
     charged: int
     released: int
     state: str
+    unpaid: int = 0
 
 
 def code_hash(code: str) -> bytes:
@@ -127,19 +139,27 @@ class Books:
     # --- holds ------------------------------------------------------------------
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, attempt: str = "") -> Hold:
+                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, attempt: str = "",
+                      service_tier: str = "", features: tuple[str, ...] = ()) -> Hold:
         if not request_id:
             raise InvalidRequest("request_id is required")
         price = await self.prices.get(model)
         if price is None:
             raise ModelNotPriced(f"The model `{model}` does not exist or you do not have access to it.",
                                  param="model")
-        plan = plan_hold(price, prompt_tokens, max_tokens, choices)
+        factor, refused = multiplier(price, service_tier, list(features))
+        if refused is not None:
+            what = f"service_tier `{service_tier}`" if refused == "service_tier" else f"`{refused}`"
+            raise InvalidRequest(f"{what} is not available for the model `{model}` on this gateway.",
+                                 param=refused, code="unsupported_parameter")
+        rates = rates_of(price, factor)
+        plan = plan_hold(price, prompt_tokens, max_tokens, choices, rates)
         async with self._pool.connection() as conn:
             try:
                 amount = await store.reserve(
                     conn, request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit,
-                    price=price, prompt_tokens=prompt_tokens, desired=plan.desired, minimum=plan.minimum,
+                    model=price.model, rates=rates, prompt_tokens=prompt_tokens, desired=plan.desired,
+                    minimum=plan.minimum,
                     channel_id=channel_id, ttl_s=self._hold_ttl_s, attempt=attempt,
                 )
             except psycopg.errors.UniqueViolation:
@@ -147,8 +167,9 @@ class Books:
                                              attempt)
             if amount is None:
                 await self._explain_refusal(conn, user_id, key_id, credit_limit)
-        budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit)
-        return Hold(request_id, amount, budget, budget < plan.per_choice_limit)
+        budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit, rates)
+        return Hold(request_id, amount, budget, budget < plan.per_choice_limit, plan.per_choice_limit,
+                    self._hold_ttl_s)
 
     async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
                        credit_limit: int, prompt_tokens: int, plan: HoldPlan, attempt: str) -> int | None:
@@ -193,27 +214,50 @@ class Books:
         raise InsufficientQuota("You exceeded your current quota, please top up your chatkore credits."
                                 " Your balance cannot cover this request.")
 
-    async def settle(self, *, request_id: str, prompt_tokens: int, completion_tokens: int, status: str,
-                     usage_source: str, channel_id: int, attempt: str = "") -> Settlement:
-        if prompt_tokens < 0 or completion_tokens < 0:
+    async def settle(self, *, request_id: str, usage: Usage, status: str, usage_source: str, channel_id: int,
+                     attempt: str = "") -> Settlement:
+        """Charge a call's usage (cost() at the rates it was held at) and release the rest of
+        its hold. Usage past the hold is charged from the balance as far as it reaches; a call
+        whose hold the sweeper released is charged what the balance can pay (`late`). What no
+        one could pay is recorded on the usage row as unpaid, never lost silently."""
+        if min(usage.prompt, usage.completion, usage.cached_prompt, usage.cache_write, usage.reasoning) < 0:
             raise InvalidRequest("token counts cannot be negative")
+        usage = usage.normalised()
+        status = status or "complete"
+        async with self._pool.connection() as conn, conn.transaction():
+            call = await store.lock_request(conn, request_id)
+            if call is None:
+                raise NotFound(f"No hold for request {request_id}")
+            due = cost(call.rates, usage)
+            if status == "expired" and not call.overdue:  # a heartbeat moved its deadline since the sweep looked
+                return Settlement(request_id, 0, 0, call.state)
+            if call.state == "held":
+                if attempt and call.attempt != attempt:  # held, but by a later attempt at the same call
+                    return Settlement(request_id, 0, 0, "superseded")
+                late, from_held = False, min(due, call.hold)
+                released = call.hold - from_held
+            elif call.status == "expired" and status != "expired" and due > 0:
+                late, from_held, released = True, 0, 0
+            else:  # settled already (or released with nothing to charge): idempotent
+                return Settlement(request_id, call.credits, 0, call.state, call.unpaid)
+            wanted = due - from_held
+            from_balance = min(wanted, await store.lock_balance(conn, call.user_id)) if wanted else 0
+            unpaid = wanted - from_balance
+            await store.close_request(conn, request_id=request_id, usage=usage, status=status,
+                                      usage_source=usage_source, channel_id=channel_id, from_held=from_held,
+                                      from_balance=from_balance, released=released, unpaid=unpaid, late=late)
+        charged = from_held + from_balance
+        metrics.CREDITS.labels(status).inc(charged / 1_000_000)
+        if unpaid:
+            metrics.UNPAID.labels("late" if late else "over_hold").inc(unpaid / 1_000_000)
+            log.warning("usage past what hold and balance could pay",
+                        extra={"hold": request_id, "unpaid": unpaid, "late": late})
+        return Settlement(request_id, charged, released, "settled" if charged else "released", unpaid)
+
+    async def keep_alive(self, request_id: str, attempt: str) -> bool:
+        """A live call's heartbeat: its hold's deadline moves a full TTL from now."""
         async with self._pool.connection() as conn:
-            result = await store.settle(
-                conn, request_id=request_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                status=status or "complete", usage_source=usage_source, channel_id=channel_id, attempt=attempt,
-            )
-            if result is not None:
-                charged, released = result
-                metrics.CREDITS.labels(status or "complete").inc(charged / 1_000_000)
-                return Settlement(request_id, charged, released, "settled" if charged else "released")
-            row = await store.get_request(conn, request_id)
-        if row is None:
-            raise NotFound(f"No hold for request {request_id}")
-        if row.state == "held":  # held, but by a later attempt at the same call
-            return Settlement(request_id, 0, 0, "superseded")
-        if row.status == "expired" and status != "expired":
-            raise HoldClosed(f"The hold for {request_id} was released by the sweeper before it settled")
-        return Settlement(request_id, row.credits, 0, row.state)
+            return await store.keep_alive(conn, request_id, attempt, self._hold_ttl_s)
 
     async def sweep(self) -> int:
         """Release every hold past its deadline (its request died); returns how many."""
@@ -221,8 +265,8 @@ class Books:
             overdue = await store.overdue_holds(conn)
         for request_id in overdue:
             try:
-                await self.settle(request_id=request_id, prompt_tokens=0, completion_tokens=0,
-                                  status="expired", usage_source="", channel_id=0)
+                await self.settle(request_id=request_id, usage=Usage(), status="expired", usage_source="",
+                                  channel_id=0)
                 log.warning("released overdue hold", extra={"hold": request_id})
             except Exception as exc:
                 log.warning("sweep of %s failed: %s", request_id, exc)
@@ -246,23 +290,48 @@ class Books:
 
     # --- prices -------------------------------------------------------------------
 
-    async def set_price(self, model: str, prompt: int, completion: int, min_charge: int | None) -> Price:
+    async def set_price(self, model: str, prompt: int, completion: int, min_charge: int | None, *,
+                        cached_prompt: int | None = None, cache_write: int | None = None,
+                        context: int | None = None, max_output: int | None = None,
+                        tiers: dict[str, float] | None = None, features: dict[str, float] | None = None) -> Price:
+        """Create or change a model's price. Anything not given keeps its current value, or for a
+        new model its default: cache prices follow the prompt price (-1 asks for that again),
+        a conservative context and output limit (every chat model takes a 4,096-token budget),
+        no tier or feature priced (calls using one are refused)."""
         model = model.strip()
         if not model or len(model) > 200:
             raise InvalidRequest("model name must be 1 to 200 characters", param="model")
-        for name, value in (("prompt", prompt), ("completion", completion), ("min_charge", min_charge or 0)):
+        for name, value in (("prompt", prompt), ("completion", completion), ("min_charge", min_charge or 0),
+                            ("cached_prompt", 0 if cached_prompt == -1 else cached_prompt or 0),
+                            ("cache_write", 0 if cache_write == -1 else cache_write or 0)):
             if value < 0 or value > MAX_CREDITS:
                 raise InvalidRequest(f"'{name}' must be a non-negative number of credits", param=name)
+        for name, limit in (("context", context), ("max_output", max_output)):
+            if limit is not None and not 0 <= limit <= 10_000_000:
+                raise InvalidRequest(f"'{name}' must be a number of tokens from 0 to 10000000", param=name)
+        for name, table, known in (("tiers", tiers, None), ("features", features, FEATURES)):
+            for key, value in (table or {}).items():
+                if not key or len(key) > 64 or (known is not None and key not in known):
+                    allowed = f" (one of {', '.join(sorted(known))})" if known else ""
+                    raise InvalidRequest(f"'{name}' has an unknown name {key[:64]!r}{allowed}", param=name)
+                if not 0 < value <= 1000:
+                    raise InvalidRequest(f"'{name}.{key}' must be a multiplier above 0, at most 1000", param=name)
         embedding = "embedding" in model
-        default_min = 4_000_000 if embedding else 0
+        keep = frozenset(name for name, value in (
+            ("min_charge", min_charge), ("cached_prompt", cached_prompt), ("cache_write", cache_write),
+            ("context", context), ("max_output", max_output), ("tiers", tiers), ("features", features),
+        ) if value is None)
         price = Price(
             model=model, prompt=prompt, completion=completion,
-            min_charge=default_min if min_charge is None else min_charge,
-            context_window=8191 if embedding else 128000,
-            max_output_tokens=0 if embedding else 16384,
+            min_charge=(4_000_000 if embedding else 0) if min_charge is None else min_charge,
+            context_window=(8191 if embedding else 128000) if context is None else context,
+            max_output_tokens=(0 if embedding else 4096) if max_output is None else max_output,
+            cached_prompt=None if cached_prompt is None or cached_prompt < 0 else cached_prompt,
+            cache_write=None if cache_write is None or cache_write < 0 else cache_write,
+            tiers=tiers or {}, features=features or {},
         )
         async with self._pool.connection() as conn:
-            saved = await store.upsert_price(conn, price, keep_min_charge=min_charge is None)
+            saved = await store.upsert_price(conn, price, keep)
         self.prices.put(saved)
         return saved
 

@@ -1,7 +1,19 @@
-"""The price formula and hold sizing: pure arithmetic on integer micro-credits."""
+"""The price formula and hold sizing: pure arithmetic on integer micro-credits.
+
+`cost()` is the only place a call's price is computed; holds, settlements and late
+settlements all go through it.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# service_tier values that run at the base price (OpenAI's own default tiers).
+BASE_TIERS = frozenset({"", "auto", "default"})
+# Options that make the upstream charge more than its base price, and the request field
+# each comes from (what a refusal names as its `param`).
+FEATURES = {"audio": "modalities", "web_search": "web_search_options", "prediction": "prediction"}
 
 
 @dataclass(frozen=True)
@@ -12,18 +24,85 @@ class Price:
     min_charge: int        # micro-credits, the least a call that did anything costs
     context_window: int
     max_output_tokens: int  # 0 for models that produce no completion (embeddings)
+    cached_prompt: int | None = None  # per 1,000 cache-read prompt tokens; None: the prompt price
+    cache_write: int | None = None    # per 1,000 cache-write prompt tokens; None: the prompt price
+    tiers: Mapping[str, float] = field(default_factory=dict)     # service_tier -> multiplier
+    features: Mapping[str, float] = field(default_factory=dict)  # FEATURES key -> multiplier
+
+    @property
+    def cached_prompt_rate(self) -> int:
+        return self.prompt if self.cached_prompt is None else self.cached_prompt
+
+    @property
+    def cache_write_rate(self) -> int:
+        return self.prompt if self.cache_write is None else self.cache_write
+
+
+@dataclass(frozen=True)
+class TokenRates:
+    """The prices one call is charged at (its model's, with its multipliers applied)."""
+
+    prompt: int
+    completion: int
+    cached_prompt: int
+    cache_write: int
+    min_charge: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a call used, protocol-neutral. `prompt` counts every input token, cache reads
+    (`cached_prompt`) and cache writes (`cache_write`) included, as OpenAI counts them;
+    `completion` counts every output token, `reasoning` included."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached_prompt: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+    def normalised(self) -> Usage:
+        """The same usage with its parts made consistent: never more cached or cache-write
+        tokens than prompt tokens, never more reasoning than completion tokens."""
+        prompt, completion = max(0, self.prompt), max(0, self.completion)
+        cached = min(max(0, self.cached_prompt), prompt)
+        written = min(max(0, self.cache_write), prompt - cached)
+        return Usage(prompt, completion, cached, written, min(max(0, self.reasoning), completion))
+
+
+def rates_of(price: Price, multiplier: float = 1.0) -> TokenRates:
+    def scaled(rate: int) -> int:
+        return rate if multiplier == 1.0 else math.ceil(rate * multiplier)
+
+    return TokenRates(scaled(price.prompt), scaled(price.completion), scaled(price.cached_prompt_rate),
+                 scaled(price.cache_write_rate), price.min_charge)
+
+
+def cost(rates: TokenRates, usage: Usage) -> int:
+    """What a call costs: each kind of token x its price per 1,000, rounded up to the
+    micro-credit, never below min_charge. A call that used no tokens at all (it failed with
+    nothing delivered) costs nothing. Reasoning tokens are completion tokens."""
+    u = usage.normalised()
+    if u.prompt == 0 and u.completion == 0:
+        return 0
+    uncached = u.prompt - u.cached_prompt - u.cache_write
+    total = (uncached * rates.prompt + u.cached_prompt * rates.cached_prompt + u.cache_write * rates.cache_write
+             + u.completion * rates.completion)
+    return max(rates.min_charge, -(-total // 1000))
 
 
 def charge(price_prompt: int, price_completion: int, min_charge: int, prompt_tokens: int,
            completion_tokens: int) -> int:
-    """What a call costs: tokens x price per 1,000, rounded up, never below min_charge.
+    """cost() of plain prompt and completion tokens."""
+    return cost(TokenRates(price_prompt, price_completion, price_prompt, price_prompt, min_charge),
+                Usage(prompt_tokens, completion_tokens))
 
-    A call that used no tokens at all (it failed with nothing delivered) costs nothing.
-    """
-    if prompt_tokens == 0 and completion_tokens == 0:
-        return 0
-    cost = -(-(prompt_tokens * price_prompt + completion_tokens * price_completion) // 1000)
-    return max(min_charge, cost)
+
+def worst_prompt_rates(rates: TokenRates) -> TokenRates:
+    """Rates for sizing a hold: any prompt token may turn out to be a cache write, so every
+    prompt token is held at the dearest prompt price."""
+    top = max(rates.prompt, rates.cached_prompt, rates.cache_write)
+    return TokenRates(top, rates.completion, top, top, rates.min_charge)
 
 
 @dataclass(frozen=True)
@@ -33,33 +112,53 @@ class HoldPlan:
     per_choice_limit: int  # completion tokens per choice the client or the model allows
 
 
-def plan_hold(price: Price, prompt_tokens: int, max_tokens: int, choices: int) -> HoldPlan:
-    """Size the hold for a call. `max_tokens` is per choice; 0 means the client set none."""
+def plan_hold(price: Price, prompt_tokens: int, max_tokens: int, choices: int, rates: TokenRates | None = None) -> HoldPlan:
+    """Size the hold for a call. `max_tokens` is per choice; 0 means the client set none.
+    The client's value is never above the model's maximum output."""
     choices = max(1, choices)
+    worst = worst_prompt_rates(rates or rates_of(price))
     if price.max_output_tokens <= 0:
         limit = 0
-    elif max_tokens > 0:
-        limit = max_tokens
     else:
-        limit = max(1, min(price.max_output_tokens, price.context_window - prompt_tokens))
-    desired = charge(price.prompt, price.completion, price.min_charge, prompt_tokens, limit * choices)
-    minimum = charge(price.prompt, price.completion, price.min_charge, prompt_tokens, min(limit, 1) * choices)
+        model_limit = max(1, min(price.max_output_tokens, price.context_window - prompt_tokens))
+        limit = min(max_tokens, price.max_output_tokens) if max_tokens > 0 else model_limit
+    desired = cost(worst, Usage(prompt_tokens, limit * choices))
+    minimum = cost(worst, Usage(prompt_tokens, min(limit, 1) * choices))
     # A prompt of zero tokens still has to be paid for once it runs.
-    minimum = max(minimum, price.min_charge, 1 if (price.prompt or price.completion) else 0)
+    minimum = max(minimum, worst.min_charge, 1 if (worst.prompt or worst.completion) else 0)
     desired = max(desired, minimum)
     return HoldPlan(desired=desired, minimum=minimum, per_choice_limit=limit)
 
 
-def completion_budget(price: Price, amount: int, prompt_tokens: int, choices: int, limit: int) -> int:
+def completion_budget(price: Price, amount: int, prompt_tokens: int, choices: int, limit: int,
+                      rates: TokenRates | None = None) -> int:
     """Completion tokens per choice that `amount` pays for, never above `limit`.
 
     With this budget, prompt x price + choices x budget x price <= amount x 1,000,
     so the charge computed at settlement can never exceed the hold.
     """
-    if price.completion <= 0 or limit <= 0:
+    worst = worst_prompt_rates(rates or rates_of(price))
+    if worst.completion <= 0 or limit <= 0:
         return limit
-    room = amount * 1000 - prompt_tokens * price.prompt
-    return max(0, min(limit, room // (price.completion * max(1, choices))))
+    room = amount * 1000 - prompt_tokens * worst.prompt
+    return max(0, min(limit, room // (worst.completion * max(1, choices))))
+
+
+def multiplier(price: Price, service_tier: str, features: list[str]) -> tuple[float, str | None]:
+    """The product of the multipliers a call's options carry, or the `param` of the first
+    option the model's price row does not price (such a call is refused)."""
+    factor = 1.0
+    if service_tier not in BASE_TIERS:
+        tier = price.tiers.get(service_tier)
+        if tier is None:
+            return 1.0, "service_tier"
+        factor *= tier
+    for feature in features:
+        value = price.features.get(feature)
+        if value is None:
+            return 1.0, FEATURES.get(feature, feature)
+        factor *= value
+    return factor, None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import grpc
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.billing.books import Books
-from services.billing.pricing import Price, Rates
+from services.billing.pricing import Price, Rates, Usage
 from services.billing.store import OrderRow, RequestRow, UserRow
 from services.billing.till import Till, Verdict
 
@@ -17,7 +17,10 @@ def _user(u: UserRow) -> billing_pb2.User:
 
 def _price(p: Price) -> billing_pb2.Price:
     return billing_pb2.Price(model=p.model, prompt=p.prompt, completion=p.completion, min_charge=p.min_charge,
-                             context_window=p.context_window, max_output_tokens=p.max_output_tokens)
+                             context_window=p.context_window, max_output_tokens=p.max_output_tokens,
+                             cached_prompt=p.cached_prompt_rate, cache_write=p.cache_write_rate,
+                             tiers=billing_pb2.Multipliers(values=dict(p.tiers)),
+                             features=billing_pb2.Multipliers(values=dict(p.features)))
 
 
 def _usage(r: RequestRow) -> billing_pb2.UsageRow:
@@ -25,6 +28,8 @@ def _usage(r: RequestRow) -> billing_pb2.UsageRow:
         request_id=r.request_id, user_id=r.user_id, key_id=r.key_id, model=r.model,
         prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, credits=r.credits,
         status=r.status, usage_source=r.usage_source, created=r.created, channel_id=r.channel_id,
+        cached_prompt_tokens=r.cached_prompt_tokens, cache_write_tokens=r.cache_write_tokens,
+        reasoning_tokens=r.reasoning_tokens, unpaid_credits=r.unpaid_credits, late=r.late,
     )
 
 
@@ -39,6 +44,13 @@ def _order(o: OrderRow) -> billing_pb2.Order:
 def _verdict(v: Verdict) -> billing_pb2.NotificationVerdict:
     return billing_pb2.NotificationVerdict(accepted=v.accepted, verdict=v.verdict, reason=v.reason,
                                            order_id=v.order_id)
+
+
+def _settled_usage(request: billing_pb2.SettleRequest) -> Usage:
+    if request.HasField("usage"):
+        u = request.usage
+        return Usage(u.prompt, u.completion, u.cached_prompt, u.cache_write, u.reasoning)
+    return Usage(request.prompt_tokens, request.completion_tokens)
 
 
 class BillingServicer(billing_pb2_grpc.BillingServicer):
@@ -65,24 +77,37 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             request_id=request.request_id, user_id=request.user_id, key_id=request.key_id,
             credit_limit=request.credit_limit, model=request.model, prompt_tokens=request.prompt_tokens,
             max_tokens=request.max_completion_tokens, choices=request.choices or 1, channel_id=request.channel_id,
-            attempt=request.attempt,
+            attempt=request.attempt, service_tier=request.service_tier, features=tuple(request.features),
         )
         return billing_pb2.Hold(request_id=hold.request_id, amount=hold.amount,
-                                completion_budget=hold.completion_budget, budget_capped=hold.budget_capped)
+                                completion_budget=hold.completion_budget, budget_capped=hold.budget_capped,
+                                completion_limit=hold.completion_limit, ttl_s=hold.ttl_s)
 
     async def Settle(self, request: billing_pb2.SettleRequest,
                      context: grpc.aio.ServicerContext) -> billing_pb2.Settlement:
         s = await self.books.settle(
-            request_id=request.request_id, prompt_tokens=request.prompt_tokens,
-            completion_tokens=request.completion_tokens, status=request.status,
+            request_id=request.request_id, usage=_settled_usage(request), status=request.status,
             usage_source=request.usage_source, channel_id=request.channel_id, attempt=request.attempt,
         )
-        return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state)
+        return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state,
+                                      unpaid=s.unpaid)
+
+    async def KeepAlive(self, request: billing_pb2.KeepAliveRequest,
+                        context: grpc.aio.ServicerContext) -> billing_pb2.KeepAliveReply:
+        return billing_pb2.KeepAliveReply(alive=await self.books.keep_alive(request.request_id, request.attempt))
 
     async def SetPrice(self, request: billing_pb2.SetPriceRequest,
                        context: grpc.aio.ServicerContext) -> billing_pb2.Price:
-        min_charge = request.min_charge if request.HasField("min_charge") else None
-        return _price(await self.books.set_price(request.model, request.prompt, request.completion, min_charge))
+        def given(name: str) -> int | None:
+            return getattr(request, name) if request.HasField(name) else None
+
+        return _price(await self.books.set_price(
+            request.model, request.prompt, request.completion, given("min_charge"),
+            cached_prompt=given("cached_prompt"), cache_write=given("cache_write"),
+            context=given("context_window"), max_output=given("max_output_tokens"),
+            tiers=dict(request.tiers.values) if request.HasField("tiers") else None,
+            features=dict(request.features.values) if request.HasField("features") else None,
+        ))
 
     async def ListPrices(self, request: billing_pb2.ListPricesRequest,
                          context: grpc.aio.ServicerContext) -> billing_pb2.PriceList:

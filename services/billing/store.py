@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
-from services.billing.pricing import Price
+from services.billing.pricing import Price, TokenRates, Usage
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,19 @@ class RequestRow:
     credits: int
     created: int
     attempt: str = ""
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    unpaid_credits: int = 0
+    late: bool = False
 
 
 _USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint AS created, disabled"
 _REQUEST_COLUMNS = (
     "request_id, user_id, key_id, model, coalesce(channel_id, 0), hold, state, coalesce(status, ''),"
     " coalesce(usage_source, ''), prompt_tokens, completion_tokens, credits,"
-    " extract(epoch FROM created_at)::bigint, attempt"
+    " extract(epoch FROM created_at)::bigint, attempt, cached_prompt_tokens, cache_write_tokens, reasoning_tokens,"
+    " unpaid_credits, late"
 )
 
 # Two ledger entries, (account, sign), for each kind of movement that credits a user.
@@ -139,39 +146,59 @@ async def get_topup(conn: AsyncConnection, reference: str) -> tuple[int, int] | 
 
 # --- prices -----------------------------------------------------------------
 
-_PRICE_COLUMNS = "model, prompt_price, completion_price, min_charge, context_window, max_output_tokens"
+_PRICE_COLUMNS = ("model, prompt_price, completion_price, min_charge, context_window, max_output_tokens,"
+                  " cached_prompt_price, cache_write_price, tiers, features")
+
+
+def _price(row: tuple) -> Price:  # type: ignore[type-arg]
+    return Price(*row[:8], tiers=dict(row[8] or {}), features=dict(row[9] or {}))
 
 
 async def list_prices(conn: AsyncConnection) -> list[Price]:
     cur = await conn.execute(f"SELECT {_PRICE_COLUMNS} FROM models ORDER BY model")
-    return [Price(*row) for row in await cur.fetchall()]
+    return [_price(row) for row in await cur.fetchall()]
 
 
 async def get_price(conn: AsyncConnection, model: str) -> Price | None:
     cur = await conn.execute(f"SELECT {_PRICE_COLUMNS} FROM models WHERE model = %s", (model,))
     row = await cur.fetchone()
-    return Price(*row) if row else None
+    return _price(row) if row else None
 
 
-async def upsert_price(conn: AsyncConnection, price: Price, keep_min_charge: bool) -> Price:
+async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]) -> Price:
+    """Create or update a price row; the columns named in `keep` (min_charge, cached_prompt,
+    cache_write, context, max_output, tiers, features) keep their current value on update."""
     cur = await conn.execute(
         f"""
         INSERT INTO models AS m ({_PRICE_COLUMNS})
-        VALUES (%(model)s, %(prompt)s, %(completion)s, %(min_charge)s, %(context)s, %(max_output)s)
+        VALUES (%(model)s, %(prompt)s, %(completion)s, %(min_charge)s, %(context)s, %(max_output)s,
+                %(cached)s, %(write)s, %(tiers)s, %(features)s)
         ON CONFLICT (model) DO UPDATE SET
             prompt_price = EXCLUDED.prompt_price,
             completion_price = EXCLUDED.completion_price,
-            min_charge = CASE WHEN %(keep)s THEN m.min_charge ELSE EXCLUDED.min_charge END,
+            min_charge = CASE WHEN %(keep_min)s THEN m.min_charge ELSE EXCLUDED.min_charge END,
+            cached_prompt_price = CASE WHEN %(keep_cached)s THEN m.cached_prompt_price
+                                       ELSE EXCLUDED.cached_prompt_price END,
+            cache_write_price = CASE WHEN %(keep_write)s THEN m.cache_write_price ELSE EXCLUDED.cache_write_price END,
+            context_window = CASE WHEN %(keep_context)s THEN m.context_window ELSE EXCLUDED.context_window END,
+            max_output_tokens = CASE WHEN %(keep_output)s THEN m.max_output_tokens
+                                     ELSE EXCLUDED.max_output_tokens END,
+            tiers = CASE WHEN %(keep_tiers)s THEN m.tiers ELSE EXCLUDED.tiers END,
+            features = CASE WHEN %(keep_features)s THEN m.features ELSE EXCLUDED.features END,
             updated_at = now()
         RETURNING {_PRICE_COLUMNS}
         """,
         {
             "model": price.model, "prompt": price.prompt, "completion": price.completion,
             "min_charge": price.min_charge, "context": price.context_window,
-            "max_output": price.max_output_tokens, "keep": keep_min_charge,
+            "max_output": price.max_output_tokens, "cached": price.cached_prompt, "write": price.cache_write,
+            "tiers": Jsonb(dict(price.tiers)), "features": Jsonb(dict(price.features)),
+            "keep_min": "min_charge" in keep, "keep_cached": "cached_prompt" in keep,
+            "keep_write": "cache_write" in keep, "keep_context": "context" in keep,
+            "keep_output": "max_output" in keep, "keep_tiers": "tiers" in keep, "keep_features": "features" in keep,
         },
     )
-    return Price(*await cur.fetchone())
+    return _price(await cur.fetchone())
 
 
 # --- holds and settlement -----------------------------------------------------
@@ -191,9 +218,10 @@ _HOLD_LEDGER = """
 _HOLD_INSERT = """
     req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
-                              prompt_price, completion_price, min_charge, prompt_tokens, deadline, attempt)
+                              prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
+                              prompt_tokens, deadline, attempt)
         SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
-               %(pp)s, %(cp)s, %(mc)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
+               %(pp)s, %(cp)s, %(mc)s, %(cpp)s, %(cwp)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
         FROM debit
         RETURNING hold
     ),
@@ -227,12 +255,14 @@ _RESERVE_FIXED = _DEBIT_FIXED + _HOLD_INSERT
 
 
 async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
-                  price: Price, prompt_tokens: int, desired: int, minimum: int, channel_id: int,
+                  model: str, rates: TokenRates, prompt_tokens: int, desired: int, minimum: int, channel_id: int,
                   ttl_s: int, attempt: str = "") -> int | None:
-    """Hold up to `desired` (at least `minimum`); the amount held, or None if it cannot."""
+    """Hold up to `desired` (at least `minimum`) for a call charged at `rates`; the amount
+    held, or None if it cannot."""
     params = {
-        "rid": request_id, "uid": user_id, "kid": key_id, "model": price.model, "channel": channel_id,
-        "pp": price.prompt, "cp": price.completion, "mc": price.min_charge, "pt": prompt_tokens,
+        "rid": request_id, "uid": user_id, "kid": key_id, "model": model, "channel": channel_id,
+        "pp": rates.prompt, "cp": rates.completion, "mc": rates.min_charge, "cpp": rates.cached_prompt,
+        "cwp": rates.cache_write, "pt": prompt_tokens,
         "desired": desired, "minimum": minimum, "ttl": ttl_s, "attempt": attempt,
     }
     if credit_limit <= 0:
@@ -334,61 +364,99 @@ async def get_request(conn: AsyncConnection, request_id: str) -> RequestRow | No
     return RequestRow(*row) if row else None
 
 
+@dataclass(frozen=True)
+class OpenCall:
+    """A request row locked for its settlement."""
+
+    user_id: int
+    key_id: int
+    hold: int
+    state: str
+    status: str
+    attempt: str
+    credits: int
+    unpaid: int
+    overdue: bool  # its deadline has passed
+    rates: TokenRates
+
+
+async def lock_request(conn: AsyncConnection, request_id: str) -> OpenCall | None:
+    """Inside a transaction: the request row, locked (before the user's row, as reserve locks)."""
+    cur = await conn.execute(
+        "SELECT user_id, key_id, hold, state, coalesce(status, ''), attempt, credits, unpaid_credits,"
+        " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge"
+        " FROM requests WHERE request_id = %s FOR UPDATE",
+        (request_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return OpenCall(*row[:9], rates=TokenRates(*row[9:]))  # type: ignore[arg-type]
+
+
+async def lock_balance(conn: AsyncConnection, user_id: int) -> int:
+    cur = await conn.execute("SELECT balance FROM users WHERE id = %s FOR UPDATE", (user_id,))
+    return (await cur.fetchone())[0]
+
+
 _SETTLE = """
-    WITH r AS (
-        SELECT request_id, user_id, key_id, hold, prompt_price, completion_price, min_charge
-        FROM requests WHERE request_id = %(rid)s AND state = 'held'
-          AND (%(attempt)s = '' OR attempt = %(attempt)s)
-        FOR UPDATE
-    ), c AS (
-        SELECT r.*, CASE WHEN %(pt)s::bigint + %(ct)s::bigint = 0 THEN 0::bigint
-            ELSE LEAST(r.hold, GREATEST(r.min_charge,
-                (%(pt)s::bigint * r.prompt_price + %(ct)s::bigint * r.completion_price + 999) / 1000))
-            END AS charge
-        FROM r
-    ), done AS (
+    WITH done AS (
         UPDATE requests q SET
-            state = CASE WHEN c.charge > 0 THEN 'settled' ELSE 'released' END,
+            state = CASE WHEN %(charged)s > 0 THEN 'settled' ELSE 'released' END,
             status = %(status)s, usage_source = %(source)s,
-            prompt_tokens = %(pt)s, completion_tokens = %(ct)s, credits = c.charge,
+            prompt_tokens = %(pt)s, completion_tokens = %(ct)s, cached_prompt_tokens = %(cached)s,
+            cache_write_tokens = %(written)s, reasoning_tokens = %(reasoning)s,
+            credits = %(charged)s, unpaid_credits = %(unpaid)s, late = %(late)s,
             channel_id = COALESCE(NULLIF(%(channel)s, 0), q.channel_id), settled_at = now()
-        FROM c WHERE q.request_id = c.request_id
-        RETURNING c.user_id, c.key_id, c.hold, c.charge
+        WHERE q.request_id = %(rid)s
+        RETURNING q.user_id, q.key_id
     ), acct AS (
-        UPDATE users u SET balance = u.balance + done.hold - done.charge, held = u.held - done.hold
+        UPDATE users u SET balance = u.balance + %(released)s - %(from_balance)s, held = u.held - %(from_held)s
+                                                                                       - %(released)s
         FROM done WHERE u.id = done.user_id
-        RETURNING done.key_id, done.hold, done.charge
+        RETURNING done.key_id
     ), ks AS (
-        UPDATE key_spend k SET held = k.held - acct.hold, spent = k.spent + acct.charge
+        UPDATE key_spend k SET held = k.held - %(key_held)s, spent = k.spent + %(charged)s
         FROM acct WHERE k.key_id = acct.key_id
     ), mv AS (
         SELECT nextval('ledger_movement_seq') AS charge_mv, nextval('ledger_movement_seq') AS release_mv
         FROM done
-    ), led AS (
-        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
-        SELECT e.movement, e.kind, %(rid)s, e.user_id, e.account, e.amount
-        FROM done, mv, LATERAL (VALUES
-            (mv.charge_mv, 'charge', done.user_id, 'held', -done.charge),
-            (mv.charge_mv, 'charge', NULL::bigint, 'revenue', done.charge),
-            (mv.release_mv, 'release', done.user_id, 'held', done.charge - done.hold),
-            (mv.release_mv, 'release', done.user_id, 'available', done.hold - done.charge)
-        ) AS e(movement, kind, user_id, account, amount)
-        WHERE e.amount <> 0
     )
-    SELECT charge, hold - charge FROM done
+    INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+    SELECT e.movement, e.kind, %(rid)s, e.user_id, e.account, e.amount
+    FROM done, mv, LATERAL (VALUES
+        (mv.charge_mv, 'charge', done.user_id, 'held', -%(from_held)s::bigint),
+        (mv.charge_mv, 'charge', done.user_id, 'available', -%(from_balance)s::bigint),
+        (mv.charge_mv, 'charge', NULL::bigint, 'revenue', %(charged)s::bigint),
+        (mv.release_mv, 'release', done.user_id, 'held', -%(released)s::bigint),
+        (mv.release_mv, 'release', done.user_id, 'available', %(released)s::bigint)
+    ) AS e(movement, kind, user_id, account, amount)
+    WHERE e.amount <> 0
 """
 
 
-async def settle(conn: AsyncConnection, *, request_id: str, prompt_tokens: int, completion_tokens: int,
-                 status: str, usage_source: str, channel_id: int, attempt: str = "") -> tuple[int, int] | None:
-    """Close an open hold (held by `attempt`, when one is named): (charged, released), or None."""
+async def close_request(conn: AsyncConnection, *, request_id: str, usage: Usage, status: str, usage_source: str,
+                        channel_id: int, from_held: int, from_balance: int, released: int, unpaid: int,
+                        late: bool) -> None:
+    """Inside the transaction that locked the request and user rows: record the call's usage
+    and move its money. `from_held` + `from_balance` is charged (from the hold, and from the
+    balance past it); `released` goes from the hold back to the balance. A late call (its
+    hold already released) has nothing held: its key's held sum is not touched."""
+    await conn.execute(_SETTLE, {
+        "rid": request_id, "pt": usage.prompt, "ct": usage.completion, "cached": usage.cached_prompt,
+        "written": usage.cache_write, "reasoning": usage.reasoning, "status": status, "source": usage_source,
+        "channel": channel_id, "charged": from_held + from_balance, "from_held": from_held,
+        "from_balance": from_balance, "released": released, "unpaid": unpaid, "late": late,
+        "key_held": 0 if late else from_held + released,
+    })
+
+
+async def keep_alive(conn: AsyncConnection, request_id: str, attempt: str, ttl_s: int) -> bool:
+    """Push an open hold's deadline `ttl_s` from now; False when it is not open (for `attempt`)."""
     cur = await conn.execute(
-        _SETTLE,
-        {"rid": request_id, "pt": prompt_tokens, "ct": completion_tokens, "status": status,
-         "source": usage_source, "channel": channel_id, "attempt": attempt},
-    )
-    row = await cur.fetchone()
-    return (row[0], row[1]) if row else None
+        "UPDATE requests SET deadline = greatest(deadline, now() + make_interval(secs => %(ttl)s))"
+        " WHERE request_id = %(rid)s AND state = 'held' AND (%(a)s = '' OR attempt = %(a)s) RETURNING 1",
+        {"rid": request_id, "a": attempt, "ttl": ttl_s})
+    return await cur.fetchone() is not None
 
 
 async def overdue_holds(conn: AsyncConnection, limit: int = 200) -> list[str]:
@@ -513,11 +581,9 @@ async def verify_ledger(conn: AsyncConnection) -> dict[str, object]:
     revenue, charged = await cur.fetchone()
     if revenue != charged:
         problems.append(f"revenue {revenue} differs from the sum of charges {charged}")
-    cur = await conn.execute(
-        "SELECT count(*) FROM requests WHERE credits > hold OR (state = 'held' AND credits <> 0)"
-    )
+    cur = await conn.execute("SELECT count(*) FROM requests WHERE state = 'held' AND credits <> 0")
     if (bad := (await cur.fetchone())[0]) != 0:
-        problems.append(f"{bad} requests charged more than their hold")
+        problems.append(f"{bad} open holds already charged")
     cur = await conn.execute("SELECT count(*) FROM users WHERE balance < 0 OR held < 0")
     if (bad := (await cur.fetchone())[0]) != 0:
         problems.append(f"{bad} users with a negative balance")

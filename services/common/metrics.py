@@ -46,6 +46,9 @@ TOKENS = Counter("chatkore_tokens_total", "Tokens of completed calls", ["model",
 # --- billing --------------------------------------------------------------------------
 CREDITS = Counter("chatkore_credits_charged_total", "Credits charged at settlement, by how the request ended",
                   ["status"])
+UNPAID = Counter("chatkore_unpaid_credits_total",
+                 "Credits of usage that neither hold nor balance could pay (over_hold: usage past the hold;"
+                 " late: settled after its hold was swept)", ["reason"])
 HOLDS_OPEN = Gauge("chatkore_holds_open", "Holds not yet settled (all replicas: the database's count)")
 
 

@@ -26,10 +26,15 @@ class Hold:
     amount: int
     completion_budget: int
     budget_capped: bool
+    completion_limit: int = 0  # per choice, what the client or the model allows
+    ttl_s: int = 0             # seconds the hold lives without a keep_alive
 
 
 @dataclass(frozen=True)
 class Settle:
+    """A call's settlement. prompt_tokens counts every input token, cache reads and writes
+    included; completion_tokens every output token, reasoning included (billing.proto TokenUsage)."""
+
     request_id: str
     prompt_tokens: int
     completion_tokens: int
@@ -37,6 +42,9 @@ class Settle:
     usage_source: str
     channel_id: int
     attempt: str = ""  # the attempt at the call that holds the hold (see billing.proto)
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class BillingPeer:
@@ -50,17 +58,20 @@ class BillingPeer:
         await self._channel.close()
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int, attempt: str) -> Hold:
+                      prompt_tokens: int, max_tokens: int, choices: int, attempt: str, service_tier: str = "",
+                      features: tuple[str, ...] = ()) -> Hold:
         request = billing_pb2.ReserveRequest(
             request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model,
             prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices, attempt=attempt,
+            service_tier=service_tier, features=list(features),
         )
         # Reserve is idempotent by request id, so one retry of a transient failure is safe.
         try:
             for tried in (0, 1):
                 try:
                     hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
-                    return Hold(hold.amount, hold.completion_budget, hold.budget_capped)
+                    return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit,
+                                hold.ttl_s)
                 except grpc.aio.AioRpcError as exc:
                     if tried or exc.code() not in _TRANSIENT:
                         raise
@@ -138,9 +149,23 @@ class BillingPeer:
     @staticmethod
     def _request(s: Settle) -> billing_pb2.SettleRequest:
         return billing_pb2.SettleRequest(
-            request_id=s.request_id, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
-            status=s.status, usage_source=s.usage_source, channel_id=s.channel_id, attempt=s.attempt,
+            request_id=s.request_id, status=s.status, usage_source=s.usage_source, channel_id=s.channel_id,
+            attempt=s.attempt,
+            usage=billing_pb2.TokenUsage(prompt=s.prompt_tokens, completion=s.completion_tokens,
+                                         cached_prompt=s.cached_prompt_tokens, cache_write=s.cache_write_tokens,
+                                         reasoning=s.reasoning_tokens),
         )
+
+    async def keep_alive(self, request_id: str, attempt: str) -> bool:
+        """Push a live call's hold deadline forward; False when the hold is closed. A failure
+        to reach billing counts as alive (the next beat tries again)."""
+        try:
+            reply = await self._stub.KeepAlive(billing_pb2.KeepAliveRequest(request_id=request_id, attempt=attempt),
+                                               timeout=RPC_TIMEOUT_S)
+            return reply.alive
+        except grpc.aio.AioRpcError as exc:
+            log.warning("keep-alive of %s failed: %s", request_id, exc.code().name)
+            return True
 
     @property
     def pending(self) -> int:

@@ -242,6 +242,7 @@ class MessagesTally:
     _completion: int = 0
     _reported: bool = False
     _delta: dict[str, Any] | None = None
+    cache: tuple[int, int] = (0, 0)  # (read, written) prompt tokens, priced apart by billing
 
     def completion_tokens(self) -> int:
         return tokens.count_choices_text(["".join(self.texts)], self.model)
@@ -262,6 +263,10 @@ class MessagesTally:
             self._reported = True
         if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
             self._completion = max(self._completion, usage["output_tokens"])
+        if isinstance(usage, dict):
+            read, written = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
+            self.cache = (max(self.cache[0], read if isinstance(read, int) and read > 0 else 0),
+                          max(self.cache[1], written if isinstance(written, int) and written > 0 else 0))
 
     def take(self, event: dict[str, Any]) -> bytes | None:
         kind = event.get("type")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.common import jsoncodec
 from services.inference import messages, tokens
@@ -66,10 +66,48 @@ def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: st
     return out
 
 
-def usage_of(obj: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> tuple[int, int] | None:
-    """(prompt, completion) tokens an upstream reported, if it reported them sensibly."""
+class Usage(NamedTuple):
+    """Tokens a call used, as billing.proto's TokenUsage: prompt includes cache reads and
+    writes, completion includes reasoning."""
+
+    prompt: int
+    completion: int
+    cached_prompt: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+def _detail(usage: dict[str, Any], groups: tuple[str, ...], name: str) -> int:
+    for group in groups:
+        details = usage.get(group)
+        if isinstance(details, dict):
+            value = details.get(name)
+            if isinstance(value, int) and value > 0:
+                return value
+    return 0
+
+
+def _count(usage: dict[str, Any], name: str) -> int:
+    value = usage.get(name)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def anthropic_usage(usage: Any) -> Usage | None:
+    """An Anthropic usage object as a Usage: its cache reads and writes are prompt tokens too."""
+    counts = messages.usage_of(usage)
+    if counts is None:
+        return None
+    return Usage(counts[0], counts[1], _count(usage, "cache_read_input_tokens"),
+                 _count(usage, "cache_creation_input_tokens"))
+
+
+def usage_of(obj: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> Usage | None:
+    """The tokens an upstream reported, if it reported them sensibly: OpenAI's
+    `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`
+    (or the Responses API's input/output names), cache writes as LiteLLM and our Anthropic
+    adapter name them (`cache_creation_input_tokens`)."""
     if endpoint is Endpoint.MESSAGES:
-        return messages.usage_of(obj.get("usage"))
+        return anthropic_usage(obj.get("usage"))
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         return None
@@ -77,7 +115,11 @@ def usage_of(obj: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> tuple[i
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
     if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
-    return prompt, completion
+    cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
+    written = _count(usage, "cache_creation_input_tokens")
+    reasoning = _detail(usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens")
+    return Usage(prompt, completion, min(cached, prompt), min(written, prompt - min(cached, prompt)),
+                 min(reasoning, completion))
 
 
 def _message_text(message: Any) -> str:
@@ -124,7 +166,7 @@ def reply_id(endpoint: Endpoint, request_id: str) -> str:
 
 
 def rewrite_reply(endpoint: Endpoint, obj: dict[str, Any], *, model: str, request_id: str,
-                  usage: tuple[int, int], counted: bool = False) -> bytes:
+                  usage: tuple[int, ...], counted: bool = False) -> bytes:
     """A unary reply as our client sees it: our id, the model it asked for, real usage."""
     if endpoint is Endpoint.MESSAGES:
         return messages.rewrite_reply(obj, model=model, request_id=request_id, usage=usage, counted=counted)
@@ -139,7 +181,7 @@ def rewrite_reply(endpoint: Endpoint, obj: dict[str, Any], *, model: str, reques
     else:
         obj["object"] = "list"
     obj["model"] = model
-    prompt, completion = usage
+    prompt, completion = usage[0], usage[1]
     reported = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
     if endpoint is Endpoint.EMBEDDINGS:
         obj["usage"] = {**reported, "prompt_tokens": prompt, "total_tokens": prompt}
@@ -159,7 +201,7 @@ class StreamTally:
     include_usage: bool
     created: int = field(default_factory=lambda: int(time.time()))
     texts: dict[int, list[str]] = field(default_factory=dict)
-    usage: tuple[int, int] | None = None
+    usage: Usage | None = None
     chunks: int = 0
 
     def completion_tokens(self) -> int:

@@ -27,6 +27,7 @@ from services.inference.messages import MessagesTally
 from services.inference.payloads import (
     Endpoint,
     StreamTally,
+    Usage,
     completion_texts,
     count_prompt,
     dumps,
@@ -209,14 +210,13 @@ class Relay:
             await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0, call.attempt))
             raise
         reported = usage_of(obj, call.endpoint)
-        if reported is not None and reported[0] > 0:
+        if reported is not None and reported.prompt > 0:
             usage, source = reported, "upstream"
         else:
             texts = output_texts(obj) if prepared.responses else completion_texts(call.endpoint, obj)
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
-            usage, source = (prompt_tokens, completion), "counted"
-        credits = await self.billing.settle(Settle(call.request_id, usage[0], usage[1], "complete", source, channel.id,
-                                                  call.attempt))
+            usage, source = Usage(prompt_tokens, completion), "counted"
+        credits = await self.billing.settle(_settle(call, usage, "complete", source, channel.id))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
             response["usage"] = usage_object(usage[0], usage[1], *usage_details(obj.get("usage")))
@@ -306,17 +306,16 @@ class Relay:
                     f"The upstream stream broke off: {e.message}") from None
             finally:
                 self.book.done(opened.attempt, failure)
-            prompt, completion, source = self._stream_usage(tally, prompt_tokens)
-            closing = tally.closing(prompt, completion)
+            usage, source = self._stream_usage(tally, prompt_tokens)
+            closing = tally.closing(usage.prompt, usage.completion)
             if isinstance(tally, ResponsesTally) and prepared.responses is not None and tally.final is not None:
                 await self._keep(prepared.responses, tally.final)
             if closing is not None:
                 yield closing
             status = "complete"
-            credits = await self.billing.settle(Settle(call.request_id, prompt, completion, status, source, channel_id,
-                                                      call.attempt))
+            credits = await self.billing.settle(_settle(call, usage, status, source, channel_id))
             settled = True
-            yield Outcome(prompt, completion, credits or 0, status)
+            yield Outcome(usage.prompt, usage.completion, credits or 0, status)
         except BaseException as exc:
             status = _status_of(exc)
             raise
@@ -326,11 +325,10 @@ class Relay:
             if not settled:
                 # A client gone or a stream broken after output: pay for what was delivered.
                 if tally.chunks:
-                    prompt, completion, source = self._stream_usage(tally, prompt_tokens)
+                    usage, source = self._stream_usage(tally, prompt_tokens)
                 else:
-                    prompt, completion, source = 0, 0, ""
-                await self._close(Settle(call.request_id, prompt, completion, status, source, channel_id,
-                                                      call.attempt))
+                    usage, source = Usage(0, 0), ""
+                await self._close(_settle(call, usage, status, source, channel_id))
 
     async def _close(self, settle: Settle) -> None:
         """Settle a call that did not complete: now, so the client's next look at its balance
@@ -340,10 +338,15 @@ class Relay:
         else:
             await self.billing.settle(settle)
 
-    def _stream_usage(self, tally: AnyTally, prompt_tokens: int) -> tuple[int, int, str]:
-        if tally.usage is not None and tally.usage[0] > 0:
-            return tally.usage[0], tally.usage[1], "upstream"
-        return prompt_tokens, tally.completion_tokens(), "counted"
+    def _stream_usage(self, tally: AnyTally, prompt_tokens: int) -> tuple[Usage, str]:
+        reported = tally.usage
+        if reported is not None and reported[0] > 0:
+            if isinstance(reported, Usage):
+                return reported, "upstream"
+            cached, reasoning = getattr(tally, "details", (0, 0))  # a Responses stream's
+            read, written = getattr(tally, "cache", (cached, 0))   # a Messages stream's
+            return Usage(reported[0], reported[1], read, written, reasoning), "upstream"
+        return Usage(prompt_tokens, tally.completion_tokens()), "counted"
 
     async def _outputs(self, opened: _Opened) -> list[bytes]:
         """What the next upstream event gives our client (often nothing); marks the end of the events."""
@@ -426,6 +429,11 @@ class _Opened:
     tally: AnyTally
     pending: list[bytes] = field(default_factory=list)  # outputs read but not yet yielded
     ended: bool = False
+
+
+def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int) -> Settle:
+    return Settle(call.request_id, usage.prompt, usage.completion, status, source, channel_id, call.attempt,
+                  usage.cached_prompt, usage.cache_write, usage.reasoning)
 
 
 def _chunk(payload: bytes, channel: Channel) -> dict[str, Any]:

@@ -98,7 +98,9 @@ def test_anthropic_reply(stop_reason, legacy, finish) -> None:
     assert choice["message"]["content"] == "Hi" and choice["message"]["reasoning_content"] == "hmm"
     call = choice["message"]["function_call"] if legacy else choice["message"]["tool_calls"][0]["function"]
     assert call["name"] == "f" and json.loads(call["arguments"]) == {"a": "é"}
-    assert reply["usage"] == {"prompt_tokens": 15, "completion_tokens": 3, "total_tokens": 18}
+    # Cache reads count in prompt_tokens, as OpenAI counts them, and are named so billing prices them apart.
+    assert reply["usage"] == {"prompt_tokens": 15, "completion_tokens": 3, "total_tokens": 18,
+                              "prompt_tokens_details": {"cached_tokens": 5}}
 
 
 def test_anthropic_stream_events_in_order() -> None:

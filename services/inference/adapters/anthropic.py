@@ -33,21 +33,29 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "ma
           "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
 
 
-def _usage(usage: Any) -> tuple[int, int]:
-    """(prompt, completion): Anthropic reports cache reads and writes apart from input_tokens."""
+def _usage(usage: Any) -> tuple[int, int, int, int]:
+    """(prompt, completion, cache reads, cache writes): Anthropic reports cache reads and
+    writes apart from input_tokens; OpenAI's prompt_tokens counts them in."""
     if not isinstance(usage, dict):
-        return 0, 0
+        return 0, 0, 0, 0
 
     def count(name: str) -> int:
         value = usage.get(name)
         return value if isinstance(value, int) and value > 0 else 0
 
-    prompt = count("input_tokens") + count("cache_creation_input_tokens") + count("cache_read_input_tokens")
-    return prompt, count("output_tokens")
+    read, written = count("cache_read_input_tokens"), count("cache_creation_input_tokens")
+    return count("input_tokens") + read + written, count("output_tokens"), read, written
 
 
-def _usage_object(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage_object(prompt: int, completion: int, read: int = 0, written: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; cache writes, which OpenAI has no field for, as LiteLLM names them."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    if read or written:
+        usage["prompt_tokens_details"] = {"cached_tokens": read}
+    if written:
+        usage["cache_creation_input_tokens"] = written
+    return usage
 
 
 class AnthropicExchange(Exchange):
@@ -61,6 +69,8 @@ class AnthropicExchange(Exchange):
         self._model = ""
         self._prompt = 0
         self._completion = 0
+        self._read = 0     # cache-read prompt tokens
+        self._written = 0  # cache-write prompt tokens
         self._calls: dict[int, int] = {}  # content block index -> tool call index
 
     def _finish(self, stop_reason: Any) -> str:
@@ -101,13 +111,13 @@ class AnthropicExchange(Exchange):
             message["function_call"] = calls[0]["function"]
         elif calls:
             message["tool_calls"] = calls
-        prompt, completion = _usage(obj.get("usage"))
+        usage = _usage(obj.get("usage"))
         return {
             "id": str(obj.get("id") or ""), "object": "chat.completion", "created": int(time.time()),
             "model": str(obj.get("model") or ""),
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": self._finish(obj.get("stop_reason"))}],
-            "usage": _usage_object(prompt, completion),
+            "usage": _usage_object(*usage),
         }
 
     # --- streaming ----------------------------------------------------------------------
@@ -134,7 +144,7 @@ class AnthropicExchange(Exchange):
             message = event.get("message") if isinstance(event.get("message"), dict) else {}
             self._id = str(message.get("id") or "")
             self._model = str(message.get("model") or "")
-            self._prompt, self._completion = _usage(message.get("usage"))
+            self._prompt, self._completion, self._read, self._written = _usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         index = event.get("index") if isinstance(event.get("index"), int) else 0
         if kind == "content_block_start":
@@ -166,12 +176,14 @@ class AnthropicExchange(Exchange):
                 return [self._chunk({"reasoning_content": str(delta["thinking"])})]
             return []
         if kind == "message_delta":
-            prompt, completion = _usage(event.get("usage"))
+            prompt, completion, read, written = _usage(event.get("usage"))
             self._prompt = max(self._prompt, prompt)  # cumulative counts; input may be repeated or absent
             self._completion = max(self._completion, completion)
+            self._read, self._written = max(self._read, read), max(self._written, written)
             delta = event.get("delta") if isinstance(event.get("delta"), dict) else {}
             return [self._chunk({}, self._finish(delta.get("stop_reason"))),
-                    {"choices": [], "usage": _usage_object(self._prompt, self._completion)}]
+                    {"choices": [], "usage": _usage_object(self._prompt, self._completion, self._read,
+                                                           self._written)}]
         if kind == "error":
             error = event.get("error") if isinstance(event.get("error"), dict) else {}
             raise UpstreamError(Failure.SERVER, f"upstream stream error: {str(error.get('type') or '')[:80]}")

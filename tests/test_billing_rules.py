@@ -1,0 +1,92 @@
+"""Every token the upstream bills is paid for (issue 11): cache and reasoning prices, usage
+past the hold, abandoned calls, budgets, images, cost multipliers, live holds."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from tests import mock_upstream as up
+from tests.world import World
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def _row(world: World, user_id: int) -> dict:
+    rows = world.usage(user_id)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_price_rows_carry_cache_prices_limits_and_multipliers(world: World) -> None:
+    model = world.model(prompt=2, completion=8)
+    got = world.admin("PUT", f"/admin/v1/prices/{model}",
+                      {"prompt": 2, "completion": 8, "cached_prompt": 0.5, "context": 32000, "max_output": 1000,
+                       "tiers": {"priority": 2, "flex": 0.5}, "features": {"audio": 4}})
+    assert got["cached_prompt"] == 0.5 and got["cache_write"] == 2  # cache writes follow the prompt price
+    assert (got["context"], got["max_output"]) == (32000, 1000)
+    assert got["tiers"] == {"priority": 2.0, "flex": 0.5} and got["features"] == {"audio": 4.0}
+    # A PUT of the two prices alone keeps the rest.
+    again = world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 3, "completion": 8})
+    assert again["cached_prompt"] == 0.5 and again["cache_write"] == 3 and again["max_output"] == 1000
+    assert again["tiers"] == {"priority": 2.0, "flex": 0.5}
+    listed = {p["model"]: p for p in world.admin("GET", "/admin/v1/prices")["data"]}
+    assert listed[model] == again
+    # A new model gets conservative limits the operator can see.
+    fresh = world.admin("GET", "/admin/v1/prices")["data"]
+    assert all(p["max_output"] <= 16384 for p in fresh)
+
+
+def test_bad_price_fields_are_refused_and_change_nothing(world: World) -> None:
+    model = world.model(prompt=2, completion=8)
+    for body, param in [({"cached_prompt": -1}, "cached_prompt"), ({"tiers": {"priority": 0}}, "tiers"),
+                        ({"tiers": ["priority"]}, "tiers"), ({"features": {"teleport": 2}}, "features"),
+                        ({"max_output": -5}, "max_output"), ({"context": "big"}, "context")]:
+        resp = world.http.put(world.url + f"/admin/v1/prices/{model}", json={"prompt": 9, "completion": 9, **body},
+                              timeout=30)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["param"] == param
+    listed = {p["model"]: p for p in world.admin("GET", "/admin/v1/prices")["data"]}
+    assert listed[model]["prompt"] == 2
+
+
+def test_cached_and_reasoning_tokens_are_charged_at_their_own_prices(world: World) -> None:
+    model, tag = world.served_model(prompt=2, completion=8)
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2, "completion": 8, "cached_prompt": 0.5})
+    world.mock.always(tag, up.ok(usage_override={
+        "prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300,
+        "prompt_tokens_details": {"cached_tokens": 600}, "completion_tokens_details": {"reasoning_tokens": 200}}))
+    t = world.tenant(credits=100)
+    reply = t.client.chat.completions.create(model=model, messages=MSG)
+    assert reply.usage.prompt_tokens_details.cached_tokens == 600
+    row = _row(world, t.user_id)
+    # 400 x 2 + 600 x 0.5 + 300 x 8, per 1,000
+    expected = Decimal("0.8") + Decimal("0.3") + Decimal("2.4")
+    assert Decimal(str(row["credits"])) == expected
+    assert (row["cached_prompt_tokens"], row["reasoning_tokens"], row["unpaid_credits"]) == (600, 200, 0)
+    assert world.balance(t.user_id) == 100 - expected
+    assert world.verify()["ok"]
+
+
+def test_usage_past_the_hold_is_charged_from_a_rich_balance(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    # The upstream ignores the budget it was sent and reports far more than the hold covers.
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": 10, "completion_tokens": 5000,
+                                                 "total_tokens": 5010}))
+    t = world.tenant(credits=100)
+    t.client.chat.completions.create(model=model, messages=MSG, max_tokens=10)
+    row = _row(world, t.user_id)
+    assert Decimal(str(row["credits"])) == Decimal("5.01") and row["unpaid_credits"] == 0
+    assert world.balance(t.user_id) == Decimal("94.99") and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+
+
+def test_usage_past_the_hold_on_a_poor_balance_stops_at_zero_and_records_the_rest(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": 10, "completion_tokens": 100_000,
+                                                 "total_tokens": 100_010}))
+    t = world.tenant(credits=1)
+    t.client.chat.completions.create(model=model, messages=MSG, max_tokens=10)
+    row = _row(world, t.user_id)
+    assert Decimal(str(row["credits"])) == 1
+    assert Decimal(str(row["unpaid_credits"])) == Decimal("99.01")
+    assert world.balance(t.user_id) == 0 and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
