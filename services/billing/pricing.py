@@ -112,7 +112,8 @@ class HoldPlan:
     per_choice_limit: int  # completion tokens per choice the client or the model allows
 
 
-def plan_hold(price: Price, prompt_tokens: int, max_tokens: int, choices: int, rates: TokenRates | None = None) -> HoldPlan:
+def plan_hold(price: Price, prompt_tokens: int, max_tokens: int, choices: int,
+              rates: TokenRates | None = None) -> HoldPlan:
     """Size the hold for a call. `max_tokens` is per choice; 0 means the client set none.
     The client's value is never above the model's maximum output."""
     choices = max(1, choices)

@@ -53,8 +53,8 @@ def test_min_charge_is_a_floor_but_nothing_used_is_free() -> None:
 
 def test_plain_charge_is_the_same_formula() -> None:
     for pt, ct in [(0, 0), (13, 7), (1234, 567), (1, 0)]:
-        assert charge(1_500_000, 2_000_000, 7, pt, ct) == cost(TokenRates(1_500_000, 2_000_000, 1_500_000, 1_500_000, 7),
-                                                                Usage(pt, ct))
+        plain = TokenRates(1_500_000, 2_000_000, 1_500_000, 1_500_000, 7)
+        assert charge(1_500_000, 2_000_000, 7, pt, ct) == cost(plain, Usage(pt, ct))
 
 
 PRICE = Price("m", prompt=2_500_000, completion=10_000_000, min_charge=0, context_window=128000,
