@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -268,7 +269,7 @@ async def set_price(request: web.Request) -> web.Response:
             setattr(message, name, value)
     for name, field in (("context", "context_window"), ("max_output", "max_output_tokens")):
         if body.get(name) is not None:
-            setattr(message, field, _int(body, name))
+            setattr(message, field, get_int(body, name))
     for name in ("tiers", "features"):
         if body.get(name) is not None:
             getattr(message, name).CopyFrom(_multipliers(body, name))
