@@ -70,7 +70,8 @@ async def stats(request: web.Request) -> web.Response:
         billing_pb2.ModelStatsRequest(since=int(time.time()) - hours * 3600, bucket_s=bucket), timeout=RPC_TIMEOUT_S)
     return json_response({"bucket": bucket, "data": [
         {"bucket": s.bucket, "model": s.model, "requests": s.requests, "prompt_tokens": s.prompt_tokens,
-         "completion_tokens": s.completion_tokens, "credits": from_micro(s.credits), "errors": s.errors}
+         "completion_tokens": s.completion_tokens, "credits": from_micro(s.credits), "errors": s.errors,
+         "unbilled_tokens": s.unbilled_tokens, "unpaid_credits": from_micro(s.unpaid_credits)}
         for s in reply.stats
     ]})
 

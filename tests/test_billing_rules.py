@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import openai
+import pytest
+
+from services.inference import tokens
 from tests import mock_upstream as up
+from tests import scrape
 from tests.world import World
+from tools.stack import wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -90,3 +96,43 @@ def test_usage_past_the_hold_on_a_poor_balance_stops_at_zero_and_records_the_res
     assert Decimal(str(row["unpaid_credits"])) == Decimal("99.01")
     assert world.balance(t.user_id) == 0 and world.held(t.user_id) == 0
     assert world.verify()["ok"]
+
+
+def _prompt(model: str, messages: list[dict]) -> int:
+    return tokens.count_chat_prompt({"messages": messages}, model)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream-before-first-chunk", "unary"])
+def test_a_call_abandoned_before_its_answer_pays_the_prompt(world: World, stream: bool) -> None:
+    model, tag = world.served_model(prompt=1000, completion=1000)  # a credit a token
+    world.mock.always(tag, up.ok(delay_s=4, pieces=3))  # the first byte (or the answer) comes late
+    t = world.tenant(credits=100)
+    messages = [{"role": "user", "content": "a long prompt, read and billed by the upstream " * 3}]
+    with pytest.raises(openai.APITimeoutError):
+        t.client.with_options(timeout=1.0).chat.completions.create(model=model, messages=messages, stream=stream)
+    wait_until(lambda: world.usage(t.user_id), 20, "the usage row of the abandoned call")
+    assert len(world.mock.received(tag)) == 1  # the upstream had the request
+    row = _row(world, t.user_id)
+    prompt = _prompt(model, messages)
+    assert row["status"] == "client_gone" and row["prompt_tokens"] == prompt
+    assert row["completion_tokens"] == 0 and Decimal(str(row["credits"])) == prompt
+    assert world.balance(t.user_id) == 100 - prompt and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+
+
+def test_upstream_failure_is_free_for_the_client_and_counted_for_the_operator(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.mock.always(tag, up.fail(500))
+    t = world.tenant(credits=100)
+    before = scrape.value(scrape.scrape(world.stack, "inference"), "chatkore_upstream_unbilled_tokens_total",
+                          reason="server")
+    with pytest.raises(openai.InternalServerError):
+        t.client.chat.completions.create(model=model, messages=MSG)
+    row = _row(world, t.user_id)
+    assert row["status"] == "upstream_error" and row["credits"] == 0
+    assert world.balance(t.user_id) == 100
+    stats = [s for s in world.admin("GET", "/admin/v1/stats?hours=1&bucket=3600")["data"] if s["model"] == model]
+    assert sum(s["unbilled_tokens"] for s in stats) == _prompt(model, MSG)
+    after = scrape.value(scrape.scrape(world.stack, "inference"), "chatkore_upstream_unbilled_tokens_total",
+                         reason="server")
+    assert after - before == _prompt(model, MSG)

@@ -215,7 +215,7 @@ class Books:
                                 " Your balance cannot cover this request.")
 
     async def settle(self, *, request_id: str, usage: Usage, status: str, usage_source: str, channel_id: int,
-                     attempt: str = "") -> Settlement:
+                     attempt: str = "", unbilled: int = 0) -> Settlement:
         """Charge a call's usage (cost() at the rates it was held at) and release the rest of
         its hold. Usage past the hold is charged from the balance as far as it reaches; a call
         whose hold the sweeper released is charged what the balance can pay (`late`). What no
@@ -245,7 +245,8 @@ class Books:
             unpaid = wanted - from_balance
             await store.close_request(conn, request_id=request_id, usage=usage, status=status,
                                       usage_source=usage_source, channel_id=channel_id, from_held=from_held,
-                                      from_balance=from_balance, released=released, unpaid=unpaid, late=late)
+                                      from_balance=from_balance, released=released, unpaid=unpaid, late=late,
+                                      unbilled=max(0, unbilled))
         charged = from_held + from_balance
         metrics.CREDITS.labels(status).inc(charged / 1_000_000)
         if unpaid:
@@ -351,7 +352,7 @@ class Books:
         async with self._pool.connection() as conn:
             return await store.daily_spend(conn, user_id, days)
 
-    async def model_stats(self, since: int, bucket_s: int) -> list[tuple[int, str, int, int, int, int, int]]:
+    async def model_stats(self, since: int, bucket_s: int) -> list[store.StatRow]:
         if bucket_s < 60 or bucket_s > 31 * 86400:
             raise InvalidRequest("'bucket' must be between 60 seconds and 31 days", param="bucket")
         # At most ~1,000 buckets, so a wide window cannot ask for an enormous answer.

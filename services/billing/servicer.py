@@ -88,6 +88,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         s = await self.books.settle(
             request_id=request.request_id, usage=_settled_usage(request), status=request.status,
             usage_source=request.usage_source, channel_id=request.channel_id, attempt=request.attempt,
+            unbilled=request.unbilled_tokens,
         )
         return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state,
                                       unpaid=s.unpaid)
@@ -164,8 +165,8 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         rows = await self.books.model_stats(request.since, request.bucket_s)
         return billing_pb2.ModelStatsList(stats=[
             billing_pb2.ModelStat(bucket=b, model=m, requests=n, prompt_tokens=pt, completion_tokens=ct,
-                                  credits=c, errors=e)
-            for b, m, n, pt, ct, c, e in rows
+                                  credits=c, errors=e, unbilled_tokens=ub, unpaid_credits=up)
+            for b, m, n, pt, ct, c, e, ub, up in rows
         ])
 
     # --- money in ---------------------------------------------------------------------

@@ -406,6 +406,7 @@ _SETTLE = """
             prompt_tokens = %(pt)s, completion_tokens = %(ct)s, cached_prompt_tokens = %(cached)s,
             cache_write_tokens = %(written)s, reasoning_tokens = %(reasoning)s,
             credits = %(charged)s, unpaid_credits = %(unpaid)s, late = %(late)s,
+            unbilled_tokens = unbilled_tokens + %(unbilled)s,
             channel_id = COALESCE(NULLIF(%(channel)s, 0), q.channel_id), settled_at = now()
         WHERE q.request_id = %(rid)s
         RETURNING q.user_id, q.key_id
@@ -436,7 +437,7 @@ _SETTLE = """
 
 async def close_request(conn: AsyncConnection, *, request_id: str, usage: Usage, status: str, usage_source: str,
                         channel_id: int, from_held: int, from_balance: int, released: int, unpaid: int,
-                        late: bool) -> None:
+                        late: bool, unbilled: int = 0) -> None:
     """Inside the transaction that locked the request and user rows: record the call's usage
     and move its money. `from_held` + `from_balance` is charged (from the hold, and from the
     balance past it); `released` goes from the hold back to the balance. A late call (its
@@ -446,7 +447,7 @@ async def close_request(conn: AsyncConnection, *, request_id: str, usage: Usage,
         "written": usage.cache_write, "reasoning": usage.reasoning, "status": status, "source": usage_source,
         "channel": channel_id, "charged": from_held + from_balance, "from_held": from_held,
         "from_balance": from_balance, "released": released, "unpaid": unpaid, "late": late,
-        "key_held": 0 if late else from_held + released,
+        "key_held": 0 if late else from_held + released, "unbilled": unbilled,
     })
 
 
@@ -522,7 +523,7 @@ async def daily_spend(conn: AsyncConnection, user_id: int, days: int) -> list[tu
     return [(day, credits, requests, tokens) for day, credits, requests, tokens in await cur.fetchall()]
 
 
-StatRow = tuple[int, str, int, int, int, int, int]
+StatRow = tuple[int, str, int, int, int, int, int, int, int]
 
 
 async def model_stats(conn: AsyncConnection, since: int, bucket_s: int) -> list[StatRow]:
@@ -531,7 +532,8 @@ async def model_stats(conn: AsyncConnection, since: int, bucket_s: int) -> list[
         """
         SELECT (floor(extract(epoch FROM created_at) / %(b)s) * %(b)s)::bigint AS bucket, model, count(*),
                sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint, sum(credits)::bigint,
-               count(*) FILTER (WHERE status IS DISTINCT FROM 'complete')
+               count(*) FILTER (WHERE status IS DISTINCT FROM 'complete'),
+               sum(unbilled_tokens)::bigint, sum(unpaid_credits)::bigint
         FROM requests
         WHERE created_at >= to_timestamp(%(since)s) AND state <> 'held'
         GROUP BY 1, 2 ORDER BY 1, 2

@@ -41,6 +41,9 @@ UPSTREAM = Counter("chatkore_upstream_requests_total",
                    ["channel", "outcome"])
 UPSTREAM_LATENCY = Histogram("chatkore_upstream_response_seconds", "Time until an upstream answered (headers)",
                              ["channel"], buckets=LATENCY_BUCKETS)
+UNBILLED = Counter("chatkore_upstream_unbilled_tokens_total",
+                   "Tokens an upstream may bill for attempts that failed on its side (free for the client)",
+                   ["reason"])
 TOKENS = Counter("chatkore_tokens_total", "Tokens of completed calls", ["model", "kind"])
 
 # --- billing --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Settle:
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    unbilled_tokens: int = 0  # what failed attempts may have cost the operator (free for the client)
 
 
 class BillingPeer:
@@ -150,7 +151,7 @@ class BillingPeer:
     def _request(s: Settle) -> billing_pb2.SettleRequest:
         return billing_pb2.SettleRequest(
             request_id=s.request_id, status=s.status, usage_source=s.usage_source, channel_id=s.channel_id,
-            attempt=s.attempt,
+            attempt=s.attempt, unbilled_tokens=s.unbilled_tokens,
             usage=billing_pb2.TokenUsage(prompt=s.prompt_tokens, completion=s.completion_tokens,
                                          cached_prompt=s.cached_prompt_tokens, cache_write=s.cache_write_tokens,
                                          reasoning=s.reasoning_tokens),

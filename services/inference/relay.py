@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import jsoncodec
+from services.common import jsoncodec, metrics
 from services.common.errors import ServiceError
 from services.inference.adapters import ADAPTERS, Exchange, Outgoing
 from services.inference.billing_peer import BillingPeer, Hold, Settle
@@ -203,11 +203,18 @@ class Relay:
         prepared = await self._prepare(call)
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
         hold = await self._reserve(call, prompt_tokens)
+        sent = _Sent(prompt_tokens)
         try:
-            obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses)
+            obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses, sent)
         except BaseException as exc:
-            # Nothing was delivered: the hold is released in full.
-            await self._close(Settle(call.request_id, 0, 0, _status_of(exc), "", 0, call.attempt))
+            status = _status_of(exc)
+            if status == "client_gone" and sent.channel_id:
+                # The request reached the upstream, which bills the prompt whether or not
+                # anyone waits for its answer: the client who left pays it.
+                await self._close(_settle(call, Usage(prompt_tokens, 0), status, "counted", sent.channel_id,
+                                          sent.unbilled))
+            else:  # nothing was delivered: the hold is released in full
+                await self._close(_settle(call, Usage(0, 0), status, "", 0, sent.unbilled))
             raise
         reported = usage_of(obj, call.endpoint)
         if reported is not None and reported.prompt > 0:
@@ -216,7 +223,7 @@ class Relay:
             texts = output_texts(obj) if prepared.responses else completion_texts(call.endpoint, obj)
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
             usage, source = Usage(prompt_tokens, completion), "counted"
-        credits = await self.billing.settle(_settle(call, usage, "complete", source, channel.id))
+        credits = await self.billing.settle(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
             response["usage"] = usage_object(usage[0], usage[1], *usage_details(obj.get("usage")))
@@ -244,7 +251,8 @@ class Relay:
         return StreamTally(call.endpoint, call.model, call.request_id, call.include_usage)
 
     async def _first_answer(self, call: Call, body: dict[str, Any], candidates: list[Channel],
-                            hold: Hold, resp: responses.ResponsesCall | None) -> tuple[dict[str, Any], Channel]:
+                            hold: Hold, resp: responses.ResponsesCall | None,
+                            sent: _Sent) -> tuple[dict[str, Any], Channel]:
         failures: list[UpstreamError] = []
         for channel in candidates:
             attempt = self.book.take(channel)
@@ -252,9 +260,11 @@ class Relay:
                 continue
             try:
                 exchange = self._exchange(call, body, channel, hold, resp)
+                sent.going(channel.id)
                 answer = await self.upstream.post(exchange, stream=False)
                 obj = await self.upstream.read_json(answer, exchange)
             except UpstreamError as e:
+                sent.failed(e.kind)
                 if not e.kind.retryable:
                     self.book.done(attempt)  # the client's fault says nothing about the channel
                     raise _rejected(e) from None
@@ -292,9 +302,10 @@ class Relay:
         channel_id = 0
         settled = False
         opened: _Opened | None = None
+        sent = _Sent(prompt_tokens)
         status = "upstream_error"
         try:
-            opened = await self._open_stream(call, body, candidates, hold, prepared.responses)
+            opened = await self._open_stream(call, body, candidates, hold, prepared.responses, sent)
             tally, channel_id = opened.tally, opened.channel.id
             failure: str | None = None
             try:
@@ -313,7 +324,7 @@ class Relay:
             if closing is not None:
                 yield closing
             status = "complete"
-            credits = await self.billing.settle(_settle(call, usage, status, source, channel_id))
+            credits = await self.billing.settle(_settle(call, usage, status, source, channel_id, sent.unbilled))
             settled = True
             yield Outcome(usage.prompt, usage.completion, credits or 0, status)
         except BaseException as exc:
@@ -323,12 +334,18 @@ class Relay:
             if opened is not None:
                 await opened.events.aclose()  # type: ignore[attr-defined]
             if not settled:
-                # A client gone or a stream broken after output: pay for what was delivered.
-                if tally.chunks:
+                if status == "client_gone" and (opened is not None or sent.channel_id):
+                    # Once the request is upstream, a client who leaves (before the first visible
+                    # chunk or after) pays the prompt and whatever the upstream sent until we
+                    # stopped reading; the upstream's own usage wins when it came.
+                    if opened is None:
+                        tally, channel_id = sent.tally or tally, sent.channel_id
+                    usage, source = self._stream_usage(tally, prompt_tokens)
+                elif tally.chunks:  # a stream broken by the upstream after output: what was delivered
                     usage, source = self._stream_usage(tally, prompt_tokens)
                 else:
                     usage, source = Usage(0, 0), ""
-                await self._close(_settle(call, usage, status, source, channel_id))
+                await self._close(_settle(call, usage, status, source, channel_id, sent.unbilled))
 
     async def _close(self, settle: Settle) -> None:
         """Settle a call that did not complete: now, so the client's next look at its balance
@@ -374,7 +391,7 @@ class Relay:
                 yield out
 
     async def _open_stream(self, call: Call, body: dict[str, Any], candidates: list[Channel],
-                           hold: Hold, resp: responses.ResponsesCall | None) -> _Opened:
+                           hold: Hold, resp: responses.ResponsesCall | None, sent: _Sent) -> _Opened:
         """Open a stream on the first channel that yields something for the client: failover
         happens only here, before a byte has reached the client."""
         failures: list[UpstreamError] = []
@@ -385,9 +402,11 @@ class Relay:
             events = None
             try:
                 exchange = self._exchange(call, body, channel, hold, resp)
+                sent.going(channel.id)
                 answer = await self.upstream.post(exchange, stream=True)
                 events = self.upstream.events(answer)
                 tally = self._tally(call, resp)
+                sent.tally = tally
                 opened = _Opened(channel, attempt, exchange, events, tally)
                 # Keep-alive comments reset the socket's read timeout; the first chunk
                 # itself must come within the channel's timeout.
@@ -402,6 +421,7 @@ class Relay:
                         raise UpstreamError(Failure.SERVER, "upstream closed the stream without a chunk")
                 return opened
             except UpstreamError as e:
+                sent.failed(e.kind)
                 if events is not None:
                     await events.aclose()  # type: ignore[attr-defined]
                 if not e.kind.retryable:
@@ -431,9 +451,32 @@ class _Opened:
     ended: bool = False
 
 
-def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int) -> Settle:
+@dataclass
+class _Sent:
+    """The attempt at a call that chatkore last sent upstream (what a client who leaves before
+    the answer pays for), and the tokens earlier attempts may have cost the operator."""
+
+    prompt_tokens: int
+    channel_id: int = 0           # the channel the request went to; 0: none, or it failed
+    tally: AnyTally | None = None  # what that upstream has streamed so far
+    unbilled: int = 0
+
+    def going(self, channel_id: int) -> None:
+        self.channel_id, self.tally = channel_id, None
+
+    def failed(self, kind: Failure) -> None:
+        """The attempt failed upstream: free for the client. A timeout or a server failure
+        may still be billed by the upstream; it is counted so the operator sees that risk."""
+        if kind in (Failure.TIMEOUT, Failure.SERVER):
+            tokens = self.prompt_tokens + (self.tally.completion_tokens() if self.tally is not None else 0)
+            self.unbilled += tokens
+            metrics.UNBILLED.labels(kind.value).inc(tokens)
+        self.channel_id, self.tally = 0, None
+
+
+def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int, unbilled: int = 0) -> Settle:
     return Settle(call.request_id, usage.prompt, usage.completion, status, source, channel_id, call.attempt,
-                  usage.cached_prompt, usage.cache_write, usage.reasoning)
+                  usage.cached_prompt, usage.cache_write, usage.reasoning, unbilled)
 
 
 def _chunk(payload: bytes, channel: Channel) -> dict[str, Any]:

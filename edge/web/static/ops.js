@@ -56,13 +56,16 @@ async function dashboard(root) {
     const h = Number(hours.value);
     const bucket = h <= 24 ? 3600 : h <= 168 ? 6 * 3600 : 86400;
     const rows = (await ck.api("GET", `/admin/v1/stats?hours=${h}&bucket=${bucket}`)).data;
-    const totals = { requests: 0, tokens: 0, credits: 0, errors: 0 };
+    const totals = { requests: 0, tokens: 0, credits: 0, errors: 0, unbilled: 0, unpaid: 0 };
     for (const r of rows) {
       totals.requests += r.requests; totals.tokens += r.prompt_tokens + r.completion_tokens;
       totals.credits += r.credits; totals.errors += r.errors;
+      totals.unbilled += r.unbilled_tokens || 0; totals.unpaid += r.unpaid_credits || 0;
     }
+    // What the operator may owe its upstreams that no client pays: failed attempts' tokens, usage past what a balance could pay.
     cards.replaceChildren(...[[ck.t("ops.dash.requests"), ck.num(totals.requests)], [ck.t("ops.dash.tokens"), ck.num(totals.tokens)],
-      [ck.t("ops.dash.credits_charged"), ck.credits(totals.credits)], [ck.t("ops.dash.errors"), ck.num(totals.errors)]].map(([label, value]) =>
+      [ck.t("ops.dash.credits_charged"), ck.credits(totals.credits)], [ck.t("ops.dash.errors"), ck.num(totals.errors)],
+      [ck.t("ops.dash.unbilled_tokens"), ck.num(totals.unbilled)], [ck.t("ops.dash.unpaid_credits"), ck.credits(totals.unpaid)]].map(([label, value]) =>
       el("div", { class: "card stat" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }))));
     const start = Math.floor((Date.now() / 1000 - h * 3600) / bucket) * bucket;
     const buckets = [];
