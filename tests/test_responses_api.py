@@ -453,3 +453,19 @@ def test_output_cut_by_max_output_tokens_is_incomplete(world: World, stream: boo
     assert world.mock.received(tag)[-1].body["max_tokens"] == 16
     assert reply.usage.output_tokens == 16
     _assert_billed_exactly(world, t, reply.usage, Decimal(100))
+
+
+@pytest.mark.parametrize("kind", ["native", "chat"])
+def test_a_client_that_hangs_up_on_completed_paid_for_a_complete_call(world: World, kind: str) -> None:
+    """Codex and the SDK's stream helper close the connection once response.completed is in."""
+    model, _ = _served(world, kind)
+    t = world.tenant(credits=100)
+    with world.http.post(world.url + "/v1/responses", json={"model": model, "input": "hi", "stream": True},
+                         headers={"Authorization": f"Bearer {t.key}"}, stream=True, timeout=60) as resp:
+        for line in resp.iter_lines(decode_unicode=True):
+            if line == "event: response.completed":
+                break
+    wait_held_zero(world, t)
+    row = _usage_row(world, t)
+    assert row["status"] == "complete" and row["completion_tokens"] > 0
+    assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"]))

@@ -321,11 +321,13 @@ class Relay:
             closing = tally.closing(usage.prompt, usage.completion)
             if isinstance(tally, ResponsesTally) and prepared.responses is not None and tally.final is not None:
                 await self._keep(prepared.responses, tally.final)
-            if closing is not None:
-                yield closing
+            # Settled before the closing event goes out: clients (Codex, Claude Code, the SDKs'
+            # stream helpers) hang up as soon as they have it, and the call was complete.
             status = "complete"
             credits = await self.billing.settle(_settle(call, usage, status, source, channel_id, sent.unbilled))
             settled = True
+            if closing is not None:
+                yield closing
             yield Outcome(usage.prompt, usage.completion, credits or 0, status)
         except BaseException as exc:
             status = _status_of(exc)
