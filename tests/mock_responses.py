@@ -114,8 +114,9 @@ def events(response: dict[str, Any], pieces: int = 6) -> list[dict[str, Any]]:
     return [{**e, "sequence_number": n} for n, e in enumerate(out)]
 
 
-def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0):  # noqa: ANN201 - a mock Behavior
-    """OpenAI's answer; `content` sets the text it answers."""
+def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0,  # noqa: ANN201 - a mock Behavior
+       usage: dict[str, Any] | None = None):
+    """OpenAI's answer; `content` sets the text it answers, `usage` the usage it reports."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         if not request.headers.get("Authorization", "").startswith("Bearer "):
@@ -125,6 +126,8 @@ def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0):  #
                                                 "type": "invalid_request_error", "param": "previous_response_id",
                                                 "code": "previous_response_not_found"}}, status=400)
         response = answer(body, content)
+        if usage is not None:
+            response["usage"] = usage
         if not body.get("stream"):
             return web.json_response(response)
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -469,3 +469,34 @@ def test_a_client_that_hangs_up_on_completed_paid_for_a_complete_call(world: Wor
     row = _usage_row(world, t)
     assert row["status"] == "complete" and row["completion_tokens"] > 0
     assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"]))
+
+
+@pytest.mark.parametrize("kind,stream", [("native", False), ("native", True), ("chat", True)])
+def test_cached_and_reasoning_tokens_are_charged_at_their_own_prices(world: World, kind: str, stream: bool) -> None:
+    model = world.model(prompt=2, completion=8)
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2, "completion": 8, "cached_prompt": 0.5})
+    settings: dict[str, Any] = {"settings": {"responses_api": "native"}} if kind == "native" else {}
+    _, tag = world.channel([model], **settings)
+    if kind == "native":
+        world.mock.always(tag, mock_responses.ok(usage={
+            "input_tokens": 1000, "input_tokens_details": {"cached_tokens": 600}, "output_tokens": 300,
+            "output_tokens_details": {"reasoning_tokens": 200}, "total_tokens": 1300}))
+    else:
+        world.mock.always(tag, up.ok(usage_override={
+            "prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300,
+            "prompt_tokens_details": {"cached_tokens": 600}, "completion_tokens_details": {"reasoning_tokens": 200}}))
+    t = world.tenant(credits=100)
+    if stream:
+        with t.client.responses.stream(model=model, input="Think, then answer") as s:
+            reply = s.get_final_response()
+    else:
+        reply = t.client.responses.create(model=model, input="Think, then answer")
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (1000, 300)
+    assert reply.usage.input_tokens_details.cached_tokens == 600
+    assert reply.usage.output_tokens_details.reasoning_tokens == 200
+    row = _usage_row(world, t)
+    assert (row["cached_prompt_tokens"], row["reasoning_tokens"], row["unpaid_credits"]) == (600, 200, 0)
+    expected = Decimal("3.5")  # (400 x 2 + 600 x 0.5 + 300 x 8) / 1,000
+    assert Decimal(str(row["credits"])) == expected
+    wait_held_zero(world, t)
+    assert world.balance(t.user_id) == 100 - expected

@@ -37,7 +37,7 @@ from services.inference.payloads import (
 from services.inference.responses import call as responses
 from services.inference.responses.book import ResponseBook
 from services.inference.responses.events import ResponsesTally
-from services.inference.responses.reply import output_texts, usage_details, usage_object
+from services.inference.responses.reply import output_texts, usage_object
 from services.inference.tokens import count_choices_text
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
@@ -226,7 +226,7 @@ class Relay:
         credits = await self.billing.settle(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
-            response["usage"] = usage_object(usage[0], usage[1], *usage_details(obj.get("usage")))
+            response["usage"] = usage_object(usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
             await self._keep(prepared.responses, response)
             return Reply(dumps(response), usage[0], usage[1], credits or 0)
         reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage,
