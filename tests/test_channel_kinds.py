@@ -312,7 +312,7 @@ def test_azure_tool_round_trip(world: World, tenant: Tenant, stream: bool) -> No
         tc = first.choices[0].message.tool_calls[0]
         call, finish = {"id": tc.id, "name": tc.function.name, "arguments": tc.function.arguments}, \
             first.choices[0].finish_reason
-    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"query": "Weather in Oslo?"}
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Oslo"}
     assert finish == "tool_calls"
     messages += [{"role": "assistant", "content": None, "tool_calls": [
                      {"id": call["id"], "type": "function", "function": {"name": call["name"],

@@ -154,9 +154,10 @@ def test_tools_round_trip(world: World, tenant) -> None:
 
 def test_streamed_tool_call_deltas_in_order(world: World, tenant) -> None:
     model, _ = world.served_model()
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
     chunks = list(tenant.client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "find it"}], tools=tools, stream=True))
+        model=model, messages=[{"role": "user", "content": "lookup: find it"}], tools=tools, stream=True))
     args = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
                    for c in chunks if c.choices and c.choices[0].delta.tool_calls)
-    assert args == '{"query": "find it"}'
+    assert args == '{"query": "lookup: find it"}'

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from services.demo import tools as demo_tools
 from services.inference import tokens
 
 EMBEDDING_DIMENSIONS = 1536
@@ -43,20 +44,20 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 
 
 def chat_answer(body: dict[str, Any]) -> dict[str, Any]:
-    """The assistant message: a tool call when tools are offered and no tool result came back yet."""
+    """The assistant message: a tool's result answered; a call when the prompt asks for what a
+    tool offers (services/demo/tools.py); else the prompt said back."""
     messages = body.get("messages") or []
-    tools = body.get("tools") or []
     last_role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else "user"
-    if tools and body.get("tool_choice") != "none" and last_role != "tool":
-        fn = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
-        return {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_" + hashlib.sha1(json.dumps(messages).encode()).hexdigest()[:24],
-            "type": "function",
-            "function": {"name": fn.get("name", "tool"), "arguments": json.dumps({"query": _last_user_text(messages)})},
-        }]}
     if last_role == "tool":
         return {"role": "assistant", "content": f"The tool said: {messages[-1].get('content', '')}"}
     said = _last_user_text(messages)
+    fn = demo_tools.choose(body.get("tools"), body.get("tool_choice"), said)
+    if fn is not None:
+        return {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_" + hashlib.sha1(json.dumps(messages).encode()).hexdigest()[:24],
+            "type": "function",
+            "function": {"name": fn["name"], "arguments": json.dumps(demo_tools.arguments(fn.get("parameters"), said))},
+        }]}
     return {"role": "assistant", "content": f"This is a test! You said: {said}" if said else "This is a test!"}
 
 
