@@ -99,7 +99,8 @@ class Chatkore(Target):
         apply_all(self.database_url)
         self.stack = Stack(database_url=self.database_url, admin_key="ck-admin-" + secrets.token_hex(16),
                            secret_key=secrets.token_hex(16), log_dir=log_dir / "chatkore",
-                           env_extra={"CHATKORE_LOG_LEVEL": os.environ.get("CHATKORE_LOG_LEVEL", "INFO")})
+                           env_extra={"CHATKORE_LOG_LEVEL": os.environ.get("CHATKORE_LOG_LEVEL", "INFO"),
+                                      "CHATKORE_UPSTREAM_ALLOW": "127.0.0.1"})  # the bench's mock upstream
         self.stack.start()
         names = ["edge", "auth", "billing", "inference"]
         members = {n: [self.stack.procs[n].pid] for n in names}

@@ -33,6 +33,8 @@ TEST_ENV = {
     # per-address brute-force guard is tested on its own stack (tests/hostile).
     "CHATKORE_AUTH_FAILURES_PER_MIN": "1000",
     "CHATKORE_SIGNUPS_PER_HOUR": "0",  # every test signs up from 127.0.0.1
+    # The scripted upstreams all listen on 127.0.0.1, each test's on a port of its own.
+    "CHATKORE_UPSTREAM_ALLOW": "127.0.0.1",
 }
 
 

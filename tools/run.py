@@ -90,7 +90,12 @@ def main() -> int:
     secret_key = _secret(data / "secret_key", "CHATKORE_SECRET_KEY", "")
     apply_all(database_url)
 
+    # The bundled demo upstream listens on loopback: inference may reach it, and what else the
+    # operator lists (an upstream on the LAN, a local model server).
+    demo_port = int(os.environ.get("CHATKORE_DEMO_PORT", "8090"))
+    allow = ", ".join(filter(None, [os.environ.get("CHATKORE_UPSTREAM_ALLOW", "").strip(), f"127.0.0.1:{demo_port}"]))
     stack = Stack(database_url=database_url, admin_key=admin_key, secret_key=secret_key, log_dir=data / "logs",
+                  env_extra={"CHATKORE_UPSTREAM_ALLOW": allow},
                   pki_dir=data / "pki",
                   http_port=int(os.environ.get("CHATKORE_HTTP_PORT", "8080")),
                   ports={"auth": 50051, "billing": 50052, "inference": 50053})
@@ -102,7 +107,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stack.start()
-        serving = _channels(stack, int(os.environ.get("CHATKORE_DEMO_PORT", "8090")))
+        serving = _channels(stack, demo_port)
         demo_key = _demo_key(stack, data / "demo_key.json")
         if "demo-upstream" in stack.procs:
             demo_models = f"http://127.0.0.1:{os.environ.get('CHATKORE_DEMO_PORT', '8090')}/v1/models"

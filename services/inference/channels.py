@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.config import Secret
 from services.inference import store
 from services.inference.adapters import ADAPTERS
+from services.inference.destinations import DestinationPolicy
 from services.inference.errors import InvalidRequest, ModelNotFound, NoAvailableChannel, NotFound
 from services.inference.payloads import Endpoint
 from services.inference.secretbox import SecretBox, mask
@@ -83,9 +85,10 @@ class Attempt:
 
 class ChannelBook:
     def __init__(self, pool: AsyncConnectionPool, box: SecretBox, *, cooldown_s: float, failure_threshold: int,
-                 refresh_s: float = 0.5) -> None:
+                 destinations: DestinationPolicy, refresh_s: float = 0.5) -> None:
         self._pool = pool
         self._box = box
+        self._destinations = destinations
         self._cooldown_s = cooldown_s
         self._threshold = max(1, failure_threshold)
         self._refresh_s = refresh_s
@@ -287,6 +290,9 @@ class ChannelBook:
             if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
                 raise InvalidRequest("'base_url' must be an http(s) URL such as https://api.openai.com/v1",
                                      param="base_url")
+            refusal = self._refusal(parts)
+            if refusal:
+                raise InvalidRequest(f"'base_url' is not allowed: {refusal}", param="base_url")
             out["base_url"] = url
         if "api_key" in values or not partial:
             key = str(values.get("api_key") or "")
@@ -329,6 +335,20 @@ class ChannelBook:
             out["settings"] = settings
         return out
 
+    def _refusal(self, parts: SplitResult) -> str | None:
+        """A base_url naming an address the policy refuses is refused at once; a host name is
+        checked on every connection, on what it resolves to then."""
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return "its port is not a number from 1 to 65535"
+        host = parts.hostname or ""
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None if host else "it names no host"
+        return self._destinations.refusal(host, port)
+
     async def create(self, values: dict[str, Any]) -> ChannelRow:
         row_values = self._validate(values, partial=False)
         async with self._pool.connection() as conn:
@@ -345,7 +365,7 @@ class ChannelBook:
             values = {**values, "_current_type": current.type}
         row_values = self._validate(values, partial=True)
         async with self._pool.connection() as conn:
-            row = await store.update_channel(conn, channel_id, row_values)
+            row = await store.update_channel(conn, channel_id, row_values, no_key=self._box.seal(""))
         if row is None:
             raise NotFound(f"No channel with id {channel_id}")
         await self.reload()

@@ -16,6 +16,7 @@ from services.common.config import (
 )
 from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
+from services.inference.destinations import ALLOW_VAR, DestinationPolicy
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class InferenceConfig:
     health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
     billing_addr: str
     upstream_timeout_s: float  # read timeout per upstream call, unless a channel sets its own
+    destinations: DestinationPolicy  # which non-public addresses channels may reach
     max_stream_s: float        # a stream longer than this is cut (an endless upstream)
     cooldown_s: float          # how long a failing channel sits out before a probe
     failure_threshold: int     # consecutive failures that start a cool-down
@@ -48,6 +50,7 @@ class InferenceConfig:
             health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             upstream_timeout_s=env_float("CHATKORE_UPSTREAM_TIMEOUT_S", 180.0),
+            destinations=DestinationPolicy.parse(env_optional(ALLOW_VAR) or ""),
             max_stream_s=env_float("CHATKORE_MAX_STREAM_S", 600.0),
             cooldown_s=env_float("CHATKORE_CHANNEL_COOLDOWN_S", 30.0),
             failure_threshold=env_int("CHATKORE_CHANNEL_FAILURES", 3),

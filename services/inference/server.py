@@ -20,9 +20,9 @@ async def serve(cfg: InferenceConfig) -> None:
     tokens.encoding("o200k_base")
     pool = await db.open_pool(cfg.database_url.reveal(), name="inference", max_size=cfg.pool_size)
     book = ChannelBook(pool, SecretBox(cfg.secret_key), cooldown_s=cfg.cooldown_s,
-                       failure_threshold=cfg.failure_threshold)
+                       failure_threshold=cfg.failure_threshold, destinations=cfg.destinations)
     await book.start()
-    upstream = Upstream(cfg.upstream_timeout_s)
+    upstream = Upstream(cfg.upstream_timeout_s, cfg.destinations)
     await upstream.start()
     billing = BillingPeer(cfg.billing_addr, cfg.tls, cfg.settle_retry_s)
     responses = ResponseBook(pool)

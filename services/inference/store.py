@@ -63,17 +63,32 @@ async def insert_channel(conn: AsyncConnection, values: dict[str, Any]) -> Chann
     return ChannelRow(*await cur.fetchone())
 
 
-async def update_channel(conn: AsyncConnection, channel_id: int, values: dict[str, Any]) -> ChannelRow | None:
+async def update_channel(conn: AsyncConnection, channel_id: int, values: dict[str, Any],
+                         no_key: bytes) -> ChannelRow | None:
+    """Apply a partial update. A new `base_url` or `type` without a new key replaces the stored key
+    by `no_key` (the empty key, sealed): a key is never sent to a destination it was not entered for.
+    Decided in the one statement, so a concurrent update cannot slip a key past it."""
     # Every column is always written: the ones not being changed keep their value
     # through COALESCE on a NULL parameter, so the statement text never varies.
     params = {k: _param(k, values[k]) if k in values else None for k in UPDATABLE}
     params["id"] = channel_id
+    params["no_key"] = no_key
     cur = await conn.execute(
         f"""
         UPDATE channels SET
             name = COALESCE(%(name)s, name), type = COALESCE(%(type)s, type),
-            base_url = COALESCE(%(base_url)s, base_url), api_key_enc = COALESCE(%(api_key_enc)s, api_key_enc),
-            key_hint = COALESCE(%(key_hint)s, key_hint), models = COALESCE(%(models)s, models),
+            base_url = COALESCE(%(base_url)s, base_url),
+            api_key_enc = CASE
+                WHEN %(api_key_enc)s::bytea IS NOT NULL THEN %(api_key_enc)s::bytea
+                WHEN %(base_url)s::text IS DISTINCT FROM NULL AND %(base_url)s::text <> base_url
+                     OR %(type)s::text IS DISTINCT FROM NULL AND %(type)s::text <> type THEN %(no_key)s::bytea
+                ELSE api_key_enc END,
+            key_hint = CASE
+                WHEN %(key_hint)s::text IS NOT NULL THEN %(key_hint)s::text
+                WHEN %(base_url)s::text IS DISTINCT FROM NULL AND %(base_url)s::text <> base_url
+                     OR %(type)s::text IS DISTINCT FROM NULL AND %(type)s::text <> type THEN ''
+                ELSE key_hint END,
+            models = COALESCE(%(models)s, models),
             model_map = COALESCE(%(model_map)s, model_map), priority = COALESCE(%(priority)s, priority),
             weight = COALESCE(%(weight)s, weight), enabled = COALESCE(%(enabled)s, enabled),
             settings = COALESCE(%(settings)s, settings), updated_at = now()

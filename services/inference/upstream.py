@@ -9,6 +9,7 @@ import aiohttp
 from services.common import jsoncodec, metrics, telemetry
 from services.inference.adapters import Exchange
 from services.inference.channels import Channel
+from services.inference.destinations import DestinationPolicy, RefusedDestination
 from services.inference.failures import Failure, UpstreamError
 
 __all__ = ["Failure", "Upstream", "UpstreamError"]
@@ -34,12 +35,16 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
 class Upstream:
     """One pooled HTTP client for every channel of this process."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, destinations: DestinationPolicy) -> None:
         self.timeout_s = timeout_s
+        self._destinations = destinations
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=True)
+        # Every connection is checked on the address it opens to (services/inference/destinations.py);
+        # redirects are never followed (allow_redirects=False on every call).
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=True,
+                                         socket_factory=self._destinations.socket_factory)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
                                               trace_configs=telemetry.http_client_trace_configs())
 
@@ -63,6 +68,8 @@ class Upstream:
         except TimeoutError:
             raise UpstreamError(Failure.TIMEOUT, "upstream did not answer in time") from None
         except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(getattr(exc, "os_error", None), RefusedDestination):
+                raise UpstreamError(Failure.CONNECT, f"upstream refused: {exc.os_error}") from None
             raise UpstreamError(Failure.CONNECT, f"upstream unreachable: {type(exc).__name__}") from None
         if resp.status != 200:
             try:
