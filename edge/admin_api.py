@@ -12,7 +12,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
-from edge import sessions
+from edge import audit, sessions
 from edge.authn import bearer, client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
@@ -30,8 +30,9 @@ def admin(handler: Handler) -> Handler:
     """Only the admin key passes, or the console session of an operator (with its CSRF token)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
+        operator = None
         if "Authorization" not in request.headers and sessions.has_session(request):
-            await sessions.operator(request)
+            operator = await sessions.operator(request)
         else:
             address = client_ip(request)
             guard = request.app[GUARD]
@@ -43,7 +44,15 @@ def admin(handler: Handler) -> Handler:
                 if reason_of(exc) == "PERMISSION_DENIED":
                     await guard.failed(address)
                 raise
-        return await handler(request)
+        # Past the guard, every change is recorded with the status it was answered with.
+        actor = audit.actor_of(request, operator)
+        try:
+            response = await handler(request)
+        except (Exception, asyncio.CancelledError) as exc:
+            await audit.record(request, actor, audit.status_of(exc))
+            raise
+        await audit.record(request, actor, response.status)
+        return response
 
     return guarded
 
@@ -332,3 +341,14 @@ async def verify_ledger(request: web.Request) -> web.Response:
     return json_response({"ok": report.ok, "entries": report.entries, "ledger_sum": report.ledger_sum,
                           "open_holds": report.open_holds, "users": report.users,
                           "problems": list(report.problems)})
+
+
+@admin
+async def audit_log(request: web.Request) -> web.Response:
+    """The audit log, newest first: `limit` (default 100, at most 500), `before` an entry id to page back."""
+    reply = await request.app[PEERS].auth.ListAudit(
+        auth_pb2.ListAuditRequest(limit=_query_int(request, "limit", INT32_MAX),
+                                  before_id=_query_int(request, "before")), timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [
+        {"id": e.id, "created": e.at, "actor": e.actor, "action": e.action, "target": e.target, "status": e.status,
+         "address": e.address, "details": json.loads(e.details_json or "{}")} for e in reply.entries]})

@@ -52,6 +52,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/admin/v1/redeem-codes", admin.create_redeem_codes)
     r.add_get("/admin/v1/ledger/verify", admin.verify_ledger)
     r.add_get("/admin/v1/runtime", admin.runtime)
+    r.add_get("/admin/v1/audit", admin.audit_log)
 
     # Admin API for the operator pages (same guard; an operator's session also passes).
     r.add_get("/admin/v1/users", operator.search_users)

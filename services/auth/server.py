@@ -5,6 +5,7 @@ import asyncio
 
 from chatkore.v1 import auth_pb2_grpc
 from services.auth.accounts import Accounts
+from services.auth.audit import AuditLog
 from services.auth.billing_peer import BillingPeer
 from services.auth.config import AuthConfig
 from services.auth.keys import Keys
@@ -17,12 +18,13 @@ async def serve(cfg: AuthConfig) -> None:
     keys = Keys(pool, cfg.admin_key)
     billing = BillingPeer(cfg.billing_addr, cfg.tls)
     accounts = Accounts(pool, billing, cfg.session_ttl_s)
+    servicer = AuthServicer(keys, accounts, AuditLog(pool))
     pruner = asyncio.create_task(keys.prune_changes_forever())
     try:
         await grpcserver.serve(
             name="auth",
             listen=cfg.listen,
-            register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(keys, accounts), server),
+            register=lambda server: auth_pb2_grpc.add_AuthServicer_to_server(servicer, server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,

@@ -1,12 +1,15 @@
 """Auth's gRPC face: protobuf in, a call on Keys or Accounts, protobuf out."""
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from chatkore.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, Session
+from services.auth.audit import AuditLog
 from services.auth.keys import Keys, KeySpec
-from services.auth.store import AccountRow, KeyRow
+from services.auth.store import AccountRow, AuditRow, KeyRow
 
 
 def _info(k: KeyRow) -> auth_pb2.KeyInfo:
@@ -26,10 +29,26 @@ def _session(s: Session) -> auth_pb2.Session:
                             expires_at=s.expires_at)
 
 
+def _audit(a: AuditRow) -> auth_pb2.AuditEntry:
+    return auth_pb2.AuditEntry(id=a.id, at=a.at, actor=a.actor, action=a.action, target=a.target, status=a.status,
+                               address=a.address, details_json=json.dumps(a.details, separators=(",", ":")))
+
+
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, keys: Keys, accounts: Accounts) -> None:
+    def __init__(self, keys: Keys, accounts: Accounts, audit: AuditLog) -> None:
         self.keys = keys
         self.accounts = accounts
+        self.audit = audit
+
+    async def RecordAudit(self, request: auth_pb2.AuditEntry,
+                          context: grpc.aio.ServicerContext) -> auth_pb2.AuditEntry:
+        return _audit(await self.audit.record(actor=request.actor, action=request.action, target=request.target,
+                                              status=request.status, address=request.address,
+                                              details_json=request.details_json))
+
+    async def ListAudit(self, request: auth_pb2.ListAuditRequest,
+                        context: grpc.aio.ServicerContext) -> auth_pb2.AuditList:
+        return auth_pb2.AuditList(entries=[_audit(a) for a in await self.audit.list(request.limit, request.before_id)])
 
     async def Authenticate(self, request: auth_pb2.AuthenticateRequest,
                            context: grpc.aio.ServicerContext) -> auth_pb2.KeyInfo:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 
 @dataclass(frozen=True)
@@ -273,3 +275,40 @@ async def key_feed_bounds(conn: AsyncConnection) -> tuple[int, int]:
 
 async def prune_key_changes(conn: AsyncConnection, keep_s: int) -> None:
     await conn.execute("DELETE FROM key_changes WHERE at < now() - make_interval(secs => %s)", (keep_s,))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: int
+    actor: str
+    action: str
+    target: str
+    status: int
+    address: str
+    details: dict[str, Any]
+
+
+_AUDIT_COLUMNS = "id, extract(epoch FROM at)::bigint, actor, action, target, status, address, details"
+
+
+async def insert_audit(conn: AsyncConnection, *, actor: str, action: str, target: str, status: int, address: str,
+                       details: dict[str, Any]) -> AuditRow:
+    cur = await conn.execute(
+        f"""
+        INSERT INTO audit_log (actor, action, target, status, address, details)
+        VALUES (%s, %s, %s, %s, %s, %s)
+        RETURNING {_AUDIT_COLUMNS}
+        """,
+        (actor, action, target, status, address, Jsonb(details)),
+    )
+    return AuditRow(*await cur.fetchone())
+
+
+async def list_audit(conn: AsyncConnection, limit: int, before_id: int) -> list[AuditRow]:
+    cur = await conn.execute(
+        f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE (%(before)s = 0 OR id < %(before)s)"
+        " ORDER BY id DESC LIMIT %(limit)s",
+        {"before": before_id, "limit": limit},
+    )
+    return [AuditRow(*row) for row in await cur.fetchall()]
