@@ -347,8 +347,8 @@ async def verify_ledger(request: web.Request) -> web.Response:
 async def audit_log(request: web.Request) -> web.Response:
     """The audit log, newest first: `limit` (default 100, at most 500), `before` an entry id to page back."""
     reply = await request.app[PEERS].auth.ListAudit(
-        auth_pb2.ListAuditRequest(limit=_query_int(request, "limit", INT32_MAX),
-                                  before_id=_query_int(request, "before")), timeout=RPC_TIMEOUT_S)
+        auth_pb2.ListAuditRequest(limit=query_int(request, "limit", INT32_MAX),
+                                  before_id=query_int(request, "before")), timeout=RPC_TIMEOUT_S)
     return json_response({"data": [
         {"id": e.id, "created": e.at, "actor": e.actor, "action": e.action, "target": e.target, "status": e.status,
          "address": e.address, "details": json.loads(e.details_json or "{}")} for e in reply.entries]})

@@ -19,6 +19,7 @@ from aiohttp import web
 from chatkore.v1 import auth_pb2
 from edge.authn import client_ip
 from edge.errors import OpenAIError, from_rpc
+from edge.inputs import AUDITED_BODY
 from edge.state import PEERS
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,9 @@ def details(body: Any) -> dict[str, Any]:
     return {"fields": names, "values": shown} if shown else {"fields": names}
 
 
-async def _body(request: web.Request) -> Any:
-    if not request.body_exists:
-        return None
-    try:
-        raw = await request.read()  # what the handler read (aiohttp keeps it), within the same size limit
-        return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError, RecursionError, web.HTTPException, OSError):
-        return None
+def _body(request: web.Request) -> Any:
+    """The object the handler parsed (edge/inputs.py json_body); None when it read none."""
+    return request.get(AUDITED_BODY)
 
 
 def actor_of(request: web.Request, operator: auth_pb2.Session | None) -> str:
@@ -105,7 +101,7 @@ async def record(request: web.Request, actor: str, status: int) -> None:
     target = next(iter(request.match_info.values()), "")
     entry = auth_pb2.AuditEntry(actor=actor, action=action, target=str(target)[:200], status=status,
                                 address=client_ip(request) or "",
-                                details_json=json.dumps(details(await _body(request)), separators=(",", ":")))
+                                details_json=json.dumps(details(_body(request)), separators=(",", ":"), default=str))
     try:
         await request.app[PEERS].auth.RecordAudit(entry, timeout=5)
     except grpc.aio.AioRpcError as exc:

@@ -23,6 +23,9 @@ from edge.limits import Limits, check_shape
 from edge.state import CONFIG
 from services.common import jsoncodec
 
+# The request key under which json_body leaves the object it parsed, for the audit log.
+AUDITED_BODY = "audited_body"
+
 H = TypeVar("H", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 
 # Routes whose bodies are prompts (any size up to CHATKORE_MAX_BODY_MB); every other route's is small.
@@ -172,6 +175,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     check_shape(body, limits, text=True)
+    request[AUDITED_BODY] = body  # what an admin change's audit entry names (edge/audit.py)
     return body
 
 

@@ -40,6 +40,7 @@ CALLERS: dict[str, frozenset[str]] = {
     # Holds and charges are placed only by the service that relays the call upstream.
     "/chatkore.v1.Billing/Reserve": frozenset({"inference"}),
     "/chatkore.v1.Billing/Settle": frozenset({"inference"}),
+    "/chatkore.v1.Billing/KeepAlive": frozenset({"inference"}),
     **{f"/chatkore.v1.Inference/{m}": _EDGE for m in (
         "Relay", "RelayStream", "ListModels", "CreateChannel", "ListChannels", "UpdateChannel",
         "DeleteChannel", "TestChannel", "GetStats", "GetResponse", "DeleteResponse", "ListInputItems",
