@@ -79,7 +79,9 @@ def test_sweeper_releases_dead_holds_and_a_late_settle_still_charges(fault_world
     assert first.charged == (10 * 1_500_000 + 10 * 2_000_000) // 1000 and first.unpaid == 0
     assert billing.Settle(settle).charged == first.charged  # idempotent
     assert w.balance(uid) * 1_000_000 == 10_000_000 - first.charged
-    row = billing.ListUsage(billing_pb2.ListUsageRequest(request_id=rid)).rows[0]
+    # Reading usage is the edge's call (services/common/mtls.py), not inference's.
+    as_edge = billing_pb2_grpc.BillingStub(w.stack.grpc_channel("billing", "edge"))
+    row = as_edge.ListUsage(billing_pb2.ListUsageRequest(request_id=rid)).rows[0]
     assert row.late and row.status == "complete" and row.credits == first.charged
     assert w.verify()["ok"]
 
