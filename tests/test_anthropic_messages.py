@@ -9,6 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 import requests
+from aiohttp import web
 
 from services.inference import messages as dialect
 from tests import mock_anthropic
@@ -245,3 +246,45 @@ def test_models_in_anthropic_shape(world: World, tenant: Tenant) -> None:
     assert model in ids and all(m.type == "model" and m.created_at for m in page.data)
     plain = requests.get(world.url + "/v1/models", headers={"Authorization": f"Bearer {tenant.key}"}, timeout=30)
     assert plain.json()["object"] == "list" and "has_more" not in plain.json()
+
+
+CACHED = {"input_tokens": 100, "cache_read_input_tokens": 600, "cache_creation_input_tokens": 300,
+          "output_tokens": 50}
+
+
+async def _cached_usage(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+    """Anthropic's answer, reporting prompt-cache reads and writes."""
+    message = {**mock_anthropic.answer(body), "usage": dict(CACHED)}
+    if not body.get("stream"):
+        return web.json_response(message)
+    events = mock_anthropic.events(message)
+    events[0]["message"]["usage"] = {**CACHED, "output_tokens": 1}
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(mock_anthropic.frame(event))
+    return response
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cache_reads_and_writes_are_priced(world: World, tenant: Tenant, stream: bool) -> None:
+    model, tag = world.served_model(type="anthropic")
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2, "completion": 8, "cached_prompt": 0.5,
+                                                      "cache_write": 2.5})
+    world.mock.always(tag, _cached_usage)
+    client = _client(world, tenant.key)
+    kwargs: dict[str, Any] = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}],
+                              "system": [{"type": "text", "text": "long", "cache_control": {"type": "ephemeral"}}]}
+    if stream:
+        with client.messages.stream(**kwargs) as s:
+            usage = s.get_final_message().usage
+    else:
+        usage = client.messages.create(**kwargs).usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens,
+            usage.output_tokens) == (100, 600, 300, 50)
+    # 100 x 2 + 600 x 0.5 + 300 x 2.5 + 50 x 8, per 1,000
+    expected = Decimal("0.2") + Decimal("0.3") + Decimal("0.75") + Decimal("0.4")
+    [row] = world.usage(tenant.user_id)
+    assert (row["prompt_tokens"], row["cached_prompt_tokens"], row["cache_write_tokens"]) == (1000, 600, 300)
+    assert Decimal(str(row["credits"])) == expected
+    assert world.balance(tenant.user_id) == 100 - expected and world.held(tenant.user_id) == 0
