@@ -125,7 +125,11 @@ def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0,  # 
             return web.json_response({"error": {"message": "Previous response not found.",
                                                 "type": "invalid_request_error", "param": "previous_response_id",
                                                 "code": "previous_response_not_found"}}, status=400)
-        response = answer(body, content)
+        try:
+            response = answer(body, content)
+        except (TypeError, AttributeError, KeyError, ValueError):  # OpenAI validates what this cannot read
+            return web.json_response({"error": {"message": "Invalid input.", "type": "invalid_request_error",
+                                                "param": "input", "code": "invalid_value"}}, status=400)
         if usage is not None:
             response["usage"] = usage
         if not body.get("stream"):

@@ -500,3 +500,55 @@ def test_cached_and_reasoning_tokens_are_charged_at_their_own_prices(world: Worl
     assert Decimal(str(row["credits"])) == expected
     wait_held_zero(world, t)
     assert world.balance(t.user_id) == 100 - expected
+
+
+ODD_BODIES: list[Any] = [
+    {"input": [{"role": "user", "content": 5}]},
+    {"input": [{"role": "user", "content": [{"type": "input_image"}, {"type": "input_file", "file_id": "f"}, 7]}]},
+    {"input": [{"type": "function_call", "arguments": {"not": "a string"}}, {"type": "function_call_output"}]},
+    {"input": [{"type": "function_call_output", "call_id": 3, "output": None}]},
+    {"input": [{"type": "item_reference", "id": "msg_unknown"}]},
+    {"input": [{"type": "message", "role": "wizard", "content": "x"}]},
+    {"input": [{"type": "additional_tools", "tools": "none"}, {"role": "user", "content": "hi"}]},
+    {"input": [{"type": "reasoning", "summary": "x"}, {"role": "user", "content": "hi"}]},
+    {"input": "hi", "tools": [{"type": "namespace", "tools": [{"type": "namespace", "tools": [5]}]}]},
+    {"input": "hi", "tools": [{"type": "custom"}, {"type": "function", "name": "f", "parameters": "x"}]},
+    {"input": "hi", "tool_choice": {"type": "function"}},
+    {"input": "hi", "tool_choice": "sometimes"},
+    {"input": "hi", "text": {"format": {"type": "json_object"}}},
+    {"input": "hi", "text": {"format": "json"}},
+    {"input": "hi", "reasoning": {"effort": "maximal"}},
+    {"input": "hi", "previous_response_id": "resp_" + "x" * 5000},
+    {"input": "hi", "previous_response_id": ""},
+    {"input": "", "instructions": ""},
+    {"input": [], "max_output_tokens": 16},
+    {"input": "hi", "stream": "yes"},
+    {"input": "hi", "store": "no"},
+    {"input": "hi", "metadata": {"k" * 65: "v"}},
+    {"input": "hi", "temperature": 9},
+    {"input": "hi", "include": ["reasoning.encrypted_content"], "truncation": "auto", "service_tier": "auto"},
+    {"input": "\ud800 lone surrogate \u0000 nul"},
+]
+
+
+@pytest.mark.parametrize("kind", ["native", "chat", "anthropic"])
+def test_odd_requests_never_fail_the_server(world: World, kind: str) -> None:
+    model, _ = _served(world, kind)
+    t = world.tenant(credits=100)
+    for body in ODD_BODIES:
+        for stream in (False, True):
+            sent = {"model": model, **body, **({"stream": True} if stream and "stream" not in body else {})}
+            resp = world.http.post(world.url + "/v1/responses", data=json.dumps(sent), timeout=60,
+                                   headers={"Authorization": f"Bearer {t.key}", "Content-Type": "application/json"})
+            assert resp.status_code < 500, (sent, resp.status_code, resp.text[:300])
+            if resp.status_code >= 400:
+                error = resp.json()["error"]
+                assert isinstance(error["message"], str) and error["type"], sent
+            elif not stream:
+                assert resp.json()["status"] in ("completed", "incomplete"), sent
+            else:
+                assert "event: response." in resp.text and "event: error" not in resp.text, sent
+    wait_held_zero(world, t)
+    rows = world.usage(t.user_id)
+    assert world.balance(t.user_id) == 100 - sum(Decimal(str(r["credits"])) for r in rows)
+    assert world.verify()["ok"]
