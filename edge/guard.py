@@ -90,6 +90,11 @@ class SignupLimit:
         if not self._on:
             return
         verdict = await self._limiter.hit(f"signups:{address}", [self._rule])
+        if not verdict.enforced:
+            # API limits fail open when Redis is away (a paying call must not fail for it); a sign-up
+            # carries free credits, so without its limit it is refused until Redis is back.
+            raise OpenAIError(503, "Sign-ups are paused for a moment. Try again shortly.", type="server_error",
+                              code="signups_unavailable", headers={"retry-after": "30"})
         if not verdict.admitted:
             wait = max(1, math.ceil(verdict.windows[0].retry_after_s))
             raise OpenAIError(429, "Too many sign-ups from your address. Try again later.", type="requests",

@@ -51,6 +51,7 @@ class Verdict:
     admitted: bool
     windows: tuple[Window, ...]
     ticket: str            # names this hit's entries, for true_up
+    enforced: bool = True  # False: the shared store (Redis) was unreachable and the hit was admitted unchecked
 
     @property
     def refused(self) -> Window | None:
@@ -265,7 +266,7 @@ class RedisLimiter(Limiter):
             out = await self._hit(keys=keys, args=args)
         except Exception as exc:  # redis-py raises its own ConnectionError/TimeoutError and OSError
             self._unreachable(exc)
-            return Verdict(True, (), ticket)
+            return Verdict(True, (), ticket, enforced=False)
         admitted = bool(int(out[0]))
         windows = tuple(
             _window(rule, int(out[1 + 3 * i]), admitted, int(out[2 + 3 * i]) / 1000, int(out[3 + 3 * i]) / 1000)

@@ -195,6 +195,12 @@ def test_secrets_are_referenced_never_written(overlay: str) -> None:
     assert _env(_containers(deployments["inference"])[0])["CHATKORE_SECRET_KEY"] == {
         "name": "chatkore-secrets", "key": "secret-key"}
     assert "DATABASE_URL" not in _env(_containers(deployments["edge"])[0])
+    if overlay == "production":  # rate limits shared by every edge replica, through a managed Redis
+        assert _env(_containers(deployments["edge"])[0])["REDIS_URL"] == {"name": "chatkore-secrets",
+                                                                            "key": "redis-url"}
+        policies = _docs(overlay, "NetworkPolicy")
+        assert any(_selects(p, "edge") and 6379 in {port["port"] for port in rule["ports"]}
+                   for p in policies.values() for rule in p["spec"].get("egress", []))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -8,7 +8,9 @@ import openai
 import pytest
 import requests
 
+from tests.console import PASSWORD, ConsoleUser
 from tests.world import World
+from tools import redis_server
 from tools.stack import Stack, wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -103,3 +105,27 @@ def test_two_edges_share_the_limit_through_redis(make_stack, mock, redis_servers
         assert _chat(urls[0], t.key, model).status_code == 429  # the edge that took 3 is full too
     finally:
         second.stop()
+
+
+def test_with_redis_down_signups_are_refused_and_api_limits_fail_open(make_stack, mock, tmp_path) -> None:
+    """Sign-ups carry free credits: with REDIS_URL set and Redis away their limit cannot be
+    kept, so they get 503 until it is back. API calls keep flowing, unlimited (README: Rate limits)."""
+    redis = redis_server.start(next(iter(redis_server.binaries().values())), tmp_path / "redis")
+    try:
+        stack = make_stack(env={"REDIS_URL": redis.url, "CHATKORE_SIGNUPS_PER_HOUR": "50"}, name="redis-down")
+        w = World(stack, mock)
+        model, _ = w.served_model()
+        t = w.tenant(rpm=2)
+        ConsoleUser(stack.url).register()  # Redis up: a sign-up passes its limit
+        redis.stop()
+        assert [_chat(stack.url, t.key, model).status_code for _ in range(3)] == [200, 200, 200]  # rpm 2, open
+        late = ConsoleUser(stack.url)
+        refused = late.call("POST", "/api/register", {"email": late.email, "password": PASSWORD})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "signups_unavailable"
+        assert int(refused.headers["retry-after"]) > 0
+        login = late.call("POST", "/api/login", {"email": late.email, "password": PASSWORD})
+        assert login.status_code == 401  # no account was made
+        assert len(w.usage(t.user_id)) == 3
+    finally:
+        if redis.process.poll() is None:
+            redis.stop()
