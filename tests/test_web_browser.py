@@ -412,3 +412,63 @@ def test_home_introduces_and_docs_examples_work_as_written(browser: Browser, wor
                          capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
     assert len(world.usage(tenant.user_id)) == 2
+
+
+def test_sign_up_see_prices_top_up_with_demo_and_review_the_order(browser: Browser, world: World) -> None:
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    email = f"pay{secrets.token_hex(3)}@example.com"
+    page.click("#tab-register")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#auth-submit")
+    expect(page.locator("#balance")).to_have_text("100.00 credits")
+
+    # Pricing, from the top bar: the table, with money beside credits.
+    page.click('.topnav a[href="/pricing"]')
+    row = page.locator('#pricing-body tr[data-model="gpt-3.5-turbo"]')
+    expect(row).to_contain_text("1.50")
+    expect(row).to_contain_text("¥")
+    shoot(page, "pricing")
+
+    # Top up 2 yuan with the demo provider: its page says it is a demo; Pay; the balance rises.
+    page.goto("/console#topup")
+    page.fill("#topup-amount", "2")
+    page.select_option("#topup-provider", "demo")
+    expect(page.locator("#topup-unit")).to_contain_text("280")
+    page.click("#topup-submit")
+    expect(page.locator("#topup-status [data-status]")).to_have_attribute("data-status", "pending")
+    order_id = page.locator("#topup-order [data-order-id]").get_attribute("data-order-id")
+    shoot(page, "console-topup")
+    page.click("#topup-pay")
+    expect(page.locator("#demo-warning")).to_be_visible()
+    shoot(page, "demo-pay")
+    page.click("#demo-pay")
+    expect(page.locator("#demo-status")).to_have_attribute("data-status", "paid")
+    expect(page.locator("#balance")).to_have_text("380.00 credits")
+    page.click("#demo-back")
+    paid = page.locator(f'#orders-body tr[data-order-id="{order_id}"]')
+    expect(paid.locator("[data-status]")).to_have_attribute("data-status", "paid")
+    expect(paid).to_contain_text("280.00")
+    expect(page.locator("#invite-link")).to_contain_text("/console?invite=")
+    shoot(page, "console-orders")
+    phone_shots(browser, ctx, world.url, {"pricing": "/pricing", "console-topup": "/console#topup"})
+    assert world.balance(page.evaluate("ck.me.user_id")) == 380
+
+    # An operator finds the order on the Orders page, marks it for review, sees its notification.
+    world.admin("PUT", f"/admin/v1/users/{page.evaluate('ck.me.user_id')}/role", {"role": "operator"})
+    page.goto("/ops#orders")
+    page.select_option("#orders-provider", "demo")
+    page.select_option("#orders-status", "paid")
+    page.click("#orders-filter button[type=submit]")
+    order = page.locator(f'#ops-orders-body tr[data-order-id="{order_id}"]')
+    expect(order).to_contain_text("2.00 CNY")
+    order.locator('[data-action="review"]').click()
+    expect(page.locator("#orders-message")).to_contain_text(order_id)
+    expect(page.locator(f'#ops-orders-body tr[data-order-id="{order_id}"]')).to_contain_text("under review")
+    page.locator(f'#ops-orders-body tr[data-order-id="{order_id}"] [data-action="notes"]').click()
+    expect(page.locator("#order-notes-body")).to_contain_text("credited")
+    shoot(page, "ops-orders")
+    assert world.admin("GET", "/admin/v1/orders?review=true&provider=demo&limit=500")["data"][0]["id"] == order_id
+    ctx.close()

@@ -1,9 +1,9 @@
-// The operator pages: a dashboard per model, users, channels, prices and redeem codes.
+// The operator pages: a dashboard per model, users, channels, prices, redeem codes and payment orders.
 // Everything here goes through the admin API (/admin/v1), which lets an operator's session in.
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"]];
+const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"], ["orders", "ops.nav.orders"]];
 const COLORS = ["#3b5bdb", "#f08c00", "#2b8a3e", "#c2255c", "#1098ad", "#7048e8", "#5c940d", "#e8590c"];
 let charts = [];
 
@@ -28,7 +28,7 @@ function render() {
   document.getElementById("root").replaceChildren(
     el("nav", { class: "sidenav" }, SECTIONS.map(([s, t]) => el("a", { href: `#${s}`, id: `nav-${s}`, class: s === current ? "active" : "" }, ck.t(t)))),
     content);
-  ({ dashboard, users, channels, prices, codes })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
+  ({ dashboard, users, channels, prices, codes, orders })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
 }
 
 function table(headers, id) {
@@ -301,3 +301,74 @@ async function codes(root) {
 }
 
 start();
+
+// --- payment orders: filter, mark for review, the notifications kept for each ----------------
+
+async function orders(root) {
+  const status = el("select", { id: "orders-status", "aria-label": ck.t("common.status") },
+    ["", "pending", "expired", "paid", "refunded"].map((v) => el("option", { value: v }, v ? ck.t(`topup.status.${v}`) : ck.t("ops.orders.any_status"))));
+  const provider = el("select", { id: "orders-provider", "aria-label": ck.t("topup.pay_with") },
+    ["", "alipay", "stripe", "demo"].map((v) => el("option", { value: v }, v ? ck.t(`topup.provider.${v}`) : ck.t("ops.orders.any_provider"))));
+  const user = el("input", { id: "orders-user", type: "number", min: "1", placeholder: ck.t("ops.orders.user_id"), "aria-label": ck.t("ops.orders.user_id") });
+  const review = el("input", { id: "orders-review", type: "checkbox" });
+  const form = el("form", { class: "row", id: "orders-filter" },
+    el("div", { class: "field" }, status), el("div", { class: "field" }, provider), el("div", { class: "field" }, user),
+    el("label", { class: "field inline-form" }, review, ck.t("ops.orders.review_only")),
+    el("button", { type: "submit", class: "secondary" }, ck.t("ops.orders.filter")));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); fill(); });
+  const message = el("div", { hidden: true, role: "status", id: "orders-message" });
+  const [wrap, body] = table([["topup.time"], ["ops.orders.order"], ["ops.orders.user_id"], ["topup.amount", "num"],
+    ["topup.credits", "num"], ["topup.pay_with"], ["common.status"], ["ops.orders.review"], [""]], "ops-orders-body");
+  wrap.classList.add("orders-wrap");
+  const notes = el("div", { id: "order-notes" });
+  root.append(el("h1", { text: ck.t("ops.nav.orders") }), el("div", { class: "card" }, form, message, wrap), notes);
+
+  async function showNotes(o) {
+    const list = (await ck.api("GET", `/admin/v1/payment-notifications?order_id=${encodeURIComponent(o.id)}&limit=100`)).data;
+    const [nwrap, nbody] = table([["topup.time"], ["topup.pay_with"], ["ops.orders.event"], ["ops.orders.verdict"], ["ops.orders.reason"]], "order-notes-body");
+    if (!list.length) nbody.append(el("tr", {}, el("td", { class: "empty", colspan: "5", text: ck.t("ops.orders.no_notes") })));
+    for (const n of list) {
+      nbody.append(el("tr", {}, el("td", { text: ck.when(n.received) }), el("td", { text: n.provider }), el("td", { class: "mono", text: n.event }),
+        el("td", {}, el("span", { class: n.verdict === "credited" ? "badge ok" : n.verdict === "refused" ? "badge bad" : "badge warn", text: n.verdict })),
+        el("td", { class: "wrap", text: n.reason })));
+    }
+    ck.label(nbody);
+    notes.replaceChildren(el("div", { class: "card" }, el("h2", {}, ck.t("ops.orders.notes_of"), " ", el("code", { text: o.id })), nwrap));
+  }
+
+  async function fill() {
+    const q = new URLSearchParams({ limit: "200" });
+    if (status.value) q.set("status", status.value);
+    if (provider.value) q.set("provider", provider.value);
+    if (user.value) q.set("user_id", user.value);
+    if (review.checked) q.set("review", "true");
+    let list;
+    try {
+      list = (await ck.api("GET", `/admin/v1/orders?${q}`)).data;
+    } catch (e) { flash(message, false, e.message); return; }
+    body.replaceChildren();
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "9", text: ck.t("topup.none") })));
+    for (const o of list) {
+      const mark = el("button", { class: o.review ? "secondary small" : "danger small", "data-action": "review" },
+        ck.t(o.review ? "ops.orders.clear_review" : "ops.orders.mark_review"));
+      mark.addEventListener("click", async () => {
+        try {
+          const note = o.review ? "" : ck.t("ops.orders.marked_by_operator");
+          await ck.api("PATCH", `/admin/v1/orders/${o.id}`, { review: !o.review, note });
+          flash(message, true, ck.t(o.review ? "ops.orders.cleared" : "ops.orders.marked", { id: o.id }));
+          await fill();
+        } catch (e) { flash(message, false, e.message); }
+      });
+      const show = el("button", { class: "secondary small", "data-action": "notes", onclick: () => showNotes(o) }, ck.t("ops.orders.notes"));
+      body.append(el("tr", { "data-order-id": o.id },
+        el("td", { text: ck.when(o.created) }), el("td", { class: "mono", text: o.id }), el("td", { text: String(o.user_id) }),
+        el("td", { class: "num", text: `${o.amount.toFixed(2)} ${o.currency}` }), el("td", { class: "num", text: ck.credits(o.credits) }),
+        el("td", { class: "mono", text: o.provider }),
+        el("td", {}, el("span", { class: o.status === "paid" ? "badge ok" : o.status === "pending" ? "badge warn" : "badge bad", text: ck.t(`topup.status.${o.status}`) })),
+        el("td", {}, o.review ? el("span", { class: "badge bad", title: o.review_note, text: ck.t("ops.orders.under_review") }) : "—"),
+        el("td", {}, el("div", { class: "actions" }, show, mark))));
+    }
+    ck.label(body);
+  }
+  await fill();
+}
