@@ -26,10 +26,8 @@ RPC_TIMEOUT_S = 15
 
 
 def _price_row(p: billing_pb2.Price) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": p.model, "prompt": from_micro(p.prompt), "completion": from_micro(p.completion)}
-    cached = getattr(p, "cached_prompt", None)  # once the price list carries cached-prompt prices
-    if cached is not None:
-        row["cached_prompt"] = from_micro(cached)
+    row: dict[str, Any] = {"model": p.model, "prompt": from_micro(p.prompt), "completion": from_micro(p.completion),
+                           "cached_prompt": from_micro(p.cached_prompt)}  # the rate in force (it may follow prompt)
     row["min_charge"] = from_micro(p.min_charge)
     if p.max_output_tokens:
         row["max_output"] = p.max_output_tokens

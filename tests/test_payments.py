@@ -24,6 +24,7 @@ def test_pricing_is_public_and_lists_only_served_models(world: World) -> None:
     assert rows[served]["prompt"] == 0.25 and rows[served]["completion"] == 1.125
     assert rows[served]["min_charge"] == 0.5 and rows[served]["unit"] == "credits per 1K tokens"
     assert rows["gpt-3.5-turbo"]["prompt"] == 1.5 and rows["gpt-3.5-turbo"]["max_output"] == 4096
+    assert rows[served]["cached_prompt"] == rows[served]["prompt"]  # no cache price set: cache reads cost as prompt
     assert rows["text-embedding-ada-002"]["min_charge"] == 4 and "max_output" not in rows["text-embedding-ada-002"]
     assert Decimal(str(body["credits_per_cny"])) == 140 and Decimal(str(body["credits_per_usd"])) == 1000
 
