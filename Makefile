@@ -7,6 +7,7 @@ PROTOS := $(wildcard protos/chatkore/v1/*.proto)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 WEB := edge/web
 WEB_STAMP := $(WEB)/node_modules/.installed
+CODEX_STAMP := tests/codex/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
 CHECKOV := $(VENV)/checkov/.installed-$(shell cksum < requirements-checkov.txt | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
@@ -16,7 +17,7 @@ export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 	$(PY) -m tools.run
 
-test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) browser $(CHECKOV)
+test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) $(CODEX_STAMP) browser $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # PEER=litellm adds LiteLLM's proxy to the same rounds; SOAK=1 runs the 10-minute soak instead;
@@ -60,6 +61,12 @@ web: $(WEB_STAMP)
 $(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
 	@command -v npm >/dev/null || { echo "chatkore's web pages need npm (Debian: apt-get install npm)"; exit 1; }
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# OpenAI's Codex CLI (a native binary per platform), pinned by its lock file, for tests/test_codex_cli.py.
+$(CODEX_STAMP): tests/codex/package.json tests/codex/package-lock.json
+	@command -v npm >/dev/null || { echo "the Codex CLI test needs npm (Debian: apt-get install npm)"; exit 1; }
+	cd tests/codex && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Debian's chromium for the browser tests (Playwright drives it; its own download is not used).
