@@ -227,6 +227,31 @@ async def delete_channel(request: web.Request) -> web.Response:
 
 
 @admin
+async def set_alias(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    target = body.get("target")
+    if not isinstance(target, str) or not target:
+        raise invalid("Missing required parameter: 'target' (the model this name stands for).", "target",
+                      "missing_required_parameter")
+    alias = await request.app[PEERS].inference.SetAlias(
+        inference_pb2.ModelAlias(name=request.match_info["name"], target=target), timeout=RPC_TIMEOUT_S)
+    return json_response({"name": alias.name, "target": alias.target})
+
+
+@admin
+async def list_aliases(request: web.Request) -> web.Response:
+    reply = await request.app[PEERS].inference.ListAliases(inference_pb2.ListAliasesRequest(), timeout=RPC_TIMEOUT_S)
+    return json_response({"data": [{"name": a.name, "target": a.target} for a in reply.aliases]})
+
+
+@admin
+async def delete_alias(request: web.Request) -> web.Response:
+    await request.app[PEERS].inference.DeleteAlias(inference_pb2.DeleteAliasRequest(name=request.match_info["name"]),
+                                                   timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)
+
+
+@admin
 async def test_channel(request: web.Request) -> web.Response:
     body = await json_body(request)
     result = await request.app[PEERS].inference.TestChannel(

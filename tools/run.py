@@ -20,6 +20,12 @@ from tools.stack import Stack, wait_until
 DEMO_CHANNEL = "chatkore-demo"
 OPENAI_MODELS = ["gpt-3.5-turbo", "gpt-3.5-turbo-0613", "gpt-3.5-turbo-16k", "gpt-3.5-turbo-16k-0613",
                  "gpt-3.5-turbo-instruct", "gpt-4", "gpt-4-0613", "gpt-4o", "gpt-4o-mini", "text-embedding-ada-002"]
+# Names OpenAI has retired that the seed's users still send: on a first-start OpenAI channel they
+# are aliases of current models (PUT /admin/v1/aliases/{name} changes them).
+RETIRED = {"gpt-3.5-turbo-0301": "gpt-3.5-turbo", "gpt-3.5-turbo-0613": "gpt-3.5-turbo",
+           "gpt-3.5-turbo-16k": "gpt-3.5-turbo", "gpt-3.5-turbo-16k-0613": "gpt-3.5-turbo",
+           "gpt-4-0314": "gpt-4o", "gpt-4-0613": "gpt-4o", "gpt-4-32k": "gpt-4o", "gpt-4-32k-0613": "gpt-4o",
+           "text-davinci-003": "gpt-3.5-turbo-instruct"}
 
 
 def _secret(path: Path, env_name: str, prefix: str) -> str:
@@ -64,7 +70,9 @@ def _channels(stack: Stack, demo_port: int) -> str:
             base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
             stack.admin("POST", "/admin/v1/channels", {"name": "openai", "base_url": base,
                                                        "api_key": os.environ["OPENAI_API_KEY"],
-                                                       "models": OPENAI_MODELS})
+                                                       "models": [m for m in OPENAI_MODELS if m not in RETIRED]})
+            for name, target in RETIRED.items():
+                stack.admin("PUT", f"/admin/v1/aliases/{name}", {"target": target})
             return f"channel: OpenAI at {base}"
         stack.admin("POST", "/admin/v1/channels", {"name": DEMO_CHANNEL, "base_url": demo_url, "api_key": "",
                                                    "models": OPENAI_MODELS})

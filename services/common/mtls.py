@@ -44,7 +44,7 @@ CALLERS: dict[str, frozenset[str]] = {
     **{f"/chatkore.v1.Inference/{m}": _EDGE for m in (
         "Relay", "RelayStream", "ListModels", "CreateChannel", "ListChannels", "UpdateChannel",
         "DeleteChannel", "TestChannel", "GetStats", "GetResponse", "DeleteResponse", "ListInputItems",
-        "CountTokens")},
+        "CountTokens", "SetAlias", "ListAliases", "DeleteAlias")},
 }
 # Health answers anyone, over TLS or (CHATKORE_HEALTH_LISTEN) plaintext: the kubelet's gRPC
 # probe cannot present a certificate. It tells nothing but SERVING or not.

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -94,7 +94,8 @@ class ChannelBook:
         self._refresh_s = refresh_s
         self._channels: list[Channel] = []
         self._health: dict[int, Health] = {}
-        self._fingerprint: tuple[int, float] | None = None
+        self._fingerprint: tuple[tuple[int, float], str] | None = None
+        self._aliases: dict[str, str] = {}  # the aliases in effect: name -> target
         self._last_reload = 0.0
         self._reloading: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -121,10 +122,11 @@ class ChannelBook:
     async def reload(self) -> None:
         self._last_reload = time.monotonic()
         async with self._pool.connection() as conn:
-            fingerprint = await store.channels_fingerprint(conn)
+            fingerprint = (await store.channels_fingerprint(conn), await store.aliases_fingerprint(conn))
             if fingerprint == self._fingerprint:
                 return
             rows = await store.list_channels(conn)
+            aliases = await store.list_aliases(conn)
         channels = []
         for row in rows:
             try:
@@ -135,7 +137,7 @@ class ChannelBook:
                     id=row.id, name=row.name, type=row.type, base_url=row.base_url, api_key=Secret(""),
                     key_hint=row.key_hint, models=frozenset(row.models), model_map={}, priority=row.priority,
                     weight=row.weight, enabled=row.enabled, settings={}, created=row.created, broken=True))
-        self._channels = channels
+        self._channels, self._aliases = _with_aliases(channels, aliases)
         self._health = {c.id: self._health.get(c.id, Health()) for c in channels}
         for c in channels:
             if c.broken:
@@ -151,6 +153,37 @@ class ChannelBook:
                 await self.reload()
             except Exception as exc:  # keep routing with the last good list while the database is away
                 log.warning("channel refresh failed: %s", exc)
+
+    # --- aliases ----------------------------------------------------------------
+
+    def price_model(self, model: str) -> str:
+        """The model a call is priced as: an alias's target, else itself."""
+        return self._aliases.get(model, model)
+
+    async def aliases(self) -> dict[str, str]:
+        async with self._pool.connection() as conn:
+            return await store.list_aliases(conn)
+
+    async def set_alias(self, name: str, target: str) -> None:
+        for value, param in ((name, "name"), (target, "target")):
+            if not value or len(value) > 256 or not value.isprintable() or value != value.strip():
+                raise InvalidRequest(f"'{param}' must be a model name of 1 to 256 printable characters", param=param)
+        if name == target:
+            raise InvalidRequest("An alias cannot stand for itself", param="target")
+        async with self._pool.connection() as conn:
+            current = await store.list_aliases(conn)
+            if target in current:
+                raise InvalidRequest(f"'{target}' is itself an alias; name the model it stands for", param="target")
+            if name in current.values():
+                raise InvalidRequest(f"'{name}' is the target of another alias", param="name")
+            await store.set_alias(conn, name, target)
+        await self.reload()
+
+    async def delete_alias(self, name: str) -> None:
+        async with self._pool.connection() as conn:
+            if not await store.delete_alias(conn, name):
+                raise NotFound(f"No alias named {name!r}")
+        await self.reload()
 
     # --- routing ----------------------------------------------------------------
 
@@ -442,3 +475,16 @@ def _weighted_key(weight: int) -> float:
     if weight <= 0:
         return -1.0
     return random.random() ** (1.0 / weight)
+
+
+def _with_aliases(channels: list[Channel], aliases: dict[str, str]) -> tuple[list[Channel], dict[str, str]]:
+    """The channels with each alias served wherever its target is, sent upstream as the target
+    is; and the aliases in effect. A name some channel serves itself is not overridden."""
+    served = {m for c in channels for m in c.models}
+    applied = {name: target for name, target in aliases.items() if name not in served and target in served}
+    out = []
+    for c in channels:
+        extra = {name: c.upstream_model(target) for name, target in applied.items() if target in c.models}
+        out.append(replace(c, models=frozenset(c.models | set(extra)), model_map={**c.model_map, **extra})
+                   if extra else c)
+    return out, applied

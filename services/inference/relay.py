@@ -173,8 +173,8 @@ class Relay:
     async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
         return await self.billing.reserve(
             request_id=call.request_id, user_id=call.user_id, key_id=call.key_id, credit_limit=call.credit_limit,
-            model=call.model, prompt_tokens=prompt_tokens, max_tokens=call.max_tokens, choices=call.n,
-            attempt=call.attempt,
+            model=self.book.price_model(call.model), prompt_tokens=prompt_tokens, max_tokens=call.max_tokens,
+            choices=call.n, attempt=call.attempt,
         )
 
     def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold,

@@ -135,6 +135,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             enabled=row.enabled, created=row.created, health=self.book.health_of(row.id), settings=settings,
         )
 
+    async def SetAlias(self, request: inference_pb2.ModelAlias,
+                       context: grpc.aio.ServicerContext) -> inference_pb2.ModelAlias:
+        await self.book.set_alias(request.name, request.target)
+        return request
+
+    async def ListAliases(self, request: inference_pb2.ListAliasesRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.AliasList:
+        return inference_pb2.AliasList(aliases=[inference_pb2.ModelAlias(name=n, target=t)
+                                                for n, t in (await self.book.aliases()).items()])
+
+    async def DeleteAlias(self, request: inference_pb2.DeleteAliasRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.DeleteAliasReply:
+        await self.book.delete_alias(request.name)
+        return inference_pb2.DeleteAliasReply()
+
     async def CreateChannel(self, request: inference_pb2.Channel,
                             context: grpc.aio.ServicerContext) -> inference_pb2.Channel:
         values = _channel_values(request, list(_CHANNEL_FIELDS))

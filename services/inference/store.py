@@ -116,6 +116,37 @@ async def channels_fingerprint(conn: AsyncConnection) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
+# --- model aliases ------------------------------------------------------------------------
+
+
+async def list_aliases(conn: AsyncConnection) -> dict[str, str]:
+    cur = await conn.execute("SELECT name, target FROM model_aliases ORDER BY name")
+    return {name: target for name, target in await cur.fetchall()}
+
+
+async def set_alias(conn: AsyncConnection, name: str, target: str) -> None:
+    await conn.execute(
+        """
+        INSERT INTO model_aliases (name, target) VALUES (%s, %s)
+        ON CONFLICT (name) DO UPDATE SET target = excluded.target, updated_at = now()
+        """,
+        (name, target),
+    )
+
+
+async def delete_alias(conn: AsyncConnection, name: str) -> bool:
+    cur = await conn.execute("DELETE FROM model_aliases WHERE name = %s", (name,))
+    return cur.rowcount > 0
+
+
+async def aliases_fingerprint(conn: AsyncConnection) -> str:
+    """Changes whenever an alias is added, changed or removed."""
+    cur = await conn.execute("SELECT coalesce(md5(string_agg(name || '=' || target, ',' ORDER BY name)), '')"
+                             " FROM model_aliases")
+    row = await cur.fetchone()
+    return str(row[0])
+
+
 # --- stored Responses API responses (each its user's only) ---------------------------
 
 
