@@ -156,7 +156,9 @@ def _form(raw: bytes) -> dict[str, str] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     params = dict(pairs)
-    return params if len(params) == len(pairs) else None
+    if len(params) != len(pairs) or any("\x00" in k or "\x00" in v for k, v in pairs):
+        return None  # a repeated name, or a NUL no text column (nor Alipay) has
+    return params
 
 
 @inputs.body_limit(NOTIFY_BODY_BYTES)

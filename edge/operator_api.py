@@ -119,11 +119,18 @@ async def review_order(request: web.Request) -> web.Response:
     return json_response(_admin_order(order))
 
 
+def _order_filter(request: web.Request) -> str:
+    raw = request.query.get("order_id", "")
+    if raw and not (len(raw) <= 100 and raw.isascii() and raw.replace("_", "").isalnum()):
+        raise invalid("'order_id' must be an order id (letters, digits and _)", "order_id")
+    return raw
+
+
 @admin
 async def list_notifications(request: web.Request) -> web.Response:
     """Every payment notification kept, newest first (`order_id` narrows to one order's)."""
     reply = await request.app[PEERS].billing.ListNotifications(
-        billing_pb2.ListNotificationsRequest(order_id=request.query.get("order_id", "")[:100],
+        billing_pb2.ListNotificationsRequest(order_id=_order_filter(request),
                                              limit=query_int(request, "limit", 500)),
         timeout=RPC_TIMEOUT_S)
     return json_response({"data": [

@@ -21,11 +21,12 @@ from tests.fake_payments import (
     alipay_notification,
     alipay_signed,
     new_key,
+    private_pem,
     stripe_event,
     stripe_signature,
 )
 from tests.mock_upstream import MockUpstream
-from tests.world import World
+from tests.world import ISSUED_SECRETS, World
 
 PUBLIC_URL = "https://chatkore.example.com"
 
@@ -33,6 +34,9 @@ PUBLIC_URL = "https://chatkore.example.com"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakePayments]:
     payments = FakePayments().start()
+    # Never in a log line (tests/hostile/test_secrets_in_logs.py): the provider secrets, a line of the app's key.
+    ISSUED_SECRETS.update({payments.stripe_secret, payments.webhook_secret,
+                           private_pem(payments.app_key).splitlines()[5]})
     yield payments
     payments.stop()
 

@@ -107,7 +107,7 @@ def test_bad_orders_are_refused_and_change_nothing(world: World) -> None:
 
 def test_notifications_without_a_provider_are_refused(world: World) -> None:
     for body in (b"", b"\xff\xfe", b"a=1&a=2", b"out_trade_no=ord_x&trade_status=TRADE_SUCCESS&sign=AAAA",
-                 b"=" * 5000):
+                 b"=" * 5000, b"out_trade_no=%00&sign=x", b"a%00=1"):
         resp = requests.post(world.url + "/payments/alipay/notify", data=body, timeout=30,
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert resp.status_code == 200 and resp.text == "failure", (body, resp.status_code, resp.text)
@@ -116,6 +116,9 @@ def test_notifications_without_a_provider_are_refused(world: World) -> None:
     hook = requests.post(world.url + "/payments/stripe/webhook", data=b'{"type": "checkout.session.completed"}',
                          headers={"Stripe-Signature": "t=1,v1=00"}, timeout=30)
     assert hook.status_code == 400 and hook.json()["error"]["type"] == "invalid_request_error"
+    for bad in ("%00", "x" * 101, "a b", "ord-1"):
+        resp = world.http.get(f"{world.url}/admin/v1/payment-notifications?order_id={bad}", timeout=30)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "order_id", bad
 
 
 # --- invites -----------------------------------------------------------------------------

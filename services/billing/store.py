@@ -802,8 +802,13 @@ async def record_notification(conn: AsyncConnection, provider: str, order_id: st
                               reason: str) -> None:
     await conn.execute(
         "INSERT INTO payment_notifications (provider, order_id, event, verdict, reason) VALUES (%s, %s, %s, %s, %s)",
-        (provider, order_id[:100], event[:100], verdict, reason[:500]),
+        (provider, _text(order_id, 100), _text(event, 100), verdict, _text(reason, 500)),
     )
+
+
+def _text(value: str, limit: int) -> str:
+    """What a hostile notification claimed, storable as text: no NUL, bounded."""
+    return value.replace("\x00", "")[:limit]
 
 
 @dataclass(frozen=True)

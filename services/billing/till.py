@@ -165,8 +165,8 @@ class Till:
         return Verdict(True, "ignored", reason, order_id)
 
     async def alipay_notify(self, params: dict[str, str]) -> Verdict:
-        order_id = params.get("out_trade_no", "")[:100]
-        status = params.get("trade_status", "")[:100]
+        order_id = _text(params.get("out_trade_no", ""))
+        status = _text(params.get("trade_status", ""))
         if self.alipay is None:
             return await self._refuse("alipay", order_id, status, "Alipay is not configured")
         if not self.alipay.notification_verified(params):
@@ -279,7 +279,7 @@ class Till:
 
 
 def _text(value: Any) -> str:
-    return value[:100] if isinstance(value, str) else ""
+    return value.replace("\x00", "")[:100] if isinstance(value, str) else ""
 
 
 def _same_amount(total_amount: str, amount_minor: int) -> bool:
