@@ -198,6 +198,26 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     ctx.close()
 
 
+def test_operator_reads_the_audit_log(browser: Browser, world: World) -> None:
+    """/ops#audit lists an operator's change by who made it, with the fields sent but never a key."""
+    op = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
+    channel_id, tag = world.channel([world.model()])
+    op.ok("PATCH", f"/admin/v1/channels/{channel_id}", {"priority": 3, "api_key": f"sk-audit-{tag}-secret"})
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    sign_in(page, op.email)
+    page.goto("/ops#audit")
+    row = page.locator("#audit-body tr", has_text=f"operator {op.email}").first
+    expect(row).to_contain_text(f"PATCH /admin/v1/channels/{{id}}{channel_id}")
+    expect(row).to_contain_text("priority=3")
+    expect(row).to_contain_text("api_key")
+    assert f"sk-audit-{tag}-secret" not in page.content() and f"sk-upstream-{tag}" not in page.content()
+    shoot(page, "ops-audit")
+    ctx.close()
+
+
 def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: World) -> None:
     op = ConsoleUser(world.url).register()
     world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})

@@ -1,9 +1,9 @@
-// The operator pages: a dashboard per model, users, channels, prices, redeem codes and payment orders.
+// The operator pages: a dashboard per model, users, channels, prices, redeem codes, payment orders and the audit log.
 // Everything here goes through the admin API (/admin/v1), which lets an operator's session in.
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"], ["orders", "ops.nav.orders"]];
+const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"], ["orders", "ops.nav.orders"], ["audit", "ops.nav.audit"]];
 const COLORS = ["#3b5bdb", "#f08c00", "#2b8a3e", "#c2255c", "#1098ad", "#7048e8", "#5c940d", "#e8590c"];
 let charts = [];
 
@@ -28,7 +28,7 @@ function render() {
   document.getElementById("root").replaceChildren(
     el("nav", { class: "sidenav" }, SECTIONS.map(([s, t]) => el("a", { href: `#${s}`, id: `nav-${s}`, class: s === current ? "active" : "" }, ck.t(t)))),
     content);
-  ({ dashboard, users, channels, prices, codes, orders })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
+  ({ dashboard, users, channels, prices, codes, orders, audit })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
 }
 
 function table(headers, id) {
@@ -300,7 +300,36 @@ async function codes(root) {
       el("p", { class: "hint", text: ck.t("ops.codes.hint") }), form, message, out));
 }
 
-start();
+// --- audit log -------------------------------------------------------------------------------
+
+// Every change made with the admin key or an operator's session, newest first. Only text is
+// written into the page (textContent): what an entry holds never becomes markup.
+async function audit(root) {
+  const [wrap, body] = table([["ops.audit.when"], ["ops.audit.who"], ["ops.audit.what"], ["ops.audit.target"],
+    ["ops.audit.status", "num"], ["ops.audit.from"], ["ops.audit.details"]], "audit-body");
+  const older = el("button", { type: "button", class: "secondary small", id: "audit-older", hidden: true }, ck.t("ops.audit.older"));
+  root.append(el("h1", { text: ck.t("ops.nav.audit") }),
+    el("div", { class: "card" }, el("p", { class: "hint", text: ck.t("ops.audit.hint") }), wrap, older));
+  let last = 0;
+  const details = (d) => {
+    const values = d.values || {};
+    return (d.fields || []).map((f) => (f in values ? `${f}=${JSON.stringify(values[f])}` : f)).join(", ");
+  };
+  async function more() {
+    const rows = (await ck.api("GET", `/admin/v1/audit?limit=100${last ? `&before=${last}` : ""}`)).data;
+    body.append(...rows.map((r) => el("tr", { "data-audit-id": r.id },
+      el("td", { text: ck.date(new Date(r.created * 1000), true) }), el("td", { text: r.actor }),
+      el("td", {}, el("code", { text: r.action })), el("td", { text: r.target }),
+      el("td", { class: "num", text: r.status }), el("td", { text: r.address }), el("td", { class: "audit-details", text: details(r.details) }))));
+    if (rows.length) last = rows[rows.length - 1].id;
+    older.hidden = rows.length < 100;
+    if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "hint", text: ck.t("ops.audit.empty") })));
+    ck.label(body);
+  }
+  older.addEventListener("click", () => more().catch((e) => root.append(el("div", { class: "error", text: e.message }))));
+  await more();
+}
+
 
 // --- payment orders: filter, mark for review, the notifications kept for each ----------------
 
@@ -372,3 +401,5 @@ async function orders(root) {
   }
   await fill();
 }
+
+start();
