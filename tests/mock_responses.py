@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -115,8 +116,9 @@ def events(response: dict[str, Any], pieces: int = 6) -> list[dict[str, Any]]:
 
 
 def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0,  # noqa: ANN201 - a mock Behavior
-       usage: dict[str, Any] | None = None):
-    """OpenAI's answer; `content` sets the text it answers, `usage` the usage it reports."""
+       usage: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    """OpenAI's answer; `content` sets the text it answers, `usage` the usage it reports
+    (a dict, or a function of the request body)."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         if not request.headers.get("Authorization", "").startswith("Bearer "):
@@ -131,7 +133,7 @@ def ok(*, content: str | None = None, pieces: int = 6, delay_s: float = 0.0,  # 
             return web.json_response({"error": {"message": "Invalid input.", "type": "invalid_request_error",
                                                 "param": "input", "code": "invalid_value"}}, status=400)
         if usage is not None:
-            response["usage"] = usage
+            response["usage"] = usage(body) if callable(usage) else usage
         if not body.get("stream"):
             return web.json_response(response)
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -552,3 +552,55 @@ def test_odd_requests_never_fail_the_server(world: World, kind: str) -> None:
     rows = world.usage(t.user_id)
     assert world.balance(t.user_id) == 100 - sum(Decimal(str(r["credits"])) for r in rows)
     assert world.verify()["ok"]
+
+
+def test_concurrent_responses_on_a_small_balance_never_overdraw(world: World) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from services.inference import tokens
+    from tests.test_credits import BookWatcher
+
+    model = world.model(prompt=20, completion=20)
+    _, tag = world.channel([model], settings={"responses_api": "native"})
+    prompt = tokens.count_chat_prompt({"messages": [{"role": "user", "content": "hello"}]}, model)
+
+    def usage(body: dict[str, Any]) -> dict[str, Any]:
+        # 50 output tokens, or fewer when chatkore capped the budget to what the balance pays for.
+        output = min(50, body.get("max_output_tokens") or 50)
+        return {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output}
+
+    world.mock.always(tag, mock_responses.ok(usage=usage))
+    per_call = Decimal(prompt + 50) * 20 / 1000
+    initial = per_call * 15
+    t = world.tenant(credits=float(initial))
+    bodies = [{"model": model, "input": "hello", "max_output_tokens": 60, "stream": i % 2 == 1} for i in range(60)]
+
+    async def hammer() -> list[tuple[int, str]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=aiohttp.ClientTimeout(total=120),
+                                         headers={"Authorization": f"Bearer {t.key}"}) as session:
+            async def one(body: dict[str, Any]) -> tuple[int, str]:
+                async with session.post(world.url + "/v1/responses", json=body) as resp:
+                    return resp.status, await resp.text()
+
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    with BookWatcher(world.stack.database_url, t.user_id, int(initial * 1_000_000)) as watcher:
+        answers = asyncio.run(hammer())
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 402}, set(statuses)
+    assert all(json.loads(text)["error"]["code"] == "insufficient_quota" for status, text in answers if status == 402)
+    streamed = [text for (status, text), body in zip(answers, bodies, strict=True) if status == 200 and body["stream"]]
+    assert all("event: response.completed" in text for text in streamed)
+    ok = statuses.count(200)
+    hold_each = Decimal(prompt + 60) * 20 / 1000  # holds are larger than charges: concurrency matters
+    assert ok >= int(initial / hold_each) and watcher.violations == [] and watcher.samples > 3
+    wait_held_zero(world, t)
+    rows = world.usage(t.user_id, limit=1000)
+    assert len(rows) == ok and all(r["status"] == "complete" for r in rows)
+    charges = [Decimal(str(r["credits"])) for r in rows]
+    assert all(0 < c <= per_call for c in charges)
+    assert sum(charges) == initial - world.balance(t.user_id) and world.balance(t.user_id) >= 0
+    assert world.verify()["ok"]
