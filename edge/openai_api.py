@@ -65,9 +65,11 @@ async def _relay(request: web.Request, endpoint: int,
             return await sse.relay(request, lambda: inference.RelayStream(message, timeout=cfg.stream_deadline_s),
                                    headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens),
                                    framing=framing)
-        reply = await inference.Relay(message, timeout=cfg.relay_deadline_s)
+        call = inference.Relay(message, timeout=cfg.relay_deadline_s)
+        reply = await call
         used.append(reply.usage.total_tokens)
-        return web.Response(body=reply.body, content_type=_JSON, headers=headers)
+        return web.Response(body=reply.body, content_type=_JSON,
+                            headers={**(headers or {}), **await sse.budget_headers(call)})
     except (grpc.aio.AioRpcError, OpenAIError):
         used.append(0)  # refused or failed before any output: it used nothing
         raise

@@ -78,6 +78,19 @@ class ResponsesFraming(Framing):
         return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 
+MAX_TOKENS_HEADER = "x-chatkore-max-tokens"
+
+
+async def budget_headers(call: grpc.aio.Call) -> dict[str, str]:
+    """`x-chatkore-max-tokens` when the balance cut the call's completion budget: inference
+    says so in the call's initial metadata, so a reply ending in `length` can be explained."""
+    metadata = await call.initial_metadata()
+    for key, value in metadata or ():
+        if key == MAX_TOKENS_HEADER and isinstance(value, str) and value.isdigit():
+            return {MAX_TOKENS_HEADER: value}
+    return {}
+
+
 class _Opened:
     """The call being read (the last one tried), so that whoever leaves early can cancel it."""
 
@@ -113,7 +126,7 @@ async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStre
         if first is grpc.aio.EOF:
             raise web.HTTPBadGateway()
         metrics.FIRST_CHUNK.labels(request.get("model", "")).observe(time.perf_counter() - request["started"])
-        response = web.StreamResponse(status=200, headers={**HEADERS, **(headers or {})})
+        response = web.StreamResponse(status=200, headers={**HEADERS, **(headers or {}), **await budget_headers(call)})
         await response.prepare(request)
         metrics.STREAMS.inc()
         streaming = True

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import openai
 import pytest
+import requests
 
 from services.inference import tokens
 from tests import mock_upstream as up
@@ -136,3 +137,66 @@ def test_upstream_failure_is_free_for_the_client_and_counted_for_the_operator(wo
     after = scrape.value(scrape.scrape(world.stack, "inference"), "chatkore_upstream_unbilled_tokens_total",
                          reason="server")
     assert after - before == _prompt(model, MSG)
+
+
+def test_the_budget_always_goes_upstream_never_above_the_model_maximum(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 1, "completion": 1, "max_output": 1000})
+    t = world.tenant(credits=100)
+    raw = t.client.chat.completions.with_raw_response.create(model=model, messages=MSG)
+    assert world.mock.received(tag)[-1].body["max_tokens"] == 1000  # none asked: the model's max_output
+    assert "x-chatkore-max-tokens" not in raw.headers  # the balance did not cut it
+    t.client.chat.completions.create(model=model, messages=MSG, max_completion_tokens=50_000)
+    sent = world.mock.received(tag)[-1].body
+    assert sent["max_completion_tokens"] == 1000 and "max_tokens" not in sent
+    t.client.chat.completions.create(model=model, messages=MSG, max_tokens=7)  # a smaller value passes unchanged
+    assert world.mock.received(tag)[-1].body["max_tokens"] == 7
+    t.client.completions.create(model=model, prompt="Say this is a test")
+    assert world.mock.received(tag)[-1].body["max_tokens"] == 16  # OpenAI's default for /v1/completions
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_budget_cut_by_the_balance_is_told_to_the_client(world: World, stream: bool) -> None:
+    model, tag = world.served_model(prompt=1000, completion=1000)  # a credit a token
+    t = world.tenant(credits=30)
+    resp = requests.post(world.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
+                         json={"model": model, "messages": MSG, "stream": stream}, timeout=60)
+    assert resp.status_code == 200
+    budget = world.mock.received(tag)[-1].body["max_tokens"]
+    assert budget == 30 - _prompt(model, MSG)
+    assert resp.headers["x-chatkore-max-tokens"] == str(budget)
+    wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to settle")
+    assert world.verify()["ok"]
+
+
+@pytest.mark.parametrize("field, value, param", [
+    ("service_tier", "priority", "service_tier"),
+    ("modalities", ["text", "audio"], "modalities"),
+    ("web_search_options", {}, "web_search_options"),
+    ("prediction", {"type": "content", "content": "x"}, "prediction"),
+])
+def test_an_unpriced_cost_multiplier_is_refused_before_any_hold(world: World, field: str, value: object,
+                                                                param: str) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    t = world.tenant(credits=10)
+    resp = requests.post(world.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
+                         json={"model": model, "messages": MSG, field: value}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert world.mock.received(tag) == [] and world.usage(t.user_id) == []
+    assert world.balance(t.user_id) == 10 and world.held(t.user_id) == 0
+
+
+def test_a_priced_tier_carries_its_multiplier(world: World) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 1, "completion": 1, "tiers": {"priority": 2.5}})
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": 100, "completion_tokens": 300,
+                                                 "total_tokens": 400}))
+    t = world.tenant(credits=10)
+    t.client.chat.completions.create(model=model, messages=MSG, service_tier="priority")
+    assert world.mock.received(tag)[-1].body["service_tier"] == "priority"  # passed through
+    t.client.chat.completions.create(model=model, messages=MSG, service_tier="default")
+    charges = sorted(Decimal(str(r["credits"])) for r in world.usage(t.user_id))
+    assert charges == [Decimal("0.4"), Decimal("1")]  # 400 tokens at 1, then at 2.5
+    assert world.verify()["ok"]

@@ -48,16 +48,19 @@ def test_every_chat_field_reaches_the_upstream_intact(world: World) -> None:
     model, tag = world.served_model()
     t = world.tenant()
     body = {"model": model, **FULL}
+    # Every call gains the completion budget its hold pays for (issue 11: the budget is always
+    # sent; here the model's max_output, as the client set none).
+    budget = {"max_tokens": 4096}
     assert _post(world, t.key, body).status_code == 200
-    assert world.mock.received(tag)[-1].body == body
+    assert world.mock.received(tag)[-1].body == {**body, **budget}
     streamed = {**body, "stream": True}
     assert _post(world, t.key, streamed).status_code == 200
-    # Streams only gain a request for usage, which chatkore needs to bill.
-    assert world.mock.received(tag)[-1].body == {**streamed, "stream_options": {"include_usage": True}}
+    # Streams also gain a request for usage, which chatkore needs to bill.
+    assert world.mock.received(tag)[-1].body == {**streamed, **budget, "stream_options": {"include_usage": True}}
     legacy = {"model": model, "messages": FULL["messages"], "functions": [FULL["tools"][0]["function"]],
               "function_call": {"name": "f"}}
     assert _post(world, t.key, legacy).status_code == 200
-    assert world.mock.received(tag)[-1].body == legacy
+    assert world.mock.received(tag)[-1].body == {**legacy, **budget}
 
 
 def test_model_map_changes_only_the_model_name(world: World) -> None:
@@ -66,7 +69,7 @@ def test_model_map_changes_only_the_model_name(world: World) -> None:
     t = world.tenant()
     reply = t.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], seed=7)
     assert reply.model == model
-    assert world.mock.received(tag)[-1].body == {"model": "upstream-name-v2", "seed": 7,
+    assert world.mock.received(tag)[-1].body == {"model": "upstream-name-v2", "seed": 7, "max_tokens": 4096,
                                                  "messages": [{"role": "user", "content": "x"}]}
 
 

@@ -36,6 +36,25 @@ def count_prompt(endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
     return tokens.count_input(body.get("input"), enc)
 
 
+def price_options(body: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """What in a request makes the upstream charge more than its base price: the service_tier
+    asked for, and the costly features used (audio output, web search, predicted outputs).
+    Billing prices each by the model's row or refuses the call (billing.proto ReserveRequest)."""
+    tier = body.get("service_tier")
+    features = []
+    modalities = body.get("modalities")
+    if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio") is not None:
+        features.append("audio")
+    tools = body.get("tools")
+    searching = isinstance(tools, list) and any(
+        isinstance(t, dict) and str(t.get("type") or "").startswith("web_search") for t in tools)
+    if body.get("web_search_options") is not None or searching:
+        features.append("web_search")
+    if body.get("prediction") is not None:
+        features.append("prediction")
+    return (tier if isinstance(tier, str) else ""), tuple(features)
+
+
 def upstream_body(endpoint: Endpoint, body: dict[str, Any], upstream_model: str, *, stream: bool,
                   budget: int | None) -> bytes:
     return dumps(upstream_object(endpoint, body, upstream_model, stream=stream, budget=budget))

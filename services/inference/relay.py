@@ -31,6 +31,7 @@ from services.inference.payloads import (
     completion_texts,
     count_prompt,
     dumps,
+    price_options,
     rewrite_reply,
     usage_of,
 )
@@ -72,6 +73,14 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     credits: int
+    capped_max_tokens: int = 0  # the budget the balance cut the call to (0: not cut)
+
+
+@dataclass(frozen=True)
+class Capped:
+    """First item of a stream whose completion budget the balance cut: the budget sent."""
+
+    max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -170,11 +179,12 @@ class Relay:
         prompt_tokens = await asyncio.to_thread(count_prompt, counted, counted_body, call.model)
         return _Prepared(body, candidates, prompt_tokens, resp)
 
-    async def _reserve(self, call: Call, prompt_tokens: int) -> Hold:
+    async def _reserve(self, call: Call, prompt_tokens: int, body: dict[str, Any]) -> Hold:
+        tier, features = price_options(body)
         return await self.billing.reserve(
             request_id=call.request_id, user_id=call.user_id, key_id=call.key_id, credit_limit=call.credit_limit,
             model=self.book.price_model(call.model), prompt_tokens=prompt_tokens, max_tokens=call.max_tokens,
-            choices=call.n, attempt=call.attempt,
+            choices=call.n, attempt=call.attempt, service_tier=tier, features=features,
         )
 
     def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold,
@@ -202,7 +212,7 @@ class Relay:
     async def _unary(self, call: Call) -> Reply:
         prepared = await self._prepare(call)
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
-        hold = await self._reserve(call, prompt_tokens)
+        hold = await self._reserve(call, prompt_tokens, body)
         sent = _Sent(prompt_tokens)
         try:
             obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses, sent)
@@ -228,10 +238,10 @@ class Relay:
             response = prepared.responses.envelope.adopt(obj)
             response["usage"] = usage_object(usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
             await self._keep(prepared.responses, response)
-            return Reply(dumps(response), usage[0], usage[1], credits or 0)
+            return Reply(dumps(response), usage[0], usage[1], credits or 0, _capped(hold))
         reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage,
                               counted=source == "counted")
-        return Reply(reply, usage[0], usage[1], credits or 0)
+        return Reply(reply, usage[0], usage[1], credits or 0, _capped(hold))
 
     async def _keep(self, resp: responses.ResponsesCall, response: dict[str, Any]) -> None:
         """Store a finished response for previous_response_id and GET; the answer stands if this fails."""
@@ -281,7 +291,7 @@ class Relay:
 
     # --- streaming --------------------------------------------------------------------
 
-    async def stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
+    async def stream(self, call: Call) -> AsyncIterator[bytes | Capped | Outcome]:
         """Chunks as they arrive, then an Outcome. Settlement happens whatever way it ends."""
         self.in_flight += 1
         inner = self._stream(call)
@@ -294,10 +304,10 @@ class Relay:
             finally:
                 self.in_flight -= 1
 
-    async def _stream(self, call: Call) -> AsyncIterator[bytes | Outcome]:
+    async def _stream(self, call: Call) -> AsyncIterator[bytes | Capped | Outcome]:
         prepared = await self._prepare(call)
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
-        hold = await self._reserve(call, prompt_tokens)
+        hold = await self._reserve(call, prompt_tokens, body)
         tally = self._tally(call, prepared.responses)
         channel_id = 0
         settled = False
@@ -305,6 +315,8 @@ class Relay:
         sent = _Sent(prompt_tokens)
         status = "upstream_error"
         try:
+            if _capped(hold):
+                yield Capped(_capped(hold))
             opened = await self._open_stream(call, body, candidates, hold, prepared.responses, sent)
             tally, channel_id = opened.tally, opened.channel.id
             failure: str | None = None
@@ -451,6 +463,11 @@ class _Opened:
     tally: AnyTally
     pending: list[bytes] = field(default_factory=list)  # outputs read but not yet yielded
     ended: bool = False
+
+
+def _capped(hold: Hold) -> int:
+    """The completion budget when the balance, not the client or the model, set it; else 0."""
+    return hold.completion_budget if hold.budget_capped else 0
 
 
 @dataclass

@@ -15,9 +15,13 @@ from services.common import jsoncodec, metrics, peers
 from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
-from services.inference.relay import Call, Outcome, Relay
+from services.inference.relay import Call, Capped, Outcome, Relay
 from services.inference.responses.book import ResponseBook
 from services.inference.store import ChannelRow
+
+# The completion budget a call was cut to because the balance could not pay for more: sent
+# as initial metadata, and by the edge as the response header of the same name.
+MAX_TOKENS_HEADER = "x-chatkore-max-tokens"
 
 _ENDPOINTS = {
     inference_pb2.CHAT_COMPLETIONS: Endpoint.CHAT,
@@ -81,6 +85,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
         reply = await self.relay.unary(_call(request, context))
+        if reply.capped_max_tokens:
+            await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
         _count(request.model, reply.prompt_tokens, reply.completion_tokens)
         return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens),
                                         credits=reply.credits)
@@ -88,7 +94,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
         async for item in self.relay.stream(_call(request, context)):
-            if isinstance(item, Outcome):
+            if isinstance(item, Capped):
+                await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
+            elif isinstance(item, Outcome):
                 _count(request.model, item.prompt_tokens, item.completion_tokens)
                 yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
                     usage=_usage(item.prompt_tokens, item.completion_tokens), credits=item.credits,

@@ -68,7 +68,7 @@ class AzureAdapter:
     def exchange(self, channel: Channel, out: Outgoing) -> Exchange:
         version = api_version(channel)
         obj = upstream_object(out.endpoint, out.body, out.model, stream=out.stream,
-                              budget=out.budget if out.capped else None)
+                              budget=out.budget or None)
         if out.stream and version < STREAM_USAGE_SINCE:
             obj.pop("stream_options", None)
         base = channel.base_url.removesuffix("/openai")

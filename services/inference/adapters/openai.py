@@ -28,7 +28,7 @@ class OpenAIAdapter:
             return ChatAsMessagesExchange(channel, channel.base_url + Endpoint.CHAT.value, bearer_headers(channel),
                                           dumps(chat_request(out)), out.model)
         body = upstream_body(out.endpoint, out.body, out.model, stream=out.stream,
-                             budget=out.budget if out.capped else None)
+                             budget=out.budget or None)
         return Exchange(channel, channel.base_url + out.endpoint.value, bearer_headers(channel), body)
 
     def validate_settings(self, settings: dict[str, Any]) -> str | None:
