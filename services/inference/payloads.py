@@ -45,10 +45,9 @@ def price_options(body: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     modalities = body.get("modalities")
     if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio") is not None:
         features.append("audio")
-    tools = body.get("tools")
-    searching = isinstance(tools, list) and any(
-        isinstance(t, dict) and str(t.get("type") or "").startswith("web_search") for t in tools)
-    if body.get("web_search_options") is not None or searching:
+    # Chat's web_search_options only: a Responses `web_search` tool (Codex sends one with every
+    # request) is left to the upstream, as refusing it would refuse every Codex call.
+    if body.get("web_search_options") is not None:
         features.append("web_search")
     if body.get("prediction") is not None:
         features.append("prediction")
