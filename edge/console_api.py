@@ -11,12 +11,12 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
-from edge import openai_api, sessions
+from edge import i18n, openai_api, sessions
 from edge.admin_api import key_info
 from edge.authn import client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
-from edge.inputs import get_str, get_timestamp, json_body, path_id
+from edge.inputs import get_int, get_str, get_str_list, get_timestamp, json_body, path_id
 from edge.openai_api import json_response
 from edge.state import GUARD, PEERS, SIGNUPS
 from services.common.errors import reason_of
@@ -37,7 +37,8 @@ def _credentials(body: dict[str, Any]) -> tuple[str, str]:
     return email, password
 
 
-async def _signed_in(request: web.Request, email: str, password: str, status: int) -> web.Response:
+async def _signed_in(request: web.Request, email: str, password: str, status: int,
+                     **extra: Any) -> web.Response:
     address = client_ip(request)
     guard = request.app[GUARD]
     guard.check(address)  # password guessing from one address counts with key guessing
@@ -48,7 +49,7 @@ async def _signed_in(request: web.Request, email: str, password: str, status: in
         if reason_of(exc) == "INVALID_API_KEY":
             await guard.failed(address)
         raise
-    response = json_response({"account": _account(session.account), "csrf_token": session.csrf_token},
+    response = json_response({"account": _account(session.account), "csrf_token": session.csrf_token, **extra},
                              status=status)
     sessions.set_cookie(request, response, session)
     return response
@@ -65,7 +66,12 @@ async def register(request: web.Request) -> web.Response:
     if invite:
         await request.app[PEERS].billing.AcceptInvite(
             billing_pb2.AcceptInviteRequest(user_id=account.user_id, code=invite), timeout=RPC_TIMEOUT_S)
-    return await _signed_in(request, email, password, 201)
+    # A key to start with, in the answer only: the console shows it this once.
+    first = await request.app[PEERS].auth.CreateKey(
+        auth_pb2.CreateKeyRequest(user_id=account.user_id,
+                                  name=i18n.t(i18n.language(request), "console.key.first_name")),
+        timeout=RPC_TIMEOUT_S)
+    return await _signed_in(request, email, password, 201, first_key=first.key)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -107,9 +113,10 @@ async def create_key(request: web.Request) -> web.Response:
     limit = body.get("credit_limit")
     created = await request.app[PEERS].auth.CreateKey(
         auth_pb2.CreateKeyRequest(
-            user_id=session.account.user_id, name=get_str(body, "name"),
+            user_id=session.account.user_id, name=get_str(body, "name"), models=get_str_list(body, "models"),
             credit_limit=to_micro(limit, "credit_limit") if limit is not None else 0,
             expires_at=get_timestamp(body.get("expires_at"), "expires_at"),
+            rpm=get_int(body, "rpm"), tpm=get_int(body, "tpm"), ips=get_str_list(body, "ips"),
         ),
         timeout=RPC_TIMEOUT_S,
     )

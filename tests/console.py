@@ -6,6 +6,8 @@ from typing import Any
 
 import requests
 
+from tests.world import ISSUED_SECRETS
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -16,6 +18,7 @@ class ConsoleUser:
         self.http = requests.Session()
         self.csrf = ""
         self.user_id = 0
+        self.first_key = ""
 
     def call(self, method: str, path: str, body: Any = None, *, csrf: bool = True,
              headers: dict[str, str] | None = None) -> requests.Response:
@@ -32,6 +35,8 @@ class ConsoleUser:
     def register(self, password: str = PASSWORD) -> ConsoleUser:
         reply = self.ok("POST", "/api/register", {"email": self.email, "password": password}, expect=201)
         self.csrf, self.user_id = reply["csrf_token"], reply["account"]["user_id"]
+        self.first_key = reply["first_key"]
+        ISSUED_SECRETS.add(self.first_key)
         return self
 
     def login(self, password: str = PASSWORD) -> ConsoleUser:

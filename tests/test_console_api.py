@@ -10,7 +10,7 @@ import requests
 
 from tests.console import PASSWORD, ConsoleUser
 from tests.mock_upstream import fail
-from tests.world import World
+from tests.world import ISSUED_SECRETS, World
 from tools.stack import wait_until
 
 
@@ -93,7 +93,7 @@ def test_csrf_is_required_for_every_change(world: World) -> None:
     resp = user.call("POST", "/api/login", {"email": user.email, "password": PASSWORD},
                      headers={"Origin": "https://evil.example"})
     assert resp.status_code == 403  # no login CSRF either
-    assert user.ok("GET", "/api/keys")["data"] == []  # nothing was made
+    assert [k["name"] for k in user.ok("GET", "/api/keys")["data"]] == ["first key"]  # nothing was made
     created = user.ok("POST", "/api/keys", {"name": "laptop"}, expect=201)
     assert created["key"].startswith("sk-") and created["name"] == "laptop"
     # Another user's CSRF token does not work with this session.
@@ -255,3 +255,26 @@ def test_api_errors_speak_the_users_language_and_v1_stays_english(world: World) 
     v1 = requests.get(world.url + "/v1/models", headers={**zh, "Authorization": "Bearer sk-nope"}, timeout=30)
     assert v1.status_code == 401 and v1.json()["error"]["code"] == "invalid_api_key"
     assert v1.json()["error"]["message"].isascii()
+
+
+def test_sign_up_answers_a_first_key_once_and_the_key_form_sets_every_limit(world: World) -> None:
+    user = ConsoleUser(world.url).register()
+    assert user.first_key.startswith("sk-")
+    models = world.client(user.first_key).models.list()
+    assert "gpt-3.5-turbo" in {m.id for m in models.data}
+    listed = user.ok("GET", "/api/keys")["data"]
+    first = [k for k in listed if not k["web"]]
+    assert len(first) == 1 and first[0]["name"] == "first key" and user.first_key.endswith(first[0]["hint"][-4:])
+    # Shown once: nothing the session can read carries it again.
+    for path in ("/api/keys", "/api/me"):
+        assert user.first_key not in user.call("GET", path).text
+    made = user.ok("POST", "/api/keys", {"name": "limited", "models": ["gpt-4o-mini"], "rpm": 3, "tpm": 5000,
+                                         "ips": ["10.0.0.0/8"], "expires_at": "2099-01-01T00:00:00Z",
+                                         "credit_limit": 2.5}, expect=201)
+    ISSUED_SECRETS.add(made["key"])
+    assert (made["models"], made["rpm"], made["tpm"], made["ips"], made["credit_limit"]) == (
+        ["gpt-4o-mini"], 3, 5000, ["10.0.0.0/8"], 2.5)
+    assert made["expires_at"] == 4070908800
+    bad = user.call("POST", "/api/keys", {"name": "x", "ips": ["not a network"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "ips"
+    assert len([k for k in user.ok("GET", "/api/keys")["data"] if not k["web"]]) == 2

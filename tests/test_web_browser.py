@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from tests.console import PASSWORD, ConsoleUser
 from tests.mock_upstream import ok, stream_then
-from tests.world import World
+from tests.world import ISSUED_SECRETS, World
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
@@ -104,14 +104,47 @@ def test_register_create_key_use_it_and_see_usage(browser: Browser, world: World
     expect(page.locator("#balance")).to_have_text("100.00 credits")
     # Cookies are beyond the page's scripts.
     assert page.evaluate("document.cookie") == ""
+    # The key made at sign-up, shown this once with a curl line that works as pasted.
+    first = page.locator("#first-key-value").inner_text()
+    assert first.startswith("sk-")
+    ISSUED_SECRETS.add(first)
+    curl = page.locator("#first-key .curl-line").inner_text()
+    assert f"Bearer {first}" in curl and world.url + "/v1/chat/completions" in curl
+    ran = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert ran.returncode == 0 and '"chat.completion"' in ran.stdout, ran.stderr
+    shoot(page, "console-first-key")
+    page.click("#nav-keys")
+    page.click("#nav-overview")
+    expect(page.locator("#overview-balance")).to_be_visible()
+    expect(page.locator("#first-key")).to_have_count(0)
 
     page.click("#nav-keys")
     page.fill("#key-name", "my laptop")
     page.click("#create-key")
     key = page.locator("#new-key-value").inner_text()
     assert key.startswith("sk-")
-    expect(page.locator("#keys-body tr")).to_have_count(1)
+    ISSUED_SECRETS.add(key)
+    expect(page.locator("#keys-body tr")).to_have_count(2)
     expect(page.locator("#keys-body")).to_contain_text("my laptop")
+    # Every limit the admin API sets, set from the console.
+    page.fill("#key-name", "ci only")
+    page.click("#key-more summary")
+    page.select_option("#key-models", ["gpt-4o-mini"])
+    page.fill("#key-rpm", "7")
+    page.fill("#key-ips", "10.9.0.0/16")
+    page.fill("#key-expires", "2099-01-31")
+    page.click("#create-key")
+    expect(page.locator("#new-key-value")).not_to_have_text(key)
+    ISSUED_SECRETS.add(page.locator("#new-key-value").inner_text())
+    row = page.locator("#keys-body tr", has_text="ci only")
+    expect(row).to_contain_text("gpt-4o-mini")
+    expect(row).to_contain_text("7 rpm")
+    expect(row).to_contain_text("10.9.0.0/16")
+    user_id = page.evaluate("ck.me.user_id")
+    made = [k for k in world.admin("GET", f"/admin/v1/users/{user_id}/keys")["data"] if k["name"] == "ci only"][0]
+    assert made["models"] == ["gpt-4o-mini"] and made["rpm"] == 7 and made["ips"] == ["10.9.0.0/16"]
+    assert made["expires_at"] == 4073587199  # 2099-01-31T23:59:59Z
     shoot(page, "console-keys")
 
     reply = world.client(key).chat.completions.with_raw_response.create(
@@ -126,7 +159,7 @@ def test_register_create_key_use_it_and_see_usage(browser: Browser, world: World
     expect(row).to_contain_text("complete")
     shoot(page, "console-usage")
     page.click("#nav-overview")
-    expect(page.locator("#overview-requests")).to_have_text("1")
+    expect(page.locator("#overview-requests")).to_have_text("2")  # the first key's curl line, then the SDK call
     assert balance_of(page) < 100
     assert Decimal(page.locator("#overview-balance").inner_text()) == balance_of(page)
     shoot(page, "console-overview")
@@ -377,7 +410,8 @@ def test_pages_in_chinese_and_the_language_switch_sticks(browser: Browser, world
 
     world.admin("PUT", f"/admin/v1/users/{user_id}/role", {"role": "operator"})
     # What the operator pages list is data the other tests made, not the page's text.
-    data = [u[f] for u in world.admin("GET", "/admin/v1/users?limit=100")["data"] for f in ("email", "name") if u.get(f)]
+    users = world.admin("GET", "/admin/v1/users?limit=100")["data"]
+    data = [u[f] for u in users for f in ("email", "name") if u.get(f)]
     data += [c[f] for c in world.admin("GET", "/admin/v1/channels")["data"] for f in ("name", "base_url", "api_key")]
     data += [m for c in world.admin("GET", "/admin/v1/channels")["data"] for m in c["models"]]
     data += [p["model"] for p in world.admin("GET", "/admin/v1/prices")["data"]]

@@ -15,7 +15,8 @@ from edge.pages import STATIC, render
 WEB = Path(i18n.__file__).resolve().parent / "web"
 # ck.t("key"...), and the keys pages list in arrays to look up later (["console.nav.keys", ...]).
 _USED = re.compile(r"""ck\.t\(\s*["']([\w.]+)["']|\{\{t:([\w.-]+)\}\}""")
-_LISTED = re.compile(r"""["']((?:nav|common|auth|chat|console|usage|ops|docs|home|pricing|error|status|health|title)\.[\w.]+)["']""")
+_PREFIXES = "nav|common|auth|chat|console|usage|ops|docs|home|pricing|topup|demo|error|status|health|title"
+_LISTED = re.compile(rf"""["']((?:{_PREFIXES})\.[\w.]+)["']""")
 
 
 def test_every_key_is_in_both_catalogues_with_the_same_placeholders() -> None:

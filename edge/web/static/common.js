@@ -8,6 +8,7 @@ const CK_LANGUAGES = [["zh-CN", "中文"], ["en", "English"]];
 const ck = {
   csrf: "",
   me: null,
+  firstKey: null,
   lang: (window.CK_I18N && window.CK_I18N.lang) || document.documentElement.lang || "en",
   messages: (window.CK_I18N && window.CK_I18N.messages) || {},
 
@@ -183,7 +184,8 @@ const ck = {
         const body = { email: email.value, password: password.value };
         const invite = new URLSearchParams(location.search).get("invite");
         if (mode === "register" && invite) body.invite = invite;
-        await ck.api("POST", mode === "login" ? "/api/login" : "/api/register", body);
+        const reply = await ck.api("POST", mode === "login" ? "/api/login" : "/api/register", body);
+        ck.firstKey = (reply && reply.first_key) || null;  // the console shows it once
         await ck.loadMe();
         onDone();
       } catch (e) {

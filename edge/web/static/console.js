@@ -40,6 +40,10 @@ async function render() {
 // --- overview ---------------------------------------------------------------------
 
 async function overview(root) {
+  // The key made at sign-up, shown this once (it lives only in this page's memory).
+  const firstKey = ck.firstKey && el("div", { class: "card first-key", id: "first-key" },
+    el("h2", { text: ck.t("console.key.first_title") }), ...secret(ck.firstKey, "first-key-value"));
+  ck.firstKey = null;
   const balance = el("div", { class: "value", id: "overview-balance" }, ck.credits(ck.me.balance));
   const spent = el("div", { class: "value", id: "overview-spent" }, "…");
   const calls = el("div", { class: "value", id: "overview-requests" }, "…");
@@ -66,7 +70,7 @@ async function overview(root) {
     message.hidden = false;
   });
   root.append(
-    el("h1", { text: ck.t("console.nav.overview") }),
+    el("h1", { text: ck.t("console.nav.overview") }), ...(firstKey ? [firstKey] : []),
     el("div", { class: "grid stats" },
       el("div", { class: "card stat" }, el("div", { class: "label", text: ck.t("console.stat.balance") }), balance),
       el("div", { class: "card stat" }, el("div", { class: "label", text: ck.t("console.stat.spent") }), spent),
@@ -218,12 +222,26 @@ async function topup(root) {
 async function keys(root) {
   const name = el("input", { id: "key-name", placeholder: ck.t("console.key.name_placeholder"), maxlength: "200" });
   const limit = el("input", { id: "key-limit", type: "number", min: "0", step: "0.01", placeholder: ck.t("console.key.no_limit") });
+  // What the admin API can set on a key, the console offers too (all optional).
+  const models = el("select", { id: "key-models", multiple: true, size: "4" });
+  const expires = el("input", { id: "key-expires", type: "date" });
+  const rpm = el("input", { id: "key-rpm", type: "number", min: "1", step: "1", placeholder: ck.t("console.key.no_limit") });
+  const tpm = el("input", { id: "key-tpm", type: "number", min: "1", step: "1", placeholder: ck.t("console.key.no_limit") });
+  const ips = el("input", { id: "key-ips", placeholder: "203.0.113.0/24, 198.51.100.7", autocomplete: "off" });
   const shown = el("div", { id: "new-key", hidden: true });
   const error = el("div", { class: "error", hidden: true, role: "alert" });
-  const form = el("form", { class: "row", id: "key-form" },
-    el("div", { class: "field grow" }, el("label", { for: "key-name", text: ck.t("console.key.name") }), name),
-    el("div", { class: "field" }, el("label", { for: "key-limit", text: ck.t("console.key.limit_optional") }), limit),
-    el("button", { type: "submit", id: "create-key" }, ck.t("console.key.create")));
+  const field = (id, label, input, cls) => el("div", { class: `field ${cls || "grow"}` }, el("label", { for: id, text: ck.t(label) }), input);
+  const more = el("details", { id: "key-more", class: "key-more" }, el("summary", { text: ck.t("console.key.more") }),
+    el("div", { class: "row" }, field("key-models", "console.key.models", models),
+      el("div", { class: "grow" }, field("key-expires", "console.key.expires", expires, ""), field("key-ips", "console.key.ips", ips, ""))),
+    el("div", { class: "row" }, field("key-rpm", "console.key.rpm", rpm), field("key-tpm", "console.key.tpm", tpm)),
+    el("p", { class: "hint", text: ck.t("console.key.more_hint") }));
+  const form = el("form", { id: "key-form" },
+    el("div", { class: "row" },
+      field("key-name", "console.key.name", name),
+      field("key-limit", "console.key.limit_optional", limit, ""),
+      el("button", { type: "submit", id: "create-key" }, ck.t("console.key.create"))),
+    more);
   const body = el("tbody", { id: "keys-body" });
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -231,15 +249,17 @@ async function keys(root) {
     try {
       const req = { name: name.value.trim() };
       if (limit.value) req.credit_limit = Number(limit.value);
+      const chosen = [...models.selectedOptions].map((o) => o.value);
+      if (chosen.length) req.models = chosen;
+      if (expires.value) req.expires_at = `${expires.value}T23:59:59Z`;
+      if (rpm.value) req.rpm = Number(rpm.value);
+      if (tpm.value) req.tpm = Number(tpm.value);
+      const nets = ips.value.split(/[\s,]+/).filter(Boolean);
+      if (nets.length) req.ips = nets;
       const key = await ck.api("POST", "/api/keys", req);
-      const copy = el("button", { type: "button", class: "secondary small" }, ck.t("common.copy"));
-      copy.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(key.key));
-      shown.replaceChildren(
-        el("p", { text: ck.t("console.key.shown_once") }),
-        el("div", { class: "secret" }, el("code", { id: "new-key-value", text: key.key }), copy));
+      shown.replaceChildren(...secret(key.key, "new-key-value"));
       shown.hidden = false;
-      name.value = "";
-      limit.value = "";
+      form.reset();
       await fill();
     } catch (e) {
       error.textContent = e.message;
@@ -253,13 +273,16 @@ async function keys(root) {
       form, error, shown),
     el("div", { class: "card" }, el("h2", { text: ck.t("console.key.yours") }),
       el("div", { class: "table-wrap" }, el("table", {},
-        el("thead", {}, el("tr", {}, ["console.key.name", "console.key.key", "console.key.limit", "console.key.created", "common.status", ""].map((h) => el("th", { text: h && ck.t(h) })))),
+        el("thead", {}, el("tr", {}, ["console.key.name", "console.key.key", "console.key.limit", "console.key.limits", "console.key.created", "common.status", ""].map((h) => el("th", { text: h && ck.t(h) })))),
         body))));
+  ck.api("GET", "/api/models").then((reply) => {
+    models.replaceChildren(...reply.data.map((m) => el("option", { value: m.id }, m.id)));
+  }).catch(() => { /* the key is then for every model */ });
 
   async function fill() {
     const list = (await ck.api("GET", "/api/keys")).data.filter((k) => !k.web);
     body.replaceChildren();
-    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "6", text: ck.t("console.key.none") })));
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("console.key.none") })));
     for (const k of list.reverse()) {
       const revoke = k.revoked ? null : el("button", { class: "danger small", onclick: async () => {
         if (!confirm(ck.t("console.key.revoke_confirm", { name: k.name || k.hint }))) return;
@@ -269,6 +292,7 @@ async function keys(root) {
       body.append(el("tr", { "data-key-id": k.id },
         el("td", { class: "wrap", text: k.name || "—" }), el("td", { class: "mono", text: k.hint }),
         el("td", { class: "num", text: k.credit_limit === null ? "—" : ck.credits(k.credit_limit) }),
+        el("td", { class: "wrap key-limits" }, limits(k)),
         el("td", { text: ck.when(k.created) }),
         el("td", {}, el("span", { class: k.revoked ? "badge bad" : "badge ok", text: ck.t(k.revoked ? "console.key.revoked" : "console.key.active") })),
         el("td", {}, el("div", { class: "actions" }, revoke))));
@@ -276,6 +300,33 @@ async function keys(root) {
     ck.label(body);
   }
   await fill();
+}
+
+// A key's limits in a few words: its models, expiry, rates and networks ("—" for none).
+function limits(k) {
+  const parts = [];
+  if (k.models.length) parts.push(ck.t("console.key.only_models", { models: k.models.join(", ") }));
+  if (k.expires_at) parts.push(ck.t("console.key.until", { when: ck.when(k.expires_at) }));
+  if (k.rpm) parts.push(ck.t("console.key.rpm_n", { n: ck.num(k.rpm) }));
+  if (k.tpm) parts.push(ck.t("console.key.tpm_n", { n: ck.num(k.tpm) }));
+  if (k.ips.length) parts.push(ck.t("console.key.ips_n", { ips: k.ips.join(", ") }));
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+// A key shown once: the key with a copy button, and a curl line ready to paste.
+function secret(key, id) {
+  const curl = `curl ${location.origin}/v1/chat/completions -H "Authorization: Bearer ${key}" -H "Content-Type: application/json" -d '{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hello!"}]}'`;
+  const copy = (text, cls) => {
+    const b = el("button", { type: "button", class: `secondary small ${cls}` }, ck.t("common.copy"));
+    b.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(text));
+    return b;
+  };
+  return [
+    el("p", { text: ck.t("console.key.shown_once") }),
+    el("div", { class: "secret" }, el("code", { id, text: key }), copy(key, "copy-key")),
+    el("p", { class: "hint", text: ck.t("console.key.try_it") }),
+    el("div", { class: "code-block" }, el("pre", { class: "curl-line" }, el("code", { text: curl })), copy(curl, "copy copy-curl")),
+  ];
 }
 
 // --- usage --------------------------------------------------------------------------
