@@ -261,7 +261,7 @@ def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: Wo
     expect(page).to_have_url(re.compile(r"/console\?next=/ops"))
     sign_in(page, op.email)
     page.goto("/ops")
-    expect(page.locator("#dash-totals .stat")).to_have_count(4)
+    expect(page.locator("#dash-totals .stat")).to_have_count(6)  # with unbilled tokens and unpaid credits
     shoot(page, "ops-dashboard")
 
     # A new model: price it, then add a channel that serves it, and test the channel.
