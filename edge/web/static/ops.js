@@ -116,8 +116,12 @@ async function users(root) {
   const [wrap, body] = table([["ops.users.id"], ["ops.users.email"], ["ops.users.balance", "num"], ["ops.users.role"], ["common.status"], ["ops.users.top_up"], [""]], "users-body");
   form.addEventListener("submit", (ev) => { ev.preventDefault(); fill(); });
   root.append(el("h1", { text: ck.t("ops.nav.users") }), el("div", { class: "card" }, form, message, wrap));
+  // A search answered after a newer one is dropped: its rows would replace the newer ones.
+  let searches = 0;
   async function fill() {
+    const mine = ++searches;
     const list = (await ck.api("GET", `/admin/v1/users?q=${encodeURIComponent(q.value.trim())}&limit=100`)).data;
+    if (mine !== searches) return;
     body.replaceChildren();
     if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("ops.users.none") })));
     for (const u of list) {
