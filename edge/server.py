@@ -47,6 +47,7 @@ class EdgeProtocol(RequestHandler):
         super().__init__(manager, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
+        self._payload: Any = None  # the body of the latest request whose head arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -65,10 +66,16 @@ class EdgeProtocol(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
+        # Bytes of a body still arriving are not the next request's head: arming the timer on
+        # them (a body sent apart from its head, before its handler ran) cut the connection with
+        # an unsolicited 408 once it sat idle between requests for `header_timeout_s` - what
+        # clients saw as the server disconnecting under their next request.
+        in_body = self._payload is not None and not self._payload.is_eof()
         super().data_received(data)
         if self._request_count != before:
             self._disarm()  # a whole request head arrived
-        elif self._header_timer is None and not self._request_in_progress:
+            self._payload = self._messages[-1][1] if self._messages else None
+        elif self._header_timer is None and not self._request_in_progress and not in_body:
             self._arm()  # the first bytes of the next request's head
 
     def connection_lost(self, exc: BaseException | None) -> None:

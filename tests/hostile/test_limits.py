@@ -2,7 +2,9 @@
 and leaves the edge free for everyone else (no stuck worker)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 
 import pytest
@@ -156,6 +158,60 @@ def test_slow_headers_are_cut_off_with_408(tight: World) -> None:
     assert closed, "the edge kept a trickling client"
     assert HEADER_TIMEOUT_S - 0.2 <= elapsed <= HEADER_TIMEOUT_S + 5
     assert said.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in said
+
+
+def test_a_kept_alive_connection_is_not_cut_at_the_header_timeout(tight: World, served: str) -> None:
+    """A request whose body arrives apart from its head, then the connection idle between
+    requests for longer than HEADER_TIMEOUT_S (well inside keep-alive): the next request on it
+    is answered. The edge took the body's bytes for the next head and cut the idle connection
+    with an unsolicited 408 - clients reusing it saw the server disconnect under their call
+    (the ServerDisconnectedError test_credits' impatient clients used to tolerate)."""
+    t = tight.tenant()
+    body = json.dumps({"model": served, "messages": MSG}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with rawhttp.connect(tight.url) as sock:
+        sock.sendall(head)
+        assert rawhttp.closed_by_peer(sock, 0.2) == (False, b"")  # waiting for the body, saying nothing
+        sock.sendall(body)
+        sock.settimeout(30)
+        assert rawhttp.read_reply(sock).status == 200
+        assert rawhttp.closed_by_peer(sock, HEADER_TIMEOUT_S + 1) == (False, b"")  # idle, and kept
+        sock.sendall(head + body)
+        sock.settimeout(30)
+        assert rawhttp.read_reply(sock).status == 200
+    assert len(tight.usage(t.user_id)) == 2
+
+
+async def test_a_body_read_apart_from_its_head_is_not_taken_for_the_next_head() -> None:
+    """The same, made certain: the edge's protocol on a real socket reads a request's head and
+    then its body before the handler has started (two reads in a row, as a busy loop does), and
+    the header timer stays disarmed once the request is answered."""
+    from aiohttp import web
+
+    from edge.server import EdgeServer
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=f"read {len(await request.read())}")
+
+    loop = asyncio.get_running_loop()
+    server = EdgeServer(handler, header_timeout_s=30, max_connections=0)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    transport, protocol = await loop.connect_accepted_socket(server, ours)
+    try:
+        protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        protocol.data_received(b"hello")
+        said = b""
+        async with asyncio.timeout(10):
+            while not said.endswith(b"read 5"):
+                said += await loop.sock_recv(theirs, 4096)
+        assert said.startswith(b"HTTP/1.1 200")
+        assert protocol._header_timer is None  # idle between requests: keep-alive's business, not this timer's
+    finally:
+        transport.close()
+        theirs.close()
+        await server.shutdown(1)
 
 
 def test_silent_connection_is_cut_off(tight: World) -> None:
