@@ -77,6 +77,10 @@ class KeyCache:
     while the feed is current — its last successful poll began under `stale_s` ago — so a
     revocation bites within a second everywhere, and when the feed is down every call asks
     auth, as if there were no cache. Concurrent look-ups of one key share one call.
+
+    A look-up in flight while the feed names its key (or user) answered from before the
+    change: it is asked again, and never remembered, or a key revoked meanwhile would stay
+    cached for `ttl_s`.
     """
 
     def __init__(self, stub: auth_pb2_grpc.AuthStub, ttl_s: float, *, poll_s: float = 0.25, stale_s: float = 0.9,
@@ -93,6 +97,10 @@ class KeyCache:
         self._fresh_until = 0.0   # monotonic; entries are trusted before it
         self._position = 0        # in the change feed
         self._seen: dict[int, float] = {}  # change ids already applied (the feed repeats recent ones)
+        self._epoch = 0           # changes applied so far (resets count as one)
+        self._reset_epoch = 0     # the epoch of the last reset
+        self._changed_keys: dict[int, int] = {}   # key id -> epoch of its last change (recent ones)
+        self._changed_users: dict[int, int] = {}  # user id -> epoch of its last change
 
     async def resolve(self, key: str, ip: str) -> auth_pb2.KeyInfo:
         slot = (key, ip)
@@ -106,7 +114,7 @@ class KeyCache:
         future: asyncio.Future[auth_pb2.KeyInfo] = asyncio.get_running_loop().create_future()
         self._pending[slot] = future
         try:
-            info = await self._stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=key, client_ip=ip), timeout=5)
+            info, current = await self._authenticate(key, ip)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved when nobody else waits
@@ -114,8 +122,22 @@ class KeyCache:
         finally:
             self._pending.pop(slot, None)
         future.set_result(info)
-        self._remember(slot, info)
+        if current:
+            self._remember(slot, info)
         return info
+
+    async def _authenticate(self, key: str, ip: str) -> tuple[auth_pb2.KeyInfo, bool]:
+        """Auth's answer, and whether it is still current: no change to its key or user applied meanwhile."""
+        for _ in range(2):
+            started = self._epoch
+            info = await self._stub.Authenticate(auth_pb2.AuthenticateRequest(api_key=key, client_ip=ip), timeout=5)
+            if not self._changed_since(info, started):
+                return info, True
+        return info, False  # changing as we ask: answer this once, remember nothing
+
+    def _changed_since(self, info: auth_pb2.KeyInfo, epoch: int) -> bool:
+        return (self._reset_epoch > epoch or self._changed_keys.get(info.key_id, 0) > epoch
+                or self._changed_users.get(info.user_id, 0) > epoch)
 
     def _remember(self, slot: tuple[str, str], info: auth_pb2.KeyInfo) -> None:
         ttl = self._ttl_s
@@ -145,16 +167,27 @@ class KeyCache:
             self._entries.clear()
             self._by_key.clear()
             self._by_user.clear()
+            self._epoch += 1
+            self._reset_epoch = self._epoch
         now = time.monotonic()
         for change in reply.changes:
             if change.id in self._seen:
                 continue
             self._seen[change.id] = now
-            index, ident = (self._by_key, change.key_id) if change.key_id else (self._by_user, change.user_id)
+            self._epoch += 1
+            if change.key_id:
+                index, ident, changed = self._by_key, change.key_id, self._changed_keys
+            else:
+                index, ident, changed = self._by_user, change.user_id, self._changed_users
+            changed[ident] = self._epoch
             for slot in list(index.get(ident, ())):
                 self._forget(slot)
         if len(self._seen) > 1000:
             self._seen = {i: t for i, t in self._seen.items() if now - t < 30}
+            # Look-ups last at most a few seconds: a change the oldest kept id predates is past caring.
+            horizon = self._epoch - len(self._seen)
+            self._changed_keys = {k: e for k, e in self._changed_keys.items() if e > horizon}
+            self._changed_users = {u: e for u, e in self._changed_users.items() if e > horizon}
         self._position = reply.latest
 
     async def follow_changes(self) -> None:

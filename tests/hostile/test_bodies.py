@@ -13,9 +13,8 @@ import pytest
 import requests
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.common import peers
 from services.common.errors import reason_of
-from services.common.mtls import GrpcTls
+from tests.hostile import grpcpeer
 from tests.hostile.procwatch import Watch
 from tests.world import World
 
@@ -75,8 +74,7 @@ def test_inference_refuses_a_bomb_before_parsing_it(world: World) -> None:
         endpoint=inference_pb2.CHAT_COMPLETIONS, model=model, body=BOMB[:-1] + b',{"model": 1}]')
 
     async def call() -> grpc.aio.AioRpcError:
-        channel = peers.channel(world.stack.target("inference"), "inference",  # as the edge calls it
-                                GrpcTls.from_dir("edge", world.stack.tls_dir("edge")))
+        channel = grpcpeer.channel(world, "inference")
         try:
             await inference_pb2_grpc.InferenceStub(channel).Relay(message, timeout=60)
         except grpc.aio.AioRpcError as exc:
