@@ -21,6 +21,7 @@ from edge.errors import OpenAIError
 WEB = Path(__file__).resolve().parent / "web"
 STATIC = WEB / "static"
 MODULES = WEB / "node_modules"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 # What the pages may load from the npm packages, and nothing else of node_modules.
 VENDOR = {
@@ -33,6 +34,7 @@ VENDOR = {
 }
 
 # Scripts only from this origin, no inline script, no framing: an injected tag can do nothing.
+# On every page and every static file alike (a page opened as /static/chat.html too).
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
@@ -64,8 +66,7 @@ async def catalogue(request: web.Request) -> web.StreamResponse:
     lang = request.match_info["lang"]
     if lang not in i18n.LANGUAGES:
         raise OpenAIError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
-    return web.Response(body=i18n.script(lang), content_type="text/javascript", charset="utf-8",
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    return web.Response(body=i18n.script(lang), content_type="text/javascript", charset="utf-8", headers=HEADERS)
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -108,8 +109,16 @@ async def vendor(request: web.Request) -> web.StreamResponse:
     path = VENDOR.get(request.match_info["name"])
     if path is None or not (MODULES / path).is_file():
         raise OpenAIError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
-    return web.FileResponse(MODULES / path, headers={"Cache-Control": "public, max-age=3600",
-                                                     "X-Content-Type-Options": "nosniff"})
+    return web.FileResponse(MODULES / path, headers={**HEADERS, "Cache-Control": "public, max-age=3600"})
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    """A file of edge/web/static itself (no subfolders, no dot files), with the pages' headers."""
+    name = request.match_info["name"]
+    path = STATIC / name
+    if not _PLAIN_NAME.fullmatch(name) or not path.is_file():
+        raise OpenAIError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    return web.FileResponse(path, headers=HEADERS)
 
 
 def setup(app: web.Application) -> None:
@@ -123,4 +132,4 @@ def setup(app: web.Application) -> None:
     r.add_get("/ops", ops)
     r.add_get("/i18n/{lang}.js", catalogue)
     r.add_get("/static/vendor/{name}", vendor)
-    r.add_static("/static/", STATIC, append_version=False)
+    r.add_get("/static/{name}", static)

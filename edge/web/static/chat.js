@@ -13,8 +13,15 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") { node.setAttribute("target", "_blank"); node.setAttribute("rel", "noopener noreferrer"); }
 });
 
+// Model output is untrusted: beyond scripts and handlers (DOMPurify's defaults), no forms or
+// inputs to phish with, no styles to restyle the page, no id or name to clobber the page's own.
+const PURIFY = {
+  FORBID_TAGS: ["form", "input", "button", "textarea", "select", "option", "style"],
+  FORBID_ATTR: ["style", "id", "name"],
+};
+
 function render_markdown(target, text) {
-  target.innerHTML = DOMPurify.sanitize(marked.parse(text || ""));
+  target.innerHTML = DOMPurify.sanitize(marked.parse(text || ""), PURIFY);
   for (const block of target.querySelectorAll("pre code")) hljs.highlightElement(block);
 }
 

@@ -116,12 +116,31 @@ async function users(root) {
   const [wrap, body] = table([["ops.users.id"], ["ops.users.email"], ["ops.users.balance", "num"], ["ops.users.role"], ["common.status"], ["ops.users.top_up"], [""]], "users-body");
   form.addEventListener("submit", (ev) => { ev.preventDefault(); fill(); });
   root.append(el("h1", { text: ck.t("ops.nav.users") }), el("div", { class: "card" }, form, message, wrap));
-  // A search answered after a newer one is dropped: its rows would replace the newer ones.
-  let searches = 0;
+  // Refills can overlap (the first list, a search, a top-up): only the latest one started may
+  // replace the rows, and what the operator has typed into a row survives it. The table is
+  // aria-busy while any refill is out.
+  let latest = 0;
+  let pending = 0;
   async function fill() {
-    const mine = ++searches;
-    const list = (await ck.api("GET", `/admin/v1/users?q=${encodeURIComponent(q.value.trim())}&limit=100`)).data;
-    if (mine !== searches) return;
+    const mine = ++latest;
+    pending += 1;
+    body.setAttribute("aria-busy", "true");
+    try {
+      const list = (await ck.api("GET", `/admin/v1/users?q=${encodeURIComponent(q.value.trim())}&limit=100`)).data;
+      if (mine === latest) show(list);  // else a later refill is under way: its rows win
+    } finally {
+      pending -= 1;
+      if (!pending) body.setAttribute("aria-busy", "false");
+    }
+  }
+  function show(list) {
+    const typed = new Map();
+    let focused = null;
+    for (const input of body.querySelectorAll(".topup-amount")) {
+      const id = input.closest("tr").dataset.userId;
+      if (input.value) typed.set(id, input.value);
+      if (input === document.activeElement) focused = id;
+    }
     body.replaceChildren();
     if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("ops.users.none") })));
     for (const u of list) {
@@ -132,6 +151,7 @@ async function users(root) {
         try {
           const reply = await ck.api("POST", `/admin/v1/users/${u.id}/topups`, { credits: Number(amount.value) });
           flash(message, true, ck.t("ops.users.added", { credits: ck.credits(amount.value), id: u.id, balance: ck.credits(reply.balance) }));
+          amount.value = "";  // added: not to be carried into the refilled row
           await fill();
         } catch (e) { flash(message, false, e.message); }
       });
@@ -148,6 +168,9 @@ async function users(root) {
         el("td", {}, u.role ? el("span", { class: u.role === "operator" ? "badge warn" : "badge", text: ck.t(`ops.role.${u.role === "operator" ? "operator" : "user"}`) }) : el("span", { class: "hint", text: ck.t("ops.users.api_only") })),
         el("td", {}, el("span", { class: u.disabled ? "badge bad" : "badge ok", text: ck.t(u.disabled ? "common.disabled" : "common.active") })),
         el("td", {}, topup), el("td", {}, el("div", { class: "actions" }, toggle))));
+      const id = String(u.id);
+      if (typed.has(id)) amount.value = typed.get(id);
+      if (focused === id) amount.focus();
     }
     ck.label(body);
   }
