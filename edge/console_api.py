@@ -43,8 +43,8 @@ async def _signed_in(request: web.Request, email: str, password: str, status: in
     guard = request.app[GUARD]
     guard.check(address)  # password guessing from one address counts with key guessing
     try:
-        session = await request.app[PEERS].auth.Login(auth_pb2.LoginRequest(email=email, password=password),
-                                                      timeout=RPC_TIMEOUT_S)
+        session = await request.app[PEERS].auth.Login(
+            auth_pb2.LoginRequest(email=email, password=password, client_ip=address), timeout=RPC_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
         if reason_of(exc) == "INVALID_API_KEY":
             await guard.failed(address)

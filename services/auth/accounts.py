@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from services.auth import passwords, store
+from services.auth import store
 from services.auth.billing_peer import BillingPeer
 from services.auth.errors import Conflict, InvalidApiKey, InvalidRequest, NotFound, TooManySignIns
+from services.auth.passwords import MAX_LENGTH, MIN_LENGTH, Passwords
 from services.auth.store import AccountRow
 
 ROLES = ("user", "operator")
@@ -35,6 +36,7 @@ FAILED_LOGIN_LIMIT = 10
 LOCK_S = 15 * 60
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _WRONG_LOGIN = "Incorrect email or password."
+_LOCKED = "Too many failed sign-ins for this email from your address. Try again in 15 minutes."
 _NO_SESSION = "Your session has expired or is not valid. Please sign in."
 _TAKEN = "An account with this email already exists. Sign in instead."
 
@@ -59,24 +61,26 @@ def _check_email(email: str) -> str:
 
 
 def _check_password(password: str) -> None:
-    if len(password) < passwords.MIN_LENGTH:
-        raise InvalidRequest(f"The password must have at least {passwords.MIN_LENGTH} characters.",
+    if len(password) < MIN_LENGTH:
+        raise InvalidRequest(f"The password must have at least {MIN_LENGTH} characters.",
                              param="password", code="password_too_short")
-    if len(password) > passwords.MAX_LENGTH:
-        raise InvalidRequest(f"The password may have at most {passwords.MAX_LENGTH} characters.", param="password",
+    if len(password) > MAX_LENGTH:
+        raise InvalidRequest(f"The password may have at most {MAX_LENGTH} characters.", param="password",
                              code="password_too_long")
 
 
 class Accounts:
-    def __init__(self, pool: AsyncConnectionPool, billing: BillingPeer, session_ttl_s: int) -> None:
+    def __init__(self, pool: AsyncConnectionPool, billing: BillingPeer, passwords: Passwords,
+                 session_ttl_s: int) -> None:
         self._pool = pool
+        self._passwords = passwords
         self._billing = billing
         self._ttl_s = session_ttl_s
 
     async def register(self, email: str, password: str) -> AccountRow:
         email = _check_email(email)
         _check_password(password)
-        hashed = await passwords.hash_password(password)
+        hashed = await self._passwords.hash(password)
         async with self._pool.connection() as conn:
             account = await store.insert_account(conn, email, hashed)  # step 1
             if account is None:
@@ -84,7 +88,7 @@ class Accounts:
                 if account is None or account.user_id is not None:
                     raise Conflict(_TAKEN, param="email", code="email_taken")
                 # Someone else's sign-up under way is theirs to finish, unless long abandoned.
-                resumable = await passwords.verify(account.password_hash, password) or (
+                resumable = await self._passwords.verify(account.password_hash, password) or (
                     account.pending_age_s >= STALE_PENDING_S
                     and await store.restart_registration(conn, account.id, hashed))
                 if not resumable:
@@ -96,23 +100,28 @@ class Accounts:
             raise Conflict(_TAKEN, param="email", code="email_taken")
         return done
 
-    async def login(self, email: str, password: str) -> Session:
+    async def login(self, email: str, password: str, address: str) -> Session:
+        """A new session. Wrong passwords lock out (email, address) pairs, whether the email has an
+        account or not, so neither the answer nor its timing tells which emails exist."""
+        email = email.strip()[:254]
+        who = email.lower()
         async with self._pool.connection() as conn:
-            account = await store.find_account(conn, email.strip()[:254])
-        if account is not None and account.locked:
-            raise TooManySignIns("Too many failed sign-ins. Try again in 15 minutes.", retry_after_s=LOCK_S,
-                                 code="account_locked")
-        # An unknown email costs one hash too, so timing does not tell which emails exist.
-        ok = await passwords.verify(account.password_hash if account else None, password[:passwords.MAX_LENGTH])
+            if await store.sign_in_locked(conn, who, address):
+                raise TooManySignIns(_LOCKED, retry_after_s=LOCK_S, code="account_locked")
+            account = await store.find_account(conn, email)
+        # An unknown email costs one hash too.
+        ok = await self._passwords.verify(account.password_hash if account else None, password[:MAX_LENGTH])
+        if not ok:
+            async with self._pool.connection() as conn:
+                await store.record_failed_login(conn, who, address, FAILED_LOGIN_LIMIT, LOCK_S)
+            raise InvalidApiKey(_WRONG_LOGIN, code="invalid_credentials")
         if account is None or account.user_id is None or account.user_disabled:
             raise InvalidApiKey(_WRONG_LOGIN, code="invalid_credentials")
         async with self._pool.connection() as conn:
-            if not ok:
-                await store.record_failed_login(conn, account.id, FAILED_LOGIN_LIMIT, LOCK_S)
-                raise InvalidApiKey(_WRONG_LOGIN, code="invalid_credentials")
+            await store.clear_failed_logins(conn, who, address)
             rehashed = None
-            if passwords.needs_rehash(account.password_hash):
-                rehashed = await passwords.hash_password(password)
+            if self._passwords.needs_rehash(account.password_hash):
+                rehashed = await self._passwords.hash(password)
             await store.record_login(conn, account.id, rehashed)
             token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             expires = await store.insert_session(conn, session_hash(token), account.id, csrf, self._ttl_s)

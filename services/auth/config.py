@@ -25,6 +25,9 @@ class AuthConfig:
     listen: str
     billing_addr: str          # console sign-up makes the billing user
     session_ttl_s: int         # how long a console sign-in lasts
+    argon2_memory_kib: int     # memory one password hash holds while it runs
+    argon2_time_cost: int      # argon2id passes over that memory
+    password_hashes_at_once: int  # hashes running at once: memory_kib × this must fit the pod's limit
     telemetry: Telemetry       # metrics port and tracing
     tls: GrpcTls               # this process's certificate (services/common/mtls.py)
     health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
@@ -40,6 +43,10 @@ class AuthConfig:
             listen=listen_address("auth", DEFAULT_AUTH_ADDR),
             billing_addr=env_str("CHATKORE_BILLING_ADDR", DEFAULT_BILLING_ADDR),
             session_ttl_s=env_int("CHATKORE_SESSION_TTL_S", 7 * 24 * 3600),
+            # RFC 9106's second recommendation (argon2-cffi's default): 3 passes over 64 MiB.
+            argon2_memory_kib=env_int("CHATKORE_ARGON2_MEMORY_KIB", 65536),
+            argon2_time_cost=env_int("CHATKORE_ARGON2_TIME_COST", 3),
+            password_hashes_at_once=env_int("CHATKORE_PASSWORD_HASHES_AT_ONCE", 2),
             telemetry=Telemetry.from_env(),
             tls=GrpcTls.from_env("auth"),
             health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),

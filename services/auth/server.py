@@ -9,6 +9,7 @@ from services.auth.audit import AuditLog
 from services.auth.billing_peer import BillingPeer
 from services.auth.config import AuthConfig
 from services.auth.keys import Keys
+from services.auth.passwords import Passwords
 from services.auth.servicer import AuthServicer
 from services.common import db, grpcserver
 
@@ -17,7 +18,9 @@ async def serve(cfg: AuthConfig) -> None:
     pool = await db.open_pool(cfg.database_url.reveal(), name="auth", max_size=cfg.pool_size)
     keys = Keys(pool, cfg.admin_key)
     billing = BillingPeer(cfg.billing_addr, cfg.tls)
-    accounts = Accounts(pool, billing, cfg.session_ttl_s)
+    passwords = Passwords(memory_kib=cfg.argon2_memory_kib, time_cost=cfg.argon2_time_cost,
+                          at_once=cfg.password_hashes_at_once)
+    accounts = Accounts(pool, billing, passwords, cfg.session_ttl_s)
     servicer = AuthServicer(keys, accounts, AuditLog(pool))
     pruner = asyncio.create_task(keys.prune_changes_forever())
     try:
@@ -35,4 +38,5 @@ async def serve(cfg: AuthConfig) -> None:
     finally:
         pruner.cancel()
         await billing.close()
+        passwords.close()
         await pool.close()

@@ -90,7 +90,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return _account(await self.accounts.register(request.email, request.password))
 
     async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
-        return _session(await self.accounts.login(request.email, request.password))
+        return _session(await self.accounts.login(request.email, request.password, request.client_ip))
 
     async def ResolveSession(self, request: auth_pb2.ResolveSessionRequest,
                              context: grpc.aio.ServicerContext) -> auth_pb2.Session:

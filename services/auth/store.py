@@ -111,14 +111,13 @@ class AccountRow:
     user_id: int | None   # None while its registration is unfinished
     role: str
     created: int
-    locked: bool          # too many failed sign-ins lately
     pending_age_s: float  # seconds since it was made (matters only while unfinished)
     user_disabled: bool
 
 
 _ACCOUNT_COLUMNS = """
     a.id, a.email, a.password_hash, a.user_id, a.role, extract(epoch FROM a.created_at)::bigint,
-    coalesce(a.locked_until > now(), false), extract(epoch FROM now() - a.created_at)::float8,
+    extract(epoch FROM now() - a.created_at)::float8,
     coalesce(u.disabled, false)
 """
 
@@ -176,24 +175,48 @@ async def attach_user(conn: AsyncConnection, account_id: int, user_id: int) -> A
     return AccountRow(*row) if row else None
 
 
-async def record_failed_login(conn: AsyncConnection, account_id: int, limit: int, lock_s: int) -> None:
-    """Count a wrong password; the `limit`-th in a row locks the account for `lock_s`."""
+async def sign_in_locked(conn: AsyncConnection, email: str, address: str) -> bool:
+    """Whether `address` is locked out of signing in as `email` (lower-cased)."""
+    cur = await conn.execute(
+        "SELECT locked_until > now() FROM login_failures WHERE email = %s AND address = %s", (email, address))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def record_failed_login(conn: AsyncConnection, email: str, address: str, limit: int, lock_s: int) -> None:
+    """Count a wrong password for (email, address); the `limit`-th in a row, each within `lock_s` of the
+    last, locks that pair for `lock_s`. Pairs quiet for longer are forgotten."""
     await conn.execute(
         """
-        UPDATE accounts SET
-            failed_logins = CASE WHEN failed_logins + 1 >= %(limit)s THEN 0 ELSE failed_logins + 1 END,
-            locked_until = CASE WHEN failed_logins + 1 >= %(limit)s
-                                THEN now() + make_interval(secs => %(lock)s) ELSE locked_until END
-        WHERE id = %(aid)s
+        WITH counted AS (
+            INSERT INTO login_failures AS f (email, address, failures, locked_until)
+            VALUES (%(email)s, %(address)s, 1,
+                    CASE WHEN %(limit)s <= 1 THEN now() + make_interval(secs => %(lock)s) END)
+            ON CONFLICT (email, address) DO UPDATE SET
+                failures = CASE WHEN f.last_failed_at < now() - make_interval(secs => %(lock)s) THEN 1
+                                ELSE f.failures + 1 END,
+                locked_until = CASE WHEN f.last_failed_at >= now() - make_interval(secs => %(lock)s)
+                                         AND f.failures + 1 >= %(limit)s
+                                    THEN now() + make_interval(secs => %(lock)s) ELSE f.locked_until END,
+                last_failed_at = now()
+            RETURNING 1
+        )
+        DELETE FROM login_failures
+        WHERE last_failed_at < now() - make_interval(secs => %(lock)s)
+          AND (locked_until IS NULL OR locked_until < now())
+          AND (email, address) <> (%(email)s, %(address)s)  -- the row just counted (one change per row)
         """,
-        {"aid": account_id, "limit": limit, "lock": lock_s},
+        {"email": email, "address": address, "limit": limit, "lock": lock_s},
     )
+
+
+async def clear_failed_logins(conn: AsyncConnection, email: str, address: str) -> None:
+    await conn.execute("DELETE FROM login_failures WHERE email = %s AND address = %s", (email, address))
 
 
 async def record_login(conn: AsyncConnection, account_id: int, new_hash: str | None) -> None:
     await conn.execute(
-        "UPDATE accounts SET failed_logins = 0, locked_until = NULL,"
-        " password_hash = coalesce(%s, password_hash) WHERE id = %s",
+        "UPDATE accounts SET password_hash = coalesce(%s, password_hash) WHERE id = %s",
         (new_hash, account_id),
     )
 
