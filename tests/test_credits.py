@@ -202,7 +202,11 @@ def test_stream_breaking_after_output_pays_for_the_output(world: World) -> None:
     # What the client received is what it pays for (a connection reset may drop the
     # upstream's last unread bytes, so the upstream's own tally is not the measure).
     assert row["completion_tokens"] == tokens.count_text(received, tokens.encoding_for(model))
-    assert world.held(t.user_id) == 0
+    assert row["prompt_tokens"] == tokens.count_chat_prompt({"messages": MSG}, model)
+    # 1 credit per 1,000 tokens either way: the prompt and the received output, nothing more.
+    paid = Decimal(row["prompt_tokens"] + row["completion_tokens"]) / 1000
+    assert Decimal(str(row["credits"])) == paid > 0
+    assert world.balance(t.user_id) == 100 - paid and world.held(t.user_id) == 0
 
 
 def test_key_credit_limit_holds_under_concurrency(world: World) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import requests
 
@@ -47,9 +48,13 @@ def test_chatgpt_web_balance(world: World) -> None:
     end = (today + dt.timedelta(days=1)).isoformat()
     usage = requests.get(world.url + f"/v1/v1/dashboard/billing/usage?start_date={start}&end_date={end}",
                          headers=headers, timeout=10).json()
-    # chatgpt-web shows hard_limit_usd - total_usage / 100: that must be the balance.
-    assert abs(sub["hard_limit_usd"] - usage["total_usage"] / 100 - balance) < 1e-6
-    assert usage["total_usage"] > 0
+    # chatgpt-web shows hard_limit_usd - total_usage / 100: that must be the balance. Exactly:
+    # the limit is the 100 credits the user started with, the usage the call's charge in hundredths.
+    [row] = world.usage(t.user_id)
+    charged = Decimal(str(row["credits"]))
+    assert charged > 0 and Decimal(str(balance)) == 100 - charged
+    assert sub["hard_limit_usd"] == 100
+    assert Decimal(str(usage["total_usage"])) == charged * 100
 
 
 def test_chatgpt_web_usage_includes_its_end_date(world: World) -> None:

@@ -54,10 +54,16 @@ def test_make_run_serves_the_seed_examples(tmp_path: Path) -> None:
             "model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "回复这是一个测试"}], "temperature": 0,
         }, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         assert resp.status_code == 200 and "回复这是一个测试" in resp.json()["choices"][0]["message"]["content"]
-        # A user with the sign-up bonus paid for both.
-        sub = requests.get(f"{base}/dashboard/billing/subscription", headers={"Authorization": f"Bearer {key}"},
-                           timeout=10).json()
-        assert 99 < sub["hard_limit_usd"] <= 100
+        # A user with the sign-up bonus paid for both, at gpt-3.5-turbo's seeded price (1.5 and 2
+        # credits per 1,000 prompt and completion tokens, rounded up to the micro-credit).
+        paid = 0
+        for usage in (reply["usage"], resp.json()["usage"]):
+            paid += -(-(usage["prompt_tokens"] * 1_500_000 + usage["completion_tokens"] * 2_000_000) // 1000)
+        headers = {"Authorization": f"Bearer {key}"}
+        sub = requests.get(f"{base}/dashboard/billing/subscription", headers=headers, timeout=10).json()
+        assert sub["hard_limit_usd"] == 100  # the balance plus this month's spend
+        spent = requests.get(f"{base}/dashboard/billing/usage", headers=headers, timeout=10).json()["total_usage"]
+        assert paid > 0 and spent == round(paid / 10_000, 4)  # hundredths of a credit
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)

@@ -22,7 +22,9 @@ MSG = [{"role": "user", "content": "hello"}]
 
 
 def _leaky_upstreams(key: str) -> list[tuple[object, bool]]:
-    """Upstream answers that quote the channel's key, with whether the call streams."""
+    """Upstream answers that quote the channel's key, with whether the call streams and the status
+    the client gets (DESIGN §4: a bad channel key or garbage is 502, the upstream's own validation
+    and rate limits pass through, a stream already under way reports its error in-band)."""
     error = {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
                        "param": None, "code": "invalid_api_key"}}
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -30,14 +32,14 @@ def _leaky_upstreams(key: str) -> list[tuple[object, bool]]:
     stream = (b"data: " + json.dumps(chunk).encode() + b"\n\n"
               b"data: " + json.dumps({"error": {"message": f"key {key} was revoked"}}).encode() + b"\n\n")
     return [
-        (up.fail(401, f"Incorrect API key provided: {key}"), False),
-        (up.fail(500, f"internal error for key {key}"), False),
-        (up.fail(422, f"bad parameter (key {key})", error_type="invalid_request_error"), False),
-        (up.fail(429, f"key {key} is over its quota"), True),
-        (up.raw(200, json.dumps(error).encode()), False),
-        (up.raw(200, json.dumps(error).encode()), True),
-        (up.raw(200, stream, "text/event-stream"), True),
-        (up.raw(200, b"not json at all " + key.encode()), False),
+        (up.fail(401, f"Incorrect API key provided: {key}"), False, 502),
+        (up.fail(500, f"internal error for key {key}"), False, 502),
+        (up.fail(422, f"bad parameter (key {key})", error_type="invalid_request_error"), False, 422),
+        (up.fail(429, f"key {key} is over its quota"), True, 429),
+        (up.raw(200, json.dumps(error).encode()), False, 502),
+        (up.raw(200, json.dumps(error).encode()), True, 502),
+        (up.raw(200, stream, "text/event-stream"), True, 200),  # the error travels in-band, scrubbed
+        (up.raw(200, b"not json at all " + key.encode()), False, 502),
     ]
 
 
@@ -46,13 +48,15 @@ def test_upstream_quoting_its_key_is_scrubbed(tight: World, prefix: str) -> None
     """Our scrubbing removes the channel's own key whatever it looks like, not only sk-... ones."""
     key = prefix + secrets.token_hex(16)
     t = tight.tenant()
-    for behavior, stream in _leaky_upstreams(key):
+    for behavior, stream, status in _leaky_upstreams(key):
         model = tight.model()  # a channel each: a 401 cools its channel down for minutes
         _, tag = tight.channel([model], api_key=key)
         tight.mock.script(tag, behavior)
         resp = requests.post(tight.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
                              json={"model": model, "messages": MSG, "stream": stream}, timeout=30)
-        assert resp.status_code >= 400 or stream, resp.text
+        assert resp.status_code == status, (behavior, stream, resp.status_code, resp.text)
+        if status == 200:
+            assert resp.text.endswith("data: [DONE]\n\n") and '"error"' in resp.text
         assert key not in resp.text and key[len(prefix):] not in resp.text
     assert key in ISSUED_SECRETS
     listing = tight.admin("GET", "/admin/v1/channels")

@@ -5,7 +5,7 @@ import grpc
 import pytest
 
 from chatkore.v1 import errors_pb2
-from edge.errors import GRPC_TO_HTTP, REASONS, from_rpc
+from edge.errors import REASONS, from_rpc
 from services.common.errors import status_of
 
 DESIGN_ROWS = [
@@ -62,9 +62,29 @@ def test_upstream_rejection_keeps_its_status() -> None:
     assert from_rpc(_rpc("UPSTREAM_REJECTED", http_status=200)).status == 400
 
 
-@pytest.mark.parametrize("code", list(GRPC_TO_HTTP))
-def test_grpc_fallback(code) -> None:
-    assert from_rpc(FakeRpcError(code)).status == GRPC_TO_HTTP[code]
+# The standard gRPC -> HTTP mapping (grpc-gateway's HTTPStatusFromCode), written out here rather
+# than read back from the table under test; CANCELLED is 503 (a peer going away is retryable).
+# Every gRPC code is listed: the ones without a row fall back to 500.
+GRPC_STATUSES = {
+    grpc.StatusCode.OK: 500, grpc.StatusCode.CANCELLED: 503, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def test_every_grpc_code_is_listed() -> None:
+    assert set(GRPC_STATUSES) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize(("code", "status"), GRPC_STATUSES.items(), ids=[c.name for c in GRPC_STATUSES])
+def test_grpc_fallback(code: grpc.StatusCode, status: int) -> None:
+    error = from_rpc(FakeRpcError(code))
+    assert error.status == status
+    assert error.type == ("server_error" if status >= 500 else "invalid_request_error")
+    assert (error.headers or {}).get("retry-after") == ("1" if status == 503 else None)
 
 
 def test_unknown_failure_is_a_fixed_message() -> None:

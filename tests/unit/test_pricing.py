@@ -44,17 +44,29 @@ def test_plan_hold(prompt, max_tokens, n, limit) -> None:
     assert plan.minimum == charge(GPT35.prompt, GPT35.completion, 0, prompt, n)
 
 
-@pytest.mark.parametrize("amount", [34, 1000, 150_000, 2_985_000, 8_342_150])
-@pytest.mark.parametrize("prompt, n", [(13, 1), (500, 2), (1, 4)])
-def test_budget_never_lets_charge_exceed_hold(amount, prompt, n) -> None:
+# Amounts at or above each plan's minimum only (a smaller hold is never placed: billing refuses
+# it, tests/test_credits.py), so no case returns early. Minimums: 21,500 (13 prompt tokens, one
+# choice), 754,000 (500 and two), 9,500 (one and four).
+@pytest.mark.parametrize("prompt, n, amount", [
+    (13, 1, 21_500), (13, 1, 34_000), (13, 1, 150_000), (13, 1, 2_985_000), (13, 1, 8_342_150),
+    (500, 2, 754_000), (500, 2, 1_000_000), (500, 2, 2_985_000), (500, 2, 8_342_150),
+    (1, 4, 9_500), (1, 4, 34_000), (1, 4, 150_000), (1, 4, 2_985_000), (1, 4, 8_342_150),
+    (1, 4, 10**12),  # more than the whole budget costs: capped at the model's limit
+])
+def test_budget_never_lets_charge_exceed_hold(prompt: int, n: int, amount: int) -> None:
     plan = plan_hold(GPT35, prompt, 0, n)
-    if amount < plan.minimum:
-        return
+    assert amount >= plan.minimum
     budget = completion_budget(GPT35, amount, prompt, n, plan.per_choice_limit)
-    assert budget >= 1
+    assert 1 <= budget <= plan.per_choice_limit
     assert charge(GPT35.prompt, GPT35.completion, 0, prompt, budget * n) <= amount
     if budget < plan.per_choice_limit:  # one more token each would not fit
         assert charge(GPT35.prompt, GPT35.completion, 0, prompt, (budget + 1) * n) > amount
+    assert plan.minimum == {(13, 1): 21_500, (500, 2): 754_000, (1, 4): 9_500}[(prompt, n)]
+
+
+def test_budget_below_the_minimum_is_no_budget() -> None:
+    plan = plan_hold(GPT35, 13, 0, 1)
+    assert completion_budget(GPT35, plan.minimum - 1, 13, 1, plan.per_choice_limit) < 1
 
 
 def test_embeddings_hold_is_the_minimum_charge() -> None:
