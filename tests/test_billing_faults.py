@@ -18,6 +18,7 @@ import pytest
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.common.migrations import apply_all
+from tests import mock_upstream as up
 from tests.world import World
 from tools import pg
 from tools.stack import wait_until
@@ -343,3 +344,19 @@ def test_a_retry_that_finds_the_row_moved_on_under_its_lock_moves_no_money(fault
     assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.ALREADY_EXISTS
     assert w.held(uid) == 0 and w.balance(uid) == 10
     assert w.verify()["ok"]
+
+
+def test_a_stream_outliving_the_hold_ttl_keeps_its_hold_and_is_charged(fault_world: World) -> None:
+    """The relay's heartbeat pushes a live call's hold deadline forward, so the sweeper (every
+    0.3 s here, holds of 5 s) leaves it alone however long the stream runs (issue 11)."""
+    w = fault_world
+    model, tag = w.served_model(prompt=1, completion=1)
+    pieces = 2 * HOLD_TTL_S * 4  # at 0.25 s each: twice the hold's lifetime
+    w.mock.always(tag, up.ok(delay_s=0.25, pieces=pieces))
+    t = w.tenant(credits=10)
+    stream = t.client.chat.completions.create(model=model, messages=MSG, stream=True)
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) * 0.25 > 1.5 * HOLD_TTL_S  # the mock's own pace made the stream outlive the hold
+    [row] = w.usage(t.user_id)
+    assert row["status"] == "complete" and not row["late"] and Decimal(str(row["credits"])) > 0
+    assert w.held(t.user_id) == 0 and w.verify()["ok"]

@@ -211,8 +211,28 @@ class Relay:
 
     async def _unary(self, call: Call) -> Reply:
         prepared = await self._prepare(call)
+        hold = await self._reserve(call, prepared.prompt_tokens, prepared.body)
+        beat = self._heartbeat(call, hold)
+        try:
+            return await self._unary_held(call, prepared, hold)
+        finally:
+            beat.cancel()
+
+    def _heartbeat(self, call: Call, hold: Hold) -> asyncio.Task[None]:
+        """Keep a live call's hold from the sweeper: its deadline is pushed forward every third
+        of its lifetime until the call ends (the caller cancels the task)."""
+        return asyncio.create_task(self._beat(call, hold.ttl_s))
+
+    async def _beat(self, call: Call, ttl_s: int) -> None:
+        if ttl_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(0.5, ttl_s / 3))
+            if not await self.billing.keep_alive(call.request_id, call.attempt):
+                return  # settled, released, or taken over by a later attempt: nothing to keep
+
+    async def _unary_held(self, call: Call, prepared: _Prepared, hold: Hold) -> Reply:
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
-        hold = await self._reserve(call, prompt_tokens, body)
         sent = _Sent(prompt_tokens)
         try:
             obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses, sent)
@@ -314,6 +334,7 @@ class Relay:
         opened: _Opened | None = None
         sent = _Sent(prompt_tokens)
         status = "upstream_error"
+        beat = self._heartbeat(call, hold)
         try:
             if _capped(hold):
                 yield Capped(_capped(hold))
@@ -345,6 +366,7 @@ class Relay:
             status = _status_of(exc)
             raise
         finally:
+            beat.cancel()
             if opened is not None:
                 await opened.events.aclose()  # type: ignore[attr-defined]
             if not settled:
