@@ -2,7 +2,9 @@
 
 Headers go out only once the first chunk is in hand, so a failure before it still
 gets a real HTTP status. After that, an error travels in-band as a `data:` event,
-and the stream still ends with `data: [DONE]`. Every event is one write.
+and the stream still ends with `data: [DONE]`. Every event is one write. A stream's
+framing says how events and errors are written: chat's above, or the Responses API's
+named events (`event: response.output_text.delta`), its `error` event and no [DONE].
 
 A call whose connection broke before its first event (an inference replica died or is
 stopping) is made again, and the balancer sends it to another replica. Nothing had reached
