@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 WEB := edge/web
 WEB_STAMP := $(WEB)/node_modules/.installed
 CODEX_STAMP := tests/codex/node_modules/.installed
+CLAUDE_STAMP := tests/claude_code/node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
 CHECKOV := $(VENV)/checkov/.installed-$(shell cksum < requirements-checkov.txt | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
@@ -17,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/$(GEN):$(CURDIR)
 run: $(STAMP) $(GEN)/.stamp $(WEB_STAMP)
 	$(PY) -m tools.run
 
-test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) $(CODEX_STAMP) browser $(CHECKOV)
+test: $(STAMP) $(GEN)/.stamp $(WEB_STAMP) $(CODEX_STAMP) $(CLAUDE_STAMP) browser $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # PEER=litellm adds LiteLLM's proxy to the same rounds; SOAK=1 runs the 10-minute soak instead;
@@ -67,6 +68,13 @@ $(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
 $(CODEX_STAMP): tests/codex/package.json tests/codex/package-lock.json
 	@command -v npm >/dev/null || { echo "the Codex CLI test needs npm (Debian: apt-get install npm)"; exit 1; }
 	cd tests/codex && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Anthropic's Claude Code (a native binary per platform), pinned by its lock file, for tests/test_claude_code.py.
+# Its install script only picks that binary, which npm has already placed; it wants Node 22, hence --ignore-scripts.
+$(CLAUDE_STAMP): tests/claude_code/package.json tests/claude_code/package-lock.json
+	@command -v npm >/dev/null || { echo "the Claude Code test needs npm (Debian: apt-get install npm)"; exit 1; }
+	cd tests/claude_code && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Debian's chromium for the browser tests (Playwright drives it; its own download is not used).

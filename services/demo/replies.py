@@ -5,6 +5,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 import uuid
@@ -17,13 +18,19 @@ from services.inference import tokens
 EMBEDDING_DIMENSIONS = 1536
 
 
+# Notes a client tucks into the user's turn for the model (Claude Code's), not what the user said.
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
+
+
 def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, list):
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            return str(content or "")
+                text = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            else:
+                text = str(content or "")
+            return _REMINDER.sub("", text).strip()
     return ""
 
 
