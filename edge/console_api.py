@@ -200,3 +200,38 @@ async def models(request: web.Request) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """The chat page's call: the session's own key, through the very path every API key takes."""
     return await openai_api.relay_as(request, await _web_key(request), inference_pb2.CHAT_COMPLETIONS)
+
+
+# --- recovering an account ---------------------------------------------------------------------
+
+
+async def request_password_reset(request: web.Request) -> web.Response:
+    """Always 202, whether or not the address has an account: the answer tells nobody which do."""
+    sessions.check_origin(request)
+    email = get_str(await json_body(request), "email", limit=254).strip()
+    if not email:
+        raise invalid("Enter your email address.", "email", "missing_required_parameter")
+    await request.app[SIGNUPS].admit(client_ip(request))  # mails cost like sign-ups: as few per address
+    await request.app[PEERS].auth.RequestPasswordReset(
+        auth_pb2.PasswordResetRequest(email=email, lang=i18n.language(request)), timeout=RPC_TIMEOUT_S)
+    return json_response({}, status=202)
+
+
+async def confirm_password_reset(request: web.Request) -> web.Response:
+    sessions.check_origin(request)
+    body = await json_body(request)
+    await request.app[PEERS].auth.ResetPassword(
+        auth_pb2.ResetPasswordRequest(token=get_str(body, "token"), password=get_str(body, "password", limit=1024)),
+        timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    await sessions.resolve(request)
+    body = await json_body(request)
+    await request.app[PEERS].auth.ChangePassword(
+        auth_pb2.ChangePasswordRequest(session_token=request.cookies.get(sessions.COOKIE, ""),
+                                       current=get_str(body, "current", limit=1024),
+                                       new_password=get_str(body, "new", limit=1024)),
+        timeout=RPC_TIMEOUT_S)
+    return web.Response(status=204)

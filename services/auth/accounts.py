@@ -60,7 +60,7 @@ def _check_email(email: str) -> str:
     return email
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
     if len(password) < MIN_LENGTH:
         raise InvalidRequest(f"The password must have at least {MIN_LENGTH} characters.",
                              param="password", code="password_too_short")
@@ -79,7 +79,7 @@ class Accounts:
 
     async def register(self, email: str, password: str) -> AccountRow:
         email = _check_email(email)
-        _check_password(password)
+        check_password(password)
         hashed = await self._passwords.hash(password)
         async with self._pool.connection() as conn:
             account = await store.insert_account(conn, email, hashed)  # step 1

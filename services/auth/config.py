@@ -28,6 +28,9 @@ class AuthConfig:
     argon2_memory_kib: int     # memory one password hash holds while it runs
     argon2_time_cost: int      # argon2id passes over that memory
     password_hashes_at_once: int  # hashes running at once: memory_kib × this must fit the pod's limit
+    smtp_url: Secret | None    # smtp:// or smtps:// (with credentials); unset: mails go to the log
+    mail_from: str             # the From of every mail
+    public_url: str            # this service's address as users reach it (links in mails)
     telemetry: Telemetry       # metrics port and tracing
     tls: GrpcTls               # this process's certificate (services/common/mtls.py)
     health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
@@ -47,6 +50,10 @@ class AuthConfig:
             argon2_memory_kib=env_int("CHATKORE_ARGON2_MEMORY_KIB", 65536),
             argon2_time_cost=env_int("CHATKORE_ARGON2_TIME_COST", 3),
             password_hashes_at_once=env_int("CHATKORE_PASSWORD_HASHES_AT_ONCE", 2),
+            smtp_url=Secret(smtp) if (smtp := env_optional("CHATKORE_SMTP_URL")) else None,
+            mail_from=env_str("CHATKORE_MAIL_FROM", "chatkore <noreply@localhost>"),
+            public_url=env_str("CHATKORE_PUBLIC_URL", "http://{}:{}".format(
+                env_str("CHATKORE_HOST", "127.0.0.1"), env_int("CHATKORE_HTTP_PORT", 8080))),
             telemetry=Telemetry.from_env(),
             tls=GrpcTls.from_env("auth"),
             health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),

@@ -9,7 +9,9 @@ from services.auth.audit import AuditLog
 from services.auth.billing_peer import BillingPeer
 from services.auth.config import AuthConfig
 from services.auth.keys import Keys
+from services.auth.mail import Mailer
 from services.auth.passwords import Passwords
+from services.auth.recovery import Recovery
 from services.auth.servicer import AuthServicer
 from services.common import db, grpcserver
 
@@ -21,7 +23,8 @@ async def serve(cfg: AuthConfig) -> None:
     passwords = Passwords(memory_kib=cfg.argon2_memory_kib, time_cost=cfg.argon2_time_cost,
                           at_once=cfg.password_hashes_at_once)
     accounts = Accounts(pool, billing, passwords, cfg.session_ttl_s)
-    servicer = AuthServicer(keys, accounts, AuditLog(pool))
+    mailer = Mailer(cfg.smtp_url.reveal() if cfg.smtp_url else None, cfg.mail_from)
+    servicer = AuthServicer(keys, accounts, AuditLog(pool), Recovery(pool, passwords, mailer, cfg.public_url))
     pruner = asyncio.create_task(keys.prune_changes_forever())
     try:
         await grpcserver.serve(
@@ -37,6 +40,7 @@ async def serve(cfg: AuthConfig) -> None:
         )
     finally:
         pruner.cancel()
+        await mailer.close()
         await billing.close()
         passwords.close()
         await pool.close()

@@ -9,6 +9,7 @@ from chatkore.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, Session
 from services.auth.audit import AuditLog
 from services.auth.keys import Keys, KeySpec
+from services.auth.recovery import Recovery
 from services.auth.store import AccountRow, AuditRow, KeyRow
 
 
@@ -35,9 +36,10 @@ def _audit(a: AuditRow) -> auth_pb2.AuditEntry:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, keys: Keys, accounts: Accounts, audit: AuditLog) -> None:
+    def __init__(self, keys: Keys, accounts: Accounts, audit: AuditLog, recovery: Recovery) -> None:
         self.keys = keys
         self.accounts = accounts
+        self.recovery = recovery
         self.audit = audit
 
     async def RecordAudit(self, request: auth_pb2.AuditEntry,
@@ -100,6 +102,21 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                      context: grpc.aio.ServicerContext) -> auth_pb2.LogoutReply:
         await self.accounts.logout(request.token)
         return auth_pb2.LogoutReply()
+
+    async def RequestPasswordReset(self, request: auth_pb2.PasswordResetRequest,
+                                   context: grpc.aio.ServicerContext) -> auth_pb2.PasswordReply:
+        await self.recovery.request_reset(request.email, request.lang)
+        return auth_pb2.PasswordReply()
+
+    async def ResetPassword(self, request: auth_pb2.ResetPasswordRequest,
+                            context: grpc.aio.ServicerContext) -> auth_pb2.PasswordReply:
+        await self.recovery.reset(request.token, request.password)
+        return auth_pb2.PasswordReply()
+
+    async def ChangePassword(self, request: auth_pb2.ChangePasswordRequest,
+                             context: grpc.aio.ServicerContext) -> auth_pb2.PasswordReply:
+        await self.recovery.change(request.session_token, request.current, request.new_password)
+        return auth_pb2.PasswordReply()
 
     async def WebKey(self, request: auth_pb2.WebKeyRequest, context: grpc.aio.ServicerContext) -> auth_pb2.KeyInfo:
         return _info(await self.keys.web_key(request.user_id))

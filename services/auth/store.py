@@ -335,3 +335,40 @@ async def list_audit(conn: AsyncConnection, limit: int, before_id: int) -> list[
         {"before": before_id, "limit": limit},
     )
     return [AuditRow(*row) for row in await cur.fetchall()]
+
+
+# --- mailed tokens and passwords ----------------------------------------------------------------
+
+
+async def insert_account_token(conn: AsyncConnection, token_hash: bytes, account_id: int, purpose: str,
+                               ttl_s: int) -> None:
+    await conn.execute(
+        "INSERT INTO account_tokens (token_hash, account_id, purpose, expires_at)"
+        " VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
+        (token_hash, account_id, purpose, ttl_s),
+    )
+
+
+async def use_account_token(conn: AsyncConnection, token_hash: bytes, purpose: str) -> int | None:
+    """The account of a live, unused token, which is used up by this very statement (so two
+    uses racing each other cannot both succeed); None for any other token."""
+    cur = await conn.execute(
+        "UPDATE account_tokens SET used_at = now()"
+        " WHERE token_hash = %s AND purpose = %s AND used_at IS NULL AND expires_at > now()"
+        " RETURNING account_id",
+        (token_hash, purpose),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def set_password(conn: AsyncConnection, account_id: int, password_hash: str) -> None:
+    await conn.execute(
+        "UPDATE accounts SET password_hash = %s, failed_logins = 0, locked_until = NULL WHERE id = %s",
+        (password_hash, account_id),
+    )
+
+
+async def end_sessions(conn: AsyncConnection, account_id: int, keep: bytes = b"") -> None:
+    """Every session of the account ends, but the one whose hash is `keep`."""
+    await conn.execute("DELETE FROM sessions WHERE account_id = %s AND token_hash <> %s", (account_id, keep))

@@ -28,7 +28,8 @@ _EDGE = frozenset({"edge"})
 CALLERS: dict[str, frozenset[str]] = {
     **{f"/chatkore.v1.Auth/{m}": _EDGE for m in (
         "Authenticate", "AuthorizeAdmin", "CreateKey", "ListKeys", "RevokeKey", "KeyChanges", "Register",
-        "Login", "ResolveSession", "Logout", "WebKey", "SetRole", "ListAccounts", "RecordAudit", "ListAudit")},
+        "Login", "ResolveSession", "Logout", "WebKey", "SetRole", "ListAccounts", "RecordAudit", "ListAudit",
+        "RequestPasswordReset", "ResetPassword", "ChangePassword")},
     **{f"/chatkore.v1.Billing/{m}": _EDGE for m in (
         "GetUser", "TopUp", "SetPrice", "ListPrices", "ListUsage", "GetSpend", "VerifyLedger",
         "CreateRedeemCodes", "Redeem", "SearchUsers", "SetUserDisabled", "DailySpend", "ModelStats",

@@ -15,7 +15,7 @@ from edge.pages import STATIC, render
 WEB = Path(i18n.__file__).resolve().parent / "web"
 # ck.t("key"...), and the keys pages list in arrays to look up later (["console.nav.keys", ...]).
 _USED = re.compile(r"""ck\.t\(\s*["']([\w.]+)["']|\{\{t:([\w.-]+)\}\}""")
-_PREFIXES = "nav|common|auth|chat|console|usage|ops|docs|home|pricing|topup|demo|error|status|health|title"
+_PREFIXES = "nav|common|auth|password|chat|console|usage|ops|docs|home|pricing|topup|demo|error|status|health|title"
 _LISTED = re.compile(rf"""["']((?:{_PREFIXES})\.[\w.]+)["']""")
 
 

@@ -171,11 +171,24 @@ const ck = {
       b.dataset.mode = m;
       tabs.append(b);
     }
+    // Forgotten password: the reset link goes by mail; the answer is the same for any address.
+    const forgot = ck.el("button", { type: "button", class: "ghost small", id: "forgot" }, ck.t("password.forgot"));
+    forgot.addEventListener("click", async () => {
+      error.hidden = true;
+      if (!email.value) { email.focus(); note.textContent = ck.t("password.forgot_hint"); return; }
+      try {
+        await ck.api("POST", "/api/password/reset", { email: email.value });
+        note.textContent = ck.t("password.sent");
+      } catch (e) {
+        error.textContent = e.message;
+        error.hidden = false;
+      }
+    });
     const form = ck.el("form", { class: "card auth-card", id: "auth-form" },
       ck.el("h1", { text: "chatkore" }), ck.el("p", { class: "lead", text: lead }), tabs,
       ck.el("div", { class: "field" }, ck.el("label", { for: "email", text: ck.t("auth.email") }), email),
       ck.el("div", { class: "field" }, ck.el("label", { for: "password", text: ck.t("auth.password") }), password),
-      note, error, submit);
+      note, error, submit, forgot);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       submit.disabled = true;

@@ -13,6 +13,12 @@ function section() {
 async function start() {
   await ck.loadMe();
   const next = new URLSearchParams(location.search).get("next");
+  const resetToken = new URLSearchParams(location.search).get("reset");
+  if (resetToken) {
+    ck.topbar("console");
+    resetForm(document.getElementById("root"), resetToken);
+    return;
+  }
   if (!ck.me) {
     ck.topbar("console");
     ck.authCard(document.getElementById("root"), ck.t("console.signin_lead"), () => {
@@ -79,7 +85,8 @@ async function overview(root) {
       el("div", { class: "card-head" }, el("h2", { text: ck.t("console.spend_chart") }), el("span", { class: "hint", text: ck.t("console.utc_days") })),
       el("div", { class: "chart-box" }, canvas)),
     el("div", { class: "card" }, el("h2", { text: ck.t("console.redeem.title") }),
-      el("p", { class: "hint", text: ck.t("console.redeem.hint") }), form, message));
+      el("p", { class: "hint", text: ck.t("console.redeem.hint") }), form, message),
+    passwordCard());
   const days = (await ck.api("GET", "/api/spend?days=30")).data;
   spent.textContent = ck.credits(days.reduce((s, d) => s + d.credits, 0));
   calls.textContent = ck.num(days.reduce((s, d) => s + d.requests, 0));
@@ -215,6 +222,56 @@ async function topup(root) {
   }
 
   await Promise.all([fill(), fillInvite()]);
+}
+
+// --- passwords -----------------------------------------------------------------------
+
+// The page a reset mail links to: a new password, then sign in with it.
+function resetForm(root, token) {
+  const password = el("input", { type: "password", id: "reset-password", minlength: "8", required: true, autocomplete: "new-password" });
+  const message = el("div", { hidden: true, role: "alert", id: "reset-message" });
+  const form = el("form", { class: "card auth-card", id: "reset-form" },
+    el("h1", { text: ck.t("password.reset_title") }),
+    el("div", { class: "field" }, el("label", { for: "reset-password", text: ck.t("password.new") }), password),
+    message, el("button", { type: "submit", id: "reset-submit" }, ck.t("password.set")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await ck.api("POST", "/api/password/reset/confirm", { token, password: password.value });
+      history.replaceState(null, "", "/console");
+      start();
+    } catch (e) {
+      message.className = "error";
+      message.textContent = e.message;
+      message.hidden = false;
+    }
+  });
+  root.replaceChildren(el("div", { class: "auth-wrap" }, form));
+}
+
+function passwordCard() {
+  const current = el("input", { type: "password", id: "pw-current", required: true, autocomplete: "current-password" });
+  const fresh = el("input", { type: "password", id: "pw-new", minlength: "8", required: true, autocomplete: "new-password" });
+  const message = el("div", { hidden: true, role: "status", id: "pw-message" });
+  const form = el("form", { class: "row", id: "pw-form" },
+    el("div", { class: "field grow" }, el("label", { for: "pw-current", text: ck.t("password.current") }), current),
+    el("div", { class: "field grow" }, el("label", { for: "pw-new", text: ck.t("password.new") }), fresh),
+    el("button", { type: "submit", class: "secondary" }, ck.t("password.change")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await ck.api("POST", "/api/password/change", { current: current.value, new: fresh.value });
+      message.className = "notice";
+      message.textContent = ck.t("password.changed");
+      form.reset();
+    } catch (e) {
+      message.className = "error";
+      message.textContent = e.message;
+    }
+    message.hidden = false;
+  });
+  return el("div", { class: "card" }, el("h2", { text: ck.t("password.change_title") }),
+    el("p", { class: "hint", text: ck.t("password.change_hint") }), form, message);
 }
 
 // --- keys ---------------------------------------------------------------------------
