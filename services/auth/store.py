@@ -364,7 +364,7 @@ async def use_account_token(conn: AsyncConnection, token_hash: bytes, purpose: s
 
 async def set_password(conn: AsyncConnection, account_id: int, password_hash: str) -> None:
     await conn.execute(
-        "UPDATE accounts SET password_hash = %s, failed_logins = 0, locked_until = NULL WHERE id = %s",
+        "UPDATE accounts SET password_hash = %s WHERE id = %s",
         (password_hash, account_id),
     )
 
