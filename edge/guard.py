@@ -11,6 +11,7 @@ the first time it sees a failure from an address that is over the limit everywhe
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -77,9 +78,23 @@ class AuthGuard:
             self._blocked.move_to_end(address)
 
 
+def signup_source(address: str) -> str:
+    """Who a sign-up is counted against: an IPv4 address, or an IPv6 address's /64 (one
+    customer's network hands out a whole /64, so single IPv6 addresses cost nothing to rotate)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class SignupLimit:
-    """At most `per_hour` console sign-ups from one address an hour: each comes with free
-    credits, so making accounts in bulk must cost time."""
+    """At most `per_hour` console sign-ups from one address (IPv6: one /64) an hour: each
+    comes with free credits, so making accounts in bulk must cost time."""
 
     def __init__(self, limiter: Limiter, per_hour: int) -> None:
         self._limiter = limiter
@@ -89,7 +104,7 @@ class SignupLimit:
     async def admit(self, address: str) -> None:
         if not self._on:
             return
-        verdict = await self._limiter.hit(f"signups:{address}", [self._rule])
+        verdict = await self._limiter.hit(f"signups:{signup_source(address)}", [self._rule])
         if not verdict.enforced:
             # API limits fail open when Redis is away (a paying call must not fail for it); a sign-up
             # carries free credits, so without its limit it is refused until Redis is back.

@@ -5,7 +5,7 @@ import pytest
 
 from edge.config import trusted_networks
 from edge.errors import OpenAIError
-from edge.guard import AuthGuard, LimiterCounter
+from edge.guard import AuthGuard, LimiterCounter, SignupLimit, signup_source
 from edge.ratelimit import MemoryLimiter
 from services.common.config import ConfigError
 
@@ -62,3 +62,26 @@ def test_trusted_proxies_are_parsed_and_a_bad_entry_stops_the_edge() -> None:
     assert trusted_networks("") == ()
     with pytest.raises(ConfigError, match="'10.0.0.0/33'"):
         trusted_networks("10.0.0.0/8, 10.0.0.0/33")
+
+
+@pytest.mark.parametrize(("address", "source"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("not an address", "not an address"),
+])
+def test_sign_ups_count_ipv6_by_its_64(address: str, source: str) -> None:
+    assert signup_source(address) == source
+
+
+async def test_a_64_shares_one_sign_up_budget() -> None:
+    limit = SignupLimit(MemoryLimiter(clock=Clock()), per_hour=2)
+    await limit.admit("2001:db8:7:7::1")
+    await limit.admit("2001:db8:7:7:ffff::2")
+    with pytest.raises(OpenAIError) as refused:
+        await limit.admit("2001:db8:7:7:1234:5678:9abc:def0")  # a third address, the same /64
+    assert refused.value.status == 429
+    await limit.admit("2001:db8:7:8::1")  # the next /64 is someone else
+    await limit.admit("198.51.100.1")
