@@ -577,3 +577,24 @@ def test_ops_users_list_keeps_the_latest_search_and_typed_amounts(browser: Brows
     expect(row.locator(".topup-amount")).to_have_value("")
     assert world.balance(customer.user_id) == 107
     ctx.close()
+
+
+def test_dark_mode_follows_the_system_and_the_toggle_sticks(browser: Browser, world: World) -> None:
+    ctx = browser.new_context(viewport=DESKTOP, base_url=world.url, color_scheme="dark", locale="en-US")
+    page = ctx.new_page()
+    background = "getComputedStyle(document.documentElement).backgroundColor"
+    page.goto("/docs")
+    page.wait_for_selector("#theme-toggle")
+    assert page.evaluate(background) == "rgb(15, 17, 21)"  # the system prefers dark
+    shoot(page, "docs-dark")
+    page.click("#theme-toggle")
+    assert page.evaluate(background) == "rgb(246, 247, 249)"
+    page.goto("/console")  # remembered on the next page
+    page.wait_for_selector("#theme-toggle")
+    assert page.evaluate(background) == "rgb(246, 247, 249)"
+    page.click("#theme-toggle")
+    page.reload()
+    page.wait_for_selector("#theme-toggle")
+    assert page.evaluate(background) == "rgb(15, 17, 21)"
+    shoot(page, "console-signin-dark")
+    ctx.close()

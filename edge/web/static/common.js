@@ -4,6 +4,10 @@
 "use strict";
 
 const CK_LANGUAGES = [["zh-CN", "中文"], ["en", "English"]];
+{
+  const chosen = localStorage.getItem("ck.theme");
+  if (chosen === "dark" || chosen === "light") document.documentElement.dataset.theme = chosen;
+}
 
 const ck = {
   csrf: "",
@@ -102,6 +106,31 @@ const ck = {
     return ck.messages[`status.${s}`] || s;
   },
 
+  // Light or dark: the system's choice until the toggle makes one, which this browser remembers.
+  theme() {
+    const chosen = localStorage.getItem("ck.theme");
+    if (chosen === "dark" || chosen === "light") return chosen;
+    return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+  },
+
+  themeToggle() {
+    const button = ck.el("button", { type: "button", id: "theme-toggle", class: "ghost small theme-toggle" });
+    const show = () => {
+      const next = ck.theme() === "dark" ? "light" : "dark";
+      button.textContent = next === "dark" ? "☾" : "☀";
+      button.title = ck.t(`common.theme_${next}`);
+      button.setAttribute("aria-label", button.title);
+    };
+    button.addEventListener("click", () => {
+      const next = ck.theme() === "dark" ? "light" : "dark";
+      localStorage.setItem("ck.theme", next);
+      document.documentElement.dataset.theme = next;
+      show();
+    });
+    show();
+    return button;
+  },
+
   langSwitch() {
     const select = ck.el("select", { id: "lang-switch", class: "lang-switch", "aria-label": ck.t("common.language") },
       CK_LANGUAGES.map(([code, name]) => ck.el("option", { value: code, lang: code, selected: code === ck.lang }, name)));
@@ -127,7 +156,7 @@ const ck = {
         ck.el("span", { class: "pill", id: "balance", title: ck.t("common.your_balance") }, ck.t("common.credits_n", { n: ck.credits(ck.me.balance) })),
         ck.el("span", { class: "email", text: ck.me.email }));
     }
-    who.append(ck.langSwitch());
+    who.append(ck.themeToggle(), ck.langSwitch());
     if (ck.me) who.append(ck.el("button", { class: "secondary small", id: "signout", onclick: ck.signOut }, ck.t("common.sign_out")));
     bar.append(who);
   },
