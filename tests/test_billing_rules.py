@@ -200,3 +200,26 @@ def test_a_priced_tier_carries_its_multiplier(world: World) -> None:
     charges = sorted(Decimal(str(r["credits"])) for r in world.usage(t.user_id))
     assert charges == [Decimal("0.4"), Decimal("1")]  # 400 tokens at 1, then at 2.5
     assert world.verify()["ok"]
+
+
+def test_images_are_counted_by_size_and_detail_and_urls_hold_the_worst_case(world: World) -> None:
+    from tests.unit.test_images import part, png
+
+    model, tag = world.served_model(prompt=1, completion=1, prefix="gpt-4o")
+    world.mock.always(tag, up.ok(usage=False, content="a cat"))  # no usage: the prompt is what chatkore counts
+    t = world.tenant(credits=100)
+    text = {"type": "text", "text": "what is this?"}
+    plain = _prompt(model, [{"role": "user", "content": [text]}])
+    for detail, image_tokens in [("high", 765), ("low", 85)]:
+        t.client.chat.completions.create(model=model, messages=[
+            {"role": "user", "content": [text, part(png(2048, 2048), detail)]}])
+    rows = sorted(world.usage(t.user_id), key=lambda r: r["prompt_tokens"])
+    assert [r["prompt_tokens"] for r in rows] == [plain + 85, plain + 765]
+    # An https image is never fetched: the hold covers the worst case, the upstream's usage settles it.
+    world.mock.always(tag, up.ok(usage_override={"prompt_tokens": 300, "completion_tokens": 2, "total_tokens": 302}))
+    t2 = world.tenant(credits=100)
+    t2.client.chat.completions.create(model=model, messages=[
+        {"role": "user", "content": [text, part("https://example.invalid/cat.png", "high")]}])
+    [row] = world.usage(t2.user_id)
+    assert row["prompt_tokens"] == 300 and row["usage_source"] == "upstream"
+    assert world.verify()["ok"]

@@ -19,6 +19,8 @@ from typing import Any
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
+from services.inference import images
+
 # The official hashes, as tiktoken_ext.openai_public checks them after a download.
 _RANK_FILES = {
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
@@ -90,10 +92,10 @@ def count_text(text: str, enc: tiktoken.Encoding) -> int:
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
-IMAGE_TOKENS = 85  # an image part at low detail; high detail is billed by the upstream's usage
+IMAGE_TOKENS = 85  # an image part at low detail on gpt-4o (services/inference/images.py has the rule)
 
 
-def _content_tokens(value: Any, enc: tiktoken.Encoding) -> int:
+def _content_tokens(value: Any, enc: tiktoken.Encoding, model: str = "") -> int:
     if value is None:
         return 0
     if isinstance(value, str):
@@ -106,16 +108,16 @@ def _content_tokens(value: Any, enc: tiktoken.Encoding) -> int:
                 if kind == "text" or "text" in part:
                     total += count_text(str(part.get("text") or ""), enc)
                 elif kind in ("image_url", "input_image", "image"):
-                    total += IMAGE_TOKENS
+                    total += images.image_tokens(part, model)
                 else:
                     total += count_text(json.dumps(part, ensure_ascii=False), enc)
             else:
-                total += _content_tokens(part, enc)
+                total += _content_tokens(part, enc, model)
         return total
     return count_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")), enc)
 
 
-def count_messages(messages: Iterable[dict[str, Any]], enc: tiktoken.Encoding) -> int:
+def count_messages(messages: Iterable[dict[str, Any]], enc: tiktoken.Encoding, model: str = "") -> int:
     total = 0
     for message in messages:
         total += TOKENS_PER_MESSAGE
@@ -127,7 +129,7 @@ def count_messages(messages: Iterable[dict[str, Any]], enc: tiktoken.Encoding) -
                         total += count_text(str(fn.get("name") or ""), enc)
                         total += count_text(str(fn.get("arguments") or ""), enc)
                 continue
-            total += _content_tokens(value, enc)
+            total += _content_tokens(value, enc, model)
             if key == "name":
                 total += TOKENS_PER_NAME
     return total + REPLY_PRIMING
@@ -166,14 +168,37 @@ def count_tools(functions: Iterable[dict[str, Any]], enc: tiktoken.Encoding) -> 
                         total += enum_item + count_text(str(item), enc)
                 p_desc = str(prop.get("description") or "").removesuffix(".")
                 total += count_text(f"{name}:{prop.get('type', '')}:{p_desc}", enc)
+                total += _nested_schema(prop, enc)
     return total + func_end if count else 0
 
 
+_NESTED = ("properties", "items", "anyOf", "oneOf", "allOf", "$defs", "definitions", "prefixItems")
+
+
+def _nested_schema(prop: dict[str, Any], enc: tiktoken.Encoding) -> int:
+    """A property's nested schema (objects, arrays, unions), which the cookbook's formula for
+    top-level properties leaves out but the model still reads: counted as its JSON text."""
+    nested = {key: prop[key] for key in _NESTED if isinstance(prop.get(key), (dict, list)) and prop[key]}
+    return count_text(json.dumps(nested, ensure_ascii=False, separators=(",", ":")), enc) if nested else 0
+
+
+def count_response_format(value: Any, enc: tiktoken.Encoding) -> int:
+    """A `response_format` json_schema: the schema the model is given, counted as its JSON text."""
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return 0
+    schema = value.get("json_schema")
+    return count_text(json.dumps(schema, ensure_ascii=False, separators=(",", ":")), enc) if schema else 0
+
+
 def count_chat_prompt(body: dict[str, Any], model: str) -> int:
-    """Prompt tokens of a chat request: messages, names, tool and function definitions."""
+    """Prompt tokens of a chat request: messages, names, images, tool and function definitions
+    (nested schemas included), and a response_format schema."""
     enc = encoding_for(model)
     messages = body.get("messages")
-    total = count_messages([m for m in messages if isinstance(m, dict)], enc) if isinstance(messages, list) else 0
+    total = count_messages([m for m in messages if isinstance(m, dict)], enc, model) \
+        if isinstance(messages, list) else 0
+    total += count_response_format(body.get("response_format"), enc)
+    params_defs = 0
     functions: list[dict[str, Any]] = []
     for tool in body.get("tools") or ():
         if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
@@ -181,7 +206,11 @@ def count_chat_prompt(body: dict[str, Any], model: str) -> int:
     for fn in body.get("functions") or ():
         if isinstance(fn, dict):
             functions.append(fn)
-    return total + count_tools(functions, enc)
+    for fn in functions:  # shared definitions a tool's parameters refer to
+        params = fn.get("parameters")
+        if isinstance(params, dict):
+            params_defs += _nested_schema({k: v for k, v in params.items() if k in ("$defs", "definitions")}, enc)
+    return total + params_defs + count_tools(functions, enc)
 
 
 # --- completions and embeddings -------------------------------------------------
