@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -175,6 +176,16 @@ def raw(status: int, payload: bytes, content_type: str = "application/json") -> 
     return behave
 
 
+async def _flushed(transport: asyncio.BaseTransport, within_s: float = 10.0) -> None:
+    """Wait until the chunks written so far have left for the socket: abort() drops whatever
+    is still queued, and a 'cut' means "after these chunks", not "instead of them"."""
+    deadline = time.monotonic() + within_s
+    while transport.get_write_buffer_size() and not transport.is_closing():  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise TimeoutError("the mock's chunks did not leave within 10 s")
+        await asyncio.sleep(0.001)
+
+
 def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 20) -> Behavior:
     """Stream `after` chunks, then: 'cut' (drop the connection), 'hang', 'garbage', 'error', 'end' (no [DONE])."""
 
@@ -191,6 +202,7 @@ def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 
                 state.written.append(_text_of(chunk))
             if action == "cut":
                 assert request.transport is not None
+                await _flushed(request.transport)
                 request.transport.abort()
                 raise asyncio.CancelledError
             if action == "hang":

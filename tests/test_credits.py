@@ -286,8 +286,10 @@ def test_clients_leaving_while_holds_are_placed_leave_none_open(world: World) ->
                             (t.user_id,)).fetchall()
     states = Counter((state, status) for state, status, _ in rows)
     # Holds were placed for calls whose client then left, and each was closed client_gone at once
-    # (the wait above is far shorter than the sweeper's hold TTL).
-    assert states[("released", "client_gone")] > 0, states
+    # (the wait above is far shorter than the sweeper's hold TTL): released when the client left
+    # before the request went upstream, charged what the upstream did when it left after (DESIGN
+    # section 6: abandoned is not free). Which of the two a departure lands in is the machine's timing.
+    assert states[("released", "client_gone")] + states[("settled", "client_gone")] > 0, states
     assert set(states) <= {("settled", "complete"), ("settled", "client_gone"), ("released", "client_gone")}, states
     assert states[("settled", "complete")] >= answered + 5  # and the five timed calls
     charged = sum(Decimal(credits) for _, _, credits in rows) / 1_000_000
