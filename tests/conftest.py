@@ -46,7 +46,9 @@ def pg_server() -> Iterator[str]:
         return
     # A short path: PostgreSQL's unix socket lives in the data directory.
     datadir = Path(tempfile.mkdtemp(prefix="ckpg-"))
-    url, server = pg.embedded(datadir / "pg", cleanup="delete")
+    # The suite runs a score of whole stacks on this one server, each with three pools: the
+    # default 100 connections is too few when several of them grow at once.
+    url, server = pg.embedded(datadir / "pg", cleanup="delete", max_connections=400)
     yield url
     server.cleanup()
     shutil.rmtree(datadir, ignore_errors=True)

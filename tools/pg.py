@@ -10,11 +10,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
-def embedded(datadir: Path, *, cleanup: str = "stop") -> tuple[str, Any]:
+def embedded(datadir: Path, *, cleanup: str = "stop", max_connections: int = 0) -> tuple[str, Any]:
     """Start (or join) a PostgreSQL 16 living in `datadir`; returns (url, server handle)."""
     import pgserver  # only needed when no DATABASE_URL is given
 
     datadir.mkdir(parents=True, exist_ok=True)
+    if max_connections and not (datadir / "PG_VERSION").exists():
+        # A new cluster: set its connection limit before the server that is handed out starts
+        # (max_connections takes effect only at start).
+        first = pgserver.get_server(str(datadir.resolve()), cleanup_mode="stop")
+        first.psql(f"ALTER SYSTEM SET max_connections = {int(max_connections)};")
+        first.cleanup()
     server = pgserver.get_server(str(datadir.resolve()), cleanup_mode=cleanup)
     return server.get_uri(), server
 
