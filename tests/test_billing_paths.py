@@ -1,14 +1,22 @@
 """Issue 11's rules on every path that holds credits: the Responses API (native and translated) and
 Anthropic's Messages API (native and translated) send the completion budget upstream always, and tell
-the client by `x-chatkore-max-tokens` when the balance cut it, as chat completions do."""
+the client by `x-chatkore-max-tokens` when the balance cut it, as chat completions do; http(s) images
+are held at the worst case and settled to the upstream's usage."""
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
 
+from services.inference import tokens
+from tests import mock_upstream as up
 from tests.world import World
+from tools.stack import wait_until
 
 MAX_OUTPUT = 1000
 
@@ -91,4 +99,62 @@ def test_a_budget_cut_by_the_balance_is_told_on_every_path(world: World, api: st
     [row] = world.usage(t.user_id)
     assert row["status"] == "complete"
     assert world.held(t.user_id) == 0 and world.balance(t.user_id) >= 0
+    assert world.verify()["ok"]
+
+
+def _gated(gate: threading.Event, then: up.Behavior) -> up.Behavior:
+    """Answer as `then` once the test opens the gate (the call stays in flight until then)."""
+
+    async def behave(request: Any, body: dict[str, Any], path: str) -> Any:
+        await asyncio.to_thread(gate.wait, 60)
+        return await then(request, body, path)
+
+    return behave
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_https_images_are_held_at_the_worst_case_and_settled_to_the_upstream_usage(world: World,
+                                                                                    stream: bool) -> None:
+    """An http(s) image is never fetched: the hold counts it at the worst case for its detail
+    (gpt-4o: 85 + 170 x 8 tiles at high or auto, 85 at low), and the charge is the upstream's usage."""
+    model = world.model(prompt=10, completion=20, prefix="gpt-4o")  # 0.01 and 0.02 credits a token
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 10, "completion": 20, "max_output": 100,
+                                                     "context": 128000})
+    _, tag = world.channel([model])
+    gate = threading.Event()
+    world.mock.always(tag, _gated(gate, up.ok(usage_override={"prompt_tokens": 1234, "completion_tokens": 56,
+                                                              "total_tokens": 1290})))
+    t = world.tenant(credits=100)
+    text = {"type": "text", "text": "what are these?"}
+    urls = ["https://example.invalid/cat.png", "http://example.invalid/dog.jpg"]
+    content = [text, {"type": "image_url", "image_url": {"url": urls[0], "detail": "high"}},
+               {"type": "image_url", "image_url": {"url": urls[1], "detail": "low"}}]
+    plain = tokens.count_chat_prompt({"messages": [{"role": "user", "content": [text]}]}, model)
+    worst_prompt = plain + (85 + 170 * 8) + 85
+
+    def call() -> None:
+        reply = t.client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                                 stream=stream, **({"stream_options": {"include_usage": True}}
+                                                                   if stream else {}))
+        if stream:
+            list(reply)
+
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(call)
+        try:
+            wait_until(lambda: world.mock.received(tag) and world.held(t.user_id) > 0, 30, "the call to be held")
+            # The worst case for the prompt, and the model's 100 output tokens.
+            assert world.held(t.user_id) == Decimal(worst_prompt) / 100 + Decimal(100) / 50
+            assert world.balance(t.user_id) == 100 - world.held(t.user_id)
+            sent = world.mock.received(tag)[-1].body["messages"][0]["content"]
+            assert [p["image_url"]["url"] for p in sent[1:]] == urls  # passed on, never fetched
+        finally:
+            gate.set()
+        done.result(60)
+    wait_until(lambda: world.held(t.user_id) == 0, 20, "the hold to settle")
+    [row] = world.usage(t.user_id)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (1234, 56, "upstream")
+    charge = Decimal("12.34") + Decimal("1.12")  # 1,234 x 0.01 + 56 x 0.02
+    assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
+    assert world.balance(t.user_id) == 100 - charge
     assert world.verify()["ok"]
