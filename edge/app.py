@@ -16,13 +16,14 @@ from edge.inputs import declared_size
 from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
+from edge.retry import RetryInterceptor
 from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, SIGNUPS, Counters, Peers
 from services.common import metrics, peers, telemetry
 
 
 async def _peers(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    channels = {name: peers.channel(addr, name, cfg.tls) for name, addr in
+    channels = {name: peers.channel(addr, name, cfg.tls, outer=[RetryInterceptor()]) for name, addr in
                 (("auth", cfg.auth_addr), ("billing", cfg.billing_addr), ("inference", cfg.inference_addr))}
     app[PEERS] = Peers(
         auth=auth_pb2_grpc.AuthStub(channels["auth"]),

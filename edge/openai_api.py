@@ -9,7 +9,7 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, common_pb2, inference_pb2
-from edge import inputs, sse, validate
+from edge import inputs, retry, sse, validate
 from edge.authn import bearer, client_ip
 from edge.errors import OpenAIError, invalid
 from edge.limits import Limits
@@ -53,7 +53,7 @@ async def _relay(request: web.Request, endpoint: int,
                                  credit_limit=key.credit_limit, request_id=request["request_id"]),
         endpoint=endpoint, model=fields.model, body=raw, stream=fields.stream,
         include_usage=fields.include_usage, max_tokens=fields.max_tokens, n=fields.n,
-        forward_headers=forward_headers,
+        forward_headers=forward_headers, try_number=1,
     )
     inference = request.app[PEERS].inference
     headers = admission.headers if admission else None
@@ -62,7 +62,8 @@ async def _relay(request: web.Request, endpoint: int,
         if fields.stream:
             if framing is None and endpoint == inference_pb2.RESPONSES:
                 framing = sse.ResponsesFraming()
-            return await sse.relay(request, lambda: inference.RelayStream(message, timeout=cfg.stream_deadline_s),
+            return await sse.relay(request, lambda n: inference.RelayStream(retry.numbered(message, n),
+                                                                            timeout=cfg.stream_deadline_s),
                                    headers=headers, on_outcome=lambda o: used.append(o.usage.total_tokens),
                                    framing=framing)
         call = inference.Relay(message, timeout=cfg.relay_deadline_s)

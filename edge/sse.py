@@ -7,9 +7,10 @@ framing says how events and errors are written: chat's above, or the Responses A
 named events (`event: response.output_text.delta`), its `error` event and no [DONE].
 
 A call whose connection broke before its first event (an inference replica died or is
-stopping) is made again, and the balancer sends it to another replica. Nothing had reached
-the client, and inference reserves and settles by the request id, which the new call keeps:
-a hold the lost replica placed is found again and settled once.
+stopping) is made again as the next try (edge/retry.py), and the balancer sends it to another
+replica. Nothing had reached the client, and inference reserves and settles by the request id,
+which the new call keeps: a hold the lost replica placed is taken over by the new try and
+settled once.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import inference_pb2
+from edge import retry
 from edge.errors import OpenAIError, from_rpc
-from services.common import jsoncodec, metrics, peers
+from services.common import jsoncodec, metrics
 
 log = logging.getLogger(__name__)
 
@@ -93,36 +95,16 @@ async def budget_headers(call: grpc.aio.Call) -> dict[str, str]:
     return {}
 
 
-class _Opened:
-    """The call being read (the last one tried), so that whoever leaves early can cancel it."""
-
-    call: grpc.aio.UnaryStreamCall | None = None
-
-
-async def _first_event(open_call: Callable[[], grpc.aio.UnaryStreamCall], opened: _Opened) -> object:
-    for attempt in range(peers.ATTEMPTS):
-        peers.try_var.set(attempt)  # tells inference which try this is (see peers.TRY_HEADER)
-        opened.call = open_call()
-        try:
-            return await opened.call.read()  # a failure here raises, and becomes an ordinary error reply
-        except grpc.aio.AioRpcError as err:
-            if not peers.transport_failure(err) or attempt == peers.ATTEMPTS - 1:
-                raise
-            log.warning("relay stream lost its replica before the first event; trying again")
-        await asyncio.sleep(peers.BACKOFF_S[attempt])
-    raise AssertionError("unreachable")
-
-
-async def relay(request: web.Request, open_call: Callable[[], grpc.aio.UnaryStreamCall], *,
+async def relay(request: web.Request, open_call: Callable[[int], grpc.aio.UnaryStreamCall], *,
                 headers: dict[str, str] | None = None,
                 on_outcome: Callable[[inference_pb2.Outcome], None] | None = None,
                 framing: Framing | None = None) -> web.StreamResponse:
     framing = framing or Framing()
-    opened = _Opened()
+    opened = retry.Opened()
     finished = False
     streaming = False
     try:
-        first = await _first_event(open_call, opened)
+        first = await retry.first_event(open_call, opened)
         call = opened.call
         assert call is not None
         if first is grpc.aio.EOF:

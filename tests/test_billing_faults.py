@@ -256,32 +256,32 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
     uid = w.user(credits=10)["id"]
     billing = _billing(w)
 
-    def reserve(rid: str, attempt: str) -> int:
+    def reserve(rid: str, try_number: int) -> int:
         return billing.Reserve(billing_pb2.ReserveRequest(
             request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo", prompt_tokens=100,
-            max_completion_tokens=100, choices=1, attempt=attempt)).amount
+            max_completion_tokens=100, choices=1, try_number=try_number)).amount
 
-    def settle(rid: str, attempt: str, completion: int) -> billing_pb2.Settlement:
+    def settle(rid: str, try_number: int, completion: int) -> billing_pb2.Settlement:
         return billing.Settle(billing_pb2.SettleRequest(
             request_id=rid, prompt_tokens=100 if completion else 0, completion_tokens=completion,
-            status="complete" if completion else "client_gone", usage_source="upstream", attempt=attempt))
+            status="complete" if completion else "client_gone", usage_source="upstream", try_number=try_number))
 
     # Taken over: the first attempt's late release is superseded; the retry's settlement charges.
     rid = "req_" + secrets.token_hex(8)
-    amount = reserve(rid, "a1")
-    assert reserve(rid, "a2") == amount and w.held(uid) * 1_000_000 == amount
-    assert settle(rid, "a1", 0).state == "superseded"
-    assert w.held(uid) * 1_000_000 == amount  # still held, for a2
-    charged = settle(rid, "a2", 50).charged
+    amount = reserve(rid, 1)
+    assert reserve(rid, 2) == amount and w.held(uid) * 1_000_000 == amount
+    assert settle(rid, 1, 0).state == "superseded"
+    assert w.held(uid) * 1_000_000 == amount  # still held, for try 2
+    charged = settle(rid, 2, 50).charged
     assert charged == (100 * 1_500_000 + 50 * 2_000_000) // 1000
     assert w.balance(uid) * 1_000_000 == 10_000_000 - charged
 
     # Placed again: the first attempt released its hold before the retry reserved.
     rid = "req_" + secrets.token_hex(8)
-    reserve(rid, "b1")
-    assert settle(rid, "b1", 0).state == "released"
-    assert reserve(rid, "b2") > 0 and w.held(uid) > 0
-    assert settle(rid, "b2", 50).charged == charged
+    reserve(rid, 1)
+    assert settle(rid, 1, 0).state == "released"
+    assert reserve(rid, 2) > 0 and w.held(uid) > 0
+    assert settle(rid, 2, 50).charged == charged
     assert w.held(uid) == 0
     assert w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
     [row] = [r for r in w.usage(uid) if r["request_id"] == rid]
@@ -290,15 +290,15 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
     # Stale: an attempt older than the one holding the call (its Reserve arrived late) can
     # neither take the newer attempt's hold nor place one again once the newer released it.
     rid = "req_" + secrets.token_hex(8)
-    amount = reserve(rid, "c2")
+    amount = reserve(rid, 2)
     with pytest.raises(grpc.RpcError) as stale:
-        reserve(rid, "c1")
+        reserve(rid, 1)
     assert stale.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert settle(rid, "c1", 50).state == "superseded"
+    assert settle(rid, 1, 50).state == "superseded"
     assert w.held(uid) * 1_000_000 == amount
-    assert settle(rid, "c2", 0).state == "released"
+    assert settle(rid, 2, 0).state == "released"
     with pytest.raises(grpc.RpcError):
-        reserve(rid, "c1")
+        reserve(rid, 1)
     assert w.held(uid) == 0 and w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
     assert w.verify()["ok"]
 
@@ -313,14 +313,14 @@ def test_a_retry_that_finds_the_row_moved_on_under_its_lock_moves_no_money(fault
     rid = "req_" + secrets.token_hex(8)
     call = dict(request_id=rid, user_id=uid, key_id=1, model="gpt-3.5-turbo", prompt_tokens=100,
                 max_completion_tokens=100, choices=1)
-    billing.Reserve(billing_pb2.ReserveRequest(**call, attempt="d1"))
-    assert billing.Settle(billing_pb2.SettleRequest(request_id=rid, status="client_gone", attempt="d1")).state \
+    billing.Reserve(billing_pb2.ReserveRequest(**call, try_number=1))
+    assert billing.Settle(billing_pb2.SettleRequest(request_id=rid, status="client_gone", try_number=1)).state \
         == "released"
     outcome: list[grpc.RpcError | int] = []
 
     def retry() -> None:
         try:
-            outcome.append(billing.Reserve(billing_pb2.ReserveRequest(**call, attempt="d2")).amount)
+            outcome.append(billing.Reserve(billing_pb2.ReserveRequest(**call, try_number=2)).amount)
         except grpc.RpcError as exc:
             outcome.append(exc)
 
@@ -336,8 +336,8 @@ def test_a_retry_that_finds_the_row_moved_on_under_its_lock_moves_no_money(fault
                                      ).fetchone()[0] > 0
 
         wait_until(waiting_on_the_row, 15, "the retry to wait for the request row")
-        # What a later attempt d3 leaves behind once it has held the call again and released it.
-        conn.execute("UPDATE requests SET attempt = 'd3' WHERE request_id = %s", (rid,))
+        # What a later try 3 leaves behind once it has held the call again and released it.
+        conn.execute("UPDATE requests SET try_number = 3 WHERE request_id = %s", (rid,))
         conn.commit()
     thread.join(15)
     [result] = outcome

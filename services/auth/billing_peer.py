@@ -1,15 +1,10 @@
 """The billing service as auth sees it: making the billing user behind a new console account."""
 from __future__ import annotations
 
-import asyncio
-
-import grpc
-
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.common import peers
 from services.common.mtls import GrpcTls
 
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 RPC_TIMEOUT_S = 10.0
 
 
@@ -22,14 +17,9 @@ class BillingPeer:
         await self._channel.close()
 
     async def create_user(self, name: str, reference: str) -> int:
-        """The user made for `reference` (made now, with the sign-up bonus, or earlier); its id."""
+        """The user made for `reference` (made now, with the sign-up bonus, or earlier); its id.
+
+        Not retried here (the edge alone makes a call again, edge/retry.py): a failure fails
+        the sign-up, and signing up again finds the user made for the same reference."""
         request = billing_pb2.CreateUserRequest(name=name, reference=reference)
-        # Idempotent by reference, so a retry after a transient failure cannot grant twice.
-        for attempt in (0, 1):
-            try:
-                return (await self._stub.CreateUser(request, timeout=RPC_TIMEOUT_S)).id
-            except grpc.aio.AioRpcError as exc:
-                if attempt or exc.code() not in _TRANSIENT:
-                    raise
-                await asyncio.sleep(0.1)
-        raise AssertionError("unreachable")
+        return (await self._stub.CreateUser(request, timeout=RPC_TIMEOUT_S)).id

@@ -139,10 +139,12 @@ class Books:
     # --- holds ------------------------------------------------------------------
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, attempt: str = "",
+                      prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, try_number: int = 0,
                       service_tier: str = "", features: tuple[str, ...] = ()) -> Hold:
         if not request_id:
             raise InvalidRequest("request_id is required")
+        if try_number < 0:
+            raise InvalidRequest("try_number cannot be negative")
         price = await self.prices.get(model)
         if price is None:
             raise ModelNotPriced(f"The model `{model}` does not exist or you do not have access to it.",
@@ -160,11 +162,11 @@ class Books:
                     conn, request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit,
                     model=price.model, rates=rates, prompt_tokens=prompt_tokens, desired=plan.desired,
                     minimum=plan.minimum,
-                    channel_id=channel_id, ttl_s=self._hold_ttl_s, attempt=attempt,
+                    channel_id=channel_id, ttl_s=self._hold_ttl_s, try_number=try_number,
                 )
             except psycopg.errors.UniqueViolation:
                 amount = await self._retried(conn, request_id, user_id, key_id, credit_limit, prompt_tokens, plan,
-                                             attempt)
+                                             try_number)
             if amount is None:
                 await self._explain_refusal(conn, user_id, key_id, credit_limit)
         budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit, rates)
@@ -172,25 +174,25 @@ class Books:
                     self._hold_ttl_s)
 
     async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
-                       credit_limit: int, prompt_tokens: int, plan: HoldPlan, attempt: str) -> int | None:
+                       credit_limit: int, prompt_tokens: int, plan: HoldPlan, try_number: int) -> int | None:
         """A Reserve for a call that has a hold row already: a retry (the edge tried another
         replica, or inference repeated a call billing may have taken). The retry takes an open
-        hold over; a hold an earlier attempt released is placed again; a settled call, already
-        paid for, is answered with its hold and charges nothing more. Attempt tokens sort in the
-        order the attempts were made (billing.proto): an attempt older than the one on the row is stale (its caller has
-        moved on) and is refused, so it can neither take a newer attempt's hold nor hold again
-        for a call whose client already had its answer. Without a token (an older caller), a
-        repeat is answered with the hold as it stands."""
+        hold over; a hold an earlier try released is placed again; a settled call, already paid
+        for, is answered with its hold and charges nothing more. A try numbered below the one on
+        the row is stale (its caller has moved on) and is refused, so it can neither take a later
+        try's hold nor hold again for a call whose client already had its answer. Without a try
+        number (0: a caller that does not number its tries), a repeat is answered with the hold
+        as it stands."""
         for _ in range(3):  # each pass that finds the row moved on sees a later state of it
             existing = await store.get_request(conn, request_id)
             if existing is None or existing.user_id != user_id:
                 raise Conflict("request id reused")
-            if not attempt or existing.state == "settled":
+            if not try_number or existing.state == "settled":
                 return existing.hold
-            if existing.attempt > attempt:
+            if existing.try_number > try_number:
                 break  # stale
             if existing.state == "held":
-                taken = await store.take_over(conn, request_id, user_id, attempt, self._hold_ttl_s)
+                taken = await store.take_over(conn, request_id, user_id, try_number, self._hold_ttl_s)
                 if taken is not None:
                     return taken
                 continue
@@ -198,10 +200,10 @@ class Books:
                 return await store.reopen(conn, request_id=request_id, user_id=user_id, key_id=key_id,
                                           credit_limit=credit_limit, prompt_tokens=prompt_tokens,
                                           desired=plan.desired, minimum=plan.minimum, ttl_s=self._hold_ttl_s,
-                                          attempt=attempt)  # None: the balance no longer covers it
+                                          try_number=try_number)  # None: the balance no longer covers it
             except store.Moved:
                 continue
-        raise Conflict("a later attempt at this call holds its credits")
+        raise Conflict("a later try at this call holds its credits")
 
     async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,
                                credit_limit: int) -> None:
@@ -215,7 +217,7 @@ class Books:
                                 " Your balance cannot cover this request.")
 
     async def settle(self, *, request_id: str, usage: Usage, status: str, usage_source: str, channel_id: int,
-                     attempt: str = "", unbilled: int = 0) -> Settlement:
+                     try_number: int = 0, unbilled: int = 0) -> Settlement:
         """Charge a call's usage (cost() at the rates it was held at) and release the rest of
         its hold. Usage past the hold is charged from the balance as far as it reaches; a call
         whose hold the sweeper released is charged what the balance can pay (`late`). What no
@@ -232,7 +234,7 @@ class Books:
             if status == "expired" and not call.overdue:  # a heartbeat moved its deadline since the sweep looked
                 return Settlement(request_id, 0, 0, call.state)
             if call.state == "held":
-                if attempt and call.attempt != attempt:  # held, but by a later attempt at the same call
+                if try_number and call.try_number != try_number:  # held, but by a later try at the same call
                     return Settlement(request_id, 0, 0, "superseded")
                 late, from_held = False, min(due, call.hold)
                 released = call.hold - from_held
@@ -255,10 +257,10 @@ class Books:
                         extra={"hold": request_id, "unpaid": unpaid, "late": late})
         return Settlement(request_id, charged, released, "settled" if charged else "released", unpaid)
 
-    async def keep_alive(self, request_id: str, attempt: str) -> bool:
+    async def keep_alive(self, request_id: str, try_number: int) -> bool:
         """A live call's heartbeat: its hold's deadline moves a full TTL from now."""
         async with self._pool.connection() as conn:
-            return await store.keep_alive(conn, request_id, attempt, self._hold_ttl_s)
+            return await store.keep_alive(conn, request_id, try_number, self._hold_ttl_s)
 
     async def sweep(self) -> int:
         """Release every hold past its deadline (its request died); returns how many."""

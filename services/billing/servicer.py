@@ -77,7 +77,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             request_id=request.request_id, user_id=request.user_id, key_id=request.key_id,
             credit_limit=request.credit_limit, model=request.model, prompt_tokens=request.prompt_tokens,
             max_tokens=request.max_completion_tokens, choices=request.choices or 1, channel_id=request.channel_id,
-            attempt=request.attempt, service_tier=request.service_tier, features=tuple(request.features),
+            try_number=request.try_number, service_tier=request.service_tier, features=tuple(request.features),
         )
         return billing_pb2.Hold(request_id=hold.request_id, amount=hold.amount,
                                 completion_budget=hold.completion_budget, budget_capped=hold.budget_capped,
@@ -87,7 +87,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
                      context: grpc.aio.ServicerContext) -> billing_pb2.Settlement:
         s = await self.books.settle(
             request_id=request.request_id, usage=_settled_usage(request), status=request.status,
-            usage_source=request.usage_source, channel_id=request.channel_id, attempt=request.attempt,
+            usage_source=request.usage_source, channel_id=request.channel_id, try_number=request.try_number,
             unbilled=request.unbilled_tokens,
         )
         return billing_pb2.Settlement(request_id=s.request_id, charged=s.charged, released=s.released, state=s.state,
@@ -95,7 +95,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def KeepAlive(self, request: billing_pb2.KeepAliveRequest,
                         context: grpc.aio.ServicerContext) -> billing_pb2.KeepAliveReply:
-        return billing_pb2.KeepAliveReply(alive=await self.books.keep_alive(request.request_id, request.attempt))
+        return billing_pb2.KeepAliveReply(alive=await self.books.keep_alive(request.request_id, request.try_number))
 
     async def SetPrice(self, request: billing_pb2.SetPriceRequest,
                        context: grpc.aio.ServicerContext) -> billing_pb2.Price:

@@ -34,7 +34,7 @@ class RequestRow:
     completion_tokens: int
     credits: int
     created: int
-    attempt: str = ""
+    try_number: int = 0
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
@@ -46,7 +46,7 @@ _USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint
 _REQUEST_COLUMNS = (
     "request_id, user_id, key_id, model, coalesce(channel_id, 0), hold, state, coalesce(status, ''),"
     " coalesce(usage_source, ''), prompt_tokens, completion_tokens, credits,"
-    " extract(epoch FROM created_at)::bigint, attempt, cached_prompt_tokens, cache_write_tokens, reasoning_tokens,"
+    " extract(epoch FROM created_at)::bigint, try_number, cached_prompt_tokens, cache_write_tokens, reasoning_tokens,"
     " unpaid_credits, late"
 )
 
@@ -219,9 +219,9 @@ _HOLD_INSERT = """
     req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
                               prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
-                              prompt_tokens, deadline, attempt)
+                              prompt_tokens, deadline, try_number)
         SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
-               %(pp)s, %(cp)s, %(mc)s, %(cpp)s, %(cwp)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(attempt)s
+               %(pp)s, %(cp)s, %(mc)s, %(cpp)s, %(cwp)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(try)s
         FROM debit
         RETURNING hold
     ),
@@ -256,14 +256,14 @@ _RESERVE_FIXED = _DEBIT_FIXED + _HOLD_INSERT
 
 async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
                   model: str, rates: TokenRates, prompt_tokens: int, desired: int, minimum: int, channel_id: int,
-                  ttl_s: int, attempt: str = "") -> int | None:
+                  ttl_s: int, try_number: int = 0) -> int | None:
     """Hold up to `desired` (at least `minimum`) for a call charged at `rates`; the amount
     held, or None if it cannot."""
     params = {
         "rid": request_id, "uid": user_id, "kid": key_id, "model": model, "channel": channel_id,
         "pp": rates.prompt, "cp": rates.completion, "mc": rates.min_charge, "cpp": rates.cached_prompt,
         "cwp": rates.cache_write, "pt": prompt_tokens,
-        "desired": desired, "minimum": minimum, "ttl": ttl_s, "attempt": attempt,
+        "desired": desired, "minimum": minimum, "ttl": ttl_s, "try": try_number,
     }
     if credit_limit <= 0:
         cur = await conn.execute(_RESERVE, params)
@@ -298,51 +298,52 @@ async def _lock_amount(conn: AsyncConnection, user_id: int, key_id: int, credit_
     return amount if amount >= minimum else None
 
 
-async def take_over(conn: AsyncConnection, request_id: str, user_id: int, attempt: str, ttl_s: int) -> int | None:
-    """A retried call claims its open hold for its own attempt, with a fresh deadline; the
-    amount, or None if the hold is not open or a later attempt holds it (attempt tokens sort
-    in the order the attempts were made: billing.proto)."""
+async def take_over(conn: AsyncConnection, request_id: str, user_id: int, try_number: int,
+                    ttl_s: int) -> int | None:
+    """A retried call claims its open hold for its own try, with a fresh deadline; the amount,
+    or None if the hold is not open or a later try holds it."""
     cur = await conn.execute(
-        "UPDATE requests SET attempt = %(a)s, deadline = now() + make_interval(secs => %(ttl)s)"
-        " WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held' AND attempt <= %(a)s RETURNING hold",
-        {"a": attempt, "rid": request_id, "uid": user_id, "ttl": ttl_s})
+        "UPDATE requests SET try_number = %(t)s, deadline = now() + make_interval(secs => %(ttl)s)"
+        " WHERE request_id = %(rid)s AND user_id = %(uid)s AND state = 'held' AND try_number <= %(t)s"
+        " RETURNING hold",
+        {"t": try_number, "rid": request_id, "uid": user_id, "ttl": ttl_s})
     row = await cur.fetchone()
     return row[0] if row else None
 
 
 _REOPEN = _DEBIT_FIXED + """
     req AS (
-        UPDATE requests q SET state = 'held', hold = debit.amount, attempt = %(attempt)s, status = NULL,
+        UPDATE requests q SET state = 'held', hold = debit.amount, try_number = %(try)s, status = NULL,
                usage_source = NULL, prompt_tokens = %(pt)s, completion_tokens = 0, credits = 0,
                settled_at = NULL, deadline = now() + make_interval(secs => %(ttl)s)
-        FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released' AND q.attempt < %(attempt)s
+        FROM debit WHERE q.request_id = %(rid)s AND q.state = 'released' AND q.try_number < %(try)s
         RETURNING q.hold
     ),
 """ + _HOLD_LEDGER
 
 
 class Moved(Exception):
-    """The request row is no longer as the caller saw it (another attempt got there first)."""
+    """The request row is no longer as the caller saw it (another try got there first)."""
 
 
 async def reopen(conn: AsyncConnection, *, request_id: str, user_id: int, key_id: int, credit_limit: int,
-                 prompt_tokens: int, desired: int, minimum: int, ttl_s: int, attempt: str) -> int | None:
-    """Hold again for a call whose earlier attempt released its hold (it failed, or its client
+                 prompt_tokens: int, desired: int, minimum: int, ttl_s: int, try_number: int) -> int | None:
+    """Hold again for a call whose earlier try released its hold (it failed, or its client
     seemed gone, before a retry of the same call arrived). None if it cannot be paid for;
-    Moved if, under its lock, the row is not released by an earlier attempt any more."""
+    Moved if, under its lock, the row is not released by an earlier try any more."""
     async with conn.transaction():
         # The request row first, then the user's, then the key's: the order settlement locks in.
         cur = await conn.execute(
-            "SELECT state, attempt FROM requests WHERE request_id = %s AND user_id = %s FOR UPDATE",
+            "SELECT state, try_number FROM requests WHERE request_id = %s AND user_id = %s FOR UPDATE",
             (request_id, user_id))
         row = await cur.fetchone()
-        if row is None or row[0] != "released" or not row[1] < attempt:
+        if row is None or row[0] != "released" or not row[1] < try_number:
             raise Moved(request_id)
         amount = await _lock_amount(conn, user_id, key_id, credit_limit, desired, minimum)
         if amount is None:
             return None
         cur = await conn.execute(_REOPEN, {"amount": amount, "uid": user_id, "kid": key_id if credit_limit > 0 else 0,
-                                           "attempt": attempt, "pt": prompt_tokens, "ttl": ttl_s,
+                                           "try": try_number, "pt": prompt_tokens, "ttl": ttl_s,
                                            "rid": request_id})
         row = await cur.fetchone()
         if row is None:
@@ -373,7 +374,7 @@ class OpenCall:
     hold: int
     state: str
     status: str
-    attempt: str
+    try_number: int
     credits: int
     unpaid: int
     overdue: bool  # its deadline has passed
@@ -383,7 +384,7 @@ class OpenCall:
 async def lock_request(conn: AsyncConnection, request_id: str) -> OpenCall | None:
     """Inside a transaction: the request row, locked (before the user's row, as reserve locks)."""
     cur = await conn.execute(
-        "SELECT user_id, key_id, hold, state, coalesce(status, ''), attempt, credits, unpaid_credits,"
+        "SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,"
         " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge"
         " FROM requests WHERE request_id = %s FOR UPDATE",
         (request_id,))
@@ -451,12 +452,12 @@ async def close_request(conn: AsyncConnection, *, request_id: str, usage: Usage,
     })
 
 
-async def keep_alive(conn: AsyncConnection, request_id: str, attempt: str, ttl_s: int) -> bool:
-    """Push an open hold's deadline `ttl_s` from now; False when it is not open (for `attempt`)."""
+async def keep_alive(conn: AsyncConnection, request_id: str, try_number: int, ttl_s: int) -> bool:
+    """Push an open hold's deadline `ttl_s` from now; False when it is not open (for `try_number`)."""
     cur = await conn.execute(
         "UPDATE requests SET deadline = greatest(deadline, now() + make_interval(secs => %(ttl)s))"
-        " WHERE request_id = %(rid)s AND state = 'held' AND (%(a)s = '' OR attempt = %(a)s) RETURNING 1",
-        {"rid": request_id, "a": attempt, "ttl": ttl_s})
+        " WHERE request_id = %(rid)s AND state = 'held' AND (%(t)s = 0 OR try_number = %(t)s) RETURNING 1",
+        {"rid": request_id, "t": try_number, "ttl": ttl_s})
     return await cur.fetchone() is not None
 
 

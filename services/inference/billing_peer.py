@@ -41,7 +41,7 @@ class Settle:
     status: str
     usage_source: str
     channel_id: int
-    attempt: str = ""  # the attempt at the call that holds the hold (see billing.proto)
+    try_number: int = 0  # the try at the call that holds the hold (billing.proto SettleRequest)
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
@@ -59,34 +59,28 @@ class BillingPeer:
         await self._channel.close()
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
-                      prompt_tokens: int, max_tokens: int, choices: int, attempt: str, service_tier: str = "",
+                      prompt_tokens: int, max_tokens: int, choices: int, try_number: int, service_tier: str = "",
                       features: tuple[str, ...] = ()) -> Hold:
         request = billing_pb2.ReserveRequest(
             request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model,
-            prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices, attempt=attempt,
+            prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices, try_number=try_number,
             service_tier=service_tier, features=list(features),
         )
-        # Reserve is idempotent by request id, so one retry of a transient failure is safe.
+        # Not retried here: a Reserve lost on the way fails the call, and the edge makes the
+        # call again on another replica as the next try (edge/retry.py), which takes over or
+        # places the hold.
         try:
-            for tried in (0, 1):
-                try:
-                    hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
-                    return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit,
-                                hold.ttl_s)
-                except grpc.aio.AioRpcError as exc:
-                    if tried or exc.code() not in _TRANSIENT:
-                        raise
-                    await asyncio.sleep(0.05)
-            raise AssertionError("unreachable")
+            hold = await self._stub.Reserve(request, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
-                self._release_if_held(request_id, attempt)
+                self._release_if_held(request_id, try_number)
             raise
         except asyncio.CancelledError:
             # The caller left (its client went away) while the hold was being placed:
             # billing may still commit it, so release it once it exists.
-            self._release_if_held(request_id, attempt)
+            self._release_if_held(request_id, try_number)
             raise
+        return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit, hold.ttl_s)
 
     async def settle(self, s: Settle) -> int | None:
         """Settle now; if billing is away, keep trying in the background. The credits charged, or None.
@@ -116,10 +110,10 @@ class BillingPeer:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    def _release_if_held(self, request_id: str, attempt: str) -> None:
+    def _release_if_held(self, request_id: str, try_number: int) -> None:
         """Release a hold whose Reserve was cut short, if it was placed after all — and is still
-        this attempt's: a retry of the call on another replica may have taken it over."""
-        task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0, attempt),
+        this try's: a retry of the call on another replica may have taken it over."""
+        task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0, try_number),
                                                            missing_for_s=RELEASE_WAIT_S))
         self._later.add(task)
         task.add_done_callback(self._later.discard)
@@ -151,18 +145,18 @@ class BillingPeer:
     def _request(s: Settle) -> billing_pb2.SettleRequest:
         return billing_pb2.SettleRequest(
             request_id=s.request_id, status=s.status, usage_source=s.usage_source, channel_id=s.channel_id,
-            attempt=s.attempt, unbilled_tokens=s.unbilled_tokens,
+            try_number=s.try_number, unbilled_tokens=s.unbilled_tokens,
             usage=billing_pb2.TokenUsage(prompt=s.prompt_tokens, completion=s.completion_tokens,
                                          cached_prompt=s.cached_prompt_tokens, cache_write=s.cache_write_tokens,
                                          reasoning=s.reasoning_tokens),
         )
 
-    async def keep_alive(self, request_id: str, attempt: str) -> bool:
+    async def keep_alive(self, request_id: str, try_number: int) -> bool:
         """Push a live call's hold deadline forward; False when the hold is closed. A failure
         to reach billing counts as alive (the next beat tries again)."""
         try:
-            reply = await self._stub.KeepAlive(billing_pb2.KeepAliveRequest(request_id=request_id, attempt=attempt),
-                                               timeout=RPC_TIMEOUT_S)
+            request = billing_pb2.KeepAliveRequest(request_id=request_id, try_number=try_number)
+            reply = await self._stub.KeepAlive(request, timeout=RPC_TIMEOUT_S)
             return reply.alive
         except grpc.aio.AioRpcError as exc:
             log.warning("keep-alive of %s failed: %s", request_id, exc.code().name)

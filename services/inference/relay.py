@@ -63,7 +63,7 @@ class Call:
     include_usage: bool
     max_tokens: int            # per choice; 0 = not given
     n: int
-    attempt: str = ""          # this attempt at the call (a retry of it elsewhere has its own)
+    try_number: int = 0        # the edge's try at the call (RelayRequest.try_number); 0 = not numbered
     forward_headers: tuple[tuple[str, str], ...] = ()  # client headers for an upstream of its dialect
 
 
@@ -184,7 +184,7 @@ class Relay:
         return await self.billing.reserve(
             request_id=call.request_id, user_id=call.user_id, key_id=call.key_id, credit_limit=call.credit_limit,
             model=self.book.price_model(call.model), prompt_tokens=prompt_tokens, max_tokens=call.max_tokens,
-            choices=call.n, attempt=call.attempt, service_tier=tier, features=features,
+            choices=call.n, try_number=call.try_number, service_tier=tier, features=features,
         )
 
     def _exchange(self, call: Call, body: dict[str, Any], channel: Channel, hold: Hold,
@@ -228,8 +228,8 @@ class Relay:
             return
         while True:
             await asyncio.sleep(max(0.5, ttl_s / 3))
-            if not await self.billing.keep_alive(call.request_id, call.attempt):
-                return  # settled, released, or taken over by a later attempt: nothing to keep
+            if not await self.billing.keep_alive(call.request_id, call.try_number):
+                return  # settled, released, or taken over by a later try: nothing to keep
 
     async def _unary_held(self, call: Call, prepared: _Prepared, hold: Hold) -> Reply:
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
@@ -516,7 +516,7 @@ class _Sent:
 
 
 def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int, unbilled: int = 0) -> Settle:
-    return Settle(call.request_id, usage.prompt, usage.completion, status, source, channel_id, call.attempt,
+    return Settle(call.request_id, usage.prompt, usage.completion, status, source, channel_id, call.try_number,
                   usage.cached_prompt, usage.cache_write, usage.reasoning, unbilled)
 
 

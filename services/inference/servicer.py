@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +9,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.common import jsoncodec, metrics, peers
+from services.common import jsoncodec, metrics
 from services.inference import probe
 from services.inference.channels import ChannelBook
 from services.inference.payloads import Endpoint
@@ -36,20 +34,15 @@ _CHANNEL_FIELDS = ("name", "type", "base_url", "api_key", "models", "model_map",
                    "settings")
 
 
-def _attempt(context: grpc.aio.ServicerContext) -> str:
-    """This attempt's token: the edge's try number first, so a retry sorts after the try it
-    replaces whatever the clocks say, then the time and a random tail (billing.proto)."""
-    return f"{peers.try_of(context.invocation_metadata()):02x}{time.time_ns():016x}{secrets.token_hex(4)}"
-
-
-def _call(request: inference_pb2.RelayRequest, context: grpc.aio.ServicerContext) -> Call:
+def _call(request: inference_pb2.RelayRequest) -> Call:
     caller = request.caller
     return Call(
         request_id=caller.request_id, user_id=caller.user_id, key_id=caller.key_id,
         credit_limit=caller.credit_limit, allowed=tuple(caller.models),
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
-        n=max(1, request.n), attempt=_attempt(context), forward_headers=tuple(sorted(request.forward_headers.items())),
+        n=max(1, request.n), try_number=request.try_number,
+        forward_headers=tuple(sorted(request.forward_headers.items())),
     )
 
 
@@ -84,7 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
-        reply = await self.relay.unary(_call(request, context))
+        reply = await self.relay.unary(_call(request))
         if reply.capped_max_tokens:
             await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
         _count(request.model, reply.prompt_tokens, reply.completion_tokens)
@@ -93,7 +86,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
-        async for item in self.relay.stream(_call(request, context)):
+        async for item in self.relay.stream(_call(request)):
             if isinstance(item, Capped):
                 await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
             elif isinstance(item, Outcome):
@@ -106,7 +99,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def CountTokens(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> inference_pb2.TokenCount:
-        return inference_pb2.TokenCount(input_tokens=await self.relay.count(_call(request, context)))
+        return inference_pb2.TokenCount(input_tokens=await self.relay.count(_call(request)))
 
     async def ListModels(self, request: inference_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.ModelList:

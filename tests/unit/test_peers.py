@@ -1,5 +1,6 @@
-"""Which failed calls go to another replica: only calls that are safe to repeat, and only when
-the failure was in transport, not a service's own answer."""
+"""Which failed calls go to another replica: only calls that are safe to repeat, only when the
+failure was in transport, not a service's own answer, and only from the edge (edge/retry.py),
+each try numbered so that billing can order them."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,8 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2
+from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2, inference_pb2_grpc
+from edge import retry
 from services.common import peers
 from services.common.errors import Unavailable, status_of
 from services.common.mtls import GrpcTls
@@ -24,19 +26,24 @@ def _methods() -> set[str]:
 
 
 def test_every_idempotent_method_exists() -> None:
-    assert not peers.IDEMPOTENT - _methods()
+    assert not retry.IDEMPOTENT - _methods()
+
+
+def test_holds_and_charges_are_not_in_the_edges_list() -> None:
+    # Only inference reserves and settles (mtls.py), and it makes each call once.
+    assert not {"/chatkore.v1.Billing/Reserve", "/chatkore.v1.Billing/Settle"} & retry.IDEMPOTENT
 
 
 @pytest.mark.parametrize("method", ["CreateUser", "TopUp", "CreateRedeemCodes", "Redeem"])
 def test_calls_that_would_act_twice_are_not_repeated(method: str) -> None:
-    assert f"/chatkore.v1.Billing/{method}" not in peers.IDEMPOTENT
+    assert f"/chatkore.v1.Billing/{method}" not in retry.IDEMPOTENT
 
 
 def test_creating_keys_and_channels_is_not_repeated() -> None:
-    assert "/chatkore.v1.Auth/CreateKey" not in peers.IDEMPOTENT
-    assert "/chatkore.v1.Inference/CreateChannel" not in peers.IDEMPOTENT
-    assert "/chatkore.v1.Inference/DeleteChannel" not in peers.IDEMPOTENT
-    assert "/chatkore.v1.Inference/RelayStream" not in peers.IDEMPOTENT  # its reader retries (edge/sse.py)
+    assert "/chatkore.v1.Auth/CreateKey" not in retry.IDEMPOTENT
+    assert "/chatkore.v1.Inference/CreateChannel" not in retry.IDEMPOTENT
+    assert "/chatkore.v1.Inference/DeleteChannel" not in retry.IDEMPOTENT
+    assert "/chatkore.v1.Inference/RelayStream" not in retry.IDEMPOTENT  # its reader retries (retry.first_event)
 
 
 def _error(code: grpc.StatusCode, trailing: tuple = ()) -> grpc.aio.AioRpcError:
@@ -73,9 +80,11 @@ class _BillingDown:
     """Reserve never answers; Settle records what it is asked."""
 
     def __init__(self) -> None:
+        self.reserved: list[billing_pb2.ReserveRequest] = []
         self.settled: list[billing_pb2.SettleRequest] = []
 
     async def Reserve(self, request, timeout=None):  # noqa: N802, ANN001, ANN201 - a stub's signature
+        self.reserved.append(request)
         raise _Down()
 
     async def Settle(self, request, timeout=None):  # noqa: N802, ANN001, ANN201
@@ -83,9 +92,10 @@ class _BillingDown:
         return billing_pb2.Settlement(request_id=request.request_id, state="released")
 
 
-def test_a_reserve_cut_short_releases_the_hold_it_may_have_placed_under_its_attempt() -> None:
-    """billing may have committed a hold whose Reserve failed in transport: inference releases
-    it at once, naming its own attempt (a retry elsewhere may have taken the hold over)."""
+def test_a_reserve_cut_short_is_not_repeated_and_releases_the_hold_it_may_have_placed_under_its_try() -> None:
+    """billing may have committed a hold whose Reserve failed in transport: inference does not
+    try again (the edge makes the whole call again as its next try) and releases it at once,
+    naming its own try (the edge's next try elsewhere may have taken the hold over)."""
     stub = _BillingDown()
 
     async def run() -> None:
@@ -93,33 +103,68 @@ def test_a_reserve_cut_short_releases_the_hold_it_may_have_placed_under_its_atte
         peer._stub = stub
         with pytest.raises(grpc.aio.AioRpcError):
             await peer.reserve(request_id="req_x", user_id=1, key_id=1, credit_limit=0, model="m",
-                               prompt_tokens=1, max_tokens=1, choices=1, attempt="0000abcd")
+                               prompt_tokens=1, max_tokens=1, choices=1, try_number=2)
         releases = set(peer._later)
         done, _ = await asyncio.wait(releases, timeout=10)
         assert done == releases and all(t.exception() is None for t in done)
         await peer.close()
 
     asyncio.run(run())
-    assert [(s.request_id, s.status, s.attempt) for s in stub.settled] == [("req_x", "client_gone", "0000abcd")]
+    assert [r.try_number for r in stub.reserved] == [2]
+    assert [(s.request_id, s.status, s.try_number) for s in stub.settled] == [("req_x", "client_gone", 2)]
 
 
-class _Context:
-    def __init__(self, *metadata: tuple[str, str]) -> None:
-        self._metadata = metadata
+def test_numbering_a_try_copies_only_messages_that_carry_one() -> None:
+    first = inference_pb2.RelayRequest(model="m", body=b"{}", try_number=1)
+    assert retry.numbered(first, 1) is first  # the first try goes as built: no copy of the body
+    second = retry.numbered(first, 2)
+    assert second.try_number == 2 and first.try_number == 1 and second.body == first.body
+    other = auth_pb2.AuthenticateRequest()
+    assert retry.numbered(other, 3) is other
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
+
+class _FlakyInference(inference_pb2_grpc.InferenceServicer):
+    """Relay: the first `lost` calls fail as a lost replica does (UNAVAILABLE, no detail)."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost = lost
+        self.tries: list[int] = []
+
+    async def Relay(self, request, context):  # noqa: N802, ANN001, ANN201 - a servicer's signature
+        self.tries.append(request.try_number)
+        if len(self.tries) <= self.lost:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+        return inference_pb2.RelayReply(body=b"{}")
 
 
-def test_a_retry_names_its_try_and_sorts_after_the_try_it_replaces_whatever_the_clock() -> None:
-    from services.inference.servicer import _attempt
+async def _serve(servicer: _FlakyInference) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
 
-    details = grpc.aio.ClientCallDetails("/chatkore.v1.Inference/Relay", 5.0, None, None, None)
-    assert peers._details(details, 5.0).metadata is None  # a first try adds nothing
-    sent = peers._details(details, 5.0, 2).metadata
-    assert (peers.TRY_HEADER, "2") in list(sent)
-    assert peers.try_of(list(sent)) == 2
-    assert peers.try_of([(peers.TRY_HEADER, "x")]) == peers.try_of([(peers.TRY_HEADER, "123")]) == 0
-    retry = _attempt(_Context((peers.TRY_HEADER, "1")))  # made first: a replica whose clock is behind
-    first = _attempt(_Context())
-    assert first < retry and len(first) == len(retry) == 26
+
+def test_the_edge_makes_a_lost_call_again_numbered_and_a_service_does_not() -> None:
+    """Over real gRPC: the edge's channel repeats a Relay lost in transport as try 2, then 3; a
+    service's channel (peers.channel without the edge's retry) makes it once."""
+
+    async def run() -> tuple[list[int], list[int], grpc.StatusCode]:
+        edge_side, service_side = _FlakyInference(lost=2), _FlakyInference(lost=1)
+        servers = [await _serve(edge_side), await _serve(service_side)]
+        tls = GrpcTls("edge", insecure=True)
+        edge_channel = peers.channel(servers[0][1], "inference", tls, outer=[retry.RetryInterceptor()])
+        service_channel = peers.channel(servers[1][1], "inference", tls)
+        request = inference_pb2.RelayRequest(model="m", try_number=1)
+        await inference_pb2_grpc.InferenceStub(edge_channel).Relay(request, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await inference_pb2_grpc.InferenceStub(service_channel).Relay(request, timeout=10)
+        for channel in (edge_channel, service_channel):
+            await channel.close()
+        for server, _ in servers:
+            await server.stop(None)
+        return edge_side.tries, service_side.tries, lost.value.code()
+
+    edge_tries, service_tries, code = asyncio.run(run())
+    assert edge_tries == [1, 2, 3]
+    assert service_tries == [1] and code == grpc.StatusCode.UNAVAILABLE
