@@ -269,6 +269,7 @@ def _price(p: billing_pb2.Price) -> dict[str, Any]:
             "min_charge": from_micro(p.min_charge), "cached_prompt": from_micro(p.cached_prompt),
             "cache_write": from_micro(p.cache_write), "context": p.context_window, "max_output": p.max_output_tokens,
             "tiers": dict(p.tiers.values), "features": dict(p.features.values),
+            "units": {name: from_micro(value) for name, value in p.units.values.items()},
             # the names of the first API version, kept for the clients that read them
             "context_window": p.context_window, "max_output_tokens": p.max_output_tokens}
 
@@ -280,6 +281,13 @@ def _multipliers(body: dict[str, Any], name: str) -> billing_pb2.Multipliers:
             for k, v in value.items()):
         raise invalid(f"'{name}' must be an object of names to multipliers, e.g. {{\"priority\": 2.0}}", name)
     return billing_pb2.Multipliers(values={k: float(v) for k, v in value.items()})
+
+
+def _unit_prices(value: Any) -> billing_pb2.UnitPrices:
+    """`units`: credits per image, per 1K characters, per minute, by unit (billing checks the names)."""
+    if not isinstance(value, dict) or len(value) > 64 or not all(isinstance(k, str) for k in value):
+        raise invalid("'units' must be an object of units to credits, e.g. {\"image/1024x1024/hd\": 80}", "units")
+    return billing_pb2.UnitPrices(values={k: to_micro(v, f"units.{k[:64]}") for k, v in value.items()})
 
 
 @admin
@@ -307,6 +315,8 @@ async def set_price(request: web.Request) -> web.Response:
     for name in ("tiers", "features"):
         if body.get(name) is not None:
             getattr(message, name).CopyFrom(_multipliers(body, name))
+    if body.get("units") is not None:
+        message.units.CopyFrom(_unit_prices(body["units"]))
     price = await request.app[PEERS].billing.SetPrice(message, timeout=RPC_TIMEOUT_S)
     return json_response(_price(price))
 

@@ -32,6 +32,8 @@ def _price_row(p: billing_pb2.Price) -> dict[str, Any]:
     if p.max_output_tokens:
         row["max_output"] = p.max_output_tokens
     row["unit"] = "credits per 1K tokens"
+    if p.units.values:  # images, speech, transcription: credits per image, per 1K characters, per minute
+        row["units"] = {name: from_micro(value) for name, value in sorted(p.units.values.items())}
     return row
 
 

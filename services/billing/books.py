@@ -29,9 +29,13 @@ from services.billing.pricing import (
     completion_budget,
     cost,
     multiplier,
+    per_unit,
     plan_hold,
     rates_of,
+    unit_price,
+    valid_unit,
 )
+from services.billing.pricing import input_only as pricing_input_only
 from services.billing.store import RequestRow, UserRow
 from services.common import metrics, peers
 
@@ -48,6 +52,7 @@ class Hold:
     budget_capped: bool
     completion_limit: int = 0
     ttl_s: int = 0
+    unit: str = ""  # the price row's unit the call is counted in; "" = tokens
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ class Books:
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
                       prompt_tokens: int, max_tokens: int, choices: int, channel_id: int, try_number: int = 0,
-                      service_tier: str = "", features: tuple[str, ...] = ()) -> Hold:
+                      service_tier: str = "", features: tuple[str, ...] = (), unit: str = "", units: int = 0,
+                      unit_required: bool = False, unit_param: str = "", input_only: bool = False) -> Hold:
         if not request_id:
             raise InvalidRequest("request_id is required")
         if try_number < 0:
@@ -149,6 +155,17 @@ class Books:
         if price is None:
             raise ModelNotPriced(f"The model `{model}` does not exist or you do not have access to it.",
                                  param="model")
+        priced_unit = ""
+        if unit:
+            found = unit_price(price, unit) if valid_unit(unit) else None
+            if found is not None:
+                priced_unit, prompt_tokens, max_tokens = found[0], max(0, units), 0
+                price = per_unit(price, *found)
+            elif unit_required:
+                raise InvalidRequest(f"The model `{model}` has no price on this gateway for {unit.replace('/', ' ')}.",
+                                     param=unit_param or "model", code="unsupported_parameter")
+        if input_only or priced_unit:
+            price, max_tokens = pricing_input_only(price), 0
         factor, refused = multiplier(price, service_tier, list(features))
         if refused is not None:
             what = f"service_tier `{service_tier}`" if refused == "service_tier" else f"`{refused}`"
@@ -171,7 +188,7 @@ class Books:
                 await self._explain_refusal(conn, user_id, key_id, credit_limit)
         budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit, rates)
         return Hold(request_id, amount, budget, budget < plan.per_choice_limit, plan.per_choice_limit,
-                    self._hold_ttl_s)
+                    self._hold_ttl_s, priced_unit)
 
     async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
                        credit_limit: int, prompt_tokens: int, plan: HoldPlan, try_number: int) -> int | None:
@@ -296,7 +313,8 @@ class Books:
     async def set_price(self, model: str, prompt: int, completion: int, min_charge: int | None, *,
                         cached_prompt: int | None = None, cache_write: int | None = None,
                         context: int | None = None, max_output: int | None = None,
-                        tiers: dict[str, float] | None = None, features: dict[str, float] | None = None) -> Price:
+                        tiers: dict[str, float] | None = None, features: dict[str, float] | None = None,
+                        units: dict[str, int] | None = None) -> Price:
         """Create or change a model's price. Anything not given keeps its current value, or for a
         new model its default: cache prices follow the prompt price (-1 asks for that again),
         a conservative context and output limit (every chat model takes a 4,096-token budget),
@@ -319,10 +337,17 @@ class Books:
                     raise InvalidRequest(f"'{name}' has an unknown name {key[:64]!r}{allowed}", param=name)
                 if not 0 < value <= 1000:
                     raise InvalidRequest(f"'{name}.{key}' must be a multiplier above 0, at most 1000", param=name)
+        for key, value in (units or {}).items():
+            if not valid_unit(key):
+                raise InvalidRequest(f"'units' has an unknown unit {key[:64]!r} (image, image/SIZE, image/SIZE/QUALITY,"
+                                     " 1k_characters or minute)", param="units")
+            if not 0 <= value <= MAX_CREDITS:
+                raise InvalidRequest(f"'units.{key}' must be a non-negative number of credits", param="units")
         embedding = "embedding" in model
         keep = frozenset(name for name, value in (
             ("min_charge", min_charge), ("cached_prompt", cached_prompt), ("cache_write", cache_write),
             ("context", context), ("max_output", max_output), ("tiers", tiers), ("features", features),
+            ("units", units),
         ) if value is None)
         price = Price(
             model=model, prompt=prompt, completion=completion,
@@ -331,7 +356,7 @@ class Books:
             max_output_tokens=(0 if embedding else 4096) if max_output is None else max_output,
             cached_prompt=None if cached_prompt is None or cached_prompt < 0 else cached_prompt,
             cache_write=None if cache_write is None or cache_write < 0 else cache_write,
-            tiers=tiers or {}, features=features or {},
+            tiers=tiers or {}, features=features or {}, units=units or {},
         )
         async with self._pool.connection() as conn:
             saved = await store.upsert_price(conn, price, keep)

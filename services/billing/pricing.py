@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # service_tier values that run at the base price (OpenAI's own default tiers).
 BASE_TIERS = frozenset({"", "auto", "default"})
@@ -28,6 +28,7 @@ class Price:
     cache_write: int | None = None    # per 1,000 cache-write prompt tokens; None: the prompt price
     tiers: Mapping[str, float] = field(default_factory=dict)     # service_tier -> multiplier
     features: Mapping[str, float] = field(default_factory=dict)  # FEATURES key -> multiplier
+    units: Mapping[str, int] = field(default_factory=dict)       # unit (UNITS) -> micro-credits per unit
 
     @property
     def cached_prompt_rate(self) -> int:
@@ -160,6 +161,44 @@ def multiplier(price: Price, service_tier: str, features: list[str]) -> tuple[fl
             return 1.0, FEATURES.get(feature, feature)
         factor *= value
     return factor, None
+
+
+# What one priced unit is, in the things a call counts: an image is one image, a "1k_characters"
+# unit 1,000 characters of input, a minute of audio 60 seconds. A unit key may name a variant
+# after a slash ("image/1024x1024/hd"), priced by its most specific entry on the row.
+UNITS = {"image": 1, "1k_characters": 1000, "minute": 60}
+
+
+def unit_kind(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+def valid_unit(key: str) -> bool:
+    parts = key.split("/")
+    return (unit_kind(key) in UNITS and len(key) <= 64 and all(parts)
+            and (len(parts) == 1 or (parts[0] == "image" and len(parts) <= 3)))
+
+
+def unit_price(price: Price, unit: str) -> tuple[str, int] | None:
+    """The entry of the price row that prices `unit`: itself, else the nearest more general one."""
+    key = unit
+    while key:
+        if key in price.units:
+            return key, price.units[key]
+        key = key.rpartition("/")[0]
+    return None
+
+
+def per_unit(price: Price, unit: str, value: int) -> Price:
+    """The price row as one for a call counted in the unit's things (images, characters, seconds)
+    as prompt tokens: cost() then charges count x value / things-per-unit, rounded up once."""
+    per_thing_per_1000 = -(-value * 1000 // UNITS[unit_kind(unit)])
+    return Price(price.model, per_thing_per_1000, 0, price.min_charge, 2**31 - 1, 0)
+
+
+def input_only(price: Price) -> Price:
+    """The price row for a call that produces no completion tokens (its hold is the prompt's)."""
+    return replace(price, max_output_tokens=0)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ def _price(p: Price) -> billing_pb2.Price:
                              context_window=p.context_window, max_output_tokens=p.max_output_tokens,
                              cached_prompt=p.cached_prompt_rate, cache_write=p.cache_write_rate,
                              tiers=billing_pb2.Multipliers(values=dict(p.tiers)),
-                             features=billing_pb2.Multipliers(values=dict(p.features)))
+                             features=billing_pb2.Multipliers(values=dict(p.features)),
+                             units=billing_pb2.UnitPrices(values=dict(p.units)))
 
 
 def _usage(r: RequestRow) -> billing_pb2.UsageRow:
@@ -78,10 +79,12 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             credit_limit=request.credit_limit, model=request.model, prompt_tokens=request.prompt_tokens,
             max_tokens=request.max_completion_tokens, choices=request.choices or 1, channel_id=request.channel_id,
             try_number=request.try_number, service_tier=request.service_tier, features=tuple(request.features),
+            unit=request.unit, units=request.units, unit_required=request.unit_required,
+            unit_param=request.unit_param, input_only=request.input_only,
         )
         return billing_pb2.Hold(request_id=hold.request_id, amount=hold.amount,
                                 completion_budget=hold.completion_budget, budget_capped=hold.budget_capped,
-                                completion_limit=hold.completion_limit, ttl_s=hold.ttl_s)
+                                completion_limit=hold.completion_limit, ttl_s=hold.ttl_s, unit=hold.unit)
 
     async def Settle(self, request: billing_pb2.SettleRequest,
                      context: grpc.aio.ServicerContext) -> billing_pb2.Settlement:
@@ -108,6 +111,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             context=given("context_window"), max_output=given("max_output_tokens"),
             tiers=dict(request.tiers.values) if request.HasField("tiers") else None,
             features=dict(request.features.values) if request.HasField("features") else None,
+            units=dict(request.units.values) if request.HasField("units") else None,
         ))
 
     async def ListPrices(self, request: billing_pb2.ListPricesRequest,

@@ -147,11 +147,11 @@ async def get_topup(conn: AsyncConnection, reference: str) -> tuple[int, int] | 
 # --- prices -----------------------------------------------------------------
 
 _PRICE_COLUMNS = ("model, prompt_price, completion_price, min_charge, context_window, max_output_tokens,"
-                  " cached_prompt_price, cache_write_price, tiers, features")
+                  " cached_prompt_price, cache_write_price, tiers, features, units")
 
 
 def _price(row: tuple) -> Price:  # type: ignore[type-arg]
-    return Price(*row[:8], tiers=dict(row[8] or {}), features=dict(row[9] or {}))
+    return Price(*row[:8], tiers=dict(row[8] or {}), features=dict(row[9] or {}), units=dict(row[10] or {}))
 
 
 async def list_prices(conn: AsyncConnection) -> list[Price]:
@@ -172,7 +172,7 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
         f"""
         INSERT INTO models AS m ({_PRICE_COLUMNS})
         VALUES (%(model)s, %(prompt)s, %(completion)s, %(min_charge)s, %(context)s, %(max_output)s,
-                %(cached)s, %(write)s, %(tiers)s, %(features)s)
+                %(cached)s, %(write)s, %(tiers)s, %(features)s, %(units)s)
         ON CONFLICT (model) DO UPDATE SET
             prompt_price = EXCLUDED.prompt_price,
             completion_price = EXCLUDED.completion_price,
@@ -185,6 +185,7 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
                                      ELSE EXCLUDED.max_output_tokens END,
             tiers = CASE WHEN %(keep_tiers)s THEN m.tiers ELSE EXCLUDED.tiers END,
             features = CASE WHEN %(keep_features)s THEN m.features ELSE EXCLUDED.features END,
+            units = CASE WHEN %(keep_units)s THEN m.units ELSE EXCLUDED.units END,
             updated_at = now()
         RETURNING {_PRICE_COLUMNS}
         """,
@@ -193,6 +194,7 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
             "min_charge": price.min_charge, "context": price.context_window,
             "max_output": price.max_output_tokens, "cached": price.cached_prompt, "write": price.cache_write,
             "tiers": Jsonb(dict(price.tiers)), "features": Jsonb(dict(price.features)),
+            "units": Jsonb(dict(price.units)), "keep_units": "units" in keep,
             "keep_min": "min_charge" in keep, "keep_cached": "cached_prompt" in keep,
             "keep_write": "cache_write" in keep, "keep_context": "context" in keep,
             "keep_output": "max_output" in keep, "keep_tiers": "tiers" in keep, "keep_features": "features" in keep,
