@@ -7,6 +7,7 @@ from edge import admin_api as admin
 from edge import anthropic_api as anthropic
 from edge import console_api as console
 from edge import health, openapi, pages
+from edge import media_api as media
 from edge import money_api as money
 from edge import openai_api as v1
 from edge import operator_api as operator
@@ -29,6 +30,14 @@ def setup(app: web.Application) -> None:
     # Anthropic's Messages API (Claude Code, the Anthropic SDKs; `?beta=true` changes nothing).
     r.add_post("/v1/messages", anthropic.messages)
     r.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
+    # Images, audio and moderations (OpenAI-compatible channels), priced per unit or token.
+    r.add_post("/v1/images/generations", media.images_generations)
+    r.add_post("/v1/images/edits", media.images_edits)              # multipart
+    r.add_post("/v1/images/variations", media.images_variations)    # multipart
+    r.add_post("/v1/audio/speech", media.audio_speech)              # audio bytes streamed back
+    r.add_post("/v1/audio/transcriptions", media.audio_transcriptions)  # multipart
+    r.add_post("/v1/audio/translations", media.audio_translations)      # multipart
+    r.add_post("/v1/moderations", media.moderations)
     r.add_get("/v1/dashboard/billing/subscription", v1.billing_subscription)
     r.add_get("/v1/dashboard/billing/usage", v1.billing_usage)
     r.add_get("/dashboard/billing/subscription", v1.billing_subscription)

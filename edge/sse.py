@@ -55,6 +55,19 @@ class Framing:
         return event(json.dumps(error.body()).encode())
 
 
+class RawFraming(Framing):
+    """A reply that is not events (speech audio): each chunk's bytes as they are, under the
+    upstream's Content-Type; a failure after the start can only end the body early."""
+
+    done = b""
+
+    def event(self, data: bytes) -> bytes:
+        return data
+
+    def error(self, error: OpenAIError) -> bytes:
+        return b""
+
+
 class ResponsesFraming(Framing):
     """Responses API streams: each event named by its type (`event:` line), numbered; an error is
     an `error` event (OpenAI's fields, and `error` itself so the SDKs raise it); no [DONE]."""
@@ -83,16 +96,21 @@ class ResponsesFraming(Framing):
 
 
 MAX_TOKENS_HEADER = "x-chatkore-max-tokens"
+CONTENT_TYPE_HEADER = "x-chatkore-content-type"  # a streamed reply that is not events (speech)
 
 
 async def budget_headers(call: grpc.aio.Call) -> dict[str, str]:
     """`x-chatkore-max-tokens` when the balance cut the call's completion budget: inference
-    says so in the call's initial metadata, so a reply ending in `length` can be explained."""
+    says so in the call's initial metadata, so a reply ending in `length` can be explained.
+    A reply that is not events (speech audio) names its Content-Type there too."""
     metadata = await call.initial_metadata()
+    headers: dict[str, str] = {}
     for key, value in metadata or ():
         if key == MAX_TOKENS_HEADER and isinstance(value, str) and value.isdigit():
-            return {MAX_TOKENS_HEADER: value}
-    return {}
+            headers[MAX_TOKENS_HEADER] = value
+        elif key == CONTENT_TYPE_HEADER and isinstance(value, str) and value.isprintable() and len(value) < 200:
+            headers["Content-Type"] = value
+    return headers
 
 
 async def relay(request: web.Request, open_call: Callable[[int], grpc.aio.UnaryStreamCall], *,

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from services.demo import replies
-from tests import mock_anthropic, mock_azure, mock_responses
+from tests import mock_anthropic, mock_azure, mock_media, mock_responses
 
 STATE = web.RequestKey("state", "TagState")
 Behavior = Callable[[web.Request, dict[str, Any], str], Awaitable[web.StreamResponse]]
@@ -35,6 +35,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     query: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # a multipart upload's files (tests/mock_media.py)
 
 
 @dataclass
@@ -274,6 +275,8 @@ class MockUpstream:
             behavior = mock_anthropic.ok()
         elif path == "responses":
             behavior = mock_responses.ok()
+        elif mock_media.default_for(path) is not None:
+            behavior = mock_media.default_for(path)
         else:
             behavior = ok()
         state.in_flight += 1

@@ -28,6 +28,17 @@ class Hold:
     budget_capped: bool
     completion_limit: int = 0  # per choice, what the client or the model allows
     ttl_s: int = 0             # seconds the hold lives without a keep_alive
+    unit: str = ""             # the unit the call is priced by ("" = tokens): settle the things counted
+
+
+@dataclass(frozen=True)
+class Units:
+    """A call priced per unit when its model's row prices that unit (billing.proto ReserveRequest)."""
+
+    unit: str
+    count: int
+    required: bool = False
+    param: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,12 +71,15 @@ class BillingPeer:
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
                       prompt_tokens: int, max_tokens: int, choices: int, try_number: int, service_tier: str = "",
-                      features: tuple[str, ...] = ()) -> Hold:
+                      features: tuple[str, ...] = (), units: Units | None = None, input_only: bool = False) -> Hold:
         request = billing_pb2.ReserveRequest(
             request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model,
             prompt_tokens=prompt_tokens, max_completion_tokens=max_tokens, choices=choices, try_number=try_number,
-            service_tier=service_tier, features=list(features),
+            service_tier=service_tier, features=list(features), input_only=input_only,
         )
+        if units is not None:
+            request.unit, request.units = units.unit, units.count
+            request.unit_required, request.unit_param = units.required, units.param
         # Not retried here: a Reserve lost on the way fails the call, and the edge makes the
         # call again on another replica as the next try (edge/retry.py), which takes over or
         # places the hold.
@@ -80,7 +94,8 @@ class BillingPeer:
             # billing may still commit it, so release it once it exists.
             self._release_if_held(request_id, try_number)
             raise
-        return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit, hold.ttl_s)
+        return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit, hold.ttl_s,
+                    hold.unit)
 
     async def settle(self, s: Settle) -> int | None:
         """Settle now; if billing is away, keep trying in the background. The credits charged, or None.

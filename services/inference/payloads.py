@@ -16,6 +16,19 @@ class Endpoint(Enum):
     EMBEDDINGS = "/embeddings"
     RESPONSES = "/responses"
     MESSAGES = "/messages"  # Anthropic's Messages API (services/inference/messages.py)
+    # Images, audio and moderations (services/inference/media.py): OpenAI-compatible channels only.
+    IMAGES_GENERATIONS = "/images/generations"
+    IMAGES_EDITS = "/images/edits"
+    IMAGES_VARIATIONS = "/images/variations"
+    AUDIO_SPEECH = "/audio/speech"
+    AUDIO_TRANSCRIPTIONS = "/audio/transcriptions"
+    AUDIO_TRANSLATIONS = "/audio/translations"
+    MODERATIONS = "/moderations"
+
+
+MEDIA = frozenset({Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS, Endpoint.IMAGES_VARIATIONS,
+                   Endpoint.AUDIO_SPEECH, Endpoint.AUDIO_TRANSCRIPTIONS, Endpoint.AUDIO_TRANSLATIONS,
+                   Endpoint.MODERATIONS})
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")

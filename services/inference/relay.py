@@ -65,6 +65,7 @@ class Call:
     n: int
     try_number: int = 0        # the edge's try at the call (RelayRequest.try_number); 0 = not numbered
     forward_headers: tuple[tuple[str, str], ...] = ()  # client headers for an upstream of its dialect
+    content_type: str = ""     # the body's media type when it is not JSON (a multipart upload)
 
 
 @dataclass(frozen=True)

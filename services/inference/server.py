@@ -7,6 +7,7 @@ from services.inference import tokens
 from services.inference.billing_peer import BillingPeer
 from services.inference.channels import ChannelBook
 from services.inference.config import InferenceConfig
+from services.inference.media import Media
 from services.inference.relay import Relay
 from services.inference.responses.book import ResponseBook
 from services.inference.secretbox import SecretBox
@@ -38,7 +39,7 @@ async def serve(cfg: InferenceConfig) -> None:
             name="inference",
             listen=cfg.listen,
             register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(
-                InferenceServicer(relay, book, responses), server),
+                InferenceServicer(relay, book, responses, Media(book, upstream, billing)), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,

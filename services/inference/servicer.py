@@ -12,7 +12,8 @@ from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.common import jsoncodec, metrics
 from services.inference import probe
 from services.inference.channels import ChannelBook
-from services.inference.payloads import Endpoint
+from services.inference.media import ContentType, Media
+from services.inference.payloads import MEDIA, Endpoint
 from services.inference.relay import Call, Capped, Outcome, Relay
 from services.inference.responses.book import ResponseBook
 from services.inference.store import ChannelRow
@@ -27,7 +28,16 @@ _ENDPOINTS = {
     inference_pb2.EMBEDDINGS: Endpoint.EMBEDDINGS,
     inference_pb2.RESPONSES: Endpoint.RESPONSES,
     inference_pb2.MESSAGES: Endpoint.MESSAGES,
+    inference_pb2.IMAGES_GENERATIONS: Endpoint.IMAGES_GENERATIONS,
+    inference_pb2.IMAGES_EDITS: Endpoint.IMAGES_EDITS,
+    inference_pb2.IMAGES_VARIATIONS: Endpoint.IMAGES_VARIATIONS,
+    inference_pb2.AUDIO_SPEECH: Endpoint.AUDIO_SPEECH,
+    inference_pb2.AUDIO_TRANSCRIPTIONS: Endpoint.AUDIO_TRANSCRIPTIONS,
+    inference_pb2.AUDIO_TRANSLATIONS: Endpoint.AUDIO_TRANSLATIONS,
+    inference_pb2.MODERATIONS: Endpoint.MODERATIONS,
 }
+# The reply's media type, when it is not JSON: sent as initial metadata (the edge's Content-Type).
+CONTENT_TYPE_HEADER = "x-chatkore-content-type"
 
 # Channel fields an UpdateChannelRequest may name.
 _CHANNEL_FIELDS = ("name", "type", "base_url", "api_key", "models", "model_map", "priority", "weight", "enabled",
@@ -42,7 +52,7 @@ def _call(request: inference_pb2.RelayRequest) -> Call:
         endpoint=_ENDPOINTS.get(request.endpoint, Endpoint.CHAT), model=request.model, body=request.body,
         stream=request.stream, include_usage=request.include_usage, max_tokens=request.max_tokens,
         n=max(1, request.n), try_number=request.try_number,
-        forward_headers=tuple(sorted(request.forward_headers.items())),
+        forward_headers=tuple(sorted(request.forward_headers.items())), content_type=request.content_type,
     )
 
 
@@ -70,14 +80,21 @@ def _channel_values(channel: inference_pb2.Channel, fields: list[str]) -> dict[s
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, relay: Relay, book: ChannelBook, responses: ResponseBook) -> None:
+    def __init__(self, relay: Relay, book: ChannelBook, responses: ResponseBook, media: Media) -> None:
         self.relay = relay
         self.book = book
         self.responses = responses
+        self.media = media
 
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
-        reply = await self.relay.unary(_call(request))
+        call = _call(request)
+        if call.endpoint in MEDIA:
+            media = await self.media.unary(call)
+            _count(request.model, media.prompt_tokens, 0)
+            return inference_pb2.RelayReply(body=media.body, usage=_usage(media.prompt_tokens, 0),
+                                            credits=media.credits, content_type=media.content_type)
+        reply = await self.relay.unary(call)
         if reply.capped_max_tokens:
             await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
         _count(request.model, reply.prompt_tokens, reply.completion_tokens)
@@ -86,7 +103,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
-        async for item in self.relay.stream(_call(request)):
+        call = _call(request)
+        if call.endpoint in MEDIA:
+            async for piece in self.media.stream(call):
+                if isinstance(piece, ContentType):
+                    await context.send_initial_metadata(((CONTENT_TYPE_HEADER, piece.value),))
+                elif isinstance(piece, tuple):
+                    _count(request.model, piece[0], 0)
+                    yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
+                        usage=_usage(piece[0], 0), credits=piece[1], status="complete"))
+                else:
+                    yield inference_pb2.RelayEvent(chunk=piece)
+            return
+        async for item in self.relay.stream(call):
             if isinstance(item, Capped):
                 await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
             elif isinstance(item, Outcome):
@@ -169,7 +198,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def GetStats(self, request: inference_pb2.GetStatsRequest,
                        context: grpc.aio.ServicerContext) -> inference_pb2.Stats:
-        return inference_pb2.Stats(tasks=len(asyncio.all_tasks()), relays_in_flight=self.relay.in_flight,
+        return inference_pb2.Stats(tasks=len(asyncio.all_tasks()),
+                                   relays_in_flight=self.relay.in_flight + self.media.in_flight,
                                    channel_calls_in_flight=self.book.calls_in_flight(),
                                    settlements_pending=self.relay.billing.pending)
 

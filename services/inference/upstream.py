@@ -105,6 +105,43 @@ class Upstream:
             raise exchange.failure(500, raw, {})
         return exchange.reply(obj)
 
+    async def read_body(self, resp: aiohttp.ClientResponse) -> tuple[bytes, str]:
+        """A whole reply of any kind (audio, text, JSON) and its Content-Type."""
+        try:
+            raw = await _read_capped(resp, MAX_REPLY_BODY)
+        except TimeoutError:
+            resp.close()
+            raise UpstreamError(Failure.TIMEOUT, "upstream stopped answering") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            resp.close()
+            raise UpstreamError(Failure.SERVER, f"upstream reply broke off: {type(exc).__name__}") from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return raw, resp.headers.get("Content-Type", "")
+
+    async def pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """A reply's bytes as they arrive (speech audio), for a client that reads along."""
+        finished = False
+        try:
+            while True:
+                try:
+                    piece = await resp.content.readany()
+                except TimeoutError:
+                    raise UpstreamError(Failure.TIMEOUT, "upstream reply stalled") from None
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise UpstreamError(Failure.SERVER, f"upstream reply broke off: {type(exc).__name__}") from None
+                if not piece:
+                    finished = True
+                    return
+                yield piece
+        finally:
+            if finished:
+                resp.release()
+            else:
+                resp.close()
+
     async def events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The `data:` payloads of a server-sent event stream, up to [DONE] or the end."""
         buffer = b""

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from services.inference.adapters.base import Exchange, Outgoing
 from services.inference.errors import InvalidRequest
 from services.inference.failures import Failure, UpstreamError, classify
-from services.inference.payloads import Endpoint, dumps, upstream_object
+from services.inference.payloads import MEDIA, Endpoint, dumps, upstream_object
 
 if TYPE_CHECKING:
     from services.inference.channels import Channel
@@ -58,7 +58,7 @@ class AzureExchange(Exchange):
 
 
 class AzureAdapter:
-    endpoints = frozenset(Endpoint) - {Endpoint.MESSAGES}
+    endpoints = frozenset(Endpoint) - {Endpoint.MESSAGES} - MEDIA
 
     def refusal(self, endpoint: Endpoint, body: dict[str, Any]) -> InvalidRequest | None:
         if endpoint not in self.endpoints:

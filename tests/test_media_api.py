@@ -1,0 +1,345 @@
+"""Images, audio and moderations through the official SDK: relayed to the mock, held and charged per unit."""
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import secrets
+import threading
+import wave
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from services.inference import tokens
+from tests import mock_media
+from tests import mock_upstream as up
+from tests.world import Tenant, World
+from tools.stack import wait_until
+
+
+def _priced(world: World, units: dict[str, float], prompt: float = 0, prefix: str = "media",
+            **channel: Any) -> tuple[str, str]:
+    """A fresh model priced per unit (and per token), served by one mock channel: (model, tag)."""
+    model = f"{prefix}-{secrets.token_hex(4)}"
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": prompt, "completion": 0, "units": units})
+    _, tag = world.channel([model], **channel)
+    return model, tag
+
+
+def _rows(world: World, t: Tenant) -> list[dict[str, Any]]:
+    return world.usage(t.user_id)
+
+
+def _charged(world: World, t: Tenant, credits: Decimal, before: Decimal = Decimal(100)) -> dict[str, Any]:
+    """The tenant's one usage row: complete, at `credits`; the balance moved by exactly that, nothing held."""
+    rows = _rows(world, t)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["status"] == "complete", row
+    assert Decimal(str(row["credits"])) == credits
+    assert world.balance(t.user_id) == before - credits
+    assert world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+    return row
+
+
+def _untouched(world: World, t: Tenant, before: Decimal = Decimal(100)) -> None:
+    assert _rows(world, t) == []
+    assert world.balance(t.user_id) == before and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+
+
+def _wav(seconds: float, rate: int = 8000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(seconds * rate))
+    return out.getvalue()
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["b64_json", "url"])
+def test_images_are_charged_per_image_at_their_size_and_quality(world: World, fmt: str) -> None:
+    model, tag = _priced(world, {"image": 2, "image/1024x1024/hd": 5, "image/1792x1024": 3})
+    t = world.tenant()
+    result = t.client.images.generate(model=model, prompt="a red fox", n=2, size="1024x1024", quality="hd",
+                                      response_format=fmt)
+    assert len(result.data) == 2
+    if fmt == "b64_json":
+        assert all(d.b64_json and d.url is None for d in result.data)
+    else:
+        assert all(d.url and d.url.startswith("https://") for d in result.data)
+    row = _charged(world, t, Decimal(10))  # 2 images x 5 credits
+    assert row["prompt_tokens"] == 2 and row["completion_tokens"] == 0
+    sent = world.mock.received(tag)[-1]
+    assert sent.path == "images/generations" and sent.body["n"] == 2 and sent.body["quality"] == "hd"
+
+    # A size priced without a quality of its own; a size priced by the plain "image" entry.
+    t2 = world.tenant()
+    t2.client.images.generate(model=model, prompt="a fox", size="1792x1024", quality="standard")
+    t2.client.images.generate(model=model, prompt="a fox", size="512x512")
+    assert sorted(Decimal(str(r["credits"])) for r in _rows(world, t2)) == [2, 3]
+    assert world.balance(t2.user_id) == 95 and world.verify()["ok"]
+
+
+def test_images_hold_every_image_asked_for_and_settle_to_those_returned(world: World) -> None:
+    model, tag = _priced(world, {"image": 4})
+    release = asyncio.Event()
+    world.mock.script(tag, mock_media.images(returned=1, release=release))
+    t = world.tenant()
+    done: list[Any] = []
+    caller = threading.Thread(target=lambda: done.append(
+        t.client.images.generate(model=model, prompt="three cats", n=3)))
+    caller.start()
+    try:
+        # While the upstream works, the hold is the worst case: three images.
+        wait_until(lambda: world.held(t.user_id) == 12, 20, "the hold for three images")
+        assert world.balance(t.user_id) == 88
+    finally:
+        world.mock._loop.call_soon_threadsafe(release.set)
+        caller.join(30)
+    assert len(done) == 1 and len(done[0].data) == 1
+    row = _charged(world, t, Decimal(4))  # one image came back: one is paid for
+    assert row["prompt_tokens"] == 1
+
+
+def test_image_edits_and_variations_upload_the_image_with_the_upstream_model_name(world: World) -> None:
+    model = f"media-{secrets.token_hex(4)}"
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 0, "completion": 0, "units": {"image": 1.5}})
+    _, tag = world.channel([model], model_map={model: "dall-e-2"})
+    t = world.tenant()
+    edited = t.client.images.edit(model=model, image=("fox.png", mock_media.PNG_1X1, "image/png"),
+                                  prompt="add a hat", n=2, response_format="b64_json")
+    varied = t.client.images.create_variation(model=model, image=("fox.png", mock_media.PNG_1X1, "image/png"))
+    assert len(edited.data) == 2 and len(varied.data) == 1
+    sent = world.mock.received(tag)
+    assert [r.path for r in sent] == ["images/edits", "images/variations"]
+    for r in sent:
+        assert r.body["model"] == "dall-e-2"  # model_map applied inside the form
+        assert next(iter(r.files.values())) == mock_media.PNG_1X1
+    assert sent[0].body["prompt"] == "add a hat" and sent[0].body["n"] == "2"
+    assert sorted(Decimal(str(r["credits"])) for r in _rows(world, t)) == [Decimal("1.5"), 3]
+    assert world.balance(t.user_id) == Decimal("95.5") and world.held(t.user_id) == 0
+    assert world.verify()["ok"]
+
+
+def test_bad_image_calls_are_refused_and_cost_nothing(world: World) -> None:
+    model, tag = _priced(world, {"image/1024x1024": 2})
+    t = world.tenant()
+    cases = [
+        ({"prompt": "x", "n": 11}, "n"),
+        ({"prompt": "x", "n": "two"}, "n"),
+        ({"n": 1}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "response_format": "gif"}, "response_format"),
+        ({"prompt": "x", "size": "256x256"}, "size"),  # no price for that size
+        ({"prompt": "x", "stream": True}, "stream"),
+    ]
+    for body, param in cases:
+        resp = requests.post(world.url + "/v1/images/generations", json={"model": model, **body},
+                             headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["param"] == param, (body, resp.text)
+    with pytest.raises(openai.NotFoundError) as missing:
+        t.client.images.generate(model=f"no-such-{secrets.token_hex(3)}", prompt="x")
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    not_a_form = {"Authorization": f"Bearer {t.key}", "Content-Type": "multipart/form-data; boundary=q"}
+    resp = requests.post(world.url + "/v1/images/edits", data=b"not a form", headers=not_a_form, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+    resp = requests.post(world.url + "/v1/images/edits", files={"prompt": (None, "x"), "model": (None, model)},
+                         headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "image"
+    assert world.mock.received(tag) == []
+    _untouched(world, t)
+
+
+def test_an_upstream_failure_on_images_costs_nothing(world: World) -> None:
+    model, tag = _priced(world, {"image": 2})
+    world.mock.script(tag, up.fail(500))
+    t = world.tenant()
+    with pytest.raises(openai.APIStatusError) as failed:
+        t.client.images.generate(model=model, prompt="x", n=2)
+    assert failed.value.status_code == 502
+    rows = _rows(world, t)
+    assert len(rows) == 1 and rows[0]["status"] == "upstream_error" and Decimal(str(rows[0]["credits"])) == 0
+    assert world.balance(t.user_id) == 100 and world.held(t.user_id) == 0 and world.verify()["ok"]
+
+
+def test_an_empty_balance_cannot_buy_an_image(world: World) -> None:
+    model, tag = _priced(world, {"image": 2})
+    t = world.tenant(credits=3)
+    with pytest.raises(openai.APIStatusError) as refused:
+        t.client.images.generate(model=model, prompt="x", n=2)  # 4 credits
+    assert refused.value.status_code == 402
+    assert world.mock.received(tag) == []
+    _untouched(world, t, Decimal(3))
+
+
+def test_unit_prices_are_shown_by_the_admin_api_and_the_public_price_list(world: World) -> None:
+    model, _ = _priced(world, {"image": 2, "image/1024x1024/hd": 4.5})
+    prices = {p["model"]: p for p in world.admin("GET", "/admin/v1/prices")["data"]}
+    assert prices[model]["units"] == {"image": 2, "image/1024x1024/hd": 4.5}
+    assert prices["dall-e-3"]["units"]["image/1024x1024/hd"] == 80  # the seeded list
+    public = {p["model"]: p for p in requests.get(world.url + "/api/pricing", timeout=30).json()["data"]}
+    assert public[model]["units"] == {"image": 2, "image/1024x1024/hd": 4.5}
+    for bad in ({"pixel": 1}, {"image/a/b/c": 1}, {"image": -1}, {"image": "x"}, ["image"]):
+        resp = world.http.put(world.url + f"/admin/v1/prices/{model}",
+                              json={"prompt": 0, "completion": 0, "units": bad}, timeout=30)
+        assert resp.status_code == 400 and resp.json()["error"]["param"].startswith("units"), (bad, resp.text)
+    # A price change that does not name the units keeps them.
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 1, "completion": 0})
+    prices = {p["model"]: p for p in world.admin("GET", "/admin/v1/prices")["data"]}
+    assert prices[model]["units"] == {"image": 2, "image/1024x1024/hd": 4.5}
+
+
+# --- speech ---------------------------------------------------------------------------------------
+
+
+def test_speech_streams_the_audio_through_and_is_charged_per_1k_characters(world: World) -> None:
+    model, tag = _priced(world, {"1k_characters": 6})
+    t = world.tenant()
+    text = "Hello there, this is chatkore speaking. " * 5  # 200 characters
+    with t.client.audio.speech.with_streaming_response.create(model=model, voice="alloy", input=text,
+                                                               response_format="mp3") as reply:
+        assert reply.headers["content-type"] == "audio/mpeg"
+        audio = b"".join(reply.iter_bytes())
+    assert audio == mock_media.SPEECH
+    row = _charged(world, t, Decimal(len(text)) * 6 / 1000)
+    assert row["prompt_tokens"] == len(text)
+    assert world.mock.received(tag)[-1].body["input"] == text
+
+
+def test_speech_without_a_character_price_is_charged_by_its_input_tokens(world: World) -> None:
+    model, _ = _priced(world, {}, prompt=1000)  # a credit a token
+    t = world.tenant()
+    text = "Tokens, not characters, price this speech."
+    audio = t.client.audio.speech.create(model=model, voice="alloy", input=text).read()
+    assert audio == mock_media.SPEECH
+    counted = tokens.count_text(text, tokens.encoding_for(model))
+    row = _charged(world, t, Decimal(counted))
+    assert row["prompt_tokens"] == counted
+
+
+def test_bad_speech_calls_are_refused_and_cost_nothing(world: World) -> None:
+    model, tag = _priced(world, {"1k_characters": 6})
+    t = world.tenant()
+    for body, param in [({"voice": "alloy"}, "input"), ({"input": "x"}, "voice"),
+                        ({"input": "x" * 4097, "voice": "alloy"}, "input"),
+                        ({"input": "x", "voice": "alloy", "response_format": "ogg"}, "response_format"),
+                        ({"input": "x", "voice": "alloy", "speed": 9}, "speed")]:
+        resp = requests.post(world.url + "/v1/audio/speech", json={"model": model, **body},
+                             headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (body, resp.text)
+    assert world.mock.received(tag) == []
+    _untouched(world, t)
+
+
+# --- transcriptions and translations --------------------------------------------------------------
+
+
+def test_transcription_is_charged_per_minute_of_the_audio_its_header_states(world: World) -> None:
+    model, tag = _priced(world, {"minute": 6})  # 0.1 credit a second
+    t = world.tenant()
+    result = t.client.audio.transcriptions.create(model=model, file=("hello.wav", _wav(3.2), "audio/wav"))
+    assert result.text == "Hello from the mock."
+    row = _charged(world, t, Decimal("0.4"))  # 3.2 s, billed as 4 whole seconds
+    assert row["prompt_tokens"] == 4
+    sent = world.mock.received(tag)[-1]
+    assert sent.path == "audio/transcriptions" and sent.body["model"] == model
+    assert sent.files["file"] == _wav(3.2)
+
+
+def test_the_duration_the_upstream_reports_is_what_is_charged(world: World) -> None:
+    model, tag = _priced(world, {"minute": 6})
+    t = world.tenant()
+    world.mock.script(tag, mock_media.transcription(duration=7.5))
+    verbose = t.client.audio.transcriptions.create(model=model, file=("a.wav", _wav(3), "audio/wav"),
+                                                   response_format="verbose_json")
+    assert verbose.duration == 7.5
+    world.mock.script(tag, mock_media.transcription(usage_seconds=11))
+    t.client.audio.translations.create(model=model, file=("a.wav", _wav(3), "audio/wav"))
+    rows = sorted(_rows(world, t), key=lambda r: r["prompt_tokens"])
+    assert [(r["prompt_tokens"], Decimal(str(r["credits"]))) for r in rows] == [(8, Decimal("0.8")),
+                                                                               (11, Decimal("1.1"))]
+    assert world.mock.received(tag)[-1].path == "audio/translations"
+    assert world.balance(t.user_id) == Decimal("98.1") and world.held(t.user_id) == 0 and world.verify()["ok"]
+
+
+def test_audio_of_unknown_length_is_held_at_the_worst_case_its_size_allows(world: World) -> None:
+    model, tag = _priced(world, {"minute": 6})
+    release = asyncio.Event()
+    world.mock.script(tag, mock_media.transcription(release=release))
+    t = world.tenant()
+    blob = secrets.token_bytes(30_000)  # no header mutagen knows: 30 s at the 8 kbps floor
+    done: list[Any] = []
+    caller = threading.Thread(target=lambda: done.append(t.client.audio.transcriptions.create(
+        model=model, file=("voice.webm", blob, "audio/webm"), response_format="text")))
+    caller.start()
+    try:
+        wait_until(lambda: world.held(t.user_id) == 3, 20, "the hold for 30 seconds of audio")
+    finally:
+        world.mock._loop.call_soon_threadsafe(release.set)
+        caller.join(30)
+    assert done == ["Hello from the mock.\n"]  # text passes through as text
+    row = _charged(world, t, Decimal(3))  # the upstream named no duration: the held worst case
+    assert row["prompt_tokens"] == 30
+
+
+def test_bad_transcription_calls_are_refused_and_cost_nothing(world: World) -> None:
+    model, tag = _priced(world, {"minute": 6})
+    unpriced, unpriced_tag = _priced(world, {"image": 1})
+    t = world.tenant()
+    auth = {"Authorization": f"Bearer {t.key}"}
+    url = world.url + "/v1/audio/transcriptions"
+    wav = ("a.wav", _wav(1), "audio/wav")
+    for files, param in [({"model": (None, model)}, "file"), ({"file": wav}, "model"),
+                         ({"model": (None, model), "file": wav, "response_format": (None, "mp3")}, "response_format"),
+                         ({"model": (None, model), "file": wav, "temperature": (None, "hot")}, "temperature"),
+                         ({"model": (None, unpriced), "file": wav}, "model")]:
+        resp = requests.post(url, files=files, headers=auth, timeout=30)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (files.keys(), resp.text)
+    resp = requests.post(url, json={"model": model}, headers=auth, timeout=30)
+    assert resp.status_code == 415
+    assert world.mock.received(tag) == [] and world.mock.received(unpriced_tag) == []
+    _untouched(world, t)
+
+
+# --- moderations ----------------------------------------------------------------------------------
+
+
+def test_moderations_are_free_but_need_a_key_and_count_toward_the_rate_limit(world: World) -> None:
+    model, tag = _priced(world, {})  # zero prices, as OpenAI's moderations
+    t = world.tenant(rpm=2)
+    result = t.client.moderations.create(model=model, input=["I will kill the process", "hello"])
+    assert [r.flagged for r in result.results] == [True, False]
+    assert result.model == model
+    row = _charged(world, t, Decimal(0))
+    enc = tokens.encoding_for(model)
+    assert row["prompt_tokens"] == tokens.count_input(["I will kill the process", "hello"], enc)
+    t.client.moderations.create(model=model, input="again")
+    with pytest.raises(openai.RateLimitError):
+        t.client.moderations.create(model=model, input="a third in the same minute")
+    with pytest.raises(openai.AuthenticationError):
+        world.client("sk-not-a-key").moderations.create(model=model, input="hello")
+    assert len(world.mock.received(tag)) == 2
+    assert world.balance(t.user_id) == 100 and world.verify()["ok"]
+
+
+def test_a_priced_moderation_model_is_charged_by_its_input_tokens(world: World) -> None:
+    model, _ = _priced(world, {}, prompt=1000)
+    t = world.tenant()
+    t.client.moderations.create(model=model, input="count these words please")
+    counted = tokens.count_input("count these words please", tokens.encoding_for(model))
+    _charged(world, t, Decimal(counted))
+    resp = requests.post(world.url + "/v1/moderations", json={"model": model},
+                         headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
+    assert len(_rows(world, t)) == 1 and math.isclose(float(world.balance(t.user_id)), 100 - counted)
