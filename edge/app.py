@@ -18,7 +18,7 @@ from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
 from edge.retry import RetryInterceptor
 from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, SIGNUPS, Counters, Peers
-from services.common import metrics, peers, telemetry
+from services.common import metrics_http, peers, telemetry
 
 
 async def _peers(app: web.Application) -> AsyncIterator[None]:
@@ -52,7 +52,7 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     """/metrics on its own port when one is set, so a public Ingress never shows it."""
     cfg = app[CONFIG].telemetry
-    runner = await metrics.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port else None
+    runner = await metrics_http.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port else None
     yield
     if runner is not None:
         await runner.cleanup()

@@ -1,4 +1,4 @@
-"""GET /healthz: 200 only when every service answers SERVING (each reaches the database)."""
+"""GET /healthz: 200 only when every service answers SERVING (each reaches the database); /metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2
 
 from edge.openai_api import json_response
 from edge.state import PEERS
+from services.common import metrics
 
 
 async def _status(stub: object) -> str:
@@ -31,3 +32,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready for traffic: the edge itself is up and not draining."""
     return json_response({"status": "ok"})
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus metrics, when not on a port of their own (CHATKORE_METRICS_PORT, edge/app.py)."""
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})

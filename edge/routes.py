@@ -12,7 +12,6 @@ from edge import money_api as money
 from edge import openai_api as v1
 from edge import operator_api as operator
 from edge.state import CONFIG
-from services.common import metrics
 
 
 def setup(app: web.Application) -> None:
@@ -111,5 +110,5 @@ def setup(app: web.Application) -> None:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     if not app[CONFIG].telemetry.metrics_port:  # else on CHATKORE_METRICS_PORT (edge/app.py)
-        r.add_get("/metrics", metrics.handle)
+        r.add_get("/metrics", health.metrics_page)
     r.add_get("/openapi.json", openapi.document)

@@ -65,7 +65,11 @@ def test_unknown_model_names_stay_out_of_metric_labels(world: World) -> None:
                         status="404") >= 3
 
 
-def test_one_request_id_is_in_the_logs_of_all_four_processes(world: World) -> None:
+def test_one_request_id_is_in_the_logs_of_all_four_processes(make_stack, mock: MockUpstream) -> None:
+    """At DEBUG every process logs the call under its request id; a served call's lines inside
+    the services are DEBUG, so at the default INFO the edge's access line is its only line
+    (issue 16: no per-call INFO line inside the services)."""
+    world = World(make_stack(name="debuglogs", env={"CHATKORE_LOG_LEVEL": "DEBUG"}), mock)
     model, _ = world.served_model()
     t = world.tenant()
     raw = t.client.chat.completions.with_raw_response.create(model=model, messages=MSG, stream=True)
@@ -82,7 +86,9 @@ def test_one_request_id_is_in_the_logs_of_all_four_processes(world: World) -> No
     assert {line["service"] for lines in found.values() for line in lines} == set(PROCESSES)
     assert any(line["msg"].startswith("chatkore.v1.Inference/RelayStream OK") for line in found["inference"])
     assert any(line["msg"].startswith("chatkore.v1.Billing/Settle OK") for line in found["billing"])
-    assert any("POST /v1/chat/completions 200" in line["msg"] for line in found["edge"])
+    assert any("POST /v1/chat/completions 200" in line["msg"] and line["level"] == "info" for line in found["edge"])
+    services = [line for p in PROCESSES if p != "edge" for line in found[p]]
+    assert {line["level"] for line in services} == {"debug"}, [line for line in services if line["level"] != "debug"]
     # The key itself never reaches a log line.
     for process in PROCESSES:
         assert t.key not in (world.stack.log_dir / f"{process}.log").read_text()

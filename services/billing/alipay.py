@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-import aiohttp
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -123,6 +122,8 @@ class Alipay:
             "out_trade_no": order_id, "total_amount": yuan(amount_fen), "subject": subject,
             "timeout_express": f"{max(1, ttl_s // 60)}m",
         })
+        import aiohttp  # only here: billing without Alipay's QR codes loads no HTTP client (issue 16)
+
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http, \
                     http.post(self.gateway, data=params) as resp:

@@ -1,12 +1,12 @@
 """Stripe Checkout through the official `stripe` library: a Checkout Session per order, and
 webhook events verified by their `Stripe-Signature` (HMAC with the webhook secret, and a
-timestamp no older than the tolerance)."""
+timestamp no older than the tolerance). `stripe` is imported when Stripe is configured, not
+before: it loads aiohttp, which billing otherwise never needs (issue 16)."""
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any
-
-import stripe
 
 from services.billing.config import StripeConfig
 
@@ -22,8 +22,15 @@ class BadEvent(Exception):
     """A webhook whose signature, timestamp or body does not hold."""
 
 
+def _stripe() -> ModuleType:
+    import stripe
+
+    return stripe
+
+
 class StripeCheckout:
     def __init__(self, cfg: StripeConfig, public_url: str) -> None:
+        stripe = _stripe()
         self._webhook_secret = cfg.webhook_secret
         self._client = stripe.StripeClient(cfg.secret_key.reveal(), base_addresses={"api": cfg.api_base},
                                            http_client=stripe.AIOHTTPClient(), max_network_retries=1)
@@ -32,6 +39,7 @@ class StripeCheckout:
 
     async def create_session(self, order_id: str, amount_cents: int, credits: str, ttl_s: int) -> tuple[str, str]:
         """(session id, its checkout URL)."""
+        stripe = _stripe()
         try:
             session = await self._client.v1.checkout.sessions.create_async(params={
                 "mode": "payment",
@@ -52,6 +60,7 @@ class StripeCheckout:
 
     def event(self, payload: bytes, signature: str) -> dict[str, Any]:
         """The verified event as plain JSON, or BadEvent."""
+        stripe = _stripe()
         try:
             event = stripe.Webhook.construct_event(payload, signature, self._webhook_secret.reveal(),
                                                    tolerance=TOLERANCE_S)

@@ -1,21 +1,20 @@
-"""Prometheus metrics of every chatkore process, and the small HTTP server that shows them.
+"""Prometheus metrics of every chatkore process.
 
 Each process registers only what it records; names are shared so dashboards sum across
 replicas. Labels are bounded: routes are route patterns, models only ones that a channel
-serves, channels by id.
+serves, channels by id. This module needs nothing but prometheus_client, so importing it
+costs no process a web framework or a database driver: the page that shows the metrics is
+services/common/metrics_http.py (or the edge's own route), the pool gauges live in
+services/common/db.py.
 """
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from psycopg_pool import AsyncConnectionPool
 
 # From a cached key check to a long completion.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -78,40 +77,6 @@ def upstream_call(post: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[
     return observed
 
 
-class PoolCollector(Collector):
-    """Connection-pool usage, read from psycopg_pool when scraped (no per-query cost)."""
-
-    def __init__(self) -> None:
-        self._pools: dict[str, AsyncConnectionPool] = {}
-
-    def watch(self, name: str, pool: AsyncConnectionPool) -> None:
-        self._pools[name] = pool
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("chatkore_db_pool_connections",
-                                   "PostgreSQL pool: size, max, idle connections and callers waiting",
-                                   labels=["pool", "state"])
-        for name, pool in self._pools.items():
-            stats = pool.get_stats()
-            for state, key in (("size", "pool_size"), ("max", "pool_max"), ("idle", "pool_available"),
-                               ("waiting", "requests_waiting")):
-                family.add_metric([name, state], stats.get(key, 0))
-        yield family
-
-
-POOLS = PoolCollector()
-REGISTRY.register(POOLS)
-
-
-async def handle(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def serve(host: str, port: int) -> web.AppRunner:
-    """A tiny HTTP server with GET /metrics, beside a gRPC service (or the edge)."""
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+def exposition() -> tuple[bytes, str]:
+    """The text every /metrics page answers with, and its Content-Type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

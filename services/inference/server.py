@@ -1,6 +1,8 @@
 """Build, start and stop the inference service."""
 from __future__ import annotations
 
+import asyncio
+
 from chatkore.v1 import inference_pb2_grpc
 from services.common import db, grpcserver
 from services.inference import tokens
@@ -16,13 +18,14 @@ from services.inference.upstream import Upstream
 
 
 async def serve(cfg: InferenceConfig) -> None:
-    # Load both encodings before taking traffic: the first request should not pay for it.
-    tokens.encoding("cl100k_base")
-    tokens.encoding("o200k_base")
     pool = await db.open_pool(cfg.database_url.reveal(), name="inference", max_size=cfg.pool_size)
     book = ChannelBook(pool, SecretBox(cfg.secret_key), cooldown_s=cfg.cooldown_s,
                        failure_threshold=cfg.failure_threshold, destinations=cfg.destinations)
     await book.start()
+    # Build the encodings of the models the channels serve before taking traffic, so the first
+    # request does not pay for one; an encoding no model uses is never loaded (a channel added
+    # later gets its model's encoding on its first count).
+    await asyncio.to_thread(tokens.warm, list(book.models()))
     upstream = Upstream(cfg.upstream_timeout_s, cfg.destinations)
     await upstream.start()
     billing = BillingPeer(cfg.billing_addr, cfg.tls, cfg.settle_retry_s)

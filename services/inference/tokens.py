@@ -3,23 +3,28 @@
 The BPE rank files ship inside the `bpe-openai` wheel (gzipped); they are checked
 against the official SHA-256 before use, and tiktoken's own encoding definitions
 (split pattern, special tokens) are used unchanged, so counts equal OpenAI's.
+
+Nothing is loaded at import: tiktoken itself is imported, and an encoding built (24 MB for
+cl100k_base, 43 MB for o200k_base), the first time a count needs it — so a process serves
+only with the encodings its models are counted with (inference warms those of the models its
+channels serve at start-up, warm()).
 """
 from __future__ import annotations
 
 import base64
-import functools
 import gzip
 import hashlib
 import importlib.metadata
 import json
+import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import tiktoken
-import tiktoken_ext.openai_public as openai_public
+from typing import TYPE_CHECKING, Any
 
 from services.inference import images
+
+if TYPE_CHECKING:
+    import tiktoken
 
 # The official hashes, as tiktoken_ext.openai_public checks them after a download.
 _RANK_FILES = {
@@ -51,11 +56,29 @@ def _load_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
     return ranks
 
 
-@functools.cache
+_built: dict[str, tiktoken.Encoding] = {}
+_building = threading.Lock()  # counts also run in threads (relay.py): each encoding is built once
+
+
 def encoding(name: str) -> tiktoken.Encoding:
-    """cl100k_base or o200k_base, built from tiktoken's own definition with local ranks."""
+    """cl100k_base or o200k_base, built from tiktoken's own definition with local ranks the
+    first time it is asked for."""
+    enc = _built.get(name)
+    if enc is not None:
+        return enc
     if name not in _RANK_FILES:
         raise ValueError(f"unknown encoding {name}")
+    with _building:
+        enc = _built.get(name)
+        if enc is None:
+            enc = _built[name] = _build(name)
+    return enc
+
+
+def _build(name: str) -> tiktoken.Encoding:
+    import tiktoken
+    import tiktoken_ext.openai_public as openai_public
+
     constructor = getattr(openai_public, name)
     original = openai_public.load_tiktoken_bpe
     openai_public.load_tiktoken_bpe = _load_ranks  # the only download in the definition
@@ -68,6 +91,19 @@ def encoding(name: str) -> tiktoken.Encoding:
     # o200k_base) serves only pickling, and costs inference ~48 MB RSS for both encodings.
     enc._mergeable_ranks = {}
     return enc
+
+
+def loaded() -> list[str]:
+    """The encodings built so far."""
+    return sorted(_built)
+
+
+def warm(models: Iterable[str]) -> list[str]:
+    """Build the encodings `models` are counted with (and no other); their names."""
+    names = sorted({encoding_name_for(m) for m in models})
+    for name in names:
+        encoding(name)
+    return names
 
 
 def encoding_name_for(model: str) -> str:
