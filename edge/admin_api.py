@@ -12,7 +12,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
-from edge import audit, sessions
+from edge import audit, sessions, usage_api
 from edge.authn import bearer, client_ip
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
@@ -328,21 +328,10 @@ async def list_prices(request: web.Request) -> web.Response:
 
 
 @admin
-async def usage(request: web.Request) -> web.Response:
-    reply = await request.app[PEERS].billing.ListUsage(
-        billing_pb2.ListUsageRequest(user_id=query_int(request, "user_id"),
-                                     limit=query_int(request, "limit", INT32_MAX)),
-        timeout=RPC_TIMEOUT_S,
-    )
-    return json_response({"data": [
-        {"request_id": r.request_id, "user_id": r.user_id, "key_id": r.key_id, "model": r.model,
-         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-         "cached_prompt_tokens": r.cached_prompt_tokens, "cache_write_tokens": r.cache_write_tokens,
-         "reasoning_tokens": r.reasoning_tokens, "credits": from_micro(r.credits),
-         "unpaid_credits": from_micro(r.unpaid_credits), "late": r.late, "status": r.status,
-         "usage_source": r.usage_source, "channel_id": r.channel_id or None, "created": r.created}
-        for r in reply.rows
-    ]})
+async def usage(request: web.Request) -> web.StreamResponse:
+    """Every user's calls (or `user_id`'s), with the filters and the CSV of edge/usage_api.py."""
+    where = usage_api.usage_filter(request, query_int(request, "user_id"))
+    return await usage_api.respond(request, where, usage_api.admin_row, 100)
 
 
 @admin

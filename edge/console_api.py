@@ -11,7 +11,7 @@ import grpc
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
-from edge import i18n, openai_api, sessions
+from edge import i18n, openai_api, sessions, usage_api
 from edge.admin_api import key_info
 from edge.authn import client_ip
 from edge.credits import from_micro, to_micro
@@ -25,7 +25,8 @@ RPC_TIMEOUT_S = 15
 
 
 def _account(a: auth_pb2.Account) -> dict[str, Any]:
-    return {"user_id": a.user_id, "email": a.email, "role": a.role, "created": a.created}
+    return {"user_id": a.user_id, "email": a.email, "role": a.role, "created": a.created,
+            "email_verified": a.email_verified, "verification_pending": a.verification_pending}
 
 
 def _credentials(body: dict[str, Any]) -> tuple[str, str]:
@@ -61,8 +62,8 @@ async def register(request: web.Request) -> web.Response:
     email, password = _credentials(body)
     invite = get_str(body, "invite", limit=64).strip()  # another user's invite code (an unknown one is ignored)
     await request.app[SIGNUPS].admit(client_ip(request))
-    account = await request.app[PEERS].auth.Register(auth_pb2.RegisterRequest(email=email, password=password),
-                                                     timeout=RPC_TIMEOUT_S)
+    account = await request.app[PEERS].auth.Register(
+        auth_pb2.RegisterRequest(email=email, password=password, lang=i18n.language(request)), timeout=RPC_TIMEOUT_S)
     if invite:
         await request.app[PEERS].billing.AcceptInvite(
             billing_pb2.AcceptInviteRequest(user_id=account.user_id, code=invite), timeout=RPC_TIMEOUT_S)
@@ -143,21 +144,11 @@ def _limit(request: web.Request, default: int, high: int) -> int:
     return int(raw)
 
 
-async def usage(request: web.Request) -> web.Response:
+async def usage(request: web.Request) -> web.StreamResponse:
+    """The user's own calls, with filters; `format=csv` streams them all (edge/usage_api.py)."""
     session = await sessions.resolve(request)
-    reply = await request.app[PEERS].billing.ListUsage(
-        billing_pb2.ListUsageRequest(user_id=session.account.user_id, limit=_limit(request, 50, 1000),
-                                     request_id=request.query.get("request_id", "")[:200]),
-        timeout=RPC_TIMEOUT_S,
-    )
-    return json_response({"data": [
-        {"request_id": r.request_id, "key_id": r.key_id, "model": r.model, "prompt_tokens": r.prompt_tokens,
-         "completion_tokens": r.completion_tokens, "cached_prompt_tokens": r.cached_prompt_tokens,
-         "cache_write_tokens": r.cache_write_tokens, "reasoning_tokens": r.reasoning_tokens,
-         "credits": from_micro(r.credits), "unpaid_credits": from_micro(r.unpaid_credits), "status": r.status,
-         "usage_source": r.usage_source, "created": r.created}
-        for r in reply.rows
-    ]})
+    return await usage_api.respond(request, usage_api.usage_filter(request, session.account.user_id),
+                                   usage_api.user_row, 50)
 
 
 async def spend(request: web.Request) -> web.Response:
@@ -235,3 +226,64 @@ async def change_password(request: web.Request) -> web.Response:
                                        new_password=get_str(body, "new", limit=1024)),
         timeout=RPC_TIMEOUT_S)
     return web.Response(status=204)
+
+
+# --- verified addresses (the sign-up bonus waits for one when mail is configured) ----------------
+
+
+async def verify_email(request: web.Request) -> web.Response:
+    """The mailed link's token: no session needed (the link may open in another browser)."""
+    sessions.check_origin(request)
+    token = get_str(await json_body(request), "token")
+    reply = await request.app[PEERS].auth.VerifyEmail(auth_pb2.VerifyEmailRequest(token=token),
+                                                      timeout=RPC_TIMEOUT_S)
+    return json_response({"verified": True, "email": reply.account.email, "bonus": from_micro(reply.bonus)})
+
+
+async def resend_verification(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    await request.app[SIGNUPS].admit(client_ip(request))  # mails cost like sign-ups: as few per address
+    await request.app[PEERS].auth.SendVerification(
+        auth_pb2.SendVerificationRequest(user_id=session.account.user_id, lang=i18n.language(request)),
+        timeout=RPC_TIMEOUT_S)
+    return json_response({}, status=202)
+
+
+# --- the low-balance alert ------------------------------------------------------------------------
+
+
+def _alert(a: billing_pb2.BalanceAlert) -> dict[str, Any]:
+    return {"threshold": from_micro(a.threshold), "below": a.below}
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    session = await sessions.resolve(request)
+    alert = await request.app[PEERS].billing.GetBalanceAlert(
+        billing_pb2.GetUserRequest(user_id=session.account.user_id), timeout=RPC_TIMEOUT_S)
+    return json_response(_alert(alert))
+
+
+async def set_alert(request: web.Request) -> web.Response:
+    """PUT {"threshold": credits}: one mail and a banner each time a charge takes the balance below
+    it (0 turns the alert off)."""
+    session = await sessions.resolve(request)
+    body = await json_body(request)
+    if "threshold" not in body:
+        raise invalid("Enter a threshold in credits: 'threshold'.", "threshold", "missing_required_parameter")
+    threshold = to_micro(body["threshold"], "threshold")
+    if threshold < 0:
+        raise invalid("'threshold' must be 0 or more credits", "threshold")
+    alert = await request.app[PEERS].billing.SetBalanceAlert(
+        billing_pb2.SetBalanceAlertRequest(user_id=session.account.user_id, threshold=threshold,
+                                           lang=i18n.language(request)), timeout=RPC_TIMEOUT_S)
+    return json_response(_alert(alert))
+
+
+# --- the operator's notice (shown on every page) ---------------------------------------------------
+
+
+async def notice(request: web.Request) -> web.Response:
+    """No sign-in: every page shows it. Plain text; the pages put it in as text."""
+    found = await request.app[PEERS].auth.GetNotice(auth_pb2.GetNoticeRequest(), timeout=RPC_TIMEOUT_S)
+    return json_response({"announcement": found.announcement, "contact": found.contact,
+                          "updated_at": found.updated_at or None})

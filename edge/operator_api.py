@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from chatkore.v1 import auth_pb2, billing_pb2
-from edge import money_api
+from edge import money_api, sessions
 from edge.admin_api import INT32_MAX, RPC_TIMEOUT_S, admin, user_info
 from edge.credits import from_micro
 from edge.errors import invalid
@@ -138,3 +138,21 @@ async def list_notifications(request: web.Request) -> web.Response:
          "reason": n.reason, "received": n.received}
         for n in reply.notifications
     ]})
+
+
+# --- the notice on every page ------------------------------------------------------------------
+
+
+@admin
+async def set_notice(request: web.Request) -> web.Response:
+    """PUT {"announcement", "contact"}: plain text (control characters dropped, lengths bounded)."""
+    body = await json_body(request)
+    operator = await sessions.operator(request) if sessions.has_session(request) and \
+        "Authorization" not in request.headers else None
+    who = f"operator {operator.account.email}" if operator else "admin key"
+    saved = await request.app[PEERS].auth.SetNotice(
+        auth_pb2.Notice(announcement=get_str(body, "announcement", limit=4000),
+                        contact=get_str(body, "contact", limit=600), updated_by=who),
+        timeout=RPC_TIMEOUT_S)
+    return json_response({"announcement": saved.announcement, "contact": saved.contact,
+                          "updated_at": saved.updated_at})

@@ -70,6 +70,7 @@ def setup(app: web.Application) -> None:
     r.add_patch("/admin/v1/users/{id}", operator.update_user)
     r.add_put("/admin/v1/users/{id}/role", operator.set_role)
     r.add_get("/admin/v1/stats", operator.stats)
+    r.add_put("/admin/v1/notice", operator.set_notice)
 
     # The signed-in user's API (console and chat page), session cookie + CSRF token.
     r.add_post("/api/register", console.register)
@@ -78,6 +79,11 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/password/reset", console.request_password_reset)
     r.add_post("/api/password/reset/confirm", console.confirm_password_reset)
     r.add_post("/api/password/change", console.change_password)
+    r.add_post("/api/email/verify", console.verify_email)
+    r.add_post("/api/email/verify/resend", console.resend_verification)
+    r.add_get("/api/alerts", console.get_alert)
+    r.add_put("/api/alerts", console.set_alert)
+    r.add_get("/api/notice", console.notice)
     r.add_get("/api/me", console.me)
     r.add_get("/api/keys", console.list_keys)
     r.add_post("/api/keys", console.create_key)

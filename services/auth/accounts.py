@@ -77,12 +77,14 @@ class Accounts:
         self._billing = billing
         self._ttl_s = session_ttl_s
 
-    async def register(self, email: str, password: str) -> AccountRow:
+    async def register(self, email: str, password: str, *, bonus_on_verify: bool = False) -> AccountRow:
+        """With `bonus_on_verify` (mail configured), the user starts with no credits: the bonus
+        comes when the address is verified (services/auth/verification.py)."""
         email = _check_email(email)
         check_password(password)
         hashed = await self._passwords.hash(password)
         async with self._pool.connection() as conn:
-            account = await store.insert_account(conn, email, hashed)  # step 1
+            account = await store.insert_account(conn, email, hashed, bonus_on_verify)  # step 1
             if account is None:
                 account = await store.find_account(conn, email)
                 if account is None or account.user_id is not None:
@@ -93,7 +95,8 @@ class Accounts:
                     and await store.restart_registration(conn, account.id, hashed))
                 if not resumable:
                     raise Conflict(_TAKEN, param="email", code="email_taken")
-        user_id = await self._billing.create_user(email, f"account:{account.id}")  # step 2
+        user_id = await self._billing.create_user(email, f"account:{account.id}",  # step 2
+                                                  bonus=not account.verification_pending)
         async with self._pool.connection() as conn:
             done = await store.attach_user(conn, account.id, user_id)  # step 3
         if done is None:

@@ -1,4 +1,5 @@
-"""The billing service as auth sees it: making the billing user behind a new console account."""
+"""The billing service as auth sees it: the billing user behind a new console account, the bonus
+of a verified address, and the low-balance crossings auth mails."""
 from __future__ import annotations
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
@@ -16,10 +17,25 @@ class BillingPeer:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def create_user(self, name: str, reference: str) -> int:
-        """The user made for `reference` (made now, with the sign-up bonus, or earlier); its id.
+    async def create_user(self, name: str, reference: str, *, bonus: bool = True) -> int:
+        """The user made for `reference` (made now, with the sign-up bonus unless `bonus` is
+        false, or earlier); its id.
 
         Not retried here (the edge alone makes a call again, edge/retry.py): a failure fails
         the sign-up, and signing up again finds the user made for the same reference."""
         request = billing_pb2.CreateUserRequest(name=name, reference=reference)
+        if not bonus:
+            request.credits = 0
         return (await self._stub.CreateUser(request, timeout=RPC_TIMEOUT_S)).id
+
+    async def grant_signup_bonus(self, user_id: int, reference: str) -> tuple[bool, int]:
+        """(whether `user_id` has the bonus of `reference`, its micro-credits when it has).
+        Idempotent by reference: a verification that failed here is followed again and asks
+        for the same credit (not retried here, as above)."""
+        request = billing_pb2.GrantSignupBonusRequest(user_id=user_id, reference=reference)
+        reply = await self._stub.GrantSignupBonus(request, timeout=RPC_TIMEOUT_S)
+        return reply.granted, reply.credits
+
+    async def take_balance_alerts(self) -> list[billing_pb2.BalanceAlert]:
+        reply = await self._stub.TakeBalanceAlerts(billing_pb2.TakeBalanceAlertsRequest(), timeout=RPC_TIMEOUT_S)
+        return list(reply.alerts)

@@ -31,6 +31,7 @@ class AuthConfig:
     smtp_url: Secret | None    # smtp:// or smtps:// (with credentials); unset: mails go to the log
     mail_from: str             # the From of every mail
     public_url: str            # this service's address as users reach it (links in mails)
+    balance_alert_interval_s: float  # how often billing is asked for low-balance crossings to mail
     telemetry: Telemetry       # metrics port and tracing
     tls: GrpcTls               # this process's certificate (services/common/mtls.py)
     health_listen: str | None  # a plaintext port serving only gRPC health (for kubelet probes)
@@ -54,6 +55,7 @@ class AuthConfig:
             mail_from=env_str("CHATKORE_MAIL_FROM", "chatkore <noreply@localhost>"),
             public_url=env_str("CHATKORE_PUBLIC_URL", "http://{}:{}".format(
                 env_str("CHATKORE_HOST", "127.0.0.1"), env_int("CHATKORE_HTTP_PORT", 8080))),
+            balance_alert_interval_s=env_float("CHATKORE_BALANCE_ALERT_INTERVAL_S", 30.0),
             telemetry=Telemetry.from_env(),
             tls=GrpcTls.from_env("auth"),
             health_listen=env_optional("CHATKORE_HEALTH_LISTEN"),

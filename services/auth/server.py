@@ -5,14 +5,17 @@ import asyncio
 
 from chatkore.v1 import auth_pb2_grpc
 from services.auth.accounts import Accounts
+from services.auth.alerts import BalanceAlerts
 from services.auth.audit import AuditLog
 from services.auth.billing_peer import BillingPeer
 from services.auth.config import AuthConfig
 from services.auth.keys import Keys
 from services.auth.mail import Mailer
+from services.auth.notice import Notices
 from services.auth.passwords import Passwords
 from services.auth.recovery import Recovery
 from services.auth.servicer import AuthServicer
+from services.auth.verification import Verification
 from services.common import db, grpcserver
 
 
@@ -24,8 +27,11 @@ async def serve(cfg: AuthConfig) -> None:
                           at_once=cfg.password_hashes_at_once)
     accounts = Accounts(pool, billing, passwords, cfg.session_ttl_s)
     mailer = Mailer(cfg.smtp_url.reveal() if cfg.smtp_url else None, cfg.mail_from)
-    servicer = AuthServicer(keys, accounts, AuditLog(pool), Recovery(pool, passwords, mailer, cfg.public_url))
+    servicer = AuthServicer(keys, accounts, AuditLog(pool), Recovery(pool, passwords, mailer, cfg.public_url),
+                            Verification(pool, billing, mailer, cfg.public_url), Notices(pool))
     pruner = asyncio.create_task(keys.prune_changes_forever())
+    alerts = asyncio.create_task(BalanceAlerts(pool, billing, mailer, cfg.public_url)
+                                 .check_forever(cfg.balance_alert_interval_s))
     try:
         await grpcserver.serve(
             name="auth",
@@ -40,6 +46,7 @@ async def serve(cfg: AuthConfig) -> None:
         )
     finally:
         pruner.cancel()
+        alerts.cancel()
         await mailer.close()
         await billing.close()
         passwords.close()

@@ -9,8 +9,10 @@ from chatkore.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, Session
 from services.auth.audit import AuditLog
 from services.auth.keys import Keys, KeySpec
+from services.auth.notice import Notices
 from services.auth.recovery import Recovery
 from services.auth.store import AccountRow, AuditRow, KeyRow
+from services.auth.verification import Verification
 
 
 def _info(k: KeyRow) -> auth_pb2.KeyInfo:
@@ -22,7 +24,8 @@ def _info(k: KeyRow) -> auth_pb2.KeyInfo:
 
 
 def _account(a: AccountRow) -> auth_pb2.Account:
-    return auth_pb2.Account(user_id=a.user_id or 0, email=a.email, role=a.role, created=a.created)
+    return auth_pb2.Account(user_id=a.user_id or 0, email=a.email, role=a.role, created=a.created,
+                            email_verified=a.email_verified, verification_pending=a.verification_pending)
 
 
 def _session(s: Session) -> auth_pb2.Session:
@@ -36,11 +39,14 @@ def _audit(a: AuditRow) -> auth_pb2.AuditEntry:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, keys: Keys, accounts: Accounts, audit: AuditLog, recovery: Recovery) -> None:
+    def __init__(self, keys: Keys, accounts: Accounts, audit: AuditLog, recovery: Recovery,
+                 verification: Verification, notices: Notices) -> None:
         self.keys = keys
         self.accounts = accounts
         self.recovery = recovery
         self.audit = audit
+        self.verification = verification
+        self.notices = notices
 
     async def RecordAudit(self, request: auth_pb2.AuditEntry,
                           context: grpc.aio.ServicerContext) -> auth_pb2.AuditEntry:
@@ -89,7 +95,30 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     async def Register(self, request: auth_pb2.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> auth_pb2.Account:
-        return _account(await self.accounts.register(request.email, request.password))
+        account = await self.accounts.register(request.email, request.password,
+                                               bonus_on_verify=self.verification.required)
+        if account.verification_pending:
+            await self.verification.send_link(account, request.lang)
+        return _account(account)
+
+    async def VerifyEmail(self, request: auth_pb2.VerifyEmailRequest,
+                          context: grpc.aio.ServicerContext) -> auth_pb2.VerifyEmailReply:
+        account, bonus = await self.verification.verify(request.token)
+        return auth_pb2.VerifyEmailReply(account=_account(account), bonus=bonus)
+
+    async def SendVerification(self, request: auth_pb2.SendVerificationRequest,
+                               context: grpc.aio.ServicerContext) -> auth_pb2.SendVerificationReply:
+        await self.verification.resend(request.user_id, request.lang)
+        return auth_pb2.SendVerificationReply()
+
+    async def GetNotice(self, request: auth_pb2.GetNoticeRequest,
+                        context: grpc.aio.ServicerContext) -> auth_pb2.Notice:
+        text, contact, at, by = await self.notices.get()
+        return auth_pb2.Notice(announcement=text, contact=contact, updated_at=at, updated_by=by)
+
+    async def SetNotice(self, request: auth_pb2.Notice, context: grpc.aio.ServicerContext) -> auth_pb2.Notice:
+        text, contact, at, by = await self.notices.set(request.announcement, request.contact, request.updated_by)
+        return auth_pb2.Notice(announcement=text, contact=contact, updated_at=at, updated_by=by)
 
     async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Session:
         return _session(await self.accounts.login(request.email, request.password, request.client_ip))

@@ -113,27 +113,31 @@ class AccountRow:
     created: int
     pending_age_s: float  # seconds since it was made (matters only while unfinished)
     user_disabled: bool
+    email_verified: bool = False
+    verification_pending: bool = False  # not verified, and the sign-up bonus waits for it
 
 
 _ACCOUNT_COLUMNS = """
     a.id, a.email, a.password_hash, a.user_id, a.role, extract(epoch FROM a.created_at)::bigint,
     extract(epoch FROM now() - a.created_at)::float8,
-    coalesce(u.disabled, false)
+    coalesce(u.disabled, false), a.email_verified_at IS NOT NULL,
+    a.bonus_on_verify AND a.email_verified_at IS NULL
 """
 
 
-async def insert_account(conn: AsyncConnection, email: str, password_hash: str) -> AccountRow | None:
+async def insert_account(conn: AsyncConnection, email: str, password_hash: str,
+                         bonus_on_verify: bool = False) -> AccountRow | None:
     """A new, unfinished account; None when the email is taken."""
     cur = await conn.execute(
         f"""
         WITH a AS (
-            INSERT INTO accounts (email, password_hash) VALUES (%s, %s)
+            INSERT INTO accounts (email, password_hash, bonus_on_verify) VALUES (%s, %s, %s)
             ON CONFLICT (lower(email)) DO NOTHING
             RETURNING *
         )
         SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
         """,
-        (email, password_hash),
+        (email, password_hash, bonus_on_verify),
     )
     row = await cur.fetchone()
     return AccountRow(*row) if row else None
@@ -372,3 +376,74 @@ async def set_password(conn: AsyncConnection, account_id: int, password_hash: st
 async def end_sessions(conn: AsyncConnection, account_id: int, keep: bytes = b"") -> None:
     """Every session of the account ends, but the one whose hash is `keep`."""
     await conn.execute("DELETE FROM sessions WHERE account_id = %s AND token_hash <> %s", (account_id, keep))
+
+
+# --- verified addresses ----------------------------------------------------------------------
+
+
+async def account_of_token(conn: AsyncConnection, token_hash: bytes, purpose: str) -> AccountRow | None:
+    """The account of a live, unused token (which stays unused)."""
+    cur = await conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM account_tokens t JOIN accounts a ON a.id = t.account_id"
+        " LEFT JOIN users u ON u.id = a.user_id"
+        " WHERE t.token_hash = %s AND t.purpose = %s AND t.used_at IS NULL AND t.expires_at > now()",
+        (token_hash, purpose),
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def mark_verified(conn: AsyncConnection, account_id: int) -> AccountRow:
+    cur = await conn.execute(
+        f"""
+        WITH a AS (
+            UPDATE accounts SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = %s RETURNING *
+        )
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        """,
+        (account_id,),
+    )
+    return AccountRow(*await cur.fetchone())
+
+
+async def lock_account_by_user(conn: AsyncConnection, user_id: int) -> AccountRow | None:
+    """The account of `user_id`, its row locked until the transaction ends (mails asked for at
+    once are counted one after the other)."""
+    cur = await conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        " WHERE a.user_id = %s FOR UPDATE OF a",
+        (user_id,),
+    )
+    row = await cur.fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def recent_tokens(conn: AsyncConnection, account_id: int, purpose: str, within_s: int) -> tuple[int, float]:
+    """(tokens of `purpose` made in the last `within_s` seconds, seconds since the newest of any age)."""
+    cur = await conn.execute(
+        "SELECT count(*) FILTER (WHERE created_at > now() - make_interval(secs => %(w)s)),"
+        " coalesce(extract(epoch FROM now() - max(created_at))::float8, 1e9)"
+        " FROM account_tokens WHERE account_id = %(aid)s AND purpose = %(p)s",
+        {"aid": account_id, "p": purpose, "w": within_s},
+    )
+    count, age = await cur.fetchone()
+    return count, age
+
+
+# --- the operator's notice -------------------------------------------------------------------
+
+
+async def get_notice(conn: AsyncConnection) -> tuple[str, str, int, str]:
+    cur = await conn.execute(
+        "SELECT announcement, contact, extract(epoch FROM updated_at)::bigint, updated_by FROM site_notice")
+    row = await cur.fetchone()
+    return (row[0], row[1], row[2], row[3]) if row else ("", "", 0, "")
+
+
+async def set_notice(conn: AsyncConnection, announcement: str, contact: str, by: str) -> None:
+    await conn.execute(
+        "INSERT INTO site_notice (id, announcement, contact, updated_by) VALUES (1, %(a)s, %(c)s, %(by)s)"
+        " ON CONFLICT (id) DO UPDATE SET announcement = excluded.announcement, contact = excluded.contact,"
+        " updated_by = excluded.updated_by, updated_at = now()",
+        {"a": announcement, "c": contact, "by": by},
+    )

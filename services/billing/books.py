@@ -141,6 +141,48 @@ class Books:
         assert user is not None
         return user
 
+    async def grant_signup_bonus(self, user_id: int, reference: str) -> tuple[bool, int, UserRow]:
+        """The sign-up bonus as a top-up by `reference` (a normalised mailbox's): (granted to this
+        user, credits, the user). Another user asking with a used reference gets nothing."""
+        if not reference or len(reference) > 200:
+            raise InvalidRequest("'reference' must be 1 to 200 characters", param="reference")
+        amount = self._signup_credits
+        async with self._pool.connection() as conn:
+            user = await store.top_up(conn, user_id, amount, reference, "grant") if amount > 0 else None
+            if user is not None:
+                return True, amount, user
+            earlier = await store.get_topup(conn, reference)
+            user = await store.get_user(conn, user_id)
+        if user is None:
+            raise NotFound(f"No user with id {user_id}")
+        mine = earlier is not None and earlier[0] == user_id
+        return mine, earlier[1] if mine and earlier else 0, user
+
+    # --- low-balance alerts -----------------------------------------------------------
+
+    async def set_alert(self, user_id: int, threshold: int, lang: str) -> store.AlertRow:
+        if threshold < 0 or threshold > MAX_CREDITS:
+            raise InvalidRequest("'threshold' must be a non-negative number of credits", param="threshold")
+        async with self._pool.connection() as conn:
+            try:
+                await store.set_alert(conn, user_id, threshold, lang if lang in ("zh-CN", "en") else "en")
+            except psycopg.errors.ForeignKeyViolation:
+                raise NotFound(f"No user with id {user_id}") from None
+            alert = await store.get_alert(conn, user_id)
+        assert alert is not None
+        return alert
+
+    async def get_alert(self, user_id: int) -> store.AlertRow:
+        async with self._pool.connection() as conn:
+            alert = await store.get_alert(conn, user_id)
+        if alert is None:
+            raise NotFound(f"No user with id {user_id}")
+        return alert
+
+    async def take_alerts(self) -> list[store.AlertRow]:
+        async with self._pool.connection() as conn:
+            return await store.take_alerts(conn)
+
     # --- holds ------------------------------------------------------------------
 
     async def reserve(self, *, request_id: str, user_id: int, key_id: int, credit_limit: int, model: str,
@@ -369,10 +411,23 @@ class Books:
 
     # --- usage and the ledger --------------------------------------------------------
 
-    async def usage(self, user_id: int, limit: int, request_id: str = "") -> list[RequestRow]:
+    async def usage(self, where: store.UsageFilter, limit: int, cursor: str = "") -> tuple[list[RequestRow], str]:
+        """A page of finished calls, newest first, and the cursor of the next page ('' at the end)."""
         limit = 100 if limit <= 0 else min(limit, 1000)
+        after = None
+        if cursor:
+            micros, _, request_id = cursor.partition(":")
+            if not micros.isdigit() or not request_id or len(cursor) > 240:
+                raise InvalidRequest("'cursor' is not one this server gave", param="cursor")
+            after = (int(micros), request_id)
+        if where.since < 0 or where.until < 0 or (where.until and where.since >= where.until):
+            raise InvalidRequest("'since' must be before 'until'", param="since")
         async with self._pool.connection() as conn:
-            return await store.list_usage(conn, user_id, limit, request_id[:200])
+            rows = await store.list_usage(conn, where, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = f"{rows[-1][1]}:{rows[-1][0].request_id}" if more and rows else ""
+        return [r for r, _ in rows], next_cursor
 
     async def daily_spend(self, user_id: int, days: int) -> list[tuple[str, int, int, int]]:
         days = 30 if days <= 0 else min(days, 366)

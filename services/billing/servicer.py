@@ -6,7 +6,7 @@ import grpc
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.billing.books import Books
 from services.billing.pricing import Price, Rates, Usage
-from services.billing.store import OrderRow, RequestRow, UserRow
+from services.billing.store import AlertRow, OrderRow, RequestRow, UsageFilter, UserRow
 from services.billing.till import Till, Verdict
 
 
@@ -32,6 +32,11 @@ def _usage(r: RequestRow) -> billing_pb2.UsageRow:
         cached_prompt_tokens=r.cached_prompt_tokens, cache_write_tokens=r.cache_write_tokens,
         reasoning_tokens=r.reasoning_tokens, unpaid_credits=r.unpaid_credits, late=r.late,
     )
+
+
+def _alert(a: AlertRow) -> billing_pb2.BalanceAlert:
+    return billing_pb2.BalanceAlert(user_id=a.user_id, threshold=a.threshold, below=a.below, balance=a.owned,
+                                    lang=a.lang)
 
 
 def _order(o: OrderRow) -> billing_pb2.Order:
@@ -122,8 +127,28 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def ListUsage(self, request: billing_pb2.ListUsageRequest,
                         context: grpc.aio.ServicerContext) -> billing_pb2.UsageList:
-        rows = await self.books.usage(request.user_id, request.limit, request.request_id)
-        return billing_pb2.UsageList(rows=[_usage(r) for r in rows])
+        where = UsageFilter(user_id=request.user_id, request_id=request.request_id[:200], model=request.model[:200],
+                            key_id=request.key_id, since=request.since, until=request.until,
+                            status=request.status[:40])
+        rows, cursor = await self.books.usage(where, request.limit, request.cursor)
+        return billing_pb2.UsageList(rows=[_usage(r) for r in rows], next_cursor=cursor)
+
+    async def GrantSignupBonus(self, request: billing_pb2.GrantSignupBonusRequest,
+                               context: grpc.aio.ServicerContext) -> billing_pb2.SignupBonus:
+        granted, credits, user = await self.books.grant_signup_bonus(request.user_id, request.reference)
+        return billing_pb2.SignupBonus(granted=granted, credits=credits, user=_user(user))
+
+    async def SetBalanceAlert(self, request: billing_pb2.SetBalanceAlertRequest,
+                              context: grpc.aio.ServicerContext) -> billing_pb2.BalanceAlert:
+        return _alert(await self.books.set_alert(request.user_id, request.threshold, request.lang))
+
+    async def GetBalanceAlert(self, request: billing_pb2.GetUserRequest,
+                              context: grpc.aio.ServicerContext) -> billing_pb2.BalanceAlert:
+        return _alert(await self.books.get_alert(request.user_id))
+
+    async def TakeBalanceAlerts(self, request: billing_pb2.TakeBalanceAlertsRequest,
+                                context: grpc.aio.ServicerContext) -> billing_pb2.BalanceAlertList:
+        return billing_pb2.BalanceAlertList(alerts=[_alert(a) for a in await self.books.take_alerts()])
 
     async def GetSpend(self, request: billing_pb2.GetSpendRequest,
                        context: grpc.aio.ServicerContext) -> billing_pb2.Spend:

@@ -478,17 +478,42 @@ async def open_hold_count(conn: AsyncConnection) -> int:
 
 # --- usage and reporting ------------------------------------------------------
 
-async def list_usage(conn: AsyncConnection, user_id: int, limit: int, request_id: str = "") -> list[RequestRow]:
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which calls a usage listing shows ('' / 0 = any)."""
+    user_id: int = 0
+    request_id: str = ""
+    model: str = ""
+    key_id: int = 0
+    since: int = 0   # unix seconds, inclusive
+    until: int = 0   # unix seconds, exclusive
+    status: str = ""
+
+
+async def list_usage(conn: AsyncConnection, where: UsageFilter, limit: int,
+                     after: tuple[int, str] | None = None) -> list[tuple[RequestRow, int]]:
+    """Finished calls, newest first, each with its created_at in microseconds (the cursor of
+    the next page: rows strictly after `after` = (micros, request_id) in this order)."""
     cur = await conn.execute(
         f"""
-        SELECT {_REQUEST_COLUMNS} FROM requests
+        SELECT {_REQUEST_COLUMNS}, (extract(epoch FROM created_at) * 1000000)::bigint FROM requests
         WHERE state <> 'held' AND (%(uid)s = 0 OR user_id = %(uid)s)
           AND (%(rid)s = '' OR request_id = %(rid)s)
-        ORDER BY created_at DESC, request_id LIMIT %(limit)s
+          AND (%(model)s = '' OR model = %(model)s)
+          AND (%(kid)s = 0 OR key_id = %(kid)s)
+          AND (%(status)s = '' OR status = %(status)s)
+          AND (%(since)s = 0 OR created_at >= to_timestamp(%(since)s))
+          AND (%(until)s = 0 OR created_at < to_timestamp(%(until)s))
+          AND (%(after_us)s::bigint IS NULL
+               OR (created_at, request_id) < (to_timestamp(0) + %(after_us)s::bigint * interval '1 microsecond',
+                                              %(after_rid)s::text))
+        ORDER BY created_at DESC, request_id DESC LIMIT %(limit)s
         """,
-        {"uid": user_id, "limit": limit, "rid": request_id},
+        {"uid": where.user_id, "rid": where.request_id, "model": where.model, "kid": where.key_id,
+         "status": where.status, "since": where.since, "until": where.until, "limit": limit,
+         "after_us": after[0] if after else None, "after_rid": after[1] if after else None},
     )
-    return [RequestRow(*row) for row in await cur.fetchall()]
+    return [(RequestRow(*row[:-1]), row[-1]) for row in await cur.fetchall()]
 
 
 async def spend(conn: AsyncConnection, user_id: int, since: int, until: int) -> tuple[int, int]:
@@ -871,3 +896,57 @@ async def accept_invite(conn: AsyncConnection, user_id: int, code: str) -> bool:
         """,
         (user_id, code))
     return await cur.fetchone() is not None
+
+
+# --- low-balance alerts ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    user_id: int
+    threshold: int
+    below: bool   # fired, not re-armed yet
+    owned: int    # balance + held
+    lang: str
+
+
+async def set_alert(conn: AsyncConnection, user_id: int, threshold: int, lang: str) -> None:
+    """Set (or clear, with 0) a user's threshold; setting it arms it afresh."""
+    await conn.execute(
+        "INSERT INTO balance_alerts (user_id, threshold, lang) VALUES (%(uid)s, %(t)s, %(lang)s)"
+        " ON CONFLICT (user_id) DO UPDATE SET threshold = excluded.threshold, lang = excluded.lang,"
+        " armed = true, updated_at = now()",
+        {"uid": user_id, "t": threshold, "lang": lang},
+    )
+
+
+async def get_alert(conn: AsyncConnection, user_id: int) -> AlertRow | None:
+    cur = await conn.execute(
+        "SELECT u.id, coalesce(a.threshold, 0), coalesce(NOT a.armed AND a.threshold > 0, false),"
+        " u.balance + u.held, coalesce(a.lang, 'en')"
+        " FROM users u LEFT JOIN balance_alerts a ON a.user_id = u.id WHERE u.id = %s",
+        (user_id,),
+    )
+    row = await cur.fetchone()
+    return AlertRow(*row) if row else None
+
+
+async def take_alerts(conn: AsyncConnection) -> list[AlertRow]:
+    """Crossings since the last call, each returned once (the row is disarmed by this very
+    statement, so two callers racing cannot both take it); alerts whose balance is back at or
+    above the threshold are re-armed. Only committed balances are read: nothing here touches
+    the settlement path."""
+    cur = await conn.execute(
+        """
+        WITH rearmed AS (
+            UPDATE balance_alerts a SET armed = true FROM users u
+            WHERE u.id = a.user_id AND NOT a.armed AND u.balance + u.held >= a.threshold
+            RETURNING a.user_id
+        )
+        UPDATE balance_alerts a SET armed = false, fired_at = now() FROM users u
+        WHERE u.id = a.user_id AND a.armed AND a.threshold > 0 AND NOT u.disabled
+          AND u.balance + u.held < a.threshold
+        RETURNING a.user_id, a.threshold, true, u.balance + u.held, a.lang
+        """
+    )
+    return [AlertRow(*row) for row in await cur.fetchall()]

@@ -29,15 +29,21 @@ CALLERS: dict[str, frozenset[str]] = {
     **{f"/chatkore.v1.Auth/{m}": _EDGE for m in (
         "Authenticate", "AuthorizeAdmin", "CreateKey", "ListKeys", "RevokeKey", "KeyChanges", "Register",
         "Login", "ResolveSession", "Logout", "WebKey", "SetRole", "ListAccounts", "RecordAudit", "ListAudit",
-        "RequestPasswordReset", "ResetPassword", "ChangePassword")},
+        "RequestPasswordReset", "ResetPassword", "ChangePassword", "VerifyEmail", "SendVerification",
+        "GetNotice", "SetNotice")},
     **{f"/chatkore.v1.Billing/{m}": _EDGE for m in (
         "GetUser", "TopUp", "SetPrice", "ListPrices", "ListUsage", "GetSpend", "VerifyLedger",
         "CreateRedeemCodes", "Redeem", "SearchUsers", "SetUserDisabled", "DailySpend", "ModelStats",
         # Payments: orders, the providers' notifications (they reach the edge over HTTP), invites.
         "CreateOrder", "GetOrder", "ListOrders", "PayDemoOrder", "SetOrderReview", "AlipayNotify",
-        "StripeWebhook", "ListNotifications", "GetInvite", "AcceptInvite")},
+        "StripeWebhook", "ListNotifications", "GetInvite", "AcceptInvite",
+        # Low-balance alerts: the threshold is set from the console.
+        "SetBalanceAlert", "GetBalanceAlert")},
     # Console sign-up (auth) makes the billing user behind a new account; the admin API (edge) too.
     "/chatkore.v1.Billing/CreateUser": frozenset({"edge", "auth"}),
+    # A verified address brings the sign-up bonus; auth mails the low-balance alerts it takes.
+    "/chatkore.v1.Billing/GrantSignupBonus": frozenset({"auth"}),
+    "/chatkore.v1.Billing/TakeBalanceAlerts": frozenset({"auth"}),
     # Holds and charges are placed only by the service that relays the call upstream.
     "/chatkore.v1.Billing/Reserve": frozenset({"inference"}),
     "/chatkore.v1.Billing/Settle": frozenset({"inference"}),
