@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # its reader (first_event), which knows whether anything reached the client.
 IDEMPOTENT = frozenset({
     "/chatkore.v1.Auth/Authenticate", "/chatkore.v1.Auth/AuthorizeAdmin", "/chatkore.v1.Auth/ListKeys",
-    "/chatkore.v1.Auth/RevokeKey", "/chatkore.v1.Auth/KeyChanges",
+    "/chatkore.v1.Auth/RevokeKey", "/chatkore.v1.Auth/KeyChanges", "/chatkore.v1.Auth/GetNotice",
+    "/chatkore.v1.Billing/GetBalanceAlert",
     "/chatkore.v1.Billing/GetUser", "/chatkore.v1.Billing/SetPrice", "/chatkore.v1.Billing/ListPrices",
     "/chatkore.v1.Billing/ListUsage", "/chatkore.v1.Billing/GetSpend", "/chatkore.v1.Billing/VerifyLedger",
     "/chatkore.v1.Inference/Relay", "/chatkore.v1.Inference/ListModels", "/chatkore.v1.Inference/ListChannels",
