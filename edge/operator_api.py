@@ -78,7 +78,7 @@ async def stats(request: web.Request) -> web.Response:
 
 # --- payment orders (the Orders page) --------------------------------------------------------
 
-ORDER_STATUSES = ("", "pending", "expired", "paid", "refunded")
+ORDER_STATUSES = ("", "pending", "expired", "paid", "refunded", "closed")
 
 
 def _admin_order(o: billing_pb2.Order) -> dict[str, Any]:

@@ -66,6 +66,18 @@ async def books(books_url: str) -> AsyncIterator[AsyncConnection]:
             assert await _settle(conn, "r-released", Usage(), "upstream_error", "counted") == (0, 2_000_000)
             await _reserve(conn, "r-open", alice.id, 1_000_000)
             await _reserve(conn, "r-open-bob", bob.id, 4_000_000, key_id=9, credit_limit=10_000_000)
+            # carol pays an order, starts a call, and the order is refunded in full: the
+            # balance goes, the hold stays, its release pays the debt down to the call's cost.
+            carol = await store.create_user(conn, "carol", 0)
+            await store.create_order(conn, order_id="ord_carol", user_id=carol.id, provider="stripe", currency="USD",
+                                     amount=500, credits=5_000_000, ttl_s=600)
+            assert (await store.credit_order(conn, "ord_carol", "pi_carol", 10)).order is not None
+            await _reserve(conn, "r-carol", carol.id, 2_000_000)
+            refund = await store.refund_order(conn, "ord_carol", 5_000_000, True)
+            assert (refund.taken, refund.owed) == (3_000_000, 2_000_000)
+            assert await _settle(conn, "r-carol", Usage(prompt=100, completion=200), "complete",
+                                 "upstream") == (550, 1_999_450)
+            assert (await store.get_user(conn, carol.id)).balance == 0
         report = await store.verify_ledger(conn)
         assert report["problems"] == [] and report["open_holds"] == 2, report
         await conn.set_autocommit(False)
@@ -101,10 +113,20 @@ BREAKS = [
      "held 1000000 vs ledger 1000000 vs open holds 1000001"),
     ("revenue differing from the charges",
      "UPDATE requests SET credits = credits + 1 WHERE request_id = 'r-settled'",
-     "revenue 550 differs from the sum of charges 551"),
+     "revenue 1100 differs from the sum of charges 1101"),
     ("an open hold that carries a charge",
      "UPDATE requests SET credits = 1 WHERE request_id = 'r-open'",
      "1 open holds already charged"),
+    ("a debt that is not the ledger's",
+     "UPDATE users SET owed = owed + 1 WHERE name = 'carol'",
+     "owed 551 vs ledger 550"),
+    ("a debt, in the books, left uncollected while the balance is positive",
+     "WITH d AS (INSERT INTO ledger (movement, kind, ref, user_id, account, amount) "
+     "SELECT m.id, 'refund', 'stray', e.uid, e.account, e.amount "
+     "FROM (SELECT nextval('ledger_movement_seq') AS id) m, (VALUES ((SELECT id FROM users WHERE name = 'alice'), "
+     "'owed', -1), (NULL, 'funding', 1)) AS e(uid, account, amount)) "
+     "UPDATE users SET owed = owed + 1 WHERE name = 'alice'",
+     "owes 1 uncollected while the balance is 98999450"),
 ]
 
 
@@ -146,9 +168,12 @@ GUARDED = [
     # hold is charged from the balance, DESIGN section 6. A negative charge still is.)
     ("a negative charge", "requests",
      "UPDATE requests SET credits = -1 WHERE request_id = 'r-settled'",
-     "revenue 550 differs from the sum of charges -1"),
+     "revenue 1100 differs from the sum of charges 549"),
     ("a negative balance", "users",
      "UPDATE users SET balance = -1 WHERE name = 'bob'",
+     "1 users with a negative balance"),
+    ("a negative debt", "users",
+     "UPDATE users SET owed = -1 WHERE name = 'bob'",
      "1 users with a negative balance"),
 ]
 
@@ -164,3 +189,22 @@ async def test_guarded_invariants_are_refused_and_still_reported(books: AsyncCon
     await books.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
     problems = await _broken(books, statement)
     assert any(problem in p for p in problems), (what, problems)
+
+
+async def test_a_debt_is_collected_first_from_the_next_credit(books: AsyncConnection) -> None:
+    """carol owes 550 (her refunded order's call): a top-up pays it first, in the same
+    statement, with its ledger movement; the books still verify."""
+    carol = (await (await books.execute("SELECT id FROM users WHERE name = 'carol'")).fetchone())[0]
+    user = await store.top_up(books, carol, 300, "ref-carol", "topup")
+    assert (user.balance, (await _owed(books, carol))) == (0, 250)
+    user = await store.top_up(books, carol, 1_000_000, "ref-carol-2", "topup")
+    assert (user.balance, (await _owed(books, carol))) == (999_750, 0)
+    # All of the debt, 2 credits: 1.99945 when the hold was released, the last 550 now.
+    cur = await books.execute("SELECT account, sum(amount)::bigint FROM ledger WHERE kind = 'collect'"
+                              " AND user_id = %s GROUP BY account ORDER BY account", (carol,))
+    assert await cur.fetchall() == [("available", -2_000_000), ("owed", 2_000_000)]
+    assert (await store.verify_ledger(books))["problems"] == []
+
+
+async def _owed(conn: AsyncConnection, user_id: int) -> int:
+    return (await (await conn.execute("SELECT owed FROM users WHERE id = %s", (user_id,))).fetchone())[0]

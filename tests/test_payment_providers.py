@@ -1,7 +1,8 @@
 """Alipay and Stripe against a stack configured for both, with a fake of each on loopback
 (tests/fake_payments.py): orders, signed notifications and webhooks credit exactly once;
 forged, tampered, replayed and mismatched ones move nothing and are kept; refunds take back
-what the balance holds and record the rest as owed."""
+what the balance holds, the rest is owed and collected from the next credits, a refund that
+comes before the payment sticks, and the inviter's reward goes back in proportion."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,11 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import psycopg
 import pytest
 import requests
 
-from tests.console import ConsoleUser
+from tests.console import PASSWORD, ConsoleUser
 from tests.fake_payments import (
     FakePayments,
     alipay_notification,
@@ -25,8 +27,9 @@ from tests.fake_payments import (
     stripe_event,
     stripe_signature,
 )
-from tests.mock_upstream import MockUpstream
+from tests.mock_upstream import MockUpstream, stream_then
 from tests.world import ISSUED_SECRETS, World
+from tools.stack import wait_until
 
 PUBLIC_URL = "https://chatkore.example.com"
 
@@ -112,7 +115,7 @@ def test_alipay_notification_five_times_at_once_credits_once(shop: World, fake: 
 
 
 @pytest.mark.parametrize("case", ["tampered_amount", "resigned_amount", "wrong_key", "unknown_order", "other_app",
-                                  "trade_closed", "no_signature"])
+                                  "closed_resigned_amount", "no_signature"])
 def test_alipay_forged_or_mismatched_notification_moves_nothing(shop: World, fake: FakePayments, case: str) -> None:
     user = ConsoleUser(shop.url).register()
     order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 50}, expect=201)
@@ -127,8 +130,8 @@ def test_alipay_forged_or_mismatched_notification_moves_nothing(shop: World, fak
         params = alipay_signed(fake.alipay_key, {**genuine, "out_trade_no": "ord_" + "0" * 24})
     elif case == "other_app":
         params = alipay_signed(fake.alipay_key, {**genuine, "app_id": "2021999999999999"})
-    elif case == "trade_closed":
-        params = alipay_signed(fake.alipay_key, {**genuine, "trade_status": "TRADE_CLOSED"})
+    elif case == "closed_resigned_amount":  # a closed trade, signed, for another amount
+        params = alipay_signed(fake.alipay_key, {**genuine, "trade_status": "TRADE_CLOSED", "total_amount": "0.50"})
     else:
         params = genuine
     before = shop.verify()["entries"]
@@ -140,7 +143,8 @@ def test_alipay_forged_or_mismatched_notification_moves_nothing(shop: World, fak
     [note] = [n for n in kept(shop, named) if n["verdict"] == "refused"][:1]
     assert note["provider"] == "alipay" and note["reason"]
     # A signed notification that disagrees with its order puts the order under review.
-    assert admin_order(shop, order["id"])["review"] is (case in ("resigned_amount", "other_app"))
+    assert admin_order(shop, order["id"])["review"] is (case in ("resigned_amount", "other_app",
+                                                                 "closed_resigned_amount"))
     # The genuine notification still credits it.
     assert notify(shop, alipay_signed(fake.alipay_key, genuine)) == "success"
     assert shop.balance(user.user_id) == 7000
@@ -224,3 +228,167 @@ def test_stripe_refund_takes_back_what_the_balance_holds_and_records_the_rest(sh
     assert shop.balance(user.user_id) == 0
     mine = user.ok("GET", f"/api/payments/{order['id']}")
     assert mine["status"] == "refunded" and mine["refunded"] == 2000 and mine["owed"] == 1400
+    # The owed 1400 is collected first from the next top-up, with its ledger entries.
+    assert owed(shop, user.user_id) == 1400
+    shop.admin("POST", f"/admin/v1/users/{user.user_id}/topups", {"credits": 2000, "reference": f"r-{order['id']}"})
+    assert shop.balance(user.user_id) == 600 and owed(shop, user.user_id) == 0
+    assert shop.verify()["ok"]
+
+
+def owed(shop: World, user_id: int) -> Decimal:
+    """The user's debt in credits (what refunds could not take back yet)."""
+    with psycopg.connect(shop.stack.database_url, autocommit=True) as conn:
+        micro = conn.execute("SELECT owed FROM users WHERE id = %s", (user_id,)).fetchone()[0]
+    return Decimal(micro) / 1_000_000
+
+
+def refunded(order: dict[str, Any], intent: str, cents: int, *, metadata: bool = True) -> bytes:
+    """Stripe's charge.refunded for an order's payment: `cents` refunded so far, in all."""
+    obj: dict[str, Any] = {"id": f"ch_{intent}", "object": "charge", "payment_intent": intent,
+                           "amount": round(order["amount"] * 100), "amount_refunded": cents, "currency": "usd"}
+    if metadata:  # Checkout copies payment_intent_data.metadata onto the charge
+        obj["metadata"] = {"order_id": order["id"]}
+    return stripe_event("charge.refunded", obj)
+
+
+def signed(fake: FakePayments, payload: bytes) -> str:
+    return stripe_signature(fake.webhook_secret, payload)
+
+
+def test_a_refund_before_the_completion_sticks(shop: World, fake: FakePayments) -> None:
+    """Stripe does not promise the order of events: a refund can arrive before
+    checkout.session.completed. A full one means the completion credits nothing; a partial
+    one, only the rest."""
+    user = ConsoleUser(shop.url).register()
+    order = stripe_order(shop, fake, user, 2)  # 2000 credits
+    early = refunded(order, "pi_early", 200)
+    assert webhook(shop, early, signed(fake, early)).json()["verdict"] == "refunded"
+    late = completed(order, "pi_early")
+    answer = webhook(shop, late, signed(fake, late))
+    assert answer.status_code == 200 and answer.json()["verdict"] == "refused"  # answered: Stripe stops
+    assert shop.balance(user.user_id) == 0
+    mine = user.ok("GET", f"/api/payments/{order['id']}")
+    assert mine["status"] == "refunded" and mine["paid_at"] is None
+    assert sorted(n["verdict"] for n in kept(shop, order["id"])) == ["refunded", "refused"]
+
+    partial = stripe_order(shop, fake, user, 2)
+    quarter = refunded(partial, "pi_quarter", 50)
+    assert webhook(shop, quarter, signed(fake, quarter)).json()["verdict"] == "refunded"
+    late = completed(partial, "pi_quarter")
+    assert webhook(shop, late, signed(fake, late)).json()["verdict"] == "credited"
+    assert shop.balance(user.user_id) == 1500
+    # The rest of it refunded later: what the payment credited goes back, nothing more.
+    rest = refunded(partial, "pi_quarter", 200)
+    assert webhook(shop, rest, signed(fake, rest)).json()["verdict"] == "refunded"
+    assert shop.balance(user.user_id) == 0 and owed(shop, user.user_id) == 0
+    assert user.ok("GET", f"/api/payments/{partial['id']}")["status"] == "refunded"
+    assert shop.verify()["ok"]
+
+
+@pytest.mark.parametrize(("cents", "left"), [(200, 0), (50, 1500)], ids=["full", "partial"])
+def test_refund_and_completion_five_times_each_at_once(shop: World, fake: FakePayments, cents: int,
+                                                       left: int) -> None:
+    """Whichever lands first, the order ends credited exactly with what was not refunded."""
+    user = ConsoleUser(shop.url).register()
+    order = stripe_order(shop, fake, user, 2)
+    intent = f"pi_race_{order['id']}"
+    events = [completed(order, intent), refunded(order, intent, cents)] * 5
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda e: webhook(shop, e, signed(fake, e)), events))
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    assert shop.balance(user.user_id) == left and owed(shop, user.user_id) == 0
+    verdicts = [a.json()["verdict"] for a in answers]
+    assert verdicts[1::2].count("refunded") == 1 and verdicts[0::2].count("credited") <= 1
+    assert user.ok("GET", f"/api/payments/{order['id']}")["status"] == ("refunded" if cents == 200 else "paid")
+    assert shop.verify()["ok"]
+
+
+def test_credits_held_by_a_call_in_flight_are_collected_when_released(shop: World, fake: FakePayments) -> None:
+    """A refund takes what the balance has (an open hold is not touched: the call goes on);
+    what it could not take is owed, and the hold's release pays it first, then the next top-up."""
+    user = ConsoleUser(shop.url).register()
+    order = stripe_order(shop, fake, user, 2)
+    payload = completed(order, "pi_flight")
+    assert webhook(shop, payload, signed(fake, payload)).json()["verdict"] == "credited"
+    model, tag = shop.served_model(prompt=1, completion=1000, min_charge=100)
+    shop.mock.script(tag, stream_then(1, "hang"))
+    client = shop.client(shop.key(user.user_id)["key"])
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], stream=True,
+                                            max_tokens=1500)
+    next(iter(stream))  # the call is upstream, its hold open (the 1500-token budget)
+    held = shop.held(user.user_id)
+    assert 1500 <= held < 2000
+    event = refunded(order, "pi_flight", 200)
+    assert webhook(shop, event, signed(fake, event)).json()["verdict"] == "refunded"
+    assert shop.balance(user.user_id) == 0 and shop.held(user.user_id) == held  # the hold is whole
+    assert Decimal(str(user.ok("GET", f"/api/payments/{order['id']}")["owed"])) == held
+    stream.close()  # the client leaves: it pays what it got (at least 100), the rest of the hold is released
+    wait_until(lambda: shop.held(user.user_id) == 0, 30, "the hold settled")
+    [row] = shop.usage(user.user_id)
+    charged = Decimal(str(row["credits"]))
+    assert 100 <= charged < held
+    # The release paid the debt first: what the call cost is all that is still owed.
+    assert shop.balance(user.user_id) == 0
+    assert owed(shop, user.user_id) == charged
+    shop.admin("POST", f"/admin/v1/users/{user.user_id}/topups", {"credits": 300, "reference": f"f-{order['id']}"})
+    assert shop.balance(user.user_id) == 300 - charged and owed(shop, user.user_id) == 0
+    assert shop.verify()["ok"]
+
+
+def test_a_refund_takes_the_inviters_reward_back_in_proportion_once(shop: World, fake: FakePayments) -> None:
+    inviter = ConsoleUser(shop.url).register()
+    code = inviter.ok("GET", "/api/invite")["code"]
+    invitee = ConsoleUser(shop.url)
+    reply = invitee.ok("POST", "/api/register", {"email": invitee.email, "password": PASSWORD, "invite": code},
+                       expect=201)
+    invitee.csrf, invitee.user_id = reply["csrf_token"], reply["account"]["user_id"]
+    order = stripe_order(shop, fake, invitee, 2)  # 2000 credits; the inviter's 10%: 200
+    payload = completed(order, "pi_invited")
+    assert webhook(shop, payload, signed(fake, payload)).json()["verdict"] == "credited"
+    assert shop.balance(inviter.user_id) == 200
+    model, _ = shop.served_model(prompt=1, completion=1, min_charge=150)
+    shop.client(shop.key(inviter.user_id)["key"]).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}])
+    assert shop.balance(inviter.user_id) == 50
+
+    half = refunded(order, "pi_invited", 100)
+    with ThreadPoolExecutor(5) as pool:  # the same refund five times at once: reversed once
+        verdicts = sorted(pool.map(lambda _: webhook(shop, half, signed(fake, half)).json()["verdict"], range(5)))
+    assert verdicts == ["duplicate"] * 4 + ["refunded"]
+    assert shop.balance(invitee.user_id) == 1000
+    assert shop.balance(inviter.user_id) == 0 and owed(shop, inviter.user_id) == 50  # 100 back: 50 taken, 50 owed
+    full = refunded(order, "pi_invited", 200)
+    assert webhook(shop, full, signed(fake, full)).json()["verdict"] == "refunded"
+    assert shop.balance(invitee.user_id) == 0 and owed(shop, inviter.user_id) == 150
+    assert inviter.ok("GET", "/api/invite")["earned"] == 0
+    shop.admin("POST", f"/admin/v1/users/{inviter.user_id}/topups", {"credits": 200, "reference": f"i-{order['id']}"})
+    assert shop.balance(inviter.user_id) == 50 and owed(shop, inviter.user_id) == 0
+    assert shop.verify()["ok"]
+
+
+def test_alipay_trade_closed_is_acknowledged_and_closes_the_order(shop: World, fake: FakePayments) -> None:
+    """A verified TRADE_CLOSED is Alipay's last word on the trade: `success` (else Alipay sends
+    it again for about 25 hours), nothing credited, the order closed for good. For a paid order
+    it means a full refund (Alipay uses the one status for both)."""
+    user = ConsoleUser(shop.url).register()
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 5}, expect=201)
+    genuine = alipay_notification(order["id"], "5.00")
+    closed = alipay_signed(fake.alipay_key, {**genuine, "trade_status": "TRADE_CLOSED"})
+    before = shop.verify()["entries"]
+    assert notify(shop, closed) == "success"
+    assert notify(shop, closed) == "success"  # again: nothing more
+    assert shop.verify()["entries"] == before and shop.balance(user.user_id) == 0
+    assert user.ok("GET", f"/api/payments/{order['id']}")["status"] == "closed"
+    assert sorted(n["verdict"] for n in kept(shop, order["id"])) == ["closed", "duplicate"]
+    # A payment reported after the close (a late retry): answered, never credited.
+    assert notify(shop, alipay_signed(fake.alipay_key, genuine)) == "success"
+    assert shop.balance(user.user_id) == 0 and admin_order(shop, order["id"])["status"] == "closed"
+
+    paid = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 5}, expect=201)
+    genuine = alipay_notification(paid["id"], "5.00")
+    assert notify(shop, alipay_signed(fake.alipay_key, genuine)) == "success"
+    assert shop.balance(user.user_id) == 700
+    assert notify(shop, alipay_signed(fake.alipay_key, {**genuine, "trade_status": "TRADE_CLOSED"})) == "success"
+    assert shop.balance(user.user_id) == 0
+    assert user.ok("GET", f"/api/payments/{paid['id']}")["status"] == "refunded"
+    assert shop.verify()["ok"]

@@ -526,7 +526,7 @@ async def spend(conn: AsyncConnection, user_id: int, since: int, until: int) -> 
                AND created_at >= to_timestamp(%(since)s) AND created_at < to_timestamp(%(until)s)),
             (SELECT coalesce(sum(amount), 0)::bigint FROM ledger
              WHERE user_id = %(uid)s AND account = 'available'
-               AND kind IN ('grant', 'topup', 'redeem', 'payment', 'invite', 'refund'))
+               AND kind IN ('grant', 'topup', 'redeem', 'payment', 'invite', 'refund', 'invite_reversal', 'collect'))
         """,
         {"uid": user_id, "since": since, "until": until},
     )
@@ -614,9 +614,26 @@ async def verify_ledger(conn: AsyncConnection) -> dict[str, object]:
     cur = await conn.execute("SELECT count(*) FROM requests WHERE state = 'held' AND credits <> 0")
     if (bad := (await cur.fetchone())[0]) != 0:
         problems.append(f"{bad} open holds already charged")
-    cur = await conn.execute("SELECT count(*) FROM users WHERE balance < 0 OR held < 0")
+    cur = await conn.execute("SELECT count(*) FROM users WHERE balance < 0 OR held < 0 OR owed < 0")
     if (bad := (await cur.fetchone())[0]) != 0:
         problems.append(f"{bad} users with a negative balance")
+    # A debt is the negative of the user's `owed` account, and is collected before the
+    # balance can rise above zero (migration 0018): never both at once.
+    cur = await conn.execute(
+        """
+        SELECT u.id, u.owed, coalesce(o.s, 0), u.balance
+        FROM users u
+        LEFT JOIN (SELECT user_id, sum(amount) s FROM ledger WHERE account = 'owed' GROUP BY user_id) o
+               ON o.user_id = u.id
+        WHERE u.owed <> -coalesce(o.s, 0) OR (u.owed > 0 AND u.balance > 0)
+        LIMIT 10
+        """
+    )
+    for uid, owed, ledger_owed, balance in await cur.fetchall():
+        if owed != -ledger_owed:
+            problems.append(f"user {uid}: owed {owed} vs ledger {-ledger_owed}")
+        if owed > 0 and balance > 0:
+            problems.append(f"user {uid}: owes {owed} uncollected while the balance is {balance}")
     cur = await conn.execute("SELECT count(*) FROM users")
     users = (await cur.fetchone())[0]
     return {"entries": entries, "ledger_sum": total, "problems": problems, "users": users,
@@ -670,7 +687,7 @@ class OrderRow:
     currency: str
     amount: int
     credits: int
-    status: str  # pending, expired (pending past its time), paid, refunded
+    status: str  # pending, expired (pending past its time), paid, refunded, closed
     pay_url: str
     qr_code: str
     provider_ref: str
@@ -748,23 +765,32 @@ async def list_orders(conn: AsyncConnection, *, user_id: int, status: str, provi
     return [OrderRow(*row) for row in await cur.fetchall()]
 
 
-async def credit_order(conn: AsyncConnection, order_id: str, provider_ref: str,
-                       invite_pct: int) -> OrderRow | None:
-    """Pay a pending order, in one transaction: the order becomes paid, its credits are the
-    top-up `order:<id>` with its ledger entries, and on the user's first paid order the
-    inviter gets `invite_pct` percent. None when the order was not pending (paid already:
-    a repeated notification; the row lock makes a concurrent one wait, then find it paid)."""
+@dataclass(frozen=True)
+class Credit:
+    """What crediting an order did: `order` when it was paid now, else the status it had."""
+
+    order: OrderRow | None
+    status: str  # the order's status before: pending (credited now), paid, refunded, closed; '' if none
+
+
+async def credit_order(conn: AsyncConnection, order_id: str, provider_ref: str, invite_pct: int) -> Credit:
+    """Pay a pending order, in one transaction: the order becomes paid, its credits (less what
+    a refund that came first took back) are the top-up `order:<id>` with its ledger entries,
+    and on the user's first paid order the inviter gets `invite_pct` percent of them. Any
+    other status credits nothing: paid already (a repeated notification; the row lock makes a
+    concurrent one wait, then find it paid), refunded before it was paid, or closed."""
     async with conn.transaction():
         cur = await conn.execute(
-            "UPDATE orders SET status = 'paid', paid_at = now(),"
-            " provider_ref = CASE WHEN %s = '' THEN provider_ref ELSE %s END"
-            " WHERE id = %s AND status = 'pending' RETURNING user_id, credits",
-            (provider_ref, provider_ref, order_id),
-        )
+            "SELECT user_id, status, credits - refunded FROM orders WHERE id = %s FOR UPDATE", (order_id,))
         row = await cur.fetchone()
-        if row is None:
-            return None
-        user_id, credits = row
+        if row is None or row[1] != "pending":
+            return Credit(None, row[1] if row else "")
+        user_id, _, credits = row
+        await conn.execute(
+            "UPDATE orders SET status = 'paid', paid_at = now(), credited = %s,"
+            " provider_ref = CASE WHEN %s = '' THEN provider_ref ELSE %s END WHERE id = %s",
+            (credits, provider_ref, provider_ref, order_id),
+        )
         if await top_up(conn, user_id, credits, f"order:{order_id}", "payment") is None:
             raise RuntimeError(f"order {order_id} was credited before it was paid")  # rolls the payment back
         cur = await conn.execute(
@@ -776,45 +802,98 @@ async def credit_order(conn: AsyncConnection, order_id: str, provider_ref: str,
         reward = credits * invite_pct // 100
         if inviter is not None and reward > 0:
             await top_up(conn, inviter[0], reward, f"invite:{user_id}", "invite")
-        return await get_order(conn, order_id)
+            await conn.execute("UPDATE orders SET inviter = %s, invite_reward = %s WHERE id = %s",
+                               (inviter[0], reward, order_id))
+        return Credit(await get_order(conn, order_id), "pending")
 
 
-async def refund_order(conn: AsyncConnection, order_id: str, target: int, fully: bool) -> tuple[int, int] | None:
-    """Reverse credits of a refunded order up to `target` in all: what the balance holds is
-    taken back (ledger kind refund), the rest recorded as owed. Returns (taken, owed now),
-    or None when nothing more was due (a repeated refund notification)."""
+async def close_order(conn: AsyncConnection, order_id: str) -> bool:
+    """A pending order whose trade the provider closed unpaid: it will never be credited."""
+    cur = await conn.execute("UPDATE orders SET status = 'closed' WHERE id = %s AND status = 'pending' RETURNING 1",
+                             (order_id,))
+    return await cur.fetchone() is not None
+
+
+@dataclass(frozen=True)
+class Refund:
+    taken: int        # micro-credits taken from the buyer's balance now
+    owed: int         # the rest of what was due: the buyer's debt, collected from the next credits
+    credited: bool    # False: the order was not credited yet, so the refund only lowers what it will credit
+    invite_taken: int = 0  # the inviter's reward taken back, in proportion
+    invite_owed: int = 0
+
+
+async def refund_order(conn: AsyncConnection, order_id: str, target: int, fully: bool) -> Refund | None:
+    """Reverse a refunded order's credits up to `target` in all, in one transaction. A credited
+    order: the rest due is taken from the buyer's balance (what open holds keep aside is not
+    in it), and what the balance cannot cover becomes owed (a ledger debt, collected first from
+    the next credits); the inviter's reward for the order goes back in the same proportion,
+    under the same rule. An order not credited yet keeps the refund, so a later payment
+    notification credits only the rest (nothing once fully refunded). None when nothing more
+    was due (a repeated refund notification)."""
     async with conn.transaction():
         cur = await conn.execute(
-            "SELECT user_id, refunded FROM orders WHERE id = %s AND status IN ('paid', 'refunded') FOR UPDATE",
+            "SELECT user_id, status, credits, credited, refunded, paid_at IS NOT NULL, inviter, invite_reward,"
+            " invite_reversed FROM orders WHERE id = %s FOR UPDATE",
             (order_id,))
         row = await cur.fetchone()
-        if row is None or target <= row[1]:
+        if row is None:
             return None
-        user_id, done = row
-        due = target - done
-        cur = await conn.execute("SELECT balance FROM users WHERE id = %s FOR UPDATE", (user_id,))
-        taken = min(due, (await cur.fetchone())[0])
-        if taken > 0:
+        user_id, status, credits, credited, done, paid, inviter, reward, reversed_ = row
+        target = min(target, credits)
+        if target <= done:
+            return None
+        if not paid:
+            if status == "closed":  # never paid, never to be: nothing to take back
+                return None
             await conn.execute(
-                f"""
-                WITH u AS (
-                    UPDATE users SET balance = balance - %(taken)s WHERE id = %(uid)s RETURNING id
-                ), mv AS (
-                    SELECT nextval('ledger_movement_seq') AS id FROM u
-                )
-                INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
-                SELECT mv.id, 'refund', %(ref)s, CASE WHEN e.account = 'available' THEN %(uid)s::bigint END,
-                       e.account, -e.sign * %(taken)s
-                FROM mv, {_CREDIT_ENTRIES}
-                """,
-                {"taken": taken, "uid": user_id, "ref": f"refund:{order_id}:{target}"},
-            )
-        cur = await conn.execute(
+                "UPDATE orders SET refunded = %s,"
+                " status = CASE WHEN %s AND status = 'pending' THEN 'refunded' ELSE status END WHERE id = %s",
+                (target, fully, order_id))
+            return Refund(0, 0, credited=False)
+        due = target - done
+        taken, owed = await _take_back(conn, user_id, due, "refund", f"refund:{order_id}:{target}")
+        await conn.execute(
             "UPDATE orders SET refunded = %s, owed = owed + %s,"
-            " status = CASE WHEN %s THEN 'refunded' ELSE status END WHERE id = %s RETURNING owed",
-            (target, due - taken, fully, order_id),
+            " status = CASE WHEN %s THEN 'refunded' ELSE status END WHERE id = %s",
+            (target, owed, fully, order_id))
+        refund = Refund(taken, owed, credited=True)
+        if inviter is not None and reward > 0 and credited > 0:
+            # The share of what the payment credited that refunds have now taken back.
+            back = min(max(target - (credits - credited), 0), credited)
+            owing = reward * back // credited - reversed_
+            if owing > 0:
+                i_taken, i_owed = await _take_back(conn, inviter, owing, "invite_reversal",
+                                                   f"invite-reversal:{order_id}:{target}")
+                await conn.execute("UPDATE orders SET invite_reversed = invite_reversed + %s WHERE id = %s",
+                                   (owing, order_id))
+                refund = Refund(taken, owed, True, i_taken, i_owed)
+        return refund
+
+
+async def _take_back(conn: AsyncConnection, user_id: int, due: int, kind: str, ref: str) -> tuple[int, int]:
+    """Inside a transaction: take `due` credits back from a user — what the balance has now,
+    the rest as a debt — in one ledger movement (available -taken, owed -rest, funding +due).
+    (taken, owed)."""
+    taken = min(due, await lock_balance(conn, user_id))
+    rest = due - taken
+    await conn.execute(
+        """
+        WITH u AS (
+            UPDATE users SET balance = balance - %(taken)s, owed = owed + %(rest)s WHERE id = %(uid)s RETURNING id
+        ), mv AS (
+            SELECT nextval('ledger_movement_seq') AS id FROM u
         )
-        return taken, (await cur.fetchone())[0]
+        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+        SELECT mv.id, %(kind)s, %(ref)s, e.user_id, e.account, e.amount
+        FROM mv, (VALUES (%(uid)s::bigint, 'available', -%(taken)s::bigint),
+                         (%(uid)s::bigint, 'owed', -%(rest)s::bigint),
+                         (NULL::bigint, 'funding', %(due)s::bigint)) AS e(user_id, account, amount)
+        WHERE e.amount <> 0
+        """,
+        {"taken": taken, "rest": rest, "due": due, "uid": user_id, "kind": kind, "ref": ref},
+    )
+    return taken, rest
 
 
 async def set_order_review(conn: AsyncConnection, order_id: str, review: bool, note: str) -> OrderRow | None:
@@ -879,7 +958,7 @@ async def invite_stats(conn: AsyncConnection, user_id: int) -> tuple[int, int]:
         """
         SELECT (SELECT count(*) FROM users WHERE invited_by = %(uid)s),
                (SELECT coalesce(sum(amount), 0)::bigint FROM ledger
-                WHERE user_id = %(uid)s AND account = 'available' AND kind = 'invite')
+                WHERE user_id = %(uid)s AND account IN ('available', 'owed') AND kind IN ('invite', 'invite_reversal'))
         """,
         {"uid": user_id})
     row = await cur.fetchone()

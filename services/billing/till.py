@@ -36,7 +36,7 @@ STRIPE_PAID = ("checkout.session.completed", "checkout.session.async_payment_suc
 @dataclass(frozen=True)
 class Verdict:
     accepted: bool  # the provider may stop sending it
-    verdict: str    # credited, duplicate, refunded, ignored, refused
+    verdict: str    # credited, duplicate, refunded, closed, ignored, refused
     reason: str
     order_id: str
 
@@ -144,9 +144,14 @@ class Till:
 
     async def _credit(self, provider: str, order_id: str, ref: str, event: str, reason: str) -> Verdict:
         async with self._pool.connection() as conn:
-            paid = await store.credit_order(conn, order_id, ref, self._cfg.invite_reward_pct)
-            verdict = Verdict(True, "credited" if paid else "duplicate",
-                              reason if paid else "already paid: nothing more to credit", order_id)
+            credit = await store.credit_order(conn, order_id, ref, self._cfg.invite_reward_pct)
+            if credit.order is not None:
+                verdict = Verdict(True, "credited", reason, order_id)
+            elif credit.status == "paid":
+                verdict = Verdict(True, "duplicate", "already paid: nothing more to credit", order_id)
+            else:  # the provider's word, final: answered so it stops, kept for the operator
+                verdict = Verdict(True, "refused", f"the order is {credit.status or 'unknown'}: nothing credited"
+                                  " (refunded or closed before the payment was reported)", order_id)
             await store.record_notification(conn, provider, order_id, event, verdict.verdict, verdict.reason)
         return verdict
 
@@ -179,14 +184,29 @@ class Till:
         if order is None or order.provider != "alipay":
             return await self._refuse("alipay", order_id, status, "out_trade_no is no Alipay order of ours",
                                       review=order is not None)
-        if status not in ALIPAY_PAID:
-            return await self._refuse("alipay", order_id, status, f"trade_status {status!r} is not a payment")
         if not _same_amount(params.get("total_amount", ""), order.amount):
             return await self._refuse("alipay", order_id, status,
                                       f"total_amount {params.get('total_amount', '')[:20]!r} is not the order's"
                                       f" {yuan(order.amount)}", review=True)
+        if status == "TRADE_CLOSED":
+            return await self._alipay_closed(order)
+        if status not in ALIPAY_PAID:
+            return await self._refuse("alipay", order_id, status, f"trade_status {status!r} is not a payment")
         return await self._credit("alipay", order_id, params.get("trade_no", "")[:100], status,
                                   f"Alipay {status}, {yuan(order.amount)} CNY")
+
+    async def _alipay_closed(self, order: OrderRow) -> Verdict:
+        """TRADE_CLOSED, verified: the trade timed out unpaid, or was paid and then refunded in
+        full (Alipay sends the same status for both). Acknowledged either way — refusing it
+        only makes Alipay send it again for a day: an unpaid order is closed (never credited
+        after), a credited one is taken back as a full refund."""
+        async with self._pool.connection() as conn:
+            if await store.close_order(conn, order.id):
+                verdict = Verdict(True, "closed", "Alipay closed the trade unpaid: nothing credited", order.id)
+                await store.record_notification(conn, "alipay", order.id, "TRADE_CLOSED", "closed", verdict.reason)
+                return verdict
+        return await self._take_back("alipay", "TRADE_CLOSED", order.id, order.credits, True,
+                                     "Alipay closed the trade after a full refund")
 
     async def _exists(self, order_id: str) -> bool:
         async with self._pool.connection() as conn:
@@ -242,15 +262,25 @@ class Till:
             return await self._refuse("stripe", order.id, kind, "the refund's amount or currency is not the order's",
                                       review=True, accepted=True)
         target = order.credits * min(refunded, order.amount) // order.amount
+        return await self._take_back("stripe", kind, order.id, target, refunded >= order.amount,
+                                     f"refunded {refunded} of {amount}")
+
+    async def _take_back(self, provider: str, event: str, order_id: str, target: int, fully: bool,
+                         what: str) -> Verdict:
         async with self._pool.connection() as conn:
-            result = await store.refund_order(conn, order.id, target, refunded >= order.amount)
+            result = await store.refund_order(conn, order_id, target, fully)
             if result is None:
-                verdict = Verdict(True, "duplicate", "nothing more to take back", order.id)
+                verdict = Verdict(True, "duplicate", "nothing more to take back", order_id)
+            elif not result.credited:
+                verdict = Verdict(True, "refunded", f"refunded before it was credited: the payment will credit"
+                                  f" {target} micro-credits less ({what})", order_id)
             else:
-                taken, owed = result
-                verdict = Verdict(True, "refunded", f"took back {taken} micro-credits; {owed} owed"
-                                  f" (refunded {refunded} of {amount})", order.id)
-            await store.record_notification(conn, "stripe", order.id, kind, verdict.verdict, verdict.reason)
+                reason = f"took back {result.taken} micro-credits; {result.owed} owed ({what})"
+                if result.invite_taken or result.invite_owed:
+                    reason += (f"; the inviter's reward: took back {result.invite_taken},"
+                               f" {result.invite_owed} owed")
+                verdict = Verdict(True, "refunded", reason, order_id)
+            await store.record_notification(conn, provider, order_id, event, verdict.verdict, verdict.reason[:500])
         return verdict
 
     # --- invites ----------------------------------------------------------------------

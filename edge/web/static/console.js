@@ -111,7 +111,7 @@ let watching = null;  // the timer polling the open order's status
 
 const CURRENCY_OF = { alipay: "CNY", stripe: "USD", demo: "CNY" };
 const providerName = (p) => (CURRENCY_OF[p] ? ck.t(`topup.provider.${p}`) : p);
-const orderStatus = (s) => (["pending", "paid", "expired", "refunded"].includes(s) ? ck.t(`topup.status.${s}`) : s);
+const orderStatus = (s) => (["pending", "paid", "expired", "refunded", "closed"].includes(s) ? ck.t(`topup.status.${s}`) : s);
 
 async function topup(root) {
   if (watching) { clearTimeout(watching); watching = null; }

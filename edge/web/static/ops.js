@@ -362,7 +362,7 @@ async function audit(root) {
 
 async function orders(root) {
   const status = el("select", { id: "orders-status", "aria-label": ck.t("common.status") },
-    ["", "pending", "expired", "paid", "refunded"].map((v) => el("option", { value: v }, v ? ck.t(`topup.status.${v}`) : ck.t("ops.orders.any_status"))));
+    ["", "pending", "expired", "paid", "refunded", "closed"].map((v) => el("option", { value: v }, v ? ck.t(`topup.status.${v}`) : ck.t("ops.orders.any_status"))));
   const provider = el("select", { id: "orders-provider", "aria-label": ck.t("topup.pay_with") },
     ["", "alipay", "stripe", "demo"].map((v) => el("option", { value: v }, v ? ck.t(`topup.provider.${v}`) : ck.t("ops.orders.any_provider"))));
   const user = el("input", { id: "orders-user", type: "number", min: "1", placeholder: ck.t("ops.orders.user_id"), "aria-label": ck.t("ops.orders.user_id") });
