@@ -122,6 +122,13 @@ async def delete_response(request: web.Request) -> web.Response:
     return web.Response(body=reply.body, content_type=_JSON)
 
 
+async def cancel_response(request: web.Request) -> web.Response:
+    key = await authenticate(request)
+    reply = await request.app[PEERS].inference.CancelResponse(
+        inference_pb2.StoredResponseRequest(user_id=key.user_id, id=_response_id(request)), timeout=10)
+    return web.Response(body=reply.body, content_type=_JSON)
+
+
 async def list_input_items(request: web.Request) -> web.Response:
     key = await authenticate(request)
     order = request.query.get("order", "desc")

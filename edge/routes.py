@@ -24,6 +24,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/v1/responses/{id}", v1.get_response)
     r.add_delete("/v1/responses/{id}", v1.delete_response)
     r.add_get("/v1/responses/{id}/input_items", v1.list_input_items)
+    r.add_post("/v1/responses/{id}/cancel", v1.cancel_response)  # a background response
     r.add_get("/v1/models", anthropic.list_models)  # Anthropic's shape when asked with anthropic-version
     r.add_get("/v1/models/{model:.+}", v1.get_model)
     # Anthropic's Messages API (Claude Code, the Anthropic SDKs; `?beta=true` changes nothing).

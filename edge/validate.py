@@ -314,7 +314,14 @@ def responses(body: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Relayabl
                 raise _type_error(f"input[{i}]", "an object", item)
     _optional(body, "instructions", (str,), "a string")
     stream = _optional(body, "stream", (bool,), "a boolean") or False
-    _optional(body, "store", (bool,), "a boolean")
+    store = _optional(body, "store", (bool,), "a boolean")
+    if _optional(body, "background", (bool,), "a boolean"):
+        if stream:
+            raise invalid("A background response cannot be streamed here: create it without 'stream' and GET"
+                          " /v1/responses/{id} for its result.", "stream", "unsupported_value")
+        if store is False:
+            raise invalid("A background response must be stored: 'background' needs 'store' to be true.",
+                          "background")
     max_output = _optional_int(body, "max_output_tokens", 16, MAX_INT32)
     _optional_number(body, "temperature", 0, 2)
     _optional_number(body, "top_p", 0, 1)

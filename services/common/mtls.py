@@ -51,6 +51,7 @@ CALLERS: dict[str, frozenset[str]] = {
     **{f"/chatkore.v1.Inference/{m}": _EDGE for m in (
         "Relay", "RelayStream", "ListModels", "CreateChannel", "ListChannels", "UpdateChannel",
         "DeleteChannel", "TestChannel", "GetStats", "GetResponse", "DeleteResponse", "ListInputItems",
+        "CancelResponse",
         "CountTokens", "SetAlias", "ListAliases", "DeleteAlias")},
 }
 # Health answers anyone, over TLS or (CHATKORE_HEALTH_LISTEN) plaintext: the kubelet's gRPC

@@ -36,9 +36,10 @@ from services.inference.payloads import (
     usage_of,
 )
 from services.inference.responses import call as responses
+from services.inference.responses.background import Running
 from services.inference.responses.book import ResponseBook
 from services.inference.responses.events import ResponsesTally
-from services.inference.responses.reply import output_texts, usage_object
+from services.inference.responses.reply import Envelope, output_texts, usage_object
 from services.inference.tokens import count_choices_text
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
@@ -146,6 +147,7 @@ class Relay:
         self.responses = responses
         self.max_stream_s = max_stream_s
         self.in_flight = 0  # calls between their start and their settlement (GetStats)
+        self.running = Running(responses) if responses is not None else None  # background responses
 
     async def _prepare(self, call: Call) -> _Prepared:
         if call.allowed and call.model not in call.allowed:
@@ -213,6 +215,8 @@ class Relay:
     async def _unary(self, call: Call) -> Reply:
         prepared = await self._prepare(call)
         hold = await self._reserve(call, prepared.prompt_tokens, prepared.body)
+        if prepared.responses is not None and prepared.responses.background:
+            return await self._queue(call, prepared, hold)
         beat = self._heartbeat(call, hold)
         try:
             return await self._unary_held(call, prepared, hold)
@@ -264,9 +268,70 @@ class Relay:
                               counted=source == "counted")
         return Reply(reply, usage[0], usage[1], credits or 0, _capped(hold))
 
+    # --- Responses in the background ------------------------------------------------------
+
+    async def _queue(self, call: Call, prepared: _Prepared, hold: Hold) -> Reply:
+        """A background response: held like any call, stored as queued, answered at once, and run
+        by a task of this process; GET shows it as it goes, and it is billed as if the client waited."""
+        resp = prepared.responses
+        assert resp is not None and self.responses is not None and self.running is not None
+        queued = resp.envelope.response("queued", [])
+        try:
+            await self.responses.keep(user_id=resp.user_id, model=resp.envelope.model, items=resp.items,
+                                      response=queued)
+        except BaseException:
+            await self._close(_settle(call, Usage(0, 0), "upstream_error", "", 0))  # nothing ran: release
+            raise
+        self.running.start(resp.envelope.id, self._run_in_background(call, prepared, hold))
+        return Reply(dumps(queued), 0, 0, 0)
+
+    async def _run_in_background(self, call: Call, prepared: _Prepared, hold: Hold) -> None:
+        resp = prepared.responses
+        assert resp is not None and self.responses is not None and self.running is not None
+        envelope = resp.envelope
+        self.in_flight += 1
+        beat = self._heartbeat(call, hold)
+        try:
+            await self.responses.finish(envelope.id, envelope.response("in_progress", []))
+            await self._unary_held(call, prepared, hold)  # its _keep stores the completed response
+        except asyncio.CancelledError:
+            if envelope.id not in self.running.cancelled:  # not its user's cancel: the process is stopping
+                await self._fail(envelope, "server_error", "The server stopped while the response was running.")
+            raise
+        except ServiceError as exc:
+            await self._fail(envelope, exc.reason.lower(), exc.message)
+        except Exception:
+            log.exception("background response %s failed", envelope.id)
+            await self._fail(envelope, "server_error", "The response failed on the server.")
+        finally:
+            beat.cancel()
+            self.in_flight -= 1
+
+    async def _fail(self, envelope: Envelope, code: str, message: str) -> None:
+        assert self.responses is not None
+        failed = envelope.response("failed", [])
+        failed["error"] = {"code": code, "message": message}
+        try:
+            await asyncio.shield(self.responses.finish(envelope.id, failed))
+        except Exception:
+            log.exception("could not record the failure of background response %s", envelope.id)
+
+    async def cancel_response(self, user_id: int, response_id: str) -> dict[str, Any]:
+        """POST /v1/responses/{id}/cancel: the row marked cancelled, and the work stopped if it runs here
+        (a replica running it stops within a poll of the row)."""
+        if self.responses is None or self.running is None:
+            raise InvalidRequest("The Responses API is not available here.")
+        response = await self.responses.cancel(user_id, response_id)
+        if response.get("status") == "cancelled":
+            self.running.cancel(response_id)
+        return response
+
     async def _keep(self, resp: responses.ResponsesCall, response: dict[str, Any]) -> None:
         """Store a finished response for previous_response_id and GET; the answer stands if this fails."""
         if not resp.store or self.responses is None:
+            return
+        if resp.background:
+            await self.responses.finish(resp.envelope.id, response)
             return
         try:
             await self.responses.keep(user_id=resp.user_id, model=resp.envelope.model, items=resp.items,
@@ -327,6 +392,9 @@ class Relay:
 
     async def _stream(self, call: Call) -> AsyncIterator[bytes | Capped | Outcome]:
         prepared = await self._prepare(call)
+        if prepared.responses is not None and prepared.responses.background:
+            raise InvalidRequest("A background response cannot be streamed here: create it without 'stream' and"
+                                 " GET /v1/responses/{id} for its result.", param="stream")
         body, candidates, prompt_tokens = prepared.body, prepared.candidates, prepared.prompt_tokens
         hold = await self._reserve(call, prompt_tokens, body)
         tally = self._tally(call, prepared.responses)

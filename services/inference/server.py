@@ -34,7 +34,10 @@ async def serve(cfg: InferenceConfig) -> None:
                   max_json_nodes=cfg.max_json_nodes)
 
     async def settle_pending() -> None:
-        # Streams cut by the shutdown have queued their settlements; let them land.
+        # Background responses get the grace period to finish; then streams cut by the shutdown
+        # (and background responses ended by it) have queued their settlements: let them land.
+        if relay.running is not None:
+            await relay.running.stop(cfg.grace_s)
         await billing.drain(cfg.grace_s)
 
     try:

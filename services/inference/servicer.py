@@ -150,6 +150,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         gone = await self.responses.delete(request.user_id, request.id)
         return inference_pb2.StoredResponse(body=jsoncodec.dumps(gone))
 
+    async def CancelResponse(self, request: inference_pb2.StoredResponseRequest,
+                             context: grpc.aio.ServicerContext) -> inference_pb2.StoredResponse:
+        cancelled = await self.relay.cancel_response(request.user_id, request.id)
+        return inference_pb2.StoredResponse(body=jsoncodec.dumps(cancelled))
+
     async def ListInputItems(self, request: inference_pb2.ListInputItemsRequest,
                              context: grpc.aio.ServicerContext) -> inference_pb2.StoredResponse:
         page = await self.responses.input_items(request.user_id, request.id, after=request.after,

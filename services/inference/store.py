@@ -171,3 +171,27 @@ async def delete_response(conn: AsyncConnection, user_id: int, response_id: str)
     cur = await conn.execute("DELETE FROM responses WHERE id = %s AND user_id = %s RETURNING id",
                              (response_id, user_id))
     return await cur.fetchone() is not None
+
+
+async def update_response(conn: AsyncConnection, response_id: str, response: dict[str, Any]) -> bool:
+    """A background response's new state, unless its user cancelled it meanwhile (a cancel stands)."""
+    cur = await conn.execute(
+        "UPDATE responses SET response = %s WHERE id = %s AND response->>'status' IN ('queued', 'in_progress')"
+        " RETURNING id", (Jsonb(response), response_id))
+    return await cur.fetchone() is not None
+
+
+async def response_status(conn: AsyncConnection, response_id: str) -> str | None:
+    cur = await conn.execute("SELECT response->>'status' FROM responses WHERE id = %s", (response_id,))
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def cancel_response(conn: AsyncConnection, user_id: int, response_id: str) -> dict[str, Any] | None:
+    """Mark the user's running background response cancelled; the response as it now stands."""
+    cur = await conn.execute(
+        "UPDATE responses SET response = jsonb_set(response, '{status}', '\"cancelled\"')"
+        " WHERE id = %s AND user_id = %s AND response->>'status' IN ('queued', 'in_progress')"
+        " AND response->>'background' = 'true' RETURNING response", (response_id, user_id))
+    row = await cur.fetchone()
+    return row[0] if row else None

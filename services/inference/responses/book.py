@@ -7,7 +7,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from services.inference import store
-from services.inference.errors import NotFound
+from services.inference.errors import InvalidRequest, NotFound
 from services.inference.responses.reply import item_id
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,29 @@ class ResponseBook:
     async def keep(self, *, user_id: int, model: str, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
         async with self._pool.connection() as conn:
             await store.insert_response(conn, response["id"], user_id, model, _with_ids(items), response)
+
+    async def finish(self, response_id: str, response: dict[str, Any]) -> bool:
+        """A background response's new state (in progress, or how it ended); False if it was cancelled."""
+        async with self._pool.connection() as conn:
+            return await store.update_response(conn, response_id, response)
+
+    async def status(self, response_id: str) -> str | None:
+        async with self._pool.connection() as conn:
+            return await store.response_status(conn, response_id)
+
+    async def cancel(self, user_id: int, response_id: str) -> dict[str, Any]:
+        """Cancel the user's background response while it runs; one that has ended is answered as it is."""
+        async with self._pool.connection() as conn:
+            cancelled = await store.cancel_response(conn, user_id, response_id)
+            if cancelled is not None:
+                return cancelled
+            found = await store.get_response(conn, user_id, response_id)
+        if found is None:
+            raise _not_found(response_id)
+        if found[1].get("background") is not True:
+            raise InvalidRequest("Only responses created with background=true can be cancelled.",
+                                 param="response_id")
+        return found[1]
 
     async def conversation(self, user_id: int, response_id: str) -> list[dict[str, Any]] | None:
         """What the model saw and said in that response: the next turn's history."""

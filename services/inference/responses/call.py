@@ -34,6 +34,7 @@ class ResponsesCall:
     custom: frozenset[str]        # custom tools, carried as functions over chat
     store: bool
     user_id: int
+    background: bool = False  # answered queued, run server-side (responses/background.py)
 
 
 async def prepare(book: ResponseBook, *, user_id: int, request_id: str, model: str,
@@ -47,13 +48,19 @@ async def prepare(book: ResponseBook, *, user_id: int, request_id: str, model: s
                                  param="previous_response_id", code="previous_response_not_found")
         history = replayable(stored)
     items = history + input_items(body)
-    native = {k: v for k, v in body.items() if k != "previous_response_id"}
+    background = body.get("background") is True
+    store = body.get("store", True) is not False
+    if background and not store:
+        raise InvalidRequest("A background response must be stored: 'background' needs 'store' to be true.",
+                             param="background")
+    # The chain and the background run are ours: the upstream answers one plain call.
+    native = {k: v for k, v in body.items() if k not in ("previous_response_id", "background")}
     if history:
         native["input"] = items  # the chain is ours: the upstream gets the whole conversation
     return ResponsesCall(
-        envelope=Envelope(response_id(request_id), model, body), items=items, native_body=native,
-        chat_body=chat_request(body, items), custom=custom_tool_names(tools_of(body, items)),
-        store=body.get("store", True) is not False, user_id=user_id,
+        envelope=Envelope(response_id(request_id), model, body, background=background), items=items,
+        native_body=native, chat_body=chat_request(body, items), custom=custom_tool_names(tools_of(body, items)),
+        store=store, user_id=user_id, background=background,
     )
 
 

@@ -62,6 +62,7 @@ class Envelope:
     model: str
     body: dict[str, Any]
     created_at: int = field(default_factory=lambda: int(time.time()))
+    background: bool = False  # run server-side, answered queued (responses/background.py)
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
                  incomplete: dict[str, str] | None = None) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class Envelope:
         reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-            "background": False, "error": None, "incomplete_details": incomplete,
+            "background": self.background, "error": None, "incomplete_details": incomplete,
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": body.get("max_tool_calls"), "model": self.model, "output": output,
             "parallel_tool_calls": body.get("parallel_tool_calls", True),
@@ -91,6 +92,7 @@ class Envelope:
         obj["model"] = self.model
         obj["previous_response_id"] = self.body.get("previous_response_id")
         obj["store"] = self.body.get("store", True) is not False
+        obj["background"] = self.background
         if not isinstance(obj.get("output"), list):
             obj["output"] = []
         return obj
