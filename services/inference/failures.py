@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from services.common.logs import redact
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 
 class Failure(Enum):

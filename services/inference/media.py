@@ -23,7 +23,8 @@ from services.common import jsoncodec, multipart
 from services.inference.adapters.base import Exchange
 from services.inference.adapters.openai import bearer_headers
 from services.inference.billing_peer import BillingPeer, Hold, Settle, Units
-from services.inference.channels import Channel, ChannelBook
+from services.inference.channel import Channel
+from services.inference.channels import ChannelBook
 from services.inference.errors import InvalidRequest, ModelNotFound
 from services.inference.payloads import Endpoint, Usage
 from services.inference.relay import Call, Reply, _final_error, _rejected, _status_of

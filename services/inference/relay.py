@@ -11,7 +11,9 @@ from services.common import jsoncodec, metrics
 from services.common.errors import ServiceError
 from services.inference.adapters import ADAPTERS, Exchange, Outgoing
 from services.inference.billing_peer import BillingPeer, Hold, Settle
-from services.inference.channels import Attempt, Channel, ChannelBook
+from services.inference.channel import Channel
+from services.inference.channel_health import Attempt
+from services.inference.channels import ChannelBook
 from services.inference.errors import (
     InvalidRequest,
     ModelNotFound,

@@ -8,7 +8,7 @@ import aiohttp
 
 from services.common import jsoncodec, metrics, telemetry
 from services.inference.adapters import Exchange
-from services.inference.channels import Channel
+from services.inference.channel import Channel
 from services.inference.destinations import DestinationPolicy, RefusedDestination
 from services.inference.failures import Failure, UpstreamError
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from services.common.config import Secret
 from services.inference.adapters.base import Exchange
-from services.inference.channels import Channel
+from services.inference.channel import Channel
 from services.inference.destinations import DestinationPolicy
 from services.inference.upstream import Failure, Upstream, UpstreamError
 from tests.mock_upstream import MockUpstream

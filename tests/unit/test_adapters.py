@@ -11,9 +11,10 @@ from services.common.config import Secret
 from services.inference.adapters import ADAPTERS, Outgoing
 from services.inference.adapters import anthropic_request as tr
 from services.inference.adapters.anthropic import AnthropicExchange
-from services.inference.channels import Channel, _Turns, _weighted_key
+from services.inference.channel import Channel
 from services.inference.failures import Failure, UpstreamError
 from services.inference.payloads import Endpoint
+from services.inference.routing import Turns, weighted_key
 
 
 def _channel(kind: str, base_url: str = "https://up.example/v1", **settings) -> Channel:
@@ -167,14 +168,14 @@ def test_exchanges_build_each_providers_request() -> None:
 
 
 def test_weighted_shuffle_puts_heavier_first_in_proportion() -> None:
-    firsts = Counter(max((_weighted_key(3), "heavy"), (_weighted_key(1), "light"))[1] for _ in range(100_000))
+    firsts = Counter(max((weighted_key(3), "heavy"), (weighted_key(1), "light"))[1] for _ in range(100_000))
     assert abs(firsts["heavy"] / 100_000 - 0.75) < 0.01
-    assert _weighted_key(0) < 0 <= _weighted_key(1)  # weight 0: only when nothing else is left
+    assert weighted_key(0) < 0 <= weighted_key(1)  # weight 0: only when nothing else is left
 
 
 def test_turns_deal_calls_out_by_weight_interleaved() -> None:
     heavy, light, idle = (dataclasses.replace(_channel("openai"), id=i, weight=w) for i, w in ((1, 3), (2, 1), (3, 0)))
-    turns = _Turns()
+    turns = Turns()
     picks = [turns.next([heavy, light, idle]).id for _ in range(400)]
     assert Counter(picks) == {1: 300, 2: 100}  # weight 0 is never a first choice
     assert picks[:4].count(2) == 1 and "1111" not in "".join(map(str, picks))  # interleaved, not in runs

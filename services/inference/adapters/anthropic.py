@@ -26,7 +26,7 @@ from services.inference.failures import Failure, UpstreamError
 from services.inference.payloads import Endpoint, dumps
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 DEFAULT_VERSION = "2023-06-01"
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",

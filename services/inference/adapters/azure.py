@@ -19,7 +19,7 @@ from services.inference.failures import Failure, UpstreamError, classify
 from services.inference.payloads import MEDIA, Endpoint, dumps, upstream_object
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 DEFAULT_API_VERSION = "2024-10-21"
 # api-versions older than this answer 400 to `stream_options`, so usage must be counted.

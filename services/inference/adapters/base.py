@@ -15,7 +15,7 @@ from services.inference.failures import UpstreamError, classify
 from services.inference.payloads import Endpoint
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from services.inference.failures import Failure, UpstreamError
 from services.inference.payloads import Endpoint, upstream_object
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 
 def chat_request(out: Outgoing) -> dict[str, Any]:

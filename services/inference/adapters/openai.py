@@ -9,7 +9,7 @@ from services.inference.errors import InvalidRequest
 from services.inference.payloads import Endpoint, dumps, upstream_body
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 
 def bearer_headers(channel: Channel) -> dict[str, str]:

@@ -20,7 +20,7 @@ from services.inference.responses.request import (
 )
 
 if TYPE_CHECKING:
-    from services.inference.channels import Channel
+    from services.inference.channel import Channel
 
 NATIVE_HOSTS = ("api.openai.com",)
 
