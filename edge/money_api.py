@@ -15,6 +15,7 @@ from aiohttp import web
 
 from chatkore.v1 import billing_pb2, inference_pb2
 from edge import inputs, sessions
+from edge.authn import client_ip
 from edge.credits import from_micro
 from edge.errors import OpenAIError, invalid
 from edge.openai_api import json_response
@@ -171,8 +172,8 @@ async def alipay_notify(request: web.Request) -> web.Response:
     accepted = False
     if params is not None:
         try:
-            reply = await request.app[PEERS].billing.AlipayNotify(billing_pb2.AlipayNotification(params=params),
-                                                                  timeout=RPC_TIMEOUT_S)
+            reply = await request.app[PEERS].billing.AlipayNotify(
+                billing_pb2.AlipayNotification(params=params, source=client_ip(request)[:100]), timeout=RPC_TIMEOUT_S)
             accepted, verdict = reply.accepted, f"{reply.verdict}: {reply.reason}"
         except grpc.aio.AioRpcError as exc:  # billing or its database away: Alipay will try again
             verdict = f"not handled: {exc.code().name}"
@@ -190,7 +191,8 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     raw = await inputs.read(request)
     signature = request.headers.get("Stripe-Signature", "")[:2000]
     reply = await request.app[PEERS].billing.StripeWebhook(
-        billing_pb2.StripeEvent(payload=raw, signature=signature), timeout=RPC_TIMEOUT_S)
+        billing_pb2.StripeEvent(payload=raw, signature=signature, source=client_ip(request)[:100]),
+        timeout=RPC_TIMEOUT_S)
     if not reply.accepted:
         raise invalid(f"Webhook refused: {reply.reason}")
     return json_response({"received": True, "verdict": reply.verdict})

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.console import PASSWORD, ConsoleUser
 from tests.fake_payments import (
@@ -392,3 +393,55 @@ def test_alipay_trade_closed_is_acknowledged_and_closes_the_order(shop: World, f
     assert shop.balance(user.user_id) == 0
     assert user.ok("GET", f"/api/payments/{paid['id']}")["status"] == "refunded"
     assert shop.verify()["ok"]
+
+
+def test_unverified_notifications_are_bounded_before_they_are_stored(make_stack, mock: MockUpstream,
+                                                                     fake: FakePayments) -> None:
+    """Anyone can post a notification; each unverified one kept is a row. At most
+    CHATKORE_PAYMENT_UNVERIFIED_PER_SOURCE a minute from one address and
+    CHATKORE_PAYMENT_UNVERIFIED_PER_MIN in all are kept, counted before storing; the rest are
+    answered the same and only counted (a metric). Verified ones are always kept, and credit."""
+    env = {**fake.env(PUBLIC_URL), "CHATKORE_SIGNUP_CREDITS": "0", "CHATKORE_TRUSTED_PROXIES": "127.0.0.1",
+           "CHATKORE_PAYMENT_UNVERIFIED_PER_SOURCE": "3", "CHATKORE_PAYMENT_UNVERIFIED_PER_MIN": "5"}
+    w = World(make_stack(name="payments-throttle", env=env), mock)
+    try:
+        def stored() -> int:
+            with psycopg.connect(w.stack.database_url, autocommit=True) as conn:
+                return conn.execute("SELECT count(*) FROM payment_notifications").fetchone()[0]
+
+        def alipay_from(address: str, params: dict[str, str]) -> str:
+            resp = requests.post(w.url + "/payments/alipay/notify", data=params, timeout=30,
+                                 headers={"X-Forwarded-For": address})
+            assert resp.status_code == 200
+            return resp.text
+
+        def stripe_from(address: str, payload: bytes, signature: str) -> int:
+            return requests.post(w.url + "/payments/stripe/webhook", data=payload, timeout=30,
+                                 headers={"X-Forwarded-For": address, "Stripe-Signature": signature}).status_code
+
+        user = ConsoleUser(w.url).register()
+        order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 1}, expect=201)
+        genuine = alipay_notification(order["id"], "1.00")
+        forged = alipay_signed(new_key(), genuine)
+        start = stored()
+        assert [alipay_from("203.0.113.1", forged) for _ in range(5)] == ["failure"] * 5
+        assert stored() == start + 3  # that address's three a minute
+        payload = completed({"id": order["id"], "amount": 1}, "pi_forged")
+        assert [stripe_from("203.0.113.2", payload, "t=1,v1=00") for _ in range(3)] == [400] * 3
+        assert stored() == start + 5  # five a minute in all
+        assert alipay_from("203.0.113.3", forged) == "failure"
+        assert stored() == start + 5
+        # Verified notifications are kept whatever the count: a signed mismatch, then the payment.
+        assert alipay_from("203.0.113.1", alipay_signed(fake.alipay_key, {**genuine, "app_id": "2021999"})) \
+            == "failure"
+        assert alipay_from("203.0.113.1", alipay_signed(fake.alipay_key, genuine)) == "success"
+        assert stored() == start + 7 and w.balance(user.user_id) == 140
+        metrics = requests.get(f"http://127.0.0.1:{w.stack.metrics_ports['billing']}/metrics", timeout=30).text
+        dropped = {(s.labels["provider"], s.labels["limit"]): s.value
+                   for family in text_string_to_metric_families(metrics)
+                   if family.name == "chatkore_payment_notifications_dropped"
+                   for s in family.samples if s.name.endswith("_total")}
+        assert dropped == {("alipay", "source"): 2, ("stripe", "total"): 1, ("alipay", "total"): 1}
+        assert w.verify()["ok"]
+    finally:
+        w.stack.stop()

@@ -44,6 +44,8 @@ class PaymentConfig:
     public_url: str            # where providers send notifications and buyers come back to
     alipay: AlipayConfig | None
     stripe: StripeConfig | None
+    unverified_per_source: int = 30  # unverified notifications kept a minute from one address
+    unverified_per_min: int = 300    # ... and from all addresses together
 
     @property
     def demo(self) -> bool:
@@ -76,7 +78,13 @@ class PaymentConfig:
         ttl = env_int("CHATKORE_PAYMENT_TTL_S", 1800)
         if ttl < 60:
             raise ConfigError(f"CHATKORE_PAYMENT_TTL_S must be at least 60, got {ttl}")
-        return cls(ttl_s=ttl, invite_reward_pct=pct, public_url=public_url, alipay=alipay, stripe=stripe)
+        per_source = env_int("CHATKORE_PAYMENT_UNVERIFIED_PER_SOURCE", 30)
+        per_min = env_int("CHATKORE_PAYMENT_UNVERIFIED_PER_MIN", 300)
+        if not 1 <= per_source <= per_min:
+            raise ConfigError("CHATKORE_PAYMENT_UNVERIFIED_PER_SOURCE must be at least 1 and at most"
+                              f" CHATKORE_PAYMENT_UNVERIFIED_PER_MIN, got {per_source} and {per_min}")
+        return cls(ttl_s=ttl, invite_reward_pct=pct, public_url=public_url, alipay=alipay, stripe=stripe,
+                   unverified_per_source=per_source, unverified_per_min=per_min)
 
 
 def _key_text(name: str) -> str:

@@ -220,11 +220,11 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
     async def AlipayNotify(self, request: billing_pb2.AlipayNotification,
                            context: grpc.aio.ServicerContext) -> billing_pb2.NotificationVerdict:
-        return _verdict(await self.till.alipay_notify(dict(request.params)))
+        return _verdict(await self.till.alipay_notify(dict(request.params), request.source))
 
     async def StripeWebhook(self, request: billing_pb2.StripeEvent,
                             context: grpc.aio.ServicerContext) -> billing_pb2.NotificationVerdict:
-        return _verdict(await self.till.stripe_webhook(request.payload, request.signature))
+        return _verdict(await self.till.stripe_webhook(request.payload, request.signature, request.source))
 
     async def SetOrderReview(self, request: billing_pb2.SetOrderReviewRequest,
                              context: grpc.aio.ServicerContext) -> billing_pb2.Order:

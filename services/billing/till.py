@@ -24,6 +24,8 @@ from services.billing.errors import InvalidRequest, NotFound, Unavailable
 from services.billing.pricing import Rates
 from services.billing.store import NotificationRow, OrderRow
 from services.billing.stripe_checkout import BadEvent, StripeCheckout, StripeError
+from services.billing.throttle import Throttle
+from services.common.metrics import NOTIFICATIONS_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Till:
         self._cfg = cfg
         self.alipay = Alipay(cfg.alipay, cfg.public_url) if cfg.alipay else None
         self.stripe = StripeCheckout(cfg.stripe, cfg.public_url) if cfg.stripe else None
+        self._unverified = Throttle(cfg.unverified_per_source, cfg.unverified_per_min)
 
     def providers(self) -> list[str]:
         if self._cfg.demo:
@@ -164,18 +167,30 @@ class Till:
                 await store.set_order_review(conn, order_id, True, f"{provider}: {reason}"[:500])
         return Verdict(accepted, "refused", reason, order_id)
 
+    async def _refuse_unverified(self, provider: str, source: str, order_id: str, event: str,
+                                 reason: str) -> Verdict:
+        """A notification nobody vouches for: kept like any refusal while the sender and
+        everyone together stay under their limits per minute; past them, answered the same
+        but only counted, so a flood cannot fill the table (nor the log)."""
+        limit = self._unverified.admit(source)
+        if limit:
+            NOTIFICATIONS_DROPPED.labels(provider, limit).inc()
+            return Verdict(False, "refused", reason, order_id)
+        return await self._refuse(provider, order_id, event, reason)
+
     async def _ignore(self, provider: str, order_id: str, event: str, reason: str) -> Verdict:
         async with self._pool.connection() as conn:
             await store.record_notification(conn, provider, order_id, event, "ignored", reason)
         return Verdict(True, "ignored", reason, order_id)
 
-    async def alipay_notify(self, params: dict[str, str]) -> Verdict:
+    async def alipay_notify(self, params: dict[str, str], source: str = "") -> Verdict:
         order_id = _text(params.get("out_trade_no", ""))
         status = _text(params.get("trade_status", ""))
         if self.alipay is None:
-            return await self._refuse("alipay", order_id, status, "Alipay is not configured")
+            return await self._refuse_unverified("alipay", source, order_id, status, "Alipay is not configured")
         if not self.alipay.notification_verified(params):
-            return await self._refuse("alipay", order_id, status, "the signature does not verify with Alipay's key")
+            return await self._refuse_unverified("alipay", source, order_id, status,
+                                                 "the signature does not verify with Alipay's key")
         if params.get("app_id") != self.alipay.app_id:
             return await self._refuse("alipay", order_id, status, f"app_id {params.get('app_id', '')[:40]!r} is not"
                                       " ours", review=await self._exists(order_id))
@@ -212,13 +227,13 @@ class Till:
         async with self._pool.connection() as conn:
             return bool(order_id) and await store.get_order(conn, order_id) is not None
 
-    async def stripe_webhook(self, payload: bytes, signature: str) -> Verdict:
+    async def stripe_webhook(self, payload: bytes, signature: str, source: str = "") -> Verdict:
         if self.stripe is None:
-            return await self._refuse("stripe", "", "", "Stripe is not configured")
+            return await self._refuse_unverified("stripe", source, "", "", "Stripe is not configured")
         try:
             event = self.stripe.event(payload, signature)
         except BadEvent as exc:
-            return await self._refuse("stripe", "", "", str(exc))
+            return await self._refuse_unverified("stripe", source, "", "", str(exc))
         kind = str(event.get("type", ""))[:100]
         data = event.get("data")
         obj = data.get("object") if isinstance(data, dict) else None

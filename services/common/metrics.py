@@ -52,6 +52,10 @@ UNPAID = Counter("chatkore_unpaid_credits_total",
                  "Credits of usage that neither hold nor balance could pay (over_hold: usage past the hold;"
                  " late: settled after its hold was swept)", ["reason"])
 HOLDS_OPEN = Gauge("chatkore_holds_open", "Holds not yet settled (all replicas: the database's count)")
+NOTIFICATIONS_DROPPED = Counter(
+    "chatkore_payment_notifications_dropped_total",
+    "Unverified payment notifications answered but not stored: over the limit per source address (source) or"
+    " in all (total), per minute", ["provider", "limit"])
 
 
 T = TypeVar("T")
