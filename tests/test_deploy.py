@@ -203,6 +203,33 @@ def test_secrets_are_referenced_never_written(overlay: str) -> None:
                    for p in policies.values() for rule in p["spec"].get("egress", []))
 
 
+PAYMENT_KEYS = {"CHATKORE_ALIPAY_APP_ID": "alipay-app-id", "CHATKORE_ALIPAY_PRIVATE_KEY": "alipay-private-key",
+                "CHATKORE_ALIPAY_PUBLIC_KEY": "alipay-public-key", "CHATKORE_STRIPE_SECRET_KEY": "stripe-secret-key",
+                "CHATKORE_STRIPE_WEBHOOK_SECRET": "stripe-webhook-secret"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_billing_reads_the_payment_keys_from_their_secret_and_reaches_the_providers(overlay: str) -> None:
+    """Billing alone verifies notifications and calls Alipay and Stripe: it reads their keys
+    from the optional Secret chatkore-payments (documented by its example) and may open HTTPS
+    connections out; no other process sees the keys."""
+    deployments = _docs(overlay, "Deployment")
+    billing = _env(_containers(deployments["billing"])[0])
+    for name, key in PAYMENT_KEYS.items():
+        assert billing[name] == {"name": "chatkore-payments", "key": key, "optional": True}, name
+    for other in ("auth", "inference", "edge"):
+        assert not set(PAYMENT_KEYS) & set(_env(_containers(deployments[other])[0])), other
+    assert _docs(overlay, "ConfigMap")["chatkore-config"]["data"]["CHATKORE_PUBLIC_URL"].startswith("https://")
+    policies = _docs(overlay, "NetworkPolicy")
+    assert any(_selects(p, "billing") and "Egress" in p["spec"]["policyTypes"]
+               and {"0.0.0.0/0", "::/0"} <= {peer["ipBlock"]["cidr"] for peer in rule["to"] if "ipBlock" in peer}
+               and 443 in {port["port"] for port in rule["ports"]}
+               for p in policies.values() for rule in p["spec"].get("egress", []))
+    example = yaml.safe_load((ROOT / "deploy" / "k8s" / "payments-secret.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == "chatkore-payments"
+    assert set(example["stringData"]) == set(PAYMENT_KEYS.values())
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_scaling_disruption_and_the_public_entry(overlay: str) -> None:
     hpas, pdbs = _docs(overlay, "HorizontalPodAutoscaler"), _docs(overlay, "PodDisruptionBudget")
