@@ -13,8 +13,8 @@ import psycopg
 import psycopg_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import metrics, metrics_http, mtls, telemetry
-from services.common.errors import DETAILS_KEY, InvalidRequest, ServiceError, Unavailable
+from services.common import metrics_http, mtls, muxserver, rpcstatus, telemetry
+from services.common.errors import ServiceError
 from services.common.logs import request_id_var
 from services.common.mtls import GrpcTls
 from services.common.telemetry import Telemetry
@@ -48,26 +48,8 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Turn any exception into a status the caller can map; never leak a traceback."""
-    if isinstance(exc, ServiceError):
-        status = exc.to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    if isinstance(exc, grpc.aio.AioRpcError):
-        # A peer's failure passes through with its detail intact.
-        trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == DETAILS_KEY)
-        await context.abort(exc.code(), exc.details() or "", trailing)
-    if isinstance(exc, psycopg.DataError):
-        # The database refused a value the caller sent (a NUL character, a number out of
-        # range): the caller's fault, whichever field it was.
-        log.warning("database refused a value: %s", type(exc).__name__)
-        status = InvalidRequest("A value in the request cannot be stored (a NUL character, or a number out of"
-                                " range).").to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
-        log.warning("database unavailable: %s", exc)
-        status = Unavailable("The service is temporarily unavailable; try again shortly.").to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    log.error("unhandled error", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    code, details, trailing = rpcstatus.failure_status(exc)
+    await context.abort(code, details, trailing)
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -82,18 +64,6 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
     if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
-
-
-def _finished(method: str, code: grpc.StatusCode, started: float) -> None:
-    """The metrics of a served call, and its log line (with the request id): DEBUG when it
-    succeeded — the edge's access line is the one line per request an operator follows it by
-    (issue 16: no per-call INFO line inside the services) — INFO when it failed."""
-    elapsed = time.perf_counter() - started
-    metrics.RPCS.labels(method, code.name).inc()
-    metrics.RPC_LATENCY.labels(method).observe(elapsed)
-    level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
-    if log.isEnabledFor(level):
-        log.log(level, "%s %s", method, code.name, extra={"ms": round(elapsed * 1000, 2)})
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -144,7 +114,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_of(exc, context)
                 await self._fail(context, exc)
             finally:
-                _finished(method, code, started)
+                rpcstatus.finished(method, code, started)
                 request_id_var.reset(token)
 
         return call
@@ -185,7 +155,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 token = request_id_var.set(rid)
                 try:
                     await stream.aclose()
-                    _finished(method, code, started)
+                    rpcstatus.finished(method, code, started)
                 finally:
                     request_id_var.reset(token)
                     telemetry.end_span(span, code.name)
@@ -219,8 +189,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(mtls.OPEN_PREFIX):
-            return handler
+        if handler is None or details.method.startswith(mtls.OPEN_PREFIX) or details.method == muxserver.OPEN:
+            return handler  # health is open to all; a mux stream checks its caller and each call itself
         method = details.method.lstrip("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -235,6 +205,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return self._wrap_client_streaming(method, handler)
+
+
+def build(register: Callable[[grpc.aio.Server], None], *, authorize: bool,
+          pool: psycopg_pool.AsyncConnectionPool | None = None) -> tuple[grpc.aio.Server, muxserver.MuxServer]:
+    """A server with the service's methods, alone (ServiceInterceptor) and on multiplexed streams
+    (muxserver.py, dispatching to the same handlers); not yet listening."""
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(pool, authorize=authorize)], options=SERVER_OPTIONS)
+    handlers = muxserver.HandlerTable(server)
+    register(handlers)  # type: ignore[arg-type] - it takes what add_XServicer_to_server gives a server
+    mux = muxserver.MuxServer(handlers.handlers, authorize=authorize, pool=pool)
+    mux.add_to_server(server)
+    return server, mux
 
 
 async def serve(
@@ -260,9 +242,7 @@ async def serve(
     `listen` takes mutual TLS only (unless `tls` is insecure); `health_listen`, when set, is a
     plaintext port on which only the health service answers (for probes that have no certificate).
     """
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(pool, authorize=not tls.insecure)],
-                             options=SERVER_OPTIONS)
-    register(server)
+    server, mux = build(register, authorize=not tls.insecure, pool=pool)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls.insecure:
@@ -300,6 +280,7 @@ async def serve(
     log.info("%s draining (grace %.0fs)", name, grace_s)
     watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
+    mux.drain()  # callers send new calls elsewhere; the calls in flight on the streams run on
     await server.stop(grace_s)
     if on_draining is not None:
         await on_draining()

@@ -53,6 +53,9 @@ CALLERS: dict[str, frozenset[str]] = {
         "DeleteChannel", "TestChannel", "GetStats", "GetResponse", "DeleteResponse", "ListInputItems",
         "CancelResponse",
         "CountTokens", "SetAlias", "ListAliases", "DeleteAlias")},
+    # The multiplexed stream (services/common/mux.py) of every process that calls a peer: each
+    # call on it is checked against its own row above.
+    "/chatkore.v1.Mux/Open": frozenset({"edge", "auth", "inference"}),
 }
 # Health answers anyone, over TLS or (CHATKORE_HEALTH_LISTEN) plaintext: the kubelet's gRPC
 # probe cannot present a certificate. It tells nothing but SERVING or not.

@@ -9,9 +9,11 @@ from typing import Any
 import grpc
 
 from services.common import mtls, telemetry
+from services.common.config import ConfigError, env_optional
 from services.common.errors import detail_of
 from services.common.logs import request_id_var
 from services.common.mtls import GrpcTls
+from services.common.mux import MuxChannel
 
 CLIENT_OPTIONS = [
     # dns:/// targets resolve to every replica behind a headless Service.
@@ -79,9 +81,25 @@ class StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_details(details, timeout), request)
 
 
-def channel(target: str, peer: str, tls: GrpcTls,
-            outer: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
+MUX_VAR = "CHATKORE_GRPC_MUX"
+
+
+def mux_enabled() -> bool:
+    """Whether calls to peers go over multiplexed streams (services/common/mux.py): `CHATKORE_GRPC_MUX=1`."""
+    flag = env_optional(MUX_VAR)
+    if flag not in (None, "0", "1"):
+        raise ConfigError(f"{MUX_VAR} must be 0 or 1, got {flag!r}")
+    return flag == "1"
+
+
+def channel(target: str, peer: str, tls: GrpcTls, outer: Sequence[grpc.aio.ClientInterceptor] = (), *,
+            mux: bool | None = None) -> grpc.aio.Channel | MuxChannel:
     """A channel to the service `peer` at `target`, authenticated both ways by `tls` (services/common/mtls.py).
-    `outer` interceptors see each call before the request id and deadline are added (the edge's retry)."""
-    return mtls.secure_channel(tls, target, peer, CLIENT_OPTIONS,
-                               [*outer, UnaryInterceptor(), StreamInterceptor(), *telemetry.client_interceptors()])
+    `outer` interceptors see each call before the request id and deadline are added (the edge's retry).
+
+    A MuxChannel (one long-lived stream per replica carrying every call; the same interceptors)
+    when `mux` is on: by default CHATKORE_GRPC_MUX, read when the channel is made, at start-up."""
+    interceptors = [*outer, UnaryInterceptor(), StreamInterceptor(), *telemetry.client_interceptors()]
+    if mux_enabled() if mux is None else mux:
+        return MuxChannel(target, peer, tls, CLIENT_OPTIONS, interceptors)
+    return mtls.secure_channel(tls, target, peer, CLIENT_OPTIONS, interceptors)

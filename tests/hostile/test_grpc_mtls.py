@@ -10,7 +10,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatkore.v1 import auth_pb2, auth_pb2_grpc, billing_pb2, billing_pb2_grpc, inference_pb2, inference_pb2_grpc
+from chatkore.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    mux_pb2,
+)
 from services.common import mtls
 from services.common.mtls import GrpcTls
 from tests.world import World
@@ -127,7 +135,7 @@ def test_the_plaintext_health_port_answers_health_and_nothing_else(world: World)
 
 
 def test_every_method_of_every_service_has_its_callers_and_no_others() -> None:
-    methods = {f"/{s.full_name}/{m.name}" for module in (auth_pb2, billing_pb2, inference_pb2)
+    methods = {f"/{s.full_name}/{m.name}" for module in (auth_pb2, billing_pb2, inference_pb2, mux_pb2)
                for s in module.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert set(mtls.CALLERS) == methods
     assert all(callers and callers <= set(mtls.PROCESSES) for callers in mtls.CALLERS.values())
