@@ -55,13 +55,23 @@ def images(*, returned: int | None = None, delay_s: float = 0.0, release: asynci
     return behave
 
 
-def speech(*, audio: bytes = SPEECH, pieces: int = 8, content_type: str = "audio/mpeg"):
+def speech(*, audio: bytes = SPEECH, pieces: int = 8, content_type: str = "audio/mpeg", stall: bool = False):
+    """The audio in pieces; with `stall`, the first piece and then nothing until chatkore hangs up
+    (counted in the tag's `disconnects`)."""
+
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
+        from tests.mock_upstream import STATE
+
         response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
         step = max(1, len(audio) // pieces)
         for start in range(0, len(audio), step):
             await response.write(audio[start:start + step])
+            if stall:
+                while request.transport is not None and not request.transport.is_closing():
+                    await asyncio.sleep(0.02)
+                request[STATE].disconnects += 1
+                return response
         await response.write_eof()
         return response
 

@@ -217,6 +217,32 @@ def test_speech_streams_the_audio_through_and_is_charged_per_1k_characters(world
     assert world.mock.received(tag)[-1].body["input"] == text
 
 
+def test_speech_left_by_its_client_is_paid_and_a_failed_one_is_free(world: World) -> None:
+    model, tag = _priced(world, {"1k_characters": 10})
+    t = world.tenant()
+    text = "A long story that the client will not wait for. " * 4
+    world.mock.script(tag, mock_media.speech(stall=True))
+    with t.client.audio.speech.with_streaming_response.create(model=model, voice="alloy", input=text) as reply:
+        first = next(reply.iter_bytes(1024))
+        assert first and mock_media.SPEECH.startswith(first)
+    # The client hung up after the first piece: the upstream call is dropped, and the whole input paid for.
+    wait_until(lambda: world.mock.state(tag).disconnects == 1, 20, "the upstream call to be dropped")
+    row = wait_until(lambda: _rows(world, t), 20, "the usage row of the abandoned speech")[0]
+    assert row["status"] == "client_gone" and row["prompt_tokens"] == len(text)
+    assert Decimal(str(row["credits"])) == Decimal(len(text)) * 10 / 1000
+    wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to close")
+    assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"])) and world.verify()["ok"]
+
+    t2 = world.tenant()
+    world.mock.script(tag, up.fail(500))
+    with pytest.raises(openai.APIStatusError) as failed:
+        t2.client.audio.speech.create(model=model, voice="alloy", input=text)
+    assert failed.value.status_code == 502
+    rows = _rows(world, t2)
+    assert len(rows) == 1 and rows[0]["status"] == "upstream_error" and Decimal(str(rows[0]["credits"])) == 0
+    assert world.balance(t2.user_id) == 100 and world.held(t2.user_id) == 0 and world.verify()["ok"]
+
+
 def test_speech_without_a_character_price_is_charged_by_its_input_tokens(world: World) -> None:
     model, _ = _priced(world, {}, prompt=1000)  # a credit a token
     t = world.tenant()
