@@ -349,7 +349,8 @@ def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: Wo
 
 # What a Chinese page may still show in Latin letters: product, model and client names, units
 # and formats, and data (emails, URLs, names of channels and users) that is not the page's text.
-_NAMES = re.compile(r"chatkore|OpenAI|API|SDK|SSE|JSON|HTTP|IP|UTC|CI|Python|Node\.js|curl|LangChain|chatgpt-web|token"
+_NAMES = re.compile(r"chatkore|OpenAI|API|SDK|SSE|JSON|CSV|HTTP|IP|UTC|CI|Python|Node\.js|curl|LangChain"
+                    r"|chatgpt-web|token"
                     r"|sk-…|ck-…|gpt-[\w.-]+|text-[\w.-]+|[\w.+-]+@[\w.-]+|https?://\S+|/v1")
 _PAGE_TEXT = """() => {
   const parts = [document.title];

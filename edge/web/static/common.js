@@ -159,6 +159,60 @@ const ck = {
     who.append(ck.themeToggle(), ck.langSwitch());
     if (ck.me) who.append(ck.el("button", { class: "secondary small", id: "signout", onclick: ck.signOut }, ck.t("common.sign_out")));
     bar.append(who);
+    if (!ck.noticeAsked) { ck.noticeAsked = true; ck.notice(); }
+  },
+
+  // The operator's notice (an announcement and a contact line) under the top bar of every page.
+  // Plain text from the server, put in as text: it can never become markup.
+  async notice() {
+    let n = null;
+    try { n = await ck.api("GET", "/api/notice"); } catch (e) { return; }
+    const old = document.getElementById("site-notice");
+    if (old) old.remove();
+    if (!n || (!n.announcement && !n.contact)) return;
+    const box = ck.el("div", { id: "site-notice", class: "site-notice", role: "note" },
+      n.announcement ? ck.el("div", { class: "site-notice-text", id: "site-notice-text", text: n.announcement }) : null,
+      n.contact ? ck.el("div", { class: "site-notice-contact" }, ck.el("strong", { text: ck.t("notice.contact") }), " ",
+        ck.el("span", { id: "site-notice-contact", text: n.contact })) : null);
+    document.getElementById("topbar").after(box);
+  },
+
+  // Filters of a usage listing (model, key, dates, status; an operator's also the user) and the
+  // CSV link of the same filter. `keys` is [[id, name]] for a select, or null for a number field.
+  usageFilter(base, keys, withUser, onApply) {
+    const id = (name) => `usage-${name}`;
+    const field = (label, input) => ck.el("div", { class: "field" }, ck.el("label", { for: input.id, text: ck.t(label) }), input);
+    const model = ck.el("input", { id: id("model"), autocomplete: "off", placeholder: ck.t("usage.any_model") });
+    const key = keys
+      ? ck.el("select", { id: id("key") }, ck.el("option", { value: "" }, ck.t("usage.any_key")), keys.map(([k, name]) => ck.el("option", { value: k, text: name })))
+      : ck.el("input", { id: id("key"), type: "number", min: "1", placeholder: ck.t("usage.any_key") });
+    const user = withUser ? ck.el("input", { id: id("user"), type: "number", min: "1", placeholder: ck.t("ops.orders.user_id") }) : null;
+    const since = ck.el("input", { id: id("since"), type: "date" });
+    const until = ck.el("input", { id: id("until"), type: "date" });
+    const status = ck.el("select", { id: id("status") }, ck.el("option", { value: "" }, ck.t("usage.any_status")),
+      ["complete", "client_gone", "upstream_error", "timeout", "expired", "released"].map((s) => ck.el("option", { value: s, text: ck.status(s) })));
+    const csvLink = ck.el("a", { id: id("csv"), class: "button secondary", download: "usage.csv" }, ck.t("usage.csv"));
+    const params = () => {
+      const q = new URLSearchParams();
+      if (model.value.trim()) q.set("model", model.value.trim());
+      if (key.value) q.set("key_id", key.value);
+      if (user && user.value) q.set("user_id", user.value);
+      // Dates are the user's calendar days, sent as the instants they begin.
+      if (since.value) q.set("since", String(Math.floor(new Date(`${since.value}T00:00`).getTime() / 1000)));
+      if (until.value) q.set("until", String(Math.floor(new Date(`${until.value}T00:00`).getTime() / 1000) + 86400));
+      if (status.value) q.set("status", status.value);
+      return q;
+    };
+    const form = ck.el("form", { class: "row usage-filter", id: id("filter") },
+      field("usage.model", model), field("usage.key", key), user ? field("ops.orders.user_id", user) : null,
+      field("usage.since", since), field("usage.until", until), field("common.status", status),
+      ck.el("button", { type: "submit", class: "secondary", id: id("apply") }, ck.t("usage.filter")), csvLink);
+    const sync = () => { const q = params(); q.set("format", "csv"); csvLink.href = `${base}?${q}`; };
+    form.addEventListener("input", sync);
+    form.addEventListener("change", sync);
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); sync(); onApply(params()); });
+    sync();
+    return { form, params };
   },
 
   // Each cell learns its column's name, which a phone shows beside it (tables stack there).

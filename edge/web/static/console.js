@@ -14,6 +14,12 @@ async function start() {
   await ck.loadMe();
   const next = new URLSearchParams(location.search).get("next");
   const resetToken = new URLSearchParams(location.search).get("reset");
+  const verifyToken = new URLSearchParams(location.search).get("verify");
+  if (verifyToken) {
+    ck.topbar("console");
+    await verifyCard(document.getElementById("root"), verifyToken);
+    return;
+  }
   if (resetToken) {
     ck.topbar("console");
     resetForm(document.getElementById("root"), resetToken);
@@ -40,7 +46,77 @@ async function render() {
     SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, ck.t(text))));
   const content = el("main", { class: "content", id: "content" });
   document.getElementById("root").replaceChildren(nav, content);
+  content.append(...(await banners()));
   ({ overview, topup, keys, usage })[current](content);
+}
+
+// The address verification link from the mail: verified, and the sign-up credits if they came.
+async function verifyCard(root, token) {
+  history.replaceState(null, "", "/console");  // the token is used up: keep it out of the history
+  const card = el("div", { class: "card auth-card", id: "verify-card" }, el("h1", { text: ck.t("verify.title") }));
+  root.replaceChildren(el("div", { class: "auth-wrap" }, card));
+  try {
+    const reply = await ck.api("POST", "/api/email/verify", { token });
+    card.append(el("p", { class: "notice", id: "verify-result",
+      text: reply.bonus ? ck.t("verify.done_bonus", { email: reply.email, n: ck.credits(reply.bonus) }) : ck.t("verify.done", { email: reply.email }) }));
+  } catch (e) {
+    card.append(el("p", { class: "error", id: "verify-result", text: e.message }));
+  }
+  card.append(el("a", { class: "button", href: "/console", id: "verify-continue" }, ck.t("verify.continue")));
+}
+
+// What the user should know first: an address to verify (the sign-up credits wait for it), a
+// balance below the alert threshold.
+async function banners() {
+  const out = [];
+  if (ck.me.verification_pending) {
+    const message = el("span", { text: ck.t("verify.pending", { email: ck.me.email }) });
+    const resend = el("button", { type: "button", class: "secondary small", id: "verify-resend" }, ck.t("verify.resend"));
+    const box = el("div", { class: "banner", id: "verify-banner", role: "status" }, message, " ", resend);
+    resend.addEventListener("click", async () => {
+      resend.disabled = true;
+      try {
+        await ck.api("POST", "/api/email/verify/resend", {});
+        message.textContent = ck.t("verify.sent", { email: ck.me.email });
+      } catch (e) {
+        message.textContent = e.message;
+        resend.disabled = false;
+      }
+    });
+    out.push(box);
+  }
+  try {
+    const alert = await ck.api("GET", "/api/alerts");
+    if (alert.below) {
+      out.push(el("div", { class: "banner warn", id: "low-balance-banner", role: "alert" },
+        ck.t("alert.below", { n: ck.credits(alert.threshold) }), " ", el("a", { href: "#topup", text: ck.t("alert.top_up") })));
+    }
+  } catch (e) { /* the banner is a courtesy: the page works without it */ }
+  return out;
+}
+
+// The low-balance alert: a threshold; one mail and the banner each time charges take the balance below it.
+function alertCard() {
+  const threshold = el("input", { id: "alert-threshold", type: "number", min: "0", step: "0.000001", required: true });
+  const message = el("div", { hidden: true, role: "status", id: "alert-message" });
+  const form = el("form", { class: "row", id: "alert-form" },
+    el("div", { class: "field grow" }, el("label", { for: "alert-threshold", text: ck.t("alert.threshold") }), threshold),
+    el("button", { type: "submit", id: "alert-save" }, ck.t("alert.save")));
+  ck.api("GET", "/api/alerts").then((a) => { threshold.value = a.threshold || ""; }).catch(() => {});
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const a = await ck.api("PUT", "/api/alerts", { threshold: Number(threshold.value || 0) });
+      message.className = "notice";
+      message.textContent = a.threshold ? ck.t("alert.saved", { n: ck.credits(a.threshold) }) : ck.t("alert.off");
+    } catch (e) {
+      message.className = "error";
+      message.textContent = e.message;
+    }
+    message.hidden = false;
+  });
+  return el("div", { class: "card", id: "alert-card" }, el("h2", { text: ck.t("alert.title") }),
+    el("p", { class: "hint", text: ck.t("alert.hint") }), form, message);
 }
 
 // --- overview ---------------------------------------------------------------------
@@ -86,7 +162,7 @@ async function overview(root) {
       el("div", { class: "chart-box" }, canvas)),
     el("div", { class: "card" }, el("h2", { text: ck.t("console.redeem.title") }),
       el("p", { class: "hint", text: ck.t("console.redeem.hint") }), form, message),
-    passwordCard());
+    alertCard(), passwordCard());
   const days = (await ck.api("GET", "/api/spend?days=30")).data;
   spent.textContent = ck.credits(days.reduce((s, d) => s + d.credits, 0));
   calls.textContent = ck.num(days.reduce((s, d) => s + d.requests, 0));
@@ -390,19 +466,34 @@ function secret(key, id) {
 
 async function usage(root) {
   const body = el("tbody", { id: "usage-body" });
+  const keyList = (await ck.api("GET", "/api/keys")).data;
+  const names = Object.fromEntries(keyList.map((k) => [k.id, k.web ? ck.t("usage.chat_page") : k.name || k.hint]));
+  const filter = ck.usageFilter("/api/usage", keyList.map((k) => [k.id, names[k.id]]), false, (q) => fill(q));
+  const more = el("button", { type: "button", class: "secondary small", id: "usage-more", hidden: true }, ck.t("usage.more"));
   root.append(el("h1", { text: ck.t("console.nav.usage") }),
     el("div", { class: "card" },
       el("div", { class: "card-head" }, el("h2", { text: ck.t("console.usage.recent") }),
-        el("button", { class: "secondary small", id: "usage-refresh", onclick: () => fill() }, ck.t("common.refresh"))),
+        el("button", { class: "secondary small", id: "usage-refresh", onclick: () => fill(filter.params()) }, ck.t("common.refresh"))),
+      filter.form,
       el("div", { class: "table-wrap" }, el("table", {},
         el("thead", {}, el("tr", {}, ["usage.time", "usage.model", "usage.key", "usage.prompt", "usage.completion", "common.credits", "common.status"].map(
           (h, i) => el("th", { class: i >= 3 && i <= 5 ? "num" : "", text: ck.t(h) })))),
-        body))));
-  async function fill() {
-    const [rows, keyList] = await Promise.all([ck.api("GET", "/api/usage?limit=100"), ck.api("GET", "/api/keys")]);
-    const names = Object.fromEntries(keyList.data.map((k) => [k.id, k.web ? ck.t("usage.chat_page") : k.name || k.hint]));
-    body.replaceChildren();
-    if (!rows.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("usage.none") })));
+        body)), more));
+  let query = null;
+  let cursor = "";
+  more.addEventListener("click", () => page());
+  async function page() {
+    const q = new URLSearchParams(query);
+    q.set("limit", "100");
+    if (cursor) q.set("cursor", cursor);
+    let rows;
+    try {
+      rows = await ck.api("GET", `/api/usage?${q}`);
+    } catch (e) {
+      body.replaceChildren(el("tr", {}, el("td", { class: "error", colspan: "7", text: e.message })));
+      return;
+    }
+    if (!cursor && !rows.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("usage.none") })));
     for (const r of rows.data) {
       body.append(el("tr", { "data-request-id": r.request_id },
         el("td", { text: ck.when(r.created) }), el("td", { text: r.model }), el("td", { text: names[r.key_id] || `#${r.key_id}` }),
@@ -411,9 +502,17 @@ async function usage(root) {
         el("td", { class: "num", text: ck.credits(r.credits) }),
         el("td", {}, el("span", { class: r.status === "complete" ? "badge ok" : "badge warn", text: ck.status(r.status) }))));
     }
+    cursor = rows.next_cursor || "";
+    more.hidden = !cursor;
     ck.label(body);
   }
-  await fill();
+  async function fill(q) {
+    query = q;
+    cursor = "";
+    body.replaceChildren();
+    await page();
+  }
+  await fill(filter.params());
 }
 
 start();

@@ -1,9 +1,10 @@
-// The operator pages: a dashboard per model, users, channels, prices, redeem codes, payment orders and the audit log.
+// The operator pages: a dashboard per model, users, channels, prices, redeem codes, payment orders,
+// every user's usage (filters, CSV), the notice every page shows, and the audit log.
 // Everything here goes through the admin API (/admin/v1), which lets an operator's session in.
 "use strict";
 
 const { el } = ck;
-const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"], ["orders", "ops.nav.orders"], ["audit", "ops.nav.audit"]];
+const SECTIONS = [["dashboard", "ops.nav.dashboard"], ["users", "ops.nav.users"], ["channels", "ops.nav.channels"], ["prices", "ops.nav.prices"], ["codes", "ops.nav.codes"], ["orders", "ops.nav.orders"], ["usage", "ops.nav.usage"], ["notice", "ops.nav.notice"], ["audit", "ops.nav.audit"]];
 const COLORS = ["#3b5bdb", "#f08c00", "#2b8a3e", "#c2255c", "#1098ad", "#7048e8", "#5c940d", "#e8590c"];
 let charts = [];
 
@@ -28,7 +29,7 @@ function render() {
   document.getElementById("root").replaceChildren(
     el("nav", { class: "sidenav" }, SECTIONS.map(([s, t]) => el("a", { href: `#${s}`, id: `nav-${s}`, class: s === current ? "active" : "" }, ck.t(t)))),
     content);
-  ({ dashboard, users, channels, prices, codes, orders, audit })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
+  ({ dashboard, users, channels, prices, codes, orders, usage, notice, audit })[current](content).catch((e) => content.append(el("div", { class: "error", text: e.message })));
 }
 
 function table(headers, id) {
@@ -427,6 +428,60 @@ async function orders(root) {
     ck.label(body);
   }
   await fill();
+}
+
+// --- every user's calls: the console's filters, plus the user; CSV of the same filter -------------
+
+async function usage(root) {
+  const [wrap, body] = table([["usage.time"], ["ops.orders.user_id"], ["usage.model"], ["usage.key"], ["usage.prompt", "num"],
+    ["usage.completion", "num"], ["common.credits", "num"], ["common.status"]], "ops-usage-body");
+  const message = el("div", { hidden: true, role: "status", id: "ops-usage-message" });
+  const filter = ck.usageFilter("/admin/v1/usage", null, true, (q) => fill(q));
+  root.append(el("h1", { text: ck.t("ops.nav.usage") }), el("div", { class: "card" }, filter.form, message, wrap));
+  async function fill(q) {
+    q.set("limit", "200");
+    let rows;
+    try {
+      rows = (await ck.api("GET", `/admin/v1/usage?${q}`)).data;
+    } catch (e) { flash(message, false, e.message); return; }
+    message.hidden = true;
+    body.replaceChildren();
+    if (!rows.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "8", text: ck.t("usage.none") })));
+    for (const r of rows) {
+      body.append(el("tr", { "data-request-id": r.request_id },
+        el("td", { text: ck.when(r.created) }), el("td", { text: String(r.user_id) }), el("td", { text: r.model }),
+        el("td", { text: `#${r.key_id}` }), el("td", { class: "num", text: ck.num(r.prompt_tokens) }),
+        el("td", { class: "num", text: ck.num(r.completion_tokens) }), el("td", { class: "num", text: ck.credits(r.credits) }),
+        el("td", {}, el("span", { class: r.status === "complete" ? "badge ok" : "badge warn", text: ck.status(r.status) }))));
+    }
+    ck.label(body);
+  }
+  await fill(filter.params());
+}
+
+// --- the notice on every page: an announcement and a contact line, plain text ---------------------
+
+async function notice(root) {
+  const current = await ck.api("GET", "/api/notice");
+  const text = el("textarea", { id: "notice-announcement", rows: "4", maxlength: "2000" });
+  text.value = current.announcement;
+  const contact = el("input", { id: "notice-contact", maxlength: "300", placeholder: ck.t("ops.notice.contact_example") });
+  contact.value = current.contact;
+  const message = el("div", { hidden: true, role: "status", id: "notice-message" });
+  const form = el("form", { id: "notice-form" },
+    el("div", { class: "field" }, el("label", { for: "notice-announcement", text: ck.t("ops.notice.announcement") }), text),
+    el("div", { class: "field" }, el("label", { for: "notice-contact", text: ck.t("ops.notice.contact") }), contact),
+    el("button", { type: "submit", id: "notice-save" }, ck.t("ops.notice.save")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await ck.api("PUT", "/admin/v1/notice", { announcement: text.value, contact: contact.value });
+      flash(message, true, ck.t("ops.notice.saved"));
+      await ck.notice();
+    } catch (e) { flash(message, false, e.message); }
+  });
+  root.append(el("h1", { text: ck.t("ops.nav.notice") }),
+    el("div", { class: "card" }, el("p", { class: "hint", text: ck.t("ops.notice.hint") }), form, message));
 }
 
 start();
