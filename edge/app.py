@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2_grpc
 from chatkore.v1 import auth_pb2_grpc, billing_pb2_grpc, inference_pb2_grpc
 from edge import cors, routes
 from edge.authn import TRUSTED_PROXIES, KeyCache
+from edge.captcha import CAPTCHA, Captcha
 from edge.config import EdgeConfig
 from edge.guard import AuthGuard, LimiterCounter, SignupLimit
 from edge.inputs import declared_size
@@ -49,6 +50,19 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITS].close()
 
 
+async def _captcha(app: web.Application) -> AsyncIterator[None]:
+    """The sign-up captcha's verifier, when one is configured (edge/captcha.py)."""
+    cfg = app[CONFIG].captcha
+    if cfg is None:
+        yield
+        return
+    checker = Captcha(cfg)
+    await checker.open()
+    app[CAPTCHA] = checker
+    yield
+    await checker.close()
+
+
 async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     """/metrics on its own port when one is set, so a public Ingress never shows it."""
     cfg = app[CONFIG].telemetry
@@ -68,6 +82,7 @@ def make_app(cfg: EdgeConfig) -> web.Application:
     app[COUNTERS] = Counters()
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)
+    app.cleanup_ctx.append(_captcha)
     app.cleanup_ctx.append(_metrics_server)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(cors.add_headers)

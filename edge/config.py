@@ -5,6 +5,7 @@ import ipaddress
 import resource
 from dataclasses import dataclass
 
+from edge.captcha import CaptchaConfig
 from edge.limits import Limits
 from services.common.config import (
     DEFAULT_AUTH_ADDR,
@@ -44,6 +45,7 @@ class EdgeConfig:
     grace_s: float
     log_level: str
     cors_origins: tuple[str, ...] = ("*",)  # origins /v1 answers CORS for; "*" for any (edge/cors.py)
+    captcha: CaptchaConfig | None = None    # a captcha on console sign-up (edge/captcha.py)
 
     @classmethod
     def from_env(cls) -> EdgeConfig:
@@ -81,6 +83,7 @@ class EdgeConfig:
             grace_s=env_float("CHATKORE_GRACE_S", 20.0),
             log_level=env_str("CHATKORE_LOG_LEVEL", "INFO"),
             cors_origins=parse_origins(env_str("CHATKORE_CORS_ORIGINS", "*")),
+            captcha=CaptchaConfig.from_env(),
         )
 
 

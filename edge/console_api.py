@@ -14,6 +14,7 @@ from chatkore.v1 import auth_pb2, billing_pb2, inference_pb2
 from edge import i18n, openai_api, sessions, usage_api
 from edge.admin_api import key_info
 from edge.authn import client_ip
+from edge.captcha import CAPTCHA
 from edge.credits import from_micro, to_micro
 from edge.errors import invalid
 from edge.inputs import get_int, get_str, get_str_list, get_timestamp, json_body, path_id
@@ -61,6 +62,9 @@ async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     email, password = _credentials(body)
     invite = get_str(body, "invite", limit=64).strip()  # another user's invite code (an unknown one is ignored)
+    checker = request.app.get(CAPTCHA)
+    if checker is not None:  # before anything is made or counted: a failed captcha leaves nothing behind
+        await checker.check(body.get("captcha"), client_ip(request))
     await request.app[SIGNUPS].admit(client_ip(request))
     account = await request.app[PEERS].auth.Register(
         auth_pb2.RegisterRequest(email=email, password=password, lang=i18n.language(request)), timeout=RPC_TIMEOUT_S)

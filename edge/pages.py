@@ -15,8 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edge import i18n, sessions
+from edge import captcha, i18n, sessions
 from edge.errors import OpenAIError
+from edge.state import CONFIG
 
 WEB = Path(__file__).resolve().parent / "web"
 STATIC = WEB / "static"
@@ -50,16 +51,21 @@ HEADERS = {
 _TEMPLATE = re.compile(r"\{\{(lang|t:[\w.-]+)\}\}")
 
 
-def render(template: str, lang: str) -> str:
-    return _TEMPLATE.sub(lambda m: lang if m.group(1) == "lang" else i18n.t(lang, m.group(1)[2:]), template)
+def render(template: str, lang: str, captcha_tags: str = "") -> str:
+    """The page in `lang`; `{{captcha}}` becomes the captcha's head tags (edge/captcha.py), if any."""
+    text = _TEMPLATE.sub(lambda m: lang if m.group(1) == "lang" else i18n.t(lang, m.group(1)[2:]), template)
+    return text.replace("{{captcha}}", captcha_tags)
 
 
 def _page(name: str, request: web.Request) -> web.Response:
     lang = i18n.language(request)
-    html = render((STATIC / name).read_text(encoding="utf-8"), lang)
+    # The sign-up captcha's widget, on the one page that signs up, and only when configured.
+    widget = request.app[CONFIG].captcha if name == "console.html" else None
+    html = render((STATIC / name).read_text(encoding="utf-8"), lang, captcha.head_tags(widget))
+    headers = {**HEADERS, "Content-Language": lang, "Vary": "Accept-Language, Cookie"}
+    headers["Content-Security-Policy"] = captcha.csp(HEADERS["Content-Security-Policy"], widget)
     # The same URL answers in two languages: caches must keep them apart.
-    return web.Response(text=html, content_type="text/html", charset="utf-8",
-                        headers={**HEADERS, "Content-Language": lang, "Vary": "Accept-Language, Cookie"})
+    return web.Response(text=html, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def catalogue(request: web.Request) -> web.StreamResponse:

@@ -240,6 +240,21 @@ const ck = {
       minlength: "8", autocomplete: "current-password" });
     const submit = ck.el("button", { type: "submit", id: "auth-submit" }, ck.t("auth.sign_in"));
     const note = ck.el("p", { class: "hint" });
+    // The sign-up captcha, when the server configured one (edge/captcha.py puts this meta in).
+    const captcha = document.querySelector('meta[name="ck-captcha"]');
+    const captchaBox = captcha ? ck.el("div", { id: "captcha", class: "captcha", hidden: true }) : null;
+    let captchaToken = "";
+    let captchaWidget = null;
+    const captchaApi = () => (captcha && captcha.content === "turnstile" ? window.turnstile : window.hcaptcha);
+    const showCaptcha = () => {
+      if (!captchaBox || captchaWidget !== null) return;
+      if (!captchaApi()) { window.ckCaptchaReady = showCaptcha; return; }  // its script calls this once loaded
+      captchaWidget = captchaApi().render(captchaBox, {
+        sitekey: captcha.dataset.siteKey,
+        callback: (token) => { captchaToken = token; },
+        "expired-callback": () => { captchaToken = ""; },
+      });
+    };
     const tabs = ck.el("div", { class: "tabs", role: "tablist" });
     const setMode = (m) => {
       mode = m;
@@ -248,6 +263,7 @@ const ck = {
       password.setAttribute("autocomplete", m === "login" ? "current-password" : "new-password");
       note.textContent = m === "login" ? "" : ck.t("auth.register_note");
       error.hidden = true;
+      if (captchaBox) { captchaBox.hidden = m === "login"; if (m === "register") showCaptcha(); }
     };
     for (const [m, text] of [["login", ck.t("auth.sign_in")], ["register", ck.t("auth.create_account")]]) {
       const b = ck.el("button", { type: "button", id: `tab-${m}`, onclick: () => setMode(m) }, text);
@@ -271,7 +287,7 @@ const ck = {
       ck.el("h1", { text: "chatkore" }), ck.el("p", { class: "lead", text: lead }), tabs,
       ck.el("div", { class: "field" }, ck.el("label", { for: "email", text: ck.t("auth.email") }), email),
       ck.el("div", { class: "field" }, ck.el("label", { for: "password", text: ck.t("auth.password") }), password),
-      note, error, submit, forgot);
+      captchaBox, note, error, submit, forgot);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       submit.disabled = true;
@@ -280,6 +296,7 @@ const ck = {
         const body = { email: email.value, password: password.value };
         const invite = new URLSearchParams(location.search).get("invite");
         if (mode === "register" && invite) body.invite = invite;
+        if (mode === "register" && captchaBox) body.captcha = captchaToken;
         const reply = await ck.api("POST", mode === "login" ? "/api/login" : "/api/register", body);
         ck.firstKey = (reply && reply.first_key) || null;  // the console shows it once
         await ck.loadMe();
@@ -287,6 +304,8 @@ const ck = {
       } catch (e) {
         error.textContent = e.message;
         error.hidden = false;
+        // A captcha answer works once: the next try needs a fresh one.
+        if (mode === "register" && captchaWidget !== null && captchaApi()) { captchaApi().reset(captchaWidget); captchaToken = ""; }
       } finally {
         submit.disabled = false;
       }
