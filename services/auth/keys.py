@@ -137,6 +137,7 @@ class Keys:
     async def changes(self, after: int) -> tuple[int, list[tuple[int, int, int]], bool]:
         """(latest position, changes as (id, key id, user id), reset) of the key change feed."""
         async with self._pool.connection() as conn:
+            await store.note_standing_changes(conn, FEED_KEEP_S)
             oldest, latest = await store.key_feed_bounds(conn)
             if after <= 0 or after < oldest or after > latest:
                 return latest, [], after > 0

@@ -1,4 +1,7 @@
-"""All of auth's SQL."""
+"""All of auth's SQL.
+
+Of billing's users auth knows only what billing's views show (migration 0016b): whether each
+is disabled (`user_standing`) and when that changed (`user_standing_changes`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ _KEY_COLUMNS = """
 
 async def find_key(conn: AsyncConnection, key_hash: bytes) -> KeyRow | None:
     cur = await conn.execute(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = %s",
+        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN user_standing u ON u.user_id = k.user_id WHERE k.key_hash = %s",
         (key_hash,),
     )
     row = await cur.fetchone()
@@ -54,7 +57,7 @@ async def insert_key(conn: AsyncConnection, *, user_id: int, key_hash: bytes, hi
                     %(rpm)s, %(tpm)s, %(ips)s::cidr[])
             RETURNING *
         )
-        SELECT {_KEY_COLUMNS} FROM k JOIN users u ON u.id = k.user_id
+        SELECT {_KEY_COLUMNS} FROM k JOIN user_standing u ON u.user_id = k.user_id
         """,
         {"uid": user_id, "hash": key_hash, "hint": hint, "name": name, "models": models, "limit": credit_limit,
          "exp": expires_at, "rpm": rpm, "tpm": tpm, "ips": ips},
@@ -64,7 +67,7 @@ async def insert_key(conn: AsyncConnection, *, user_id: int, key_hash: bytes, hi
 
 async def list_keys(conn: AsyncConnection, user_id: int) -> list[KeyRow]:
     cur = await conn.execute(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id"
+        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN user_standing u ON u.user_id = k.user_id"
         " WHERE k.user_id = %s ORDER BY k.id",
         (user_id,),
     )
@@ -86,13 +89,13 @@ async def web_key(conn: AsyncConnection, user_id: int, key_hash: bytes, hint: st
     await conn.execute(
         """
         INSERT INTO api_keys (user_id, key_hash, hint, name, web)
-        SELECT id, %(hash)s, %(hint)s, 'chat page', true FROM users WHERE id = %(uid)s
+        SELECT user_id, %(hash)s, %(hint)s, 'chat page', true FROM user_standing WHERE user_id = %(uid)s
         ON CONFLICT (user_id) WHERE web AND revoked_at IS NULL DO NOTHING
         """,
         {"uid": user_id, "hash": key_hash, "hint": hint},
     )
     cur = await conn.execute(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id"
+        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN user_standing u ON u.user_id = k.user_id"
         " WHERE k.user_id = %s AND k.web AND k.revoked_at IS NULL",
         (user_id,),
     )
@@ -135,7 +138,7 @@ async def insert_account(conn: AsyncConnection, email: str, password_hash: str,
             ON CONFLICT (lower(email)) DO NOTHING
             RETURNING *
         )
-        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN user_standing u ON u.user_id = a.user_id
         """,
         (email, password_hash, bonus_on_verify),
     )
@@ -145,7 +148,7 @@ async def insert_account(conn: AsyncConnection, email: str, password_hash: str,
 
 async def find_account(conn: AsyncConnection, email: str) -> AccountRow | None:
     cur = await conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN user_standing u ON u.user_id = a.user_id"
         " WHERE lower(a.email) = lower(%s)",
         (email,),
     )
@@ -171,7 +174,7 @@ async def attach_user(conn: AsyncConnection, account_id: int, user_id: int) -> A
             WHERE id = %(aid)s AND (user_id IS NULL OR user_id = %(uid)s)
             RETURNING *
         )
-        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN user_standing u ON u.user_id = a.user_id
         """,
         {"aid": account_id, "uid": user_id},
     )
@@ -229,7 +232,7 @@ async def set_role(conn: AsyncConnection, user_id: int, role: str) -> AccountRow
     cur = await conn.execute(
         f"""
         WITH a AS (UPDATE accounts SET role = %s WHERE user_id = %s RETURNING *)
-        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN user_standing u ON u.user_id = a.user_id
         """,
         (role, user_id),
     )
@@ -239,7 +242,7 @@ async def set_role(conn: AsyncConnection, user_id: int, role: str) -> AccountRow
 
 async def accounts_of(conn: AsyncConnection, user_ids: list[int]) -> list[AccountRow]:
     cur = await conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN user_standing u ON u.user_id = a.user_id"
         " WHERE a.user_id = ANY(%s) ORDER BY a.user_id",
         (user_ids,),
     )
@@ -267,7 +270,7 @@ async def find_session(conn: AsyncConnection, token_hash: bytes) -> tuple[Accoun
     cur = await conn.execute(
         f"""
         SELECT {_ACCOUNT_COLUMNS}, s.csrf_token, extract(epoch FROM s.expires_at)::bigint
-        FROM sessions s JOIN accounts a ON a.id = s.account_id LEFT JOIN users u ON u.id = a.user_id
+        FROM sessions s JOIN accounts a ON a.id = s.account_id LEFT JOIN user_standing u ON u.user_id = a.user_id
         WHERE s.token_hash = %s AND s.expires_at > now() AND a.user_id IS NOT NULL
         """,
         (token_hash,),
@@ -280,6 +283,21 @@ async def find_session(conn: AsyncConnection, token_hash: bytes) -> tuple[Accoun
 
 async def delete_session(conn: AsyncConnection, token_hash: bytes) -> None:
     await conn.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,))
+
+
+async def note_standing_changes(conn: AsyncConnection, keep_s: int) -> None:
+    """Copy the users billing disabled or enabled again into the feed, each once (under its id in
+    billing's view); those of the last few seconds are looked at again, as a change may commit
+    after a later one. Several auth replicas may copy at once: the unique id keeps one row."""
+    await conn.execute(
+        """
+        INSERT INTO key_changes (user_id, standing_change)
+        SELECT s.user_id, s.id FROM user_standing_changes s
+        WHERE (s.id > (SELECT coalesce(max(standing_change), 0) FROM key_changes)
+               OR s.at > now() - interval '5 seconds')
+          AND s.at > now() - make_interval(secs => %s)
+        ON CONFLICT (standing_change) DO NOTHING
+        """, (keep_s,))
 
 
 async def key_changes(conn: AsyncConnection, after: int, limit: int) -> list[tuple[int, int | None, int | None]]:
@@ -385,7 +403,7 @@ async def account_of_token(conn: AsyncConnection, token_hash: bytes, purpose: st
     """The account of a live, unused token (which stays unused)."""
     cur = await conn.execute(
         f"SELECT {_ACCOUNT_COLUMNS} FROM account_tokens t JOIN accounts a ON a.id = t.account_id"
-        " LEFT JOIN users u ON u.id = a.user_id"
+        " LEFT JOIN user_standing u ON u.user_id = a.user_id"
         " WHERE t.token_hash = %s AND t.purpose = %s AND t.used_at IS NULL AND t.expires_at > now()",
         (token_hash, purpose),
     )
@@ -399,7 +417,7 @@ async def mark_verified(conn: AsyncConnection, account_id: int) -> AccountRow:
         WITH a AS (
             UPDATE accounts SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = %s RETURNING *
         )
-        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN users u ON u.id = a.user_id
+        SELECT {_ACCOUNT_COLUMNS} FROM a LEFT JOIN user_standing u ON u.user_id = a.user_id
         """,
         (account_id,),
     )
@@ -410,7 +428,7 @@ async def lock_account_by_user(conn: AsyncConnection, user_id: int) -> AccountRo
     """The account of `user_id`, its row locked until the transaction ends (mails asked for at
     once are counted one after the other)."""
     cur = await conn.execute(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN users u ON u.id = a.user_id"
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a LEFT JOIN user_standing u ON u.user_id = a.user_id"
         " WHERE a.user_id = %s FOR UPDATE OF a",
         (user_id,),
     )
