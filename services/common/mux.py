@@ -255,6 +255,7 @@ class _Replica:
         self.connecting = True
         self.retired = False
         self._streams: set[_Stream] = set()  # every stream not yet over, draining ones too
+        self._pause: asyncio.Future[None] | None = None
         # A task of its own context: whichever call started it, its lines carry no request id.
         self._task = asyncio.get_running_loop().create_task(self._keep_open(), context=contextvars.Context())
 
@@ -292,8 +293,20 @@ class _Replica:
             self.connecting = False
             self.mux.replicas_changed()
             self.mux.resolve_soon()
-            await asyncio.sleep(delay)
+            pause = self._pause = loop.create_future()
+            timer = loop.call_later(delay, _resolve, pause)
+            await pause  # the back-off, or until a call wants this replica now (kick)
+            timer.cancel()
+            self._pause = None
             delay = min(BACKOFF_MAX_S, delay * 2)
+
+    def kick(self) -> bool:
+        """Cut the back-off short: a call is waiting and no replica is open. Whether it will try now."""
+        if self._pause is None or self._pause.done() or self.retired:
+            return False
+        self._pause.set_result(None)
+        self.connecting = True
+        return True
 
     def stream_leaving(self, stream: _Stream) -> None:
         """`stream` takes no new calls (the server asked, or it broke)."""
@@ -486,10 +499,16 @@ class MuxChannel:
         if not self._started:
             self._start()
         loop = asyncio.get_running_loop()
+        kicked = False
         while not self._ready:
             if self._closed:
                 raise _error(grpc.StatusCode.CANCELLED, "the channel was closed")
             if self._resolved and not any(r.connecting for r in self._replicas.values()):
+                # Every replica is backing off after a failure: try them once now (a peer that just
+                # started, or came back), and fail only if that fails too.
+                if not kicked and any([r.kick() for r in self._replicas.values()]):
+                    kicked = True
+                    continue
                 raise _error(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.peer} at {self.target} is reachable")
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -524,6 +543,11 @@ class MuxChannel:
         if remaining is not None:
             inbox.timer = loop.call_later(max(0.0, remaining), _expire, stream, call_id, inbox)
         return stream, call_id
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _expire(stream: _Stream, call_id: int, inbox: _Inbox) -> None:
