@@ -610,3 +610,19 @@ def test_dark_mode_follows_the_system_and_the_toggle_sticks(browser: Browser, wo
     assert page.evaluate(background) == "rgb(15, 17, 21)"
     shoot(page, "console-signin-dark")
     ctx.close()
+
+
+def test_pricing_lists_what_images_and_audio_cost_per_unit(browser: Browser, world: World) -> None:
+    model = f"img-{secrets.token_hex(3)}"
+    world.admin("PUT", f"/admin/v1/prices/{model}",
+                {"prompt": 0, "completion": 0, "units": {"image": 2, "image/1024x1024/hd": 4.5}})
+    world.channel([model])
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/pricing")
+    hd = page.locator(f'#pricing-units-body tr[data-model="{model}"][data-unit="image/1024x1024/hd"]')
+    expect(hd).to_contain_text("4.50")
+    expect(hd).to_contain_text("1024x1024 · hd")
+    expect(page.locator(f'#pricing-units-body tr[data-model="{model}"][data-unit="image"]')).to_contain_text("2.00")
+    expect(page.locator(f'#pricing-body tr[data-model="{model}"]')).to_have_count(1)
+    ctx.close()

@@ -27,6 +27,23 @@ async function start() {
       el("td", { class: "num", text: p.max_output ? ck.num(p.max_output) : "—" })));
   }
   if (!prices.data.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: String(heads.length), text: ck.t("pricing.none") })));
+  // Images, speech and transcription: credits per unit ("image/1024x1024/hd": an image of that size and quality).
+  const unitNames = { image: ck.t("pricing.unit.image"), "1k_characters": ck.t("pricing.unit.1k_characters"),
+    minute: ck.t("pricing.unit.minute") };
+  const unitBody = el("tbody", { id: "pricing-units-body" });
+  for (const p of prices.data) {
+    for (const [unit, credits] of Object.entries(p.units || {})) {
+      const [kind, ...variant] = unit.split("/");
+      unitBody.append(el("tr", { "data-model": p.model, "data-unit": unit },
+        el("td", { class: "mono", text: p.model }),
+        el("td", { text: [unitNames[kind] || kind].concat(variant).join(" · ") }), cell(credits)));
+    }
+  }
+  const units = unitBody.children.length ? el("div", { class: "card", id: "pricing-units" },
+    el("h2", { text: ck.t("pricing.units_title") }), el("p", { text: ck.t("pricing.units_intro") }),
+    el("div", { class: "table-wrap" }, el("table", { id: "pricing-units-table" },
+      el("thead", {}, el("tr", {}, [ck.t("usage.model"), ck.t("pricing.unit"), ck.t("pricing.price")]
+        .map((h, i) => el("th", { class: i === 2 ? "num" : "", text: h })))), unitBody))) : null;
   const content = el("main", { class: "content", id: "content" },
     el("h1", { text: ck.t("title.pricing") }),
     el("div", { class: "card" },
@@ -35,8 +52,10 @@ async function start() {
       el("p", {}, ck.me ? el("a", { href: "/console#topup", id: "pricing-topup" }, ck.t("pricing.top_up"))
         : el("a", { href: "/console", id: "pricing-signup" }, ck.t("pricing.sign_up"))),
       el("div", { class: "table-wrap" }, el("table", { id: "pricing-table" },
-        el("thead", {}, el("tr", {}, heads.map((h, i) => el("th", { class: i ? "num" : "", text: h })))), body))));
+        el("thead", {}, el("tr", {}, heads.map((h, i) => el("th", { class: i ? "num" : "", text: h })))), body))),
+    units);
   ck.label(body);
+  if (units) ck.label(unitBody);
   document.getElementById("root").replaceChildren(content);
 }
 
