@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from services.billing import store
+from services.billing.batcher import Batcher, BeatAsk, HoldAsk, SettleAsk, Settlement
 from services.billing.errors import (
     Conflict,
     InsufficientQuota,
@@ -27,7 +28,6 @@ from services.billing.pricing import (
     Price,
     Usage,
     completion_budget,
-    cost,
     multiplier,
     per_unit,
     plan_hold,
@@ -37,7 +37,7 @@ from services.billing.pricing import (
 )
 from services.billing.pricing import input_only as pricing_input_only
 from services.billing.store import RequestRow, UserRow
-from services.common import metrics, peers
+from services.common import peers
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,6 @@ class Hold:
     unit: str = ""  # the price row's unit the call is counted in; "" = tokens
 
 
-@dataclass(frozen=True)
-class Settlement:
-    request_id: str
-    charged: int
-    released: int
-    state: str
-    unpaid: int = 0
-
-
 def code_hash(code: str) -> bytes:
     return hashlib.sha256(code.strip().encode()).digest()
 
@@ -74,12 +65,22 @@ def _check_credits(credits: int, param: str = "credits") -> None:
 
 
 class Books:
+    """Holds, settlements and heartbeats go through the batcher (one writer on its own
+    connection); everything else uses the pool."""
+
     def __init__(self, pool: AsyncConnectionPool, prices: PriceBook, *, hold_ttl_s: int,
-                 signup_credits: int) -> None:
+                 signup_credits: int, writer_url: str) -> None:
         self._pool = pool
         self.prices = prices
         self._hold_ttl_s = hold_ttl_s
         self._signup_credits = signup_credits
+        self._batcher = Batcher(writer_url, hold_ttl_s=hold_ttl_s, retried=self._reserve_again)
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def stop(self) -> None:
+        await self._batcher.stop()
 
     # --- accounts ---------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class Books:
         return user
 
     async def get_user(self, user_id: int) -> UserRow:
+        await self._batcher.flushed()  # a settlement that reached this process shows in the balance
         async with self._pool.connection() as conn:
             user = await store.get_user(conn, user_id)
         if user is None:
@@ -215,22 +217,23 @@ class Books:
                                  param=refused, code="unsupported_parameter")
         rates = rates_of(price, factor)
         plan = plan_hold(price, prompt_tokens, max_tokens, choices, rates)
-        async with self._pool.connection() as conn:
-            try:
-                amount = await store.reserve(
-                    conn, request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit,
-                    model=price.model, rates=rates, prompt_tokens=prompt_tokens, desired=plan.desired,
-                    minimum=plan.minimum,
-                    channel_id=channel_id, ttl_s=self._hold_ttl_s, try_number=try_number,
-                )
-            except psycopg.errors.UniqueViolation:
-                amount = await self._retried(conn, request_id, user_id, key_id, credit_limit, prompt_tokens, plan,
-                                             try_number)
-            if amount is None:
+        if "\x00" in request_id:
+            raise InvalidRequest("request_id cannot hold a NUL character")
+        amount = await self._batcher.reserve(HoldAsk(
+            request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=price.model,
+            rates=rates, prompt_tokens=prompt_tokens, desired=plan.desired, minimum=plan.minimum,
+            channel_id=channel_id, try_number=try_number))
+        if amount is None:
+            async with self._pool.connection() as conn:
                 await self._explain_refusal(conn, user_id, key_id, credit_limit)
         budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit, rates)
         return Hold(request_id, amount, budget, budget < plan.per_choice_limit, plan.per_choice_limit,
                     self._hold_ttl_s, priced_unit)
+
+    async def _reserve_again(self, conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
+        """The batcher's way for a Reserve whose request row exists (inside its transaction)."""
+        return await self._retried(conn, ask.request_id, ask.user_id, ask.key_id, ask.credit_limit,
+                                   ask.prompt_tokens, HoldPlan(ask.desired, ask.minimum, 0), ask.try_number)
 
     async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
                        credit_limit: int, prompt_tokens: int, plan: HoldPlan, try_number: int) -> int | None:
@@ -283,43 +286,15 @@ class Books:
         one could pay is recorded on the usage row as unpaid, never lost silently."""
         if min(usage.prompt, usage.completion, usage.cached_prompt, usage.cache_write, usage.reasoning) < 0:
             raise InvalidRequest("token counts cannot be negative")
-        usage = usage.normalised()
-        status = status or "complete"
-        async with self._pool.connection() as conn, conn.transaction():
-            call = await store.lock_request(conn, request_id)
-            if call is None:
-                raise NotFound(f"No hold for request {request_id}")
-            due = cost(call.rates, usage)
-            if status == "expired" and not call.overdue:  # a heartbeat moved its deadline since the sweep looked
-                return Settlement(request_id, 0, 0, call.state)
-            if call.state == "held":
-                if try_number and call.try_number != try_number:  # held, but by a later try at the same call
-                    return Settlement(request_id, 0, 0, "superseded")
-                late, from_held = False, min(due, call.hold)
-                released = call.hold - from_held
-            elif call.status == "expired" and status != "expired" and due > 0:
-                late, from_held, released = True, 0, 0
-            else:  # settled already (or released with nothing to charge): idempotent
-                return Settlement(request_id, call.credits, 0, call.state, call.unpaid)
-            wanted = due - from_held
-            from_balance = min(wanted, await store.lock_balance(conn, call.user_id)) if wanted else 0
-            unpaid = wanted - from_balance
-            await store.close_request(conn, request_id=request_id, usage=usage, status=status,
-                                      usage_source=usage_source, channel_id=channel_id, from_held=from_held,
-                                      from_balance=from_balance, released=released, unpaid=unpaid, late=late,
-                                      unbilled=max(0, unbilled))
-        charged = from_held + from_balance
-        metrics.CREDITS.labels(status).inc(charged / 1_000_000)
-        if unpaid:
-            metrics.UNPAID.labels("late" if late else "over_hold").inc(unpaid / 1_000_000)
-            log.warning("usage past what hold and balance could pay",
-                        extra={"hold": request_id, "unpaid": unpaid, "late": late})
-        return Settlement(request_id, charged, released, "settled" if charged else "released", unpaid)
+        if "\x00" in request_id + status + usage_source:
+            raise InvalidRequest("request_id, status and usage_source cannot hold a NUL character")
+        return await self._batcher.settle(SettleAsk(
+            request_id=request_id, usage=usage.normalised(), status=status or "complete", usage_source=usage_source,
+            channel_id=channel_id, try_number=try_number, unbilled=max(0, unbilled)))
 
     async def keep_alive(self, request_id: str, try_number: int) -> bool:
         """A live call's heartbeat: its hold's deadline moves a full TTL from now."""
-        async with self._pool.connection() as conn:
-            return await store.keep_alive(conn, request_id, try_number, self._hold_ttl_s)
+        return await self._batcher.keep_alive(BeatAsk(request_id, try_number))
 
     async def sweep(self) -> int:
         """Release every hold past its deadline (its request died); returns how many."""
@@ -422,6 +397,7 @@ class Books:
             after = (int(micros), request_id)
         if where.since < 0 or where.until < 0 or (where.until and where.since >= where.until):
             raise InvalidRequest("'since' must be before 'until'", param="since")
+        await self._batcher.flushed()
         async with self._pool.connection() as conn:
             rows = await store.list_usage(conn, where, limit + 1, after)
         more = len(rows) > limit
@@ -431,6 +407,7 @@ class Books:
 
     async def daily_spend(self, user_id: int, days: int) -> list[tuple[str, int, int, int]]:
         days = 30 if days <= 0 else min(days, 366)
+        await self._batcher.flushed()
         async with self._pool.connection() as conn:
             return await store.daily_spend(conn, user_id, days)
 
@@ -444,6 +421,7 @@ class Books:
 
     async def spend(self, user_id: int, since: int, until: int) -> tuple[UserRow, int, int]:
         until = until or int(time.time()) + 1
+        await self._batcher.flushed()
         async with self._pool.connection() as conn:
             user = await store.get_user(conn, user_id)
             if user is None:
@@ -452,6 +430,7 @@ class Books:
         return user, spent, granted
 
     async def verify(self) -> dict[str, object]:
+        await self._batcher.flushed()
         async with self._pool.connection() as conn:
             return await store.verify_ledger(conn)
 

@@ -30,7 +30,9 @@ async def serve(cfg: BillingConfig) -> None:
     pool = await db.open_pool(cfg.database_url.reveal(), name="billing", max_size=cfg.pool_size)
     prices = PriceBook(pool)
     await prices.start()
-    books = Books(pool, prices, hold_ttl_s=cfg.hold_ttl_s, signup_credits=cfg.signup_credits)
+    books = Books(pool, prices, hold_ttl_s=cfg.hold_ttl_s, signup_credits=cfg.signup_credits,
+                  writer_url=cfg.database_url.reveal())
+    books.start()
     rates = Rates(cny=cfg.credits_per_cny, usd=cfg.credits_per_usd)
     till = Till(pool, rates, cfg.payments)
     sweeper = asyncio.create_task(books.sweep_forever(cfg.sweep_interval_s))
@@ -51,5 +53,6 @@ async def serve(cfg: BillingConfig) -> None:
     finally:
         sweeper.cancel()
         counter.cancel()
+        await books.stop()  # after the server: the calls it drained needed the writer
         await prices.stop()
         await pool.close()

@@ -463,6 +463,219 @@ async def keep_alive(conn: AsyncConnection, request_id: str, try_number: int, tt
     return await cur.fetchone() is not None
 
 
+# --- holds, settlements and heartbeats in batches (billing's one writer) ------------------
+# The writer locks a batch's accounts first (in id order), then its request rows (in id
+# order): every writer takes locks in that order, so two billing processes never wait on
+# each other in a circle. Decisions are made in Python on the locked rows; each kind of
+# change is then one statement over arrays (unnest), whatever the batch's size.
+
+
+@dataclass(frozen=True)
+class Account:
+    balance: int
+    disabled: bool
+
+
+async def lock_accounts(conn: AsyncConnection, user_ids: list[int], request_ids: list[str]) -> dict[int, Account]:
+    """Inside the batch's transaction: the users named and the owners of the requests named,
+    locked in id order."""
+    cur = await conn.execute(
+        "SELECT id, balance, disabled FROM users"
+        " WHERE id = ANY(%(uids)s::bigint[])"
+        "    OR id IN (SELECT user_id FROM requests WHERE request_id = ANY(%(rids)s::text[]))"
+        " ORDER BY id FOR UPDATE",
+        {"uids": user_ids, "rids": request_ids})
+    return {row[0]: Account(row[1], row[2]) for row in await cur.fetchall()}
+
+
+@dataclass(frozen=True)
+class LockedCall(OpenCall):
+    request_id: str = ""
+
+
+async def lock_calls(conn: AsyncConnection, request_ids: list[str]) -> dict[str, LockedCall]:
+    """Inside the batch's transaction, after lock_accounts: the request rows that exist, locked."""
+    cur = await conn.execute(
+        "SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,"
+        " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge,"
+        " request_id"
+        " FROM requests WHERE request_id = ANY(%s::text[]) ORDER BY request_id FOR UPDATE",
+        (request_ids,))
+    return {row[14]: LockedCall(*row[:9], rates=TokenRates(*row[9:14]), request_id=row[14])  # type: ignore[arg-type]
+            for row in await cur.fetchall()}
+
+
+async def lock_key_spend(conn: AsyncConnection, key_ids: list[int]) -> dict[int, int]:
+    """Inside the batch's transaction, after lock_accounts: what each key has spent and holds."""
+    await conn.execute("INSERT INTO key_spend (key_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
+                       (key_ids,))
+    cur = await conn.execute(
+        "SELECT key_id, spent + held FROM key_spend WHERE key_id = ANY(%s::bigint[]) ORDER BY key_id FOR UPDATE",
+        (key_ids,))
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def extend_holds(conn: AsyncConnection, request_ids: list[str], ttl_s: int) -> None:
+    """Heartbeats: each open hold named gets its deadline `ttl_s` from now (never earlier)."""
+    await conn.execute(
+        "UPDATE requests SET deadline = greatest(deadline, now() + make_interval(secs => %s))"
+        " WHERE request_id = ANY(%s::text[]) AND state = 'held'",
+        (ttl_s, request_ids))
+
+
+@dataclass(frozen=True)
+class NewHold:
+    """A hold whose amount the writer decided under the account's (and the key's) lock."""
+
+    request_id: str
+    user_id: int
+    key_id: int
+    limited: bool  # the key has a credit limit: its held sum grows too
+    model: str
+    channel_id: int
+    rates: TokenRates
+    prompt_tokens: int
+    amount: int
+    try_number: int
+
+
+_PLACE_HOLDS = """
+    WITH items AS (
+        SELECT * FROM unnest(%(rid)s::text[], %(uid)s::bigint[], %(kid)s::bigint[], %(limited)s::boolean[],
+                             %(model)s::text[], %(channel)s::bigint[], %(pp)s::bigint[], %(cp)s::bigint[],
+                             %(mc)s::bigint[], %(cpp)s::bigint[], %(cwp)s::bigint[], %(pt)s::integer[],
+                             %(amount)s::bigint[], %(try)s::integer[])
+            AS i(rid, uid, kid, limited, model, channel, pp, cp, mc, cpp, cwp, pt, amount, try_number)
+    ), req AS (
+        INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
+                              prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
+                              prompt_tokens, deadline, try_number)
+        SELECT rid, uid, kid, model, NULLIF(channel, 0), amount, pp, cp, mc, cpp, cwp, pt,
+               now() + make_interval(secs => %(ttl)s), try_number
+        FROM items
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING request_id, user_id, key_id, hold
+    ), per_user AS (
+        SELECT user_id, sum(hold)::bigint AS total FROM req GROUP BY user_id
+    ), debit AS (
+        UPDATE users u SET balance = u.balance - p.total, held = u.held + p.total
+        FROM per_user p WHERE u.id = p.user_id
+    ), per_key AS (
+        SELECT req.key_id, sum(req.hold)::bigint AS total
+        FROM req JOIN items i ON i.rid = req.request_id WHERE i.limited GROUP BY req.key_id
+    ), kdebit AS (
+        UPDATE key_spend k SET held = k.held + p.total FROM per_key p WHERE k.key_id = p.key_id
+    ), mv AS (
+        SELECT req.*, nextval('ledger_movement_seq') AS id FROM req
+    ), led AS (
+        INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+        SELECT mv.id, 'hold', mv.request_id, mv.user_id, e.account, e.sign * mv.hold
+        FROM mv, (VALUES ('available', -1), ('held', 1)) AS e(account, sign)
+    )
+    SELECT request_id FROM req
+"""
+
+
+async def place_holds(conn: AsyncConnection, holds: list[NewHold], ttl_s: int) -> set[str]:
+    """Place decided holds: request rows, each account's balance and held sum moved once by
+    the total of its holds, each limited key's held sum likewise, two ledger entries a hold.
+    Returns the request ids placed; one whose row appeared meanwhile (a retry on another
+    billing process) is not placed, and nothing moves for it."""
+    cur = await conn.execute(_PLACE_HOLDS, {
+        "rid": [h.request_id for h in holds], "uid": [h.user_id for h in holds],
+        "kid": [h.key_id for h in holds], "limited": [h.limited for h in holds],
+        "model": [h.model for h in holds], "channel": [h.channel_id for h in holds],
+        "pp": [h.rates.prompt for h in holds], "cp": [h.rates.completion for h in holds],
+        "mc": [h.rates.min_charge for h in holds], "cpp": [h.rates.cached_prompt for h in holds],
+        "cwp": [h.rates.cache_write for h in holds], "pt": [h.prompt_tokens for h in holds],
+        "amount": [h.amount for h in holds], "try": [h.try_number for h in holds], "ttl": ttl_s,
+    })
+    return {row[0] for row in await cur.fetchall()}
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A settlement the writer decided on its locked request and account rows (see close_request)."""
+
+    request_id: str
+    usage: Usage
+    status: str
+    usage_source: str
+    channel_id: int
+    from_held: int
+    from_balance: int
+    released: int
+    unpaid: int
+    late: bool
+    unbilled: int
+
+
+_CLOSE_REQUESTS = """
+    WITH items AS (
+        SELECT * FROM unnest(%(rid)s::text[], %(status)s::text[], %(source)s::text[], %(pt)s::integer[],
+                             %(ct)s::integer[], %(cached)s::integer[], %(written)s::integer[],
+                             %(reasoning)s::integer[], %(channel)s::bigint[], %(from_held)s::bigint[],
+                             %(from_balance)s::bigint[], %(released)s::bigint[], %(unpaid)s::bigint[],
+                             %(late)s::boolean[], %(unbilled)s::bigint[])
+            AS i(rid, status, source, pt, ct, cached, written, reasoning, channel, from_held, from_balance,
+                 released, unpaid, late, unbilled)
+    ), done AS (
+        UPDATE requests q SET
+            state = CASE WHEN i.from_held + i.from_balance > 0 THEN 'settled' ELSE 'released' END,
+            status = i.status, usage_source = i.source,
+            prompt_tokens = i.pt, completion_tokens = i.ct, cached_prompt_tokens = i.cached,
+            cache_write_tokens = i.written, reasoning_tokens = i.reasoning,
+            credits = i.from_held + i.from_balance, unpaid_credits = i.unpaid, late = i.late,
+            unbilled_tokens = q.unbilled_tokens + i.unbilled,
+            channel_id = COALESCE(NULLIF(i.channel, 0), q.channel_id), settled_at = now()
+        FROM items i WHERE q.request_id = i.rid
+        RETURNING q.request_id, q.user_id, q.key_id, i.from_held, i.from_balance, i.released, i.late
+    ), per_user AS (
+        SELECT user_id, sum(released - from_balance)::bigint AS back, sum(from_held + released)::bigint AS unheld
+        FROM done GROUP BY user_id
+    ), acct AS (
+        UPDATE users u SET balance = u.balance + p.back, held = u.held - p.unheld
+        FROM per_user p WHERE u.id = p.user_id
+    ), per_key AS (
+        -- A late call (its hold already released) has nothing held: its key's held sum is not touched.
+        SELECT key_id, sum(CASE WHEN late THEN 0 ELSE from_held + released END)::bigint AS unheld,
+               sum(from_held + from_balance)::bigint AS charged
+        FROM done GROUP BY key_id
+    ), ks AS (
+        UPDATE key_spend k SET held = k.held - p.unheld, spent = k.spent + p.charged
+        FROM per_key p WHERE k.key_id = p.key_id
+    ), mv AS (
+        SELECT done.*, nextval('ledger_movement_seq') AS charge_mv, nextval('ledger_movement_seq') AS release_mv
+        FROM done
+    )
+    INSERT INTO ledger (movement, kind, ref, user_id, account, amount)
+    SELECT e.movement, e.kind, mv.request_id, e.user_id, e.account, e.amount
+    FROM mv, LATERAL (VALUES
+        (mv.charge_mv, 'charge', mv.user_id, 'held', -mv.from_held),
+        (mv.charge_mv, 'charge', mv.user_id, 'available', -mv.from_balance),
+        (mv.charge_mv, 'charge', NULL::bigint, 'revenue', mv.from_held + mv.from_balance),
+        (mv.release_mv, 'release', mv.user_id, 'held', -mv.released),
+        (mv.release_mv, 'release', mv.user_id, 'available', mv.released)
+    ) AS e(movement, kind, user_id, account, amount)
+    WHERE e.amount <> 0
+"""
+
+
+async def close_requests(conn: AsyncConnection, closings: list[Closing]) -> None:
+    """Record decided settlements and move their money: the same rows and ledger entries as
+    close_request for each, each account and key moved once by its totals."""
+    await conn.execute(_CLOSE_REQUESTS, {
+        "rid": [c.request_id for c in closings], "status": [c.status for c in closings],
+        "source": [c.usage_source for c in closings], "pt": [c.usage.prompt for c in closings],
+        "ct": [c.usage.completion for c in closings], "cached": [c.usage.cached_prompt for c in closings],
+        "written": [c.usage.cache_write for c in closings], "reasoning": [c.usage.reasoning for c in closings],
+        "channel": [c.channel_id for c in closings], "from_held": [c.from_held for c in closings],
+        "from_balance": [c.from_balance for c in closings], "released": [c.released for c in closings],
+        "unpaid": [c.unpaid for c in closings], "late": [c.late for c in closings],
+        "unbilled": [c.unbilled for c in closings],
+    })
+
+
 async def overdue_holds(conn: AsyncConnection, limit: int = 200) -> list[str]:
     cur = await conn.execute(
         "SELECT request_id FROM requests WHERE state = 'held' AND deadline < now() ORDER BY deadline LIMIT %s",

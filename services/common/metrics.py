@@ -51,6 +51,9 @@ CREDITS = Counter("chatkore_credits_charged_total", "Credits charged at settleme
 UNPAID = Counter("chatkore_unpaid_credits_total",
                  "Credits of usage that neither hold nor balance could pay (over_hold: usage past the hold;"
                  " late: settled after its hold was swept)", ["reason"])
+BATCH_SIZE = Histogram("chatkore_billing_batch_size",
+                       "Holds, settlements and heartbeats committed together by billing's writer",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 HOLDS_OPEN = Gauge("chatkore_holds_open", "Holds not yet settled (all replicas: the database's count)")
 NOTIFICATIONS_DROPPED = Counter(
     "chatkore_payment_notifications_dropped_total",

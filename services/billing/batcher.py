@@ -1,0 +1,332 @@
+"""Billing's one writer (group commit, issue 16): holds, settlements and heartbeats queue up
+while the writer commits, and the writer then takes everything queued and commits it on its
+own connection, one statement per kind of change.
+
+Nothing waits for a batch to fill: a request that finds the writer idle is committed alone
+at once; under load the queue grows while a commit runs, and the next commit takes it all.
+Every decision one request at a time would make (how much to hold, what to charge, a late
+or superseded settlement) is made here the same way, in the order the requests came, on the
+batch's locked rows. A retried try at a call goes the one-by-one way inside the batch,
+in a savepoint. One item's refusal never fails the others; a database error fails the
+batch's items with UNAVAILABLE, which their callers retry (a statement error is isolated by
+committing each item alone).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from services.billing import store
+from services.billing.errors import NotFound, Unavailable
+from services.billing.pricing import TokenRates, Usage, cost
+from services.common import metrics
+from services.common.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HoldAsk:
+    """A Reserve, its size planned: hold up to `desired`, at least `minimum`."""
+
+    request_id: str
+    user_id: int
+    key_id: int
+    credit_limit: int
+    model: str
+    rates: TokenRates
+    prompt_tokens: int
+    desired: int
+    minimum: int
+    channel_id: int
+    try_number: int
+
+
+@dataclass(frozen=True)
+class SettleAsk:
+    request_id: str
+    usage: Usage  # normalised
+    status: str
+    usage_source: str
+    channel_id: int
+    try_number: int
+    unbilled: int
+
+
+@dataclass(frozen=True)
+class BeatAsk:
+    request_id: str
+    try_number: int
+
+
+Ask = HoldAsk | SettleAsk | BeatAsk
+
+
+@dataclass(frozen=True)
+class Settlement:
+    request_id: str
+    charged: int
+    released: int
+    state: str
+    unpaid: int = 0
+
+
+# A Reserve for a call that has a request row already, the one-by-one way (Books._retried):
+# the amount held, or None when it cannot be paid for.
+Retried = Callable[[psycopg.AsyncConnection, HoldAsk], Awaitable[int | None]]
+
+_UNAVAILABLE = "Billing's database is unavailable; try again shortly."
+
+
+@dataclass
+class _Item:
+    ask: Ask | None  # None: a barrier, answered once everything queued before it is committed
+    future: asyncio.Future[object]
+
+
+class Batcher:
+    def __init__(self, conninfo: str, *, hold_ttl_s: int, retried: Retried) -> None:
+        self._conninfo = conninfo
+        self._ttl_s = hold_ttl_s
+        self._retried = retried
+        self._queue: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._conn: psycopg.AsyncConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running = False  # a batch is being committed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Unavailable("Billing is shutting down; try again."))
+        self._queue = []
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def reserve(self, ask: HoldAsk) -> int | None:
+        """The amount held, or None when the account (or the key's limit) cannot cover `minimum`."""
+        return await self._submit(ask)  # type: ignore[return-value]
+
+    async def settle(self, ask: SettleAsk) -> Settlement:
+        return await self._submit(ask)  # type: ignore[return-value]
+
+    async def keep_alive(self, ask: BeatAsk) -> bool:
+        return await self._submit(ask)  # type: ignore[return-value]
+
+    async def flushed(self) -> None:
+        """Return once everything queued before this call is committed (reads after a settlement
+        that reached this process see it)."""
+        if self._queue or self._running:
+            await self._submit(None)
+
+    async def _submit(self, ask: Ask | None) -> object:
+        # A caller cancelled while its item waits here is dropped from the queue (its future is
+        # cancelled with it); once taken, its change commits and the caller's own cleanup undoes it.
+        item = _Item(ask, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._wake.set()
+        return await item.future
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._running = True
+            try:
+                while self._queue:
+                    batch, later = _one_per_call(self._queue)
+                    self._queue = later
+                    await self._commit(batch)
+            finally:
+                self._running = False
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        items = [i for i in batch if i.ask is not None]
+        outcomes: list[object] = []
+        if items:
+            try:
+                outcomes = await self._write([i.ask for i in items])  # type: ignore[misc]
+            except psycopg.OperationalError as exc:  # the connection, a deadlock, a restart
+                log.warning("billing batch of %d failed: %s", len(items), exc)
+                await self._drop_broken()
+                outcomes = [Unavailable(_UNAVAILABLE)] * len(items)
+            except psycopg.Error as exc:
+                await self._drop_broken()
+                if len(items) > 1:  # one item's bad value: commit each alone, so only it fails
+                    for item in items:
+                        await self._commit([item])
+                    items = []
+                else:
+                    outcomes = [exc]
+            except Exception as exc:  # a bug: each caller gets it (logged, INTERNAL); the writer goes on
+                log.exception("billing batch failed")
+                outcomes = [exc] * len(items)
+            else:
+                metrics.BATCH_SIZE.observe(len(items))
+        for item, outcome in zip(items, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        for item in batch:
+            if item.ask is None and not item.future.done():
+                item.future.set_result(None)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=5, application_name="chatkore-billing-writer")
+        return self._conn
+
+    async def _drop_broken(self) -> None:
+        if self._conn is not None and (self._conn.broken or self._conn.closed):
+            await self._conn.close()
+            self._conn = None
+
+    async def _write(self, asks: list[Ask]) -> list[object]:
+        """One transaction for the batch; each ask's outcome (a value or an exception), in order."""
+        conn = await self._connection()
+        out: list[object] = [None] * len(asks)
+        holds = [(n, a) for n, a in enumerate(asks) if isinstance(a, HoldAsk)]
+        settles = [(n, a) for n, a in enumerate(asks) if isinstance(a, SettleAsk)]
+        beats = [(n, a) for n, a in enumerate(asks) if isinstance(a, BeatAsk)]
+        closed: list[store.Closing] = []
+        async with conn.transaction():
+            accounts = await store.lock_accounts(
+                conn, sorted({a.user_id for _, a in holds}),
+                [a.request_id for _, a in settles] + [a.request_id for _, a in beats])
+            calls = await store.lock_calls(conn, sorted(a.request_id for a in asks))
+            balances = {uid: account.balance for uid, account in accounts.items()}
+
+            alive = []
+            for n, beat in beats:
+                call = calls.get(beat.request_id)
+                out[n] = call is not None and call.state == "held" and (not beat.try_number
+                                                                        or call.try_number == beat.try_number)
+                if out[n]:
+                    alive.append(beat.request_id)
+            if alive:
+                await store.extend_holds(conn, alive, self._ttl_s)
+
+            # Settlements before new holds: what they release may pay for a hold in the same batch.
+            for n, ask in settles:
+                call = calls.get(ask.request_id)
+                if call is None:
+                    out[n] = NotFound(f"No hold for request {ask.request_id}")
+                    continue
+                out[n], closing = _settlement(call, ask, balances)
+                if closing is not None:
+                    closed.append(closing)
+            if closed:
+                await store.close_requests(conn, closed)
+
+            again = [(n, a) for n, a in holds if a.request_id in calls]
+            fresh = [(n, a) for n, a in holds if a.request_id not in calls]
+            limited = sorted({a.key_id for _, a in fresh if a.credit_limit > 0})
+            spent = await store.lock_key_spend(conn, limited) if limited else {}
+            placed: list[tuple[int, store.NewHold]] = []
+            for n, ask in fresh:
+                amount = _hold_amount(ask, accounts.get(ask.user_id), balances, spent)
+                out[n] = amount
+                if amount is not None:
+                    placed.append((n, store.NewHold(
+                        ask.request_id, ask.user_id, ask.key_id, ask.credit_limit > 0, ask.model, ask.channel_id,
+                        ask.rates, ask.prompt_tokens, amount, ask.try_number)))
+            if placed:
+                done = await store.place_holds(conn, [h for _, h in placed], self._ttl_s)
+                again += [(n, asks[n]) for n, h in placed if h.request_id not in done]  # type: ignore[misc]
+
+            for n, ask in again:  # retried attempts, one by one, each in a savepoint
+                try:
+                    async with conn.transaction():
+                        out[n] = await self._retried(conn, ask)
+                except ServiceError as exc:
+                    out[n] = exc
+        _count(closed)
+        return out
+
+
+def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:
+    """The next batch (at most one item per request id, callers that left dropped) and what waits
+    for the batch after it: a request's second item sees the first's outcome committed."""
+    batch: list[_Item] = []
+    later: list[_Item] = []
+    seen: set[str] = set()
+    for item in queue:
+        if item.future.done():
+            continue
+        if item.ask is not None:
+            if item.ask.request_id in seen:
+                later.append(item)
+                continue
+            seen.add(item.ask.request_id)
+        batch.append(item)
+    return batch, later
+
+
+def _hold_amount(ask: HoldAsk, account: store.Account | None, balances: dict[int, int],
+                 spent: dict[int, int]) -> int | None:
+    """What store.reserve would hold for this ask after the batch's earlier holds: up to
+    `desired`, what the balance (and the key's limit) can spare, at least `minimum`."""
+    if account is None or account.disabled:
+        return None
+    amount = min(ask.desired, balances[ask.user_id])
+    if ask.credit_limit > 0:
+        amount = min(amount, ask.credit_limit - spent[ask.key_id])
+    if amount < ask.minimum:
+        return None
+    balances[ask.user_id] -= amount
+    if ask.credit_limit > 0:
+        spent[ask.key_id] += amount
+    return amount
+
+
+def _settlement(call: store.LockedCall, ask: SettleAsk,
+                balances: dict[int, int]) -> tuple[Settlement, store.Closing | None]:
+    """Charge a call's usage (cost() at the rates it was held at) and release the rest of its
+    hold. Usage past the hold is charged from the balance as far as it reaches; a call whose
+    hold the sweeper released is charged what the balance can pay (`late`). What no one could
+    pay is recorded as unpaid, never lost silently. Settling is idempotent by request id."""
+    rid = ask.request_id
+    due = cost(call.rates, ask.usage)
+    if ask.status == "expired" and not call.overdue:  # a heartbeat moved its deadline since the sweep looked
+        return Settlement(rid, 0, 0, call.state), None
+    if call.state == "held":
+        if ask.try_number and call.try_number != ask.try_number:  # held, but by a later try at the same call
+            return Settlement(rid, 0, 0, "superseded"), None
+        late, from_held = False, min(due, call.hold)
+        released = call.hold - from_held
+    elif call.status == "expired" and ask.status != "expired" and due > 0:
+        late, from_held, released = True, 0, 0
+    else:  # settled already (or released with nothing to charge): idempotent
+        return Settlement(rid, call.credits, 0, call.state, call.unpaid), None
+    wanted = due - from_held
+    from_balance = min(wanted, balances[call.user_id]) if wanted else 0
+    balances[call.user_id] += released - from_balance
+    unpaid = wanted - from_balance
+    charged = from_held + from_balance
+    closing = store.Closing(rid, ask.usage, ask.status, ask.usage_source, ask.channel_id, from_held, from_balance,
+                            released, unpaid, late, ask.unbilled)
+    return Settlement(rid, charged, released, "settled" if charged else "released", unpaid), closing
+
+
+def _count(closed: list[store.Closing]) -> None:
+    """Metrics and warnings of committed settlements."""
+    for c in closed:
+        metrics.CREDITS.labels(c.status).inc((c.from_held + c.from_balance) / 1_000_000)
+        if c.unpaid:
+            metrics.UNPAID.labels("late" if c.late else "over_hold").inc(c.unpaid / 1_000_000)
+            log.warning("usage past what hold and balance could pay",
+                        extra={"hold": c.request_id, "unpaid": c.unpaid, "late": c.late})
