@@ -134,6 +134,7 @@ class Batcher:
         # cancelled with it); once taken, its change commits and the caller's own cleanup undoes it.
         item = _Item(ask, asyncio.get_running_loop().create_future())
         self._queue.append(item)
+        metrics.BATCH_QUEUE.set(len(self._queue))
         self._wake.set()
         return await item.future
 
@@ -146,6 +147,7 @@ class Batcher:
                 while self._queue:
                     batch, later = _one_per_call(self._queue)
                     self._queue = later
+                    metrics.BATCH_QUEUE.set(len(later))
                     await self._commit(batch)
             finally:
                 self._running = False

@@ -54,6 +54,7 @@ UNPAID = Counter("chatkore_unpaid_credits_total",
 BATCH_SIZE = Histogram("chatkore_billing_batch_size",
                        "Holds, settlements and heartbeats committed together by billing's writer",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_QUEUE = Gauge("chatkore_billing_queued", "Holds, settlements and heartbeats waiting for billing's writer")
 HOLDS_OPEN = Gauge("chatkore_holds_open", "Holds not yet settled (all replicas: the database's count)")
 NOTIFICATIONS_DROPPED = Counter(
     "chatkore_payment_notifications_dropped_total",

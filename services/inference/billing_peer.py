@@ -64,7 +64,7 @@ class BillingPeer:
         self._channel = peers.channel(target, "billing", tls)
         self._stub = billing_pb2_grpc.BillingStub(self._channel)
         self._retry_for_s = retry_for_s
-        self._later: set[asyncio.Task[None]] = set()
+        self._later: set[asyncio.Future[object]] = set()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -118,6 +118,16 @@ class BillingPeer:
             else:
                 log.error("settle of %s refused: %s (%s)", s.request_id, exc.details(), reason_of(exc))
             return None
+
+    def settle_soon(self, s: Settle) -> None:
+        """Settle in the background, now: the reply goes to the client without waiting for it
+        (issue 16). Tracked until it lands (drained at shutdown); billing away means retries,
+        and the sweeper is the backstop."""
+        self._track(asyncio.create_task(self._settle_once(s)))
+
+    def _track(self, task: asyncio.Task[None] | asyncio.Task[int | None]) -> None:
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def settle_later(self, s: Settle) -> None:
         """Settle in the background (the caller may be cancelled), retrying until it lands."""

@@ -73,10 +73,11 @@ class Call:
 
 @dataclass(frozen=True)
 class Reply:
+    """A call's answer; its settlement follows it (BillingPeer.settle_soon), so no charge here."""
+
     body: bytes
     prompt_tokens: int
     completion_tokens: int
-    credits: int
     capped_max_tokens: int = 0  # the budget the balance cut the call to (0: not cut)
 
 
@@ -91,7 +92,6 @@ class Capped:
 class Outcome:
     prompt_tokens: int
     completion_tokens: int
-    credits: int
     status: str
 
 
@@ -260,15 +260,16 @@ class Relay:
             texts = output_texts(obj) if prepared.responses else completion_texts(call.endpoint, obj)
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
             usage, source = Usage(prompt_tokens, completion), "counted"
-        credits = await self.billing.settle(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
+        # The answer goes out first; its settlement follows on its own (drained at shutdown).
+        self.billing.settle_soon(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
             response["usage"] = usage_object(usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
             await self._keep(prepared.responses, response)
-            return Reply(dumps(response), usage[0], usage[1], credits or 0, _capped(hold))
+            return Reply(dumps(response), usage[0], usage[1], _capped(hold))
         reply = rewrite_reply(call.endpoint, obj, model=call.model, request_id=call.request_id, usage=usage,
                               counted=source == "counted")
-        return Reply(reply, usage[0], usage[1], credits or 0, _capped(hold))
+        return Reply(reply, usage[0], usage[1], _capped(hold))
 
     # --- Responses in the background ------------------------------------------------------
 
@@ -425,14 +426,15 @@ class Relay:
             closing = tally.closing(usage.prompt, usage.completion)
             if isinstance(tally, ResponsesTally) and prepared.responses is not None and tally.final is not None:
                 await self._keep(prepared.responses, tally.final)
-            # Settled before the closing event goes out: clients (Codex, Claude Code, the SDKs'
-            # stream helpers) hang up as soon as they have it, and the call was complete.
+            # The settlement starts before the closing event goes out, and follows it on its own:
+            # clients (Codex, Claude Code, the SDKs' stream helpers) hang up as soon as they have
+            # it, and the call was complete.
             status = "complete"
-            credits = await self.billing.settle(_settle(call, usage, status, source, channel_id, sent.unbilled))
+            self.billing.settle_soon(_settle(call, usage, status, source, channel_id, sent.unbilled))
             settled = True
             if closing is not None:
                 yield closing
-            yield Outcome(usage.prompt, usage.completion, credits or 0, status)
+            yield Outcome(usage.prompt, usage.completion, status)
         except BaseException as exc:
             status = _status_of(exc)
             raise

@@ -98,8 +98,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if reply.capped_max_tokens:
             await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
         _count(request.model, reply.prompt_tokens, reply.completion_tokens)
-        return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens),
-                                        credits=reply.credits)
+        return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens))
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
@@ -121,8 +120,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             elif isinstance(item, Outcome):
                 _count(request.model, item.prompt_tokens, item.completion_tokens)
                 yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                    usage=_usage(item.prompt_tokens, item.completion_tokens), credits=item.credits,
-                    status=item.status))
+                    usage=_usage(item.prompt_tokens, item.completion_tokens), status=item.status))
             else:
                 yield inference_pb2.RelayEvent(chunk=item)
 
