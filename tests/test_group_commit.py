@@ -208,7 +208,7 @@ def test_a_key_credit_limit_in_one_batch(gc_world: World) -> None:
 
 
 def test_a_retried_attempt_takes_its_hold_over_inside_a_batch(gc_world: World) -> None:
-    """A retry of a held call, in one batch with new holds of the same account and a
+    """A retry of a held call (its next try), in one batch with new holds of the same account and a
     settlement: it takes the hold over (held once), the earlier attempt's settlement then moves
     nothing, the retry's charges."""
     w = gc_world
@@ -218,14 +218,14 @@ def test_a_retried_attempt_takes_its_hold_over_inside_a_batch(gc_world: World) -
     rid, other = _rid(), _rid()
     first = billing.Reserve(billing_pb2.ReserveRequest(request_id=rid, user_id=uid, key_id=0, model=model,
                                                        prompt_tokens=100, max_completion_tokens=100, choices=1,
-                                                       attempt="00aaaa"))
+                                                       try_number=1))
     billing.Reserve(billing_pb2.ReserveRequest(request_id=other, user_id=uid, key_id=0, model=model,
                                                prompt_tokens=100, max_completion_tokens=100, choices=1))
 
     with writer_blocked(w, billing, model):
         retry = billing.Reserve.future(billing_pb2.ReserveRequest(
             request_id=rid, user_id=uid, key_id=0, model=model, prompt_tokens=100, max_completion_tokens=100,
-            choices=1, attempt="01bbbb"))
+            choices=1, try_number=2))
         fresh = _reserve_many(billing, uid, model, 5)
         done = billing.Settle.future(billing_pb2.SettleRequest(
             request_id=other, usage=billing_pb2.TokenUsage(prompt=100, completion=50), status="complete"))
@@ -237,13 +237,13 @@ def test_a_retried_attempt_takes_its_hold_over_inside_a_batch(gc_world: World) -
 
     assert w.held(uid) == Decimal("1.2")  # the retried hold once, the five new ones
     with psycopg.connect(w.stack.database_url) as conn:
-        assert conn.execute("SELECT state, attempt FROM requests WHERE request_id = %s",
-                            (rid,)).fetchone() == ("held", "01bbbb")
+        assert conn.execute("SELECT state, try_number FROM requests WHERE request_id = %s",
+                            (rid,)).fetchone() == ("held", 2)
     stale = billing.Settle(billing_pb2.SettleRequest(request_id=rid, usage=billing_pb2.TokenUsage(
-        prompt=100, completion=100), status="complete", attempt="00aaaa"))
+        prompt=100, completion=100), status="complete", try_number=1))
     assert (stale.charged, stale.state) == (0, "superseded")
     settled = billing.Settle(billing_pb2.SettleRequest(request_id=rid, usage=billing_pb2.TokenUsage(
-        prompt=100, completion=10), status="complete", attempt="01bbbb"))
+        prompt=100, completion=10), status="complete", try_number=2))
     assert settled.charged == 110_000
     for fresh_rid in holds:
         billing.Settle(billing_pb2.SettleRequest(request_id=fresh_rid, status="upstream_error"))
