@@ -240,12 +240,14 @@ class Media:
                     return
         return asyncio.create_task(beat())
 
-    async def _settle(self, call: Call, usage: Usage, status: str, source: str, channel_id: int) -> int:
+    async def _settle(self, call: Call, usage: Usage, status: str, source: str, channel_id: int) -> None:
         s = Settle(call.request_id, usage.prompt, 0, status, source, channel_id, call.try_number)
         if status == "client_gone":
             self.billing.settle_later(s)
-            return 0
-        return await self.billing.settle(s) or 0
+        elif status == "complete":
+            self.billing.settle_soon(s)  # the answer goes out first; its settlement follows (issue 16)
+        else:
+            await self.billing.settle(s)
 
     # --- the call --------------------------------------------------------------------------
 
@@ -301,14 +303,14 @@ class Media:
                 raise
             finally:
                 beat.cancel()
-            credits = await self._settle(call, usage, "complete", "counted", channel.id)
-            return MediaReply(reply, usage.prompt, 0, credits, content_type=content_type)
+            await self._settle(call, usage, "complete", "counted", channel.id)
+            return MediaReply(reply, usage.prompt, 0, content_type=content_type)
         finally:
             self.in_flight -= 1
 
-    async def stream(self, call: Call) -> AsyncIterator[bytes | ContentType | tuple[int, int]]:
-        """Speech: the audio's bytes as the upstream sends them, then (units or tokens, credits).
-        A client that leaves once the request is upstream pays for the whole input (the upstream
+    async def stream(self, call: Call) -> AsyncIterator[bytes | ContentType | tuple[int]]:
+        """Speech: the audio's bytes as the upstream sends them, then (units or tokens,), the
+        settlement following. A client that leaves once the request is upstream pays for the whole input (the upstream
         synthesises it all); an upstream that breaks off costs nothing."""
         self.in_flight += 1
         settled = False
@@ -324,9 +326,9 @@ class Media:
                 yield ContentType(answer.headers.get("Content-Type", "application/octet-stream"))
                 async for piece in self.upstream.pieces(answer):
                     yield piece
-                credits = await self._settle(call, usage, "complete", "counted", channel_id)
+                await self._settle(call, usage, "complete", "counted", channel_id)
                 settled = True
-                yield usage.prompt, credits
+                yield (usage.prompt,)
             except BaseException as exc:
                 if not settled:
                     status = _status_of(exc)

@@ -93,7 +93,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             media = await self.media.unary(call)
             _count(request.model, media.prompt_tokens, 0)
             return inference_pb2.RelayReply(body=media.body, usage=_usage(media.prompt_tokens, 0),
-                                            credits=media.credits, content_type=media.content_type)
+                                            content_type=media.content_type)
         reply = await self.relay.unary(call)
         if reply.capped_max_tokens:
             await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
@@ -110,7 +110,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 elif isinstance(piece, tuple):
                     _count(request.model, piece[0], 0)
                     yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                        usage=_usage(piece[0], 0), credits=piece[1], status="complete"))
+                        usage=_usage(piece[0], 0), status="complete"))
                 else:
                     yield inference_pb2.RelayEvent(chunk=piece)
             return
