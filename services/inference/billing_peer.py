@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -108,9 +109,9 @@ class BillingPeer:
         task.add_done_callback(self._later.discard)
         return await asyncio.shield(task)
 
-    async def _settle_once(self, s: Settle) -> int | None:
+    async def _settle_once(self, s: Settle, call: Awaitable[billing_pb2.Settlement] | None = None) -> int | None:
         try:
-            result = await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
+            result = await (call or self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S))
             return result.charged
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
@@ -122,8 +123,10 @@ class BillingPeer:
     def settle_soon(self, s: Settle) -> None:
         """Settle in the background, now: the reply goes to the client without waiting for it
         (issue 16). Tracked until it lands (drained at shutdown); billing away means retries,
-        and the sweeper is the backstop."""
-        self._track(asyncio.create_task(self._settle_once(s)))
+        and the sweeper is the backstop. The call starts here, before the reply is written:
+        billing has the Settle before the client can ask for its balance."""
+        call = self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
+        self._track(asyncio.ensure_future(self._settle_once(s, call)))
 
     def _track(self, task: asyncio.Task[None] | asyncio.Task[int | None]) -> None:
         self._later.add(task)
