@@ -211,6 +211,7 @@ class Batcher:
                 [a.request_id for _, a in settles] + [a.request_id for _, a in beats])
             calls = await store.lock_calls(conn, sorted(a.request_id for a in asks))
             balances = {uid: account.balance for uid, account in accounts.items()}
+            owed = {uid: account.owed for uid, account in accounts.items()}
 
             alive = []
             for n, beat in beats:
@@ -228,7 +229,7 @@ class Batcher:
                 if call is None:
                     out[n] = NotFound(f"No hold for request {ask.request_id}")
                     continue
-                out[n], closing = _settlement(call, ask, balances)
+                out[n], closing = _settlement(call, ask, balances, owed)
                 if closing is not None:
                     closed.append(closing)
             if closed:
@@ -295,12 +296,13 @@ def _hold_amount(ask: HoldAsk, account: store.Account | None, balances: dict[int
     return amount
 
 
-def _settlement(call: store.LockedCall, ask: SettleAsk,
-                balances: dict[int, int]) -> tuple[Settlement, store.Closing | None]:
+def _settlement(call: store.LockedCall, ask: SettleAsk, balances: dict[int, int],
+                owed: dict[int, int]) -> tuple[Settlement, store.Closing | None]:
     """Charge a call's usage (cost() at the rates it was held at) and release the rest of its
     hold. Usage past the hold is charged from the balance as far as it reaches; a call whose
     hold the sweeper released is charged what the balance can pay (`late`). What no one could
-    pay is recorded as unpaid, never lost silently. Settling is idempotent by request id."""
+    pay is recorded as unpaid, never lost silently. Settling is idempotent by request id.
+    `balances` and `owed` follow the batch's changes so far."""
     rid = ask.request_id
     due = cost(call.rates, ask.usage)
     if ask.status == "expired" and not call.overdue:  # a heartbeat moved its deadline since the sweep looked
@@ -317,6 +319,11 @@ def _settlement(call: store.LockedCall, ask: SettleAsk,
     wanted = due - from_held
     from_balance = min(wanted, balances[call.user_id]) if wanted else 0
     balances[call.user_id] += released - from_balance
+    if released > from_balance and owed[call.user_id] > 0:
+        # As the database's trigger does when a balance rises: a debt is collected first.
+        collected = min(owed[call.user_id], balances[call.user_id])
+        balances[call.user_id] -= collected
+        owed[call.user_id] -= collected
     unpaid = wanted - from_balance
     charged = from_held + from_balance
     closing = store.Closing(rid, ask.usage, ask.status, ask.usage_source, ask.channel_id, from_held, from_balance,

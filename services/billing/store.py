@@ -474,18 +474,19 @@ async def keep_alive(conn: AsyncConnection, request_id: str, try_number: int, tt
 class Account:
     balance: int
     disabled: bool
+    owed: int  # a debt, collected first whenever the balance rises (migration 0018's trigger)
 
 
 async def lock_accounts(conn: AsyncConnection, user_ids: list[int], request_ids: list[str]) -> dict[int, Account]:
     """Inside the batch's transaction: the users named and the owners of the requests named,
     locked in id order."""
     cur = await conn.execute(
-        "SELECT id, balance, disabled FROM users"
+        "SELECT id, balance, disabled, owed FROM users"
         " WHERE id = ANY(%(uids)s::bigint[])"
         "    OR id IN (SELECT user_id FROM requests WHERE request_id = ANY(%(rids)s::text[]))"
         " ORDER BY id FOR UPDATE",
         {"uids": user_ids, "rids": request_ids})
-    return {row[0]: Account(row[1], row[2]) for row in await cur.fetchall()}
+    return {row[0]: Account(*row[1:]) for row in await cur.fetchall()}
 
 
 @dataclass(frozen=True)
