@@ -120,13 +120,15 @@ class BillingPeer:
                 log.error("settle of %s refused: %s (%s)", s.request_id, exc.details(), reason_of(exc))
             return None
 
-    def settle_soon(self, s: Settle) -> None:
-        """Settle in the background, now: the reply goes to the client without waiting for it
+    async def settle_soon(self, s: Settle) -> None:
+        """Settle in the background: the reply goes to the client without waiting for it
         (issue 16). Tracked until it lands (drained at shutdown); billing away means retries,
-        and the sweeper is the backstop. The call starts here, before the reply is written:
-        billing has the Settle before the client can ask for its balance."""
+        and the sweeper is the backstop. Returns after one loop turn, in which the call has
+        gone out: billing has the Settle before the reply reaches the client, so a balance the
+        client asks for next shows the charge (billing's reads wait for what it has queued)."""
         call = self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
         self._track(asyncio.ensure_future(self._settle_once(s, call)))
+        await asyncio.sleep(0)  # the call's own task sends it now, before the caller's reply
 
     def _track(self, task: asyncio.Task[None] | asyncio.Task[int | None]) -> None:
         self._later.add(task)

@@ -245,7 +245,7 @@ class Media:
         if status == "client_gone":
             self.billing.settle_later(s)
         elif status == "complete":
-            self.billing.settle_soon(s)  # the answer goes out first; its settlement follows (issue 16)
+            await self.billing.settle_soon(s)  # the answer goes out first; its settlement follows (issue 16)
         else:
             await self.billing.settle(s)
 
@@ -326,8 +326,8 @@ class Media:
                 yield ContentType(answer.headers.get("Content-Type", "application/octet-stream"))
                 async for piece in self.upstream.pieces(answer):
                     yield piece
-                await self._settle(call, usage, "complete", "counted", channel_id)
                 settled = True
+                await self._settle(call, usage, "complete", "counted", channel_id)
                 yield (usage.prompt,)
             except BaseException as exc:
                 if not settled:

@@ -261,7 +261,7 @@ class Relay:
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
             usage, source = Usage(prompt_tokens, completion), "counted"
         # The answer goes out first; its settlement follows on its own (drained at shutdown).
-        self.billing.settle_soon(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
+        await self.billing.settle_soon(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
             response["usage"] = usage_object(usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
@@ -430,8 +430,8 @@ class Relay:
             # clients (Codex, Claude Code, the SDKs' stream helpers) hang up as soon as they have
             # it, and the call was complete.
             status = "complete"
-            self.billing.settle_soon(_settle(call, usage, status, source, channel_id, sent.unbilled))
-            settled = True
+            settled = True  # from here on the settlement is the one below, whatever happens
+            await self.billing.settle_soon(_settle(call, usage, status, source, channel_id, sent.unbilled))
             if closing is not None:
                 yield closing
             yield Outcome(usage.prompt, usage.completion, status)
