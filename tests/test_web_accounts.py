@@ -174,3 +174,43 @@ def test_password_reset_and_change_forms(browser: Browser, mailed: World, inbox:
     shoot(page, "console-password-changed")
     ConsoleUser(mailed.url, email=user.email).login(PASSWORD)
     ctx.close()
+
+
+# Every page, and the element that shows it rendered (not merely loaded).
+PAGES = {
+    "home": ("/", "#home-prices"),
+    "docs": ("/docs", "#docs-prices"),
+    "pricing": ("/pricing", "#pricing-table"),
+    "chat": ("/chat", "#prompt"),
+    **{f"console-{s}": (f"/console#{s}", "#content h1") for s in ("overview", "topup", "keys", "usage")},
+    **{f"ops-{s}": (f"/ops#{s}", "#content h1")
+       for s in ("dashboard", "users", "channels", "prices", "codes", "orders", "usage", "notice", "audit")},
+}
+
+
+def test_every_page_in_both_languages_on_a_desktop_and_a_phone(browser: Browser, world: World,  # noqa: F811
+                                                                tmp_path) -> None:
+    op = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
+    order = op.ok("POST", "/api/payments", {"provider": "demo", "amount": 1}, expect=201)
+    pages = {**PAGES, "demo-pay": (f"/pay/demo/{order['id']}", "#demo-pay")}
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    for locale, lang in (("zh-CN", "zh-CN"), ("en-US", "en")):
+        for size, viewport in (("desktop", DESKTOP), ("phone", {"width": 390, "height": 844})):
+            ctx = context(browser, viewport, world.url, locale=locale)
+            page = ctx.new_page()
+            page.goto("/console")
+            sign_in(page, op.email)
+            for name, (path, main) in pages.items():
+                page.goto(path)
+                expect(page.locator(main).first).to_be_visible()
+                assert page.evaluate("document.documentElement.lang") == lang, name
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(shots / f"{name}-{lang}-{size}.png"))
+                if size == "phone":
+                    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                    assert overflow <= 0, f"{name} ({lang}) is {overflow}px wider than the phone"
+            ctx.close()
+    made = sorted(p.name for p in shots.iterdir())
+    assert len(made) == len(pages) * 4 and all((shots / n).stat().st_size > 1000 for n in made)
