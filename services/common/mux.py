@@ -13,22 +13,20 @@ an ordinary channel to the target.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
-import functools
 import itertools
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
 from chatkore.v1 import mux_pb2
 from services.common import mtls
-from services.common.errors import DETAILS_KEY
 from services.common.logs import request_id_var
 from services.common.mtls import GrpcTls
+from services.common.muxcall import Inbox, Serializer, StreamMethod, UnaryMethod, rpc_error
 
 log = logging.getLogger(__name__)
 
@@ -39,69 +37,13 @@ RESOLVE_EVERY_S = 5.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 1.0
 RETIRE_WAIT_S = 600.0      # a replica gone from DNS keeps its stream this long for the calls on it
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-Serializer = Callable[[Any], bytes] | None
-
-
-def _error(code: grpc.StatusCode, details: str, headers: Sequence[Any] = (),
-           detail: bytes = b"") -> grpc.aio.AioRpcError:
-    trailing = grpc.aio.Metadata((DETAILS_KEY, detail)) if detail else grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(*headers), trailing, details)
-
-
-def _reply_error(reply: mux_pb2.Reply) -> grpc.aio.AioRpcError:
-    return _error(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details,
-                  [(h.key, h.value) for h in reply.headers], reply.error_detail)
-
-
-class _Inbox:
-    """The replies of one call, as they arrive, until its end (a last reply or a failure)."""
-
-    __slots__ = ("replies", "end", "_waiter", "timer")
-
-    def __init__(self) -> None:
-        self.replies: collections.deque[mux_pb2.Reply] = collections.deque()
-        self.end: grpc.aio.AioRpcError | None = None  # a failure that came other than by a reply
-        self._waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def push(self, reply: mux_pb2.Reply) -> None:
-        self.replies.append(reply)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def fail(self, err: grpc.aio.AioRpcError) -> None:
-        if self.end is None:
-            self.end = err
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def peek(self) -> mux_pb2.Reply:
-        """The next reply, left in place; a failure raises."""
-        while not self.replies:
-            if self.end is not None:
-                raise self.end
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return self.replies[0]
-
-    async def next(self) -> mux_pb2.Reply:
-        """The next reply; a failure (a broken stream, the deadline) raises."""
-        while not self.replies:
-            if self.end is not None:
-                raise self.end
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return self.replies.popleft()
-
-
 class _Stream:
     """One open Mux stream to one replica: its calls in flight, and the calls waiting for its writer."""
 
     def __init__(self, replica: _Replica, call: grpc.aio.StreamStreamCall, max_queued: int) -> None:
         self.replica = replica
         self.call = call
-        self.pending: dict[int, _Inbox] = {}
+        self.pending: dict[int, Inbox] = {}
         self.messages = 0            # Calls messages written (each carries every call queued meanwhile)
         self.draining = False        # told to take no new calls: half-close once the calls in flight end
         self._ids = itertools.count(1)
@@ -131,14 +73,14 @@ class _Stream:
         return True, ""
 
     async def submit(self, method: str, payload: bytes, timeout: float | None, request_id: str,
-                     metadata: Sequence[mux_pb2.Header], inbox: _Inbox) -> int:
+                     metadata: Sequence[mux_pb2.Header], inbox: Inbox) -> int:
         """Queue one call; its id. Waits while the queue is full."""
         while len(self._out) >= self._max_queued and not self.over.done():
             if self._room is None or self._room.done():
                 self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._room)
         if self.over.done() or self.draining:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self.replica.address} closed")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self.replica.address} closed")
         call_id = next(self._ids)
         self.pending[call_id] = inbox
         self._out.append(mux_pb2.Call(id=call_id, method=method, payload=payload, request_id=request_id,
@@ -223,7 +165,7 @@ class _Stream:
         self.pending.clear()
         if lost:
             log.warning("mux stream to %s broke with %d calls in flight (%s)", self.replica.address, len(lost), reason)
-        err = _error(grpc.StatusCode.UNAVAILABLE, f"the connection to {self.replica.address} broke ({reason})")
+        err = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the connection to {self.replica.address} broke ({reason})")
         for inbox in lost:
             inbox.fail(err)
         if self._room is not None and not self._room.done():
@@ -234,7 +176,7 @@ class _Stream:
         for task in self._tasks:
             task.cancel()
         self.call.cancel()
-        err = _error(grpc.StatusCode.CANCELLED, "the channel was closed")
+        err = rpc_error(grpc.StatusCode.CANCELLED, "the channel was closed")
         for inbox in self.pending.values():
             inbox.fail(err)
         self.pending.clear()
@@ -365,8 +307,8 @@ class MuxChannel:
         self.options = list(options)
         self.max_queued = max_queued
         self._interceptors = list(interceptors)
-        self._unary_interceptors = [i for i in interceptors if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
-        self._stream_interceptors = [i for i in interceptors if isinstance(i, grpc.aio.UnaryStreamClientInterceptor)]
+        self.unary_interceptors = [i for i in interceptors if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
+        self.stream_interceptors = [i for i in interceptors if isinstance(i, grpc.aio.UnaryStreamClientInterceptor)]
         self._fixed, self._dns = _addresses(target)
         self._resolve_every_s = resolve_every_s
         self._replicas: dict[str, _Replica] = {}
@@ -388,14 +330,14 @@ class MuxChannel:
                     _registered_method: bool = False) -> Any:
         if not method.startswith(MUXED):
             return self._plain_channel().unary_unary(method, request_serializer, response_deserializer)
-        return _UnaryMethod(self, method, request_serializer, response_deserializer)
+        return UnaryMethod(self, method, request_serializer, response_deserializer)
 
     def unary_stream(self, method: str, request_serializer: Serializer = None,
                      response_deserializer: Callable[[bytes], Any] | None = None,
                      _registered_method: bool = False) -> Any:
         if not method.startswith(MUXED):
             return self._plain_channel().unary_stream(method, request_serializer, response_deserializer)
-        return _StreamMethod(self, method, request_serializer, response_deserializer)
+        return StreamMethod(self, method, request_serializer, response_deserializer)
 
     def stream_unary(self, method: str, request_serializer: Serializer = None,
                      response_deserializer: Callable[[bytes], Any] | None = None,
@@ -502,14 +444,14 @@ class MuxChannel:
         kicked = False
         while not self._ready:
             if self._closed:
-                raise _error(grpc.StatusCode.CANCELLED, "the channel was closed")
+                raise rpc_error(grpc.StatusCode.CANCELLED, "the channel was closed")
             if self._resolved and not any(r.connecting for r in self._replicas.values()):
                 # Every replica is backing off after a failure: try them once now (a peer that just
                 # started, or came back), and fail only if that fails too.
                 if not kicked and any([r.kick() for r in self._replicas.values()]):
                     kicked = True
                     continue
-                raise _error(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.peer} at {self.target} is reachable")
+                raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.peer} at {self.target} is reachable")
             waiter = loop.create_future()
             self._waiters.append(waiter)
             if deadline is None:
@@ -517,15 +459,15 @@ class MuxChannel:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             try:
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
-                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         return await self.stream_for(deadline)
 
     async def start_call(self, method: str, payload: bytes, timeout: float | None, metadata: Any,
-                         inbox: _Inbox) -> tuple[_Stream, int]:
+                         inbox: Inbox) -> tuple[_Stream, int]:
         """Send one call (after waiting for a stream, and for room on it); the deadline starts now."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout is not None else None
@@ -544,318 +486,11 @@ class MuxChannel:
             inbox.timer = loop.call_later(max(0.0, remaining), _expire, stream, call_id, inbox)
         return stream, call_id
 
-
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _expire(stream: _Stream, call_id: int, inbox: _Inbox) -> None:
+def _expire(stream: _Stream, call_id: int, inbox: Inbox) -> None:
     stream.cancel(call_id)
-    inbox.fail(_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
-
-
-async def _intercepted(interceptors: Sequence[Any], name: str, details: grpc.aio.ClientCallDetails,
-                       request: Any, last: Callable[[grpc.aio.ClientCallDetails, Any], Any]) -> Any:
-    """Run `interceptors` around `last` as grpc.aio does: each gets a continuation to the next."""
-    if not interceptors:
-        return last(details, request)
-    continuation = functools.partial(_intercepted, interceptors[1:], name, last=last)
-    return await getattr(interceptors[0], name)(
-        lambda d, r: continuation(d, r), details, request)
-
-
-class _Call:
-    """What the unary and the stream call objects share: the outcome, and who waits for it."""
-
-    def __init__(self, channel: MuxChannel, method: str, request: Any, serialize: Serializer,
-                 deserialize: Callable[[bytes], Any] | None, timeout: float | None, metadata: Any,
-                 interceptors: Sequence[Any]) -> None:
-        self._channel = channel
-        self._method = method
-        self._request = request
-        self._serialize = serialize
-        self._deserialize = deserialize
-        self._timeout = timeout
-        self._metadata = metadata
-        self._interceptors = interceptors
-        self._inbox = _Inbox()
-        self._stream: _Stream | None = None
-        self._call_id = 0
-        self._headers: grpc.aio.Metadata | None = None
-        self._error: grpc.aio.AioRpcError | None = None
-        self._code: grpc.StatusCode | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._finished: asyncio.Future[None] | None = None
-        self._deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-
-    def _payload(self) -> bytes:
-        return self._serialize(self._request) if self._serialize is not None else self._request
-
-    async def _send(self) -> None:
-        self._stream, self._call_id = await self._channel.start_call(
-            self._method, self._payload(), self._timeout, self._metadata, self._inbox)
-
-    def _note_headers(self, reply: mux_pb2.Reply) -> None:
-        if self._headers is None:
-            self._headers = grpc.aio.Metadata(*((h.key, h.value) for h in reply.headers))
-
-    def _finish(self, error: grpc.aio.AioRpcError | None) -> None:
-        if self._code is not None:
-            return
-        if self._inbox.timer is not None:
-            self._inbox.timer.cancel()
-        self._error = error
-        self._code = grpc.StatusCode.OK if error is None else error.code()
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(None)
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
-
-    async def _until_finished(self) -> None:
-        if self._code is None:
-            if self._finished is None:
-                self._finished = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._finished)
-
-    def cancel(self) -> bool:
-        if self._code is not None:
-            return False
-        if self._stream is not None:
-            self._stream.cancel(self._call_id)
-        error = _error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
-        self._inbox.fail(error)
-        self._finish(error)
-        return True
-
-    def cancelled(self) -> bool:
-        return self._code == grpc.StatusCode.CANCELLED
-
-    def done(self) -> bool:
-        return self._code is not None
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        if self._code is not None:
-            callback(self)
-        else:
-            self._callbacks.append(callback)
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - asyncio.get_running_loop().time())
-
-    async def code(self) -> grpc.StatusCode:
-        await self._until_finished()
-        assert self._code is not None
-        return self._code
-
-    async def details(self) -> str:
-        await self._until_finished()
-        return self._error.details() or "" if self._error is not None else ""
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        await self._until_finished()
-        return self._error.trailing_metadata() if self._error is not None else grpc.aio.Metadata()
-
-    async def debug_error_string(self) -> str:
-        return await self.details()
-
-    async def wait_for_connection(self) -> None:
-        return None
-
-
-class _UnaryCall(_Call):
-    """What `stub.Method(request)` returns: awaiting it makes the call, once; awaiting it again
-    gives the same outcome."""
-
-    _running = False
-    _response: Any = None
-    _inner: _UnaryCall | None = None
-
-    def __await__(self) -> Any:
-        if not self._running:
-            self._running = True
-            return self._run().__await__()
-        return self._outcome().__await__()
-
-    async def _outcome(self) -> Any:
-        await self._until_finished()
-        if self._error is not None:
-            raise self._error
-        return self._response
-
-    def _made(self, details: grpc.aio.ClientCallDetails, request: Any) -> _UnaryCall:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        return _UnaryCall(self._channel, method, request, self._serialize, self._deserialize, details.timeout,
-                          details.metadata, ())
-
-    async def _run(self) -> Any:
-        try:
-            if self._interceptors:
-                details = grpc.aio.ClientCallDetails(self._method, self._timeout, self._metadata, None, None)
-                made = await _intercepted(self._interceptors, "intercept_unary_unary", details, self._request,
-                                          self._made)
-                if isinstance(made, _UnaryCall):
-                    self._inner = made
-                    response = await made
-                else:
-                    response = made  # an interceptor answered by itself
-            else:
-                response = await self._exchange()
-        except grpc.aio.AioRpcError as err:
-            self._finish(err)
-            raise
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-        self._response = response
-        self._finish(None)
-        return response
-
-    async def _exchange(self) -> Any:
-        await self._send()
-        assert self._stream is not None
-        try:
-            reply = await self._inbox.next()
-        except asyncio.CancelledError:
-            self._stream.cancel(self._call_id)  # the caller left: the server cancels the handler
-            raise
-        self._note_headers(reply)
-        if reply.code:
-            raise _reply_error(reply)
-        return self._deserialize(reply.payload) if self._deserialize is not None else reply.payload
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        if self._inner is not None:
-            return await self._inner.initial_metadata()
-        await self._until_finished()
-        if self._inner is not None:
-            return await self._inner.initial_metadata()
-        if self._headers is None and self._error is not None:
-            return self._error.initial_metadata()
-        return self._headers or grpc.aio.Metadata()
-
-
-class _StreamCall(_Call):
-    """What `stub.StreamingMethod(request)` returns: read it (`read()`, `async for`); the call is
-    sent at the first read or `initial_metadata()`."""
-
-    _starting: asyncio.Future[None] | None = None
-    _inner: _StreamCall | None = None
-    _locally_cancelled = False
-
-    async def _start(self) -> None:
-        if self._starting is not None:
-            if not self._starting.done():
-                await asyncio.shield(self._starting)
-            return
-        self._starting = asyncio.get_running_loop().create_future()
-        try:
-            if self._interceptors:
-                details = grpc.aio.ClientCallDetails(self._method, self._timeout, self._metadata, None, None)
-                made = await _intercepted(self._interceptors, "intercept_unary_stream", details, self._request,
-                                          self._made)
-                if not isinstance(made, _StreamCall):
-                    raise TypeError("a stream interceptor must return the call its continuation made")
-                self._inner = made
-                made.add_done_callback(lambda inner: self._finish(inner._error))
-            elif self._code is None:
-                await self._send()
-        except grpc.aio.AioRpcError as err:
-            self._finish(err)
-        finally:
-            self._starting.set_result(None)
-
-    def _made(self, details: grpc.aio.ClientCallDetails, request: Any) -> _StreamCall:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        return _StreamCall(self._channel, method, request, self._serialize, self._deserialize, details.timeout,
-                           details.metadata, ())
-
-    async def read(self) -> Any:
-        await self._start()
-        if self._inner is not None:
-            return await self._inner.read()
-        if self._locally_cancelled:
-            raise asyncio.CancelledError()
-        if self._code is not None and not self._inbox.replies:
-            if self._error is not None:
-                raise self._error
-            return grpc.aio.EOF
-        try:
-            reply = await self._inbox.next()
-        except grpc.aio.AioRpcError as err:
-            self._finish(err)
-            if self._locally_cancelled:
-                raise asyncio.CancelledError() from None
-            raise
-        except asyncio.CancelledError:
-            self.cancel()  # the reader left: so does the call
-            raise
-        self._note_headers(reply)
-        if reply.last:
-            if reply.code:
-                error = _reply_error(reply)
-                self._finish(error)
-                raise error
-            self._finish(None)
-            return grpc.aio.EOF
-        return self._deserialize(reply.payload) if self._deserialize is not None else reply.payload
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        while True:
-            item = await self.read()
-            if item is grpc.aio.EOF:
-                return
-            yield item
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        await self._start()
-        if self._inner is not None:
-            return await self._inner.initial_metadata()
-        if self._headers is None and self._code is None:
-            try:
-                first = await self._inbox.peek()
-            except grpc.aio.AioRpcError as err:
-                self._finish(err)
-                return err.initial_metadata()
-            self._note_headers(first)
-        return self._headers or grpc.aio.Metadata()
-
-    def cancel(self) -> bool:
-        if self._inner is not None:
-            self._locally_cancelled = True
-            return self._inner.cancel()
-        if self._code is not None:
-            return False
-        self._locally_cancelled = True
-        return super().cancel()
-
-    async def code(self) -> grpc.StatusCode:
-        if self._inner is not None:
-            return await self._inner.code()
-        return await super().code()
-
-
-class _UnaryMethod:
-    def __init__(self, channel: MuxChannel, method: str, serialize: Serializer,
-                 deserialize: Callable[[bytes], Any] | None) -> None:
-        self._channel, self._method, self._serialize, self._deserialize = channel, method, serialize, deserialize
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, credentials: Any = None,
-                 wait_for_ready: bool | None = None, compression: Any = None) -> _UnaryCall:
-        return _UnaryCall(self._channel, self._method, request, self._serialize, self._deserialize, timeout,
-                          metadata, self._channel._unary_interceptors)
-
-
-class _StreamMethod:
-    def __init__(self, channel: MuxChannel, method: str, serialize: Serializer,
-                 deserialize: Callable[[bytes], Any] | None) -> None:
-        self._channel, self._method, self._serialize, self._deserialize = channel, method, serialize, deserialize
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, credentials: Any = None,
-                 wait_for_ready: bool | None = None, compression: Any = None) -> _StreamCall:
-        return _StreamCall(self._channel, self._method, request, self._serialize, self._deserialize, timeout,
-                           metadata, self._channel._stream_interceptors)
+    inbox.fail(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))

@@ -288,20 +288,23 @@ def test_each_call_on_a_stream_is_checked_against_the_callers_certificate(tmp_pa
         server, _mux, port = await muxpeer.start(muxpeer.Peer("a"), authorize=True,
                                                  credentials=tls["inference"].server_credentials())
         target = f"127.0.0.1:{port}"
-        edge = inference_pb2_grpc.InferenceStub(MuxChannel(target, "inference", tls["edge"]))
+        channels = [MuxChannel(target, "inference", tls[name]) for name in ("edge", "auth", "billing")]
+        edge = inference_pb2_grpc.InferenceStub(channels[0])
         assert (await edge.Relay(relay(body=b"ok"))).body == b"a:ok"
         # auth may open a stream (it calls billing), but not relay: each call is checked.
-        auth = inference_pb2_grpc.InferenceStub(MuxChannel(target, "inference", tls["auth"]))
+        auth = inference_pb2_grpc.InferenceStub(channels[1])
         for call in (lambda: auth.Relay(relay()), lambda: auth.RelayStream(relay(n=1)).read()):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call()
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "auth may not call chatkore.v1.Inference/Relay" in err.value.details()
         # billing calls nobody: it may not even open a stream.
-        billing = MuxChannel(target, "inference", tls["billing"])
+        billing = channels[2]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await inference_pb2_grpc.InferenceStub(billing).Relay(relay())
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and not billing.streams()
+        for channel in channels:
+            await channel.close()
         await server.stop(None)
 
     run(test())
