@@ -369,3 +369,42 @@ def test_a_priced_moderation_model_is_charged_by_its_input_tokens(world: World) 
                          headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
     assert len(_rows(world, t)) == 1 and math.isclose(float(world.balance(t.user_id)), 100 - counted)
+
+
+def test_concurrent_images_on_a_balance_for_five_never_overdraw(world: World) -> None:
+    model, tag = _priced(world, {"image": 2})
+    world.mock.always(tag, mock_media.images(delay_s=0.2))
+    t = world.tenant(credits=10)
+    outcomes: list[Any] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(len(t.client.images.generate(model=model, prompt="a cat").data))
+        except openai.APIStatusError as exc:
+            outcomes.append(exc.status_code)
+
+    callers = [threading.Thread(target=one) for _ in range(15)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(60)
+    assert len(outcomes) == 15
+    paid = outcomes.count(1)
+    assert 1 <= paid <= 5 and outcomes.count(402) == 15 - paid, outcomes
+    rows = _rows(world, t)
+    assert len(rows) == paid and all(r["status"] == "complete" and Decimal(str(r["credits"])) == 2 for r in rows)
+    assert world.balance(t.user_id) == 10 - 2 * paid and world.held(t.user_id) == 0
+    assert len(world.mock.received(tag)) == paid  # a refused call never reached the upstream
+    assert world.verify()["ok"]
+
+
+def test_a_multimodal_moderation_is_charged_for_its_text(world: World) -> None:
+    model, tag = _priced(world, {}, prompt=1000)
+    t = world.tenant()
+    parts = [{"type": "text", "text": "is this fine"}, {"type": "image_url", "image_url": {"url": "https://x.example/a.png"}}]
+    result = t.client.moderations.create(model=model, input=parts)  # type: ignore[arg-type]
+    assert len(result.results) == 2
+    assert world.mock.received(tag)[-1].body["input"] == parts
+    counted = tokens.count_input(["is this fine", ""], tokens.encoding_for(model))
+    row = _charged(world, t, Decimal(counted))
+    assert row["prompt_tokens"] == counted

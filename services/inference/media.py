@@ -103,8 +103,8 @@ def _image_units(body: dict[str, Any]) -> Units:
 def _moderation_text(value: Any) -> Any:
     """The text pieces of a moderation input (strings, or multimodal parts: images count nothing)."""
     if isinstance(value, list):
-        return [p.get("text") or "" if isinstance(p, dict) else p for p in value]
-    return value
+        return [str(p.get("text") or "") if isinstance(p, dict) else p if isinstance(p, str) else "" for p in value]
+    return value if isinstance(value, str) else ""
 
 
 def _reply_seconds(raw: bytes) -> int | None:
