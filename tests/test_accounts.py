@@ -151,6 +151,31 @@ def test_simultaneous_verifications_of_one_mailbox_credit_one_bonus(mailed: Worl
     assert mailed.verify()["ok"]
 
 
+def test_a_verification_while_billing_is_down_credits_once_when_followed_again(mailed: World,
+                                                                              inbox: Mailbox) -> None:
+    """The link is not used up by a verification billing could not answer: followed again, it
+    brings the bonus once; followed a third time, nothing."""
+    user = ConsoleUser(mailed.url, email=f"fault-{secrets.token_hex(4)}@example.com").register()
+    token = link_for(inbox, user.email)
+    mailed.stack.kill("billing")
+    try:
+        down = verify(mailed.url, token)
+        assert down.status_code in (502, 503, 504), down.text
+    finally:
+        mailed.stack.start_process("billing")
+        mailed.stack.wait_healthy(60)
+    assert user.me()["verification_pending"] and balance(user) == 0
+    again = wait_until(lambda: (r := verify(mailed.url, token)).status_code == 200 and r, 30, "the verification")
+    assert again.json()["bonus"] == 100
+    assert verify(mailed.url, token).status_code == 400
+    assert balance(user) == BONUS
+    with psycopg.connect(mailed.stack.database_url) as conn:
+        grants = conn.execute("SELECT count(*) FROM ledger WHERE kind = 'grant' AND account = 'available'"
+                              " AND user_id = %s", (user.user_id,)).fetchone()[0]
+    assert grants == 1
+    assert mailed.verify()["ok"]
+
+
 def test_a_new_link_only_now_and_then_and_never_once_verified(mailed: World, inbox: Mailbox) -> None:
     user = ConsoleUser(mailed.url, email=f"resend-{secrets.token_hex(4)}@example.com").register()
     link_for(inbox, user.email)
