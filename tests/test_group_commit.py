@@ -252,6 +252,43 @@ def test_a_retried_attempt_takes_its_hold_over_inside_a_batch(gc_world: World) -
     assert report["ok"], report["problems"]
 
 
+def test_a_debt_is_collected_first_inside_a_batch(gc_world: World) -> None:
+    """An account owing credits (what a refund could not take back, migration 0018) gets a
+    release and asks for a new hold in one batch: the release pays the debt first, the new
+    hold gets only what is left (its budget capped), and the books verify."""
+    w = gc_world
+    billing = _billing(w)
+    model = w.model(prompt=1, completion=1)
+    uid = w.user(credits=0.2)["id"]
+    rid, later = _rid(), _rid()
+    assert billing.Reserve(billing_pb2.ReserveRequest(request_id=rid, user_id=uid, key_id=0, model=model,
+                                                      prompt_tokens=100, max_completion_tokens=100,
+                                                      choices=1)).amount == 200_000
+    with psycopg.connect(w.stack.database_url) as conn:  # a debt of 0.05, as a refund records one
+        conn.execute("UPDATE users SET owed = 50000 WHERE id = %s", (uid,))
+        conn.execute("INSERT INTO ledger (movement, kind, ref, user_id, account, amount)"
+                     " SELECT m, 'refund', 'owed:test', e.u, e.a, e.x FROM nextval('ledger_movement_seq') m,"
+                     " (VALUES (%s::bigint, 'owed', -50000), (NULL::bigint, 'funding', 50000)) AS e(u, a, x)", (uid,))
+    assert w.verify()["ok"]
+
+    with writer_blocked(w, billing, model):
+        settling = billing.Settle.future(billing_pb2.SettleRequest(
+            request_id=rid, usage=billing_pb2.TokenUsage(prompt=100, completion=20), status="complete"))
+        holding = billing.Reserve.future(billing_pb2.ReserveRequest(
+            request_id=later, user_id=uid, key_id=0, model=model, prompt_tokens=10, max_completion_tokens=50,
+            choices=1))
+        _queued(w, 2)
+    assert settling.result(30).charged == 120_000
+    hold = holding.result(30)
+    assert hold.amount == 30_000 and hold.budget_capped  # 0.08 released, 0.05 of it paid the debt
+    with psycopg.connect(w.stack.database_url) as conn:
+        assert conn.execute("SELECT balance, held, owed FROM users WHERE id = %s", (uid,)).fetchone() == (0, 30_000, 0)
+    billing.Settle(billing_pb2.SettleRequest(request_id=later, status="upstream_error"))
+    assert w.balance(uid) == Decimal("0.03") and w.held(uid) == 0
+    report = w.verify()
+    assert report["ok"], report["problems"]
+
+
 def _cancelled_reserves(stack: Stack) -> float:
     return _metric(stack, "chatkore_grpc_requests_total", method="chatkore.v1.Billing/Reserve", code="CANCELLED")
 
