@@ -1,6 +1,7 @@
 """Images, audio and moderations under /v1: checked here, relayed and priced by inference (media.py)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -46,7 +47,7 @@ def _count(body: dict[str, Any], name: str, low: int, high: int) -> None:
     if value is None or value == "":
         return
     if isinstance(value, str):
-        if not value.strip().lstrip("-").isdigit() or len(value) > 12:
+        if not re.fullmatch(r"-?[0-9]{1,12}", value):  # ASCII digits only: "²" and "--5" are no integers
             raise invalid(f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -127,6 +128,8 @@ def transcription(form: multipart.Form) -> str:
     assert model is not None
     if not form.files("file"):
         raise invalid("Missing required parameter: 'file'.", "file", "missing_required_parameter")
+    if len(form.files("file")) > 1:
+        raise invalid("Invalid 'file': send one audio file.", "file", "invalid_value")
     _string(fields, "response_format", choices=TRANSCRIPT_FORMATS)
     _string(fields, "language", limit=16)
     _string(fields, "prompt", limit=MAX_PROMPT_CHARS)

@@ -79,9 +79,10 @@ def speech(*, audio: bytes = SPEECH, pieces: int = 8, content_type: str = "audio
 
 
 def transcription(*, text: str = "Hello from the mock.", duration: float | None = None,
-                  usage_seconds: float | None = None, release: asyncio.Event | None = None):
-    """The transcript; verbose_json carries `duration` (when given), and `usage_seconds` adds
-    the newer models' `usage: {"type": "duration", "seconds"}`."""
+                  usage_seconds: float | None = None, release: asyncio.Event | None = None,
+                  segments: list[dict[str, Any]] | None = None):
+    """The transcript; verbose_json carries `duration` (when given) and `segments`, and
+    `usage_seconds` adds the newer models' `usage: {"type": "duration", "seconds"}`."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         form = await form_of(request)
@@ -96,7 +97,7 @@ def transcription(*, text: str = "Hello from the mock.", duration: float | None 
             return web.Response(text=f"{head}00:00:00.000 --> 00:00:02.000\n{text}\n", content_type="text/plain")
         obj: dict[str, Any] = {"text": text}
         if fmt == "verbose_json":
-            obj.update({"task": "transcribe", "language": "english", "segments": []})
+            obj.update({"task": "transcribe", "language": "english", "segments": segments or []})
             if duration is not None:
                 obj["duration"] = duration
         if usage_seconds is not None:

@@ -137,6 +137,9 @@ def test_bad_image_calls_are_refused_and_cost_nothing(world: World) -> None:
     cases = [
         ({"prompt": "x", "n": 11}, "n"),
         ({"prompt": "x", "n": "two"}, "n"),
+        ({"prompt": "x", "n": "\u00b2"}, "n"),  # "²".isdigit() is True, int("²") fails
+        ({"prompt": "x", "n": "--5"}, "n"),
+        ({"prompt": "x", "n": "\u0663"}, "n"),  # an Arabic-Indic 3
         ({"n": 1}, "prompt"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": "x", "response_format": "gif"}, "response_format"),
@@ -157,6 +160,23 @@ def test_bad_image_calls_are_refused_and_cost_nothing(world: World) -> None:
     resp = requests.post(world.url + "/v1/images/edits", files={"prompt": (None, "x"), "model": (None, model)},
                          headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "image"
+    png = ("a.png", mock_media.PNG_1X1, "image/png")
+    for n in ("--5", "\u00b2", "1.5"):
+        resp = requests.post(world.url + "/v1/images/edits", headers={"Authorization": f"Bearer {t.key}"},
+                             files={"prompt": (None, "x"), "model": (None, model), "image": png, "n": (None, n)},
+                             timeout=30)
+        assert resp.status_code == 400, (n, resp.text)
+        assert resp.json()["error"] == {"message": resp.json()["error"]["message"], "type": "invalid_request_error",
+                                        "param": "n", "code": "invalid_type"}, n
+    # `n` twice: one hold for 1 image while the upstream might make 10.
+    resp = requests.post(world.url + "/v1/images/edits", headers={"Authorization": f"Bearer {t.key}"},
+                         files=[("prompt", (None, "x")), ("model", (None, model)), ("image", png),
+                                ("n", (None, "10")), ("n", (None, "1"))], timeout=30)
+    assert resp.status_code == 400 and "more than once" in resp.json()["error"]["message"], resp.text
+    # Array fields repeat by design: several images under `image[]` are one call.
+    with pytest.raises(openai.BadRequestError) as unpriced:  # the form is read; its size has no price here
+        t.client.images.edit(model=model, prompt="x", image=[png, png], size="256x256")
+    assert unpriced.value.param == "size"
     assert world.mock.received(tag) == []
     _untouched(world, t)
 
@@ -243,15 +263,15 @@ def test_speech_left_by_its_client_is_paid_and_a_failed_one_is_free(world: World
     assert world.balance(t2.user_id) == 100 and world.held(t2.user_id) == 0 and world.verify()["ok"]
 
 
-def test_speech_without_a_character_price_is_charged_by_its_input_tokens(world: World) -> None:
-    model, _ = _priced(world, {}, prompt=1000)  # a credit a token
+def test_speech_without_a_character_price_is_refused_and_costs_nothing(world: World) -> None:
+    # A token-priced model would pay for its input only, never for the audio it makes (DESIGN §6).
+    model, tag = _priced(world, {}, prompt=1000)  # a credit a token
     t = world.tenant()
-    text = "Tokens, not characters, price this speech."
-    audio = t.client.audio.speech.create(model=model, voice="alloy", input=text).read()
-    assert audio == mock_media.SPEECH
-    counted = tokens.count_text(text, tokens.encoding_for(model))
-    row = _charged(world, t, Decimal(counted))
-    assert row["prompt_tokens"] == counted
+    with pytest.raises(openai.BadRequestError) as refused:
+        t.client.audio.speech.create(model=model, voice="alloy", input="Tokens do not price this speech.")
+    assert refused.value.status_code == 400 and refused.value.param == "model"
+    assert world.mock.received(tag) == []
+    _untouched(world, t)
 
 
 def test_bad_speech_calls_are_refused_and_cost_nothing(world: World) -> None:
@@ -271,16 +291,66 @@ def test_bad_speech_calls_are_refused_and_cost_nothing(world: World) -> None:
 # --- transcriptions and translations --------------------------------------------------------------
 
 
-def test_transcription_is_charged_per_minute_of_the_audio_its_header_states(world: World) -> None:
+def test_transcription_is_charged_per_minute_of_the_audio_the_upstream_reports(world: World) -> None:
     model, tag = _priced(world, {"minute": 6})  # 0.1 credit a second
+    world.mock.script(tag, mock_media.transcription(duration=3.2))
     t = world.tenant()
     result = t.client.audio.transcriptions.create(model=model, file=("hello.wav", _wav(3.2), "audio/wav"))
     assert result.text == "Hello from the mock."
+    assert result.model_dump(exclude_none=True) == {"text": "Hello from the mock."}  # json, as asked
     row = _charged(world, t, Decimal("0.4"))  # 3.2 s, billed as 4 whole seconds
     assert row["prompt_tokens"] == 4
     sent = world.mock.received(tag)[-1]
     assert sent.path == "audio/transcriptions" and sent.body["model"] == model
+    assert sent.body["response_format"] == "verbose_json"  # asked so that the upstream names the duration
     assert sent.files["file"] == _wav(3.2)
+
+
+def _lying_mp3() -> bytes:
+    """Five 320 kbps MP3 frames, then 3,000 at 32 kbps: mutagen reads 7.9 s, the file plays 78.5 s."""
+    def frame(bitrate_index: int, size: int) -> bytes:
+        return bytes([0xFF, 0xFB, bitrate_index << 4, 0xC4]) + bytes(size - 4)
+    return frame(14, 1044) * 5 + frame(1, 104) * 3000
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
+def test_a_lying_header_is_not_what_a_text_transcript_is_charged(world: World, fmt: str) -> None:
+    model, tag = _priced(world, {"minute": 6})
+    mp3 = _lying_mp3()
+    segments = [{"id": 0, "start": 0.0, "end": 61.25, "text": " Hello from"},
+                {"id": 1, "start": 61.25, "end": 78.5, "text": " the mock."}]
+    world.mock.script(tag, mock_media.transcription(duration=78.5, segments=segments))
+    t = world.tenant()
+    result = t.client.audio.transcriptions.create(model=model, file=("long.mp3", mp3, "audio/mpeg"),
+                                                  response_format=fmt)
+    expected = {"text": "Hello from the mock.\n",
+                "srt": "1\n00:00:00,000 --> 00:01:01,250\nHello from\n\n2\n00:01:01,250 --> 00:01:18,500\nthe mock.\n",
+                "vtt": "WEBVTT\n\n00:00:00.000 --> 00:01:01.250\nHello from\n\n"
+                       "00:01:01.250 --> 00:01:18.500\nthe mock.\n"}
+    assert result == expected[fmt]
+    assert world.mock.received(tag)[-1].body["response_format"] == "verbose_json"
+    row = _charged(world, t, Decimal("7.9"))  # the 79 s the upstream heard, not the header's 8
+    assert row["prompt_tokens"] == 79
+
+
+def test_a_lying_header_is_held_at_what_its_size_could_play(world: World) -> None:
+    model, tag = _priced(world, {"minute": 6})
+    mp3 = _lying_mp3()  # 317,220 bytes: 529 s at 600 bytes a second, whatever the header says
+    release = asyncio.Event()
+    world.mock.script(tag, mock_media.transcription(release=release))  # and no duration in the reply
+    t = world.tenant()
+    done: list[Any] = []
+    caller = threading.Thread(target=lambda: done.append(t.client.audio.transcriptions.create(
+        model=model, file=("long.mp3", mp3, "audio/mpeg"), response_format="json")))
+    caller.start()
+    try:
+        wait_until(lambda: world.held(t.user_id) == Decimal("52.9"), 20, "the hold for 529 seconds of audio")
+    finally:
+        world.mock._loop.call_soon_threadsafe(release.set)
+        caller.join(30)
+    assert [d.text for d in done] == ["Hello from the mock."]
+    row = _charged(world, t, Decimal("52.9"))  # the upstream named no duration: the held worst case
+    assert row["prompt_tokens"] == 529
 
 
 def test_the_duration_the_upstream_reports_is_what_is_charged(world: World) -> None:
@@ -304,19 +374,19 @@ def test_audio_of_unknown_length_is_held_at_the_worst_case_its_size_allows(world
     release = asyncio.Event()
     world.mock.script(tag, mock_media.transcription(release=release))
     t = world.tenant()
-    blob = secrets.token_bytes(30_000)  # no header mutagen knows: 30 s at the 8 kbps floor
+    blob = secrets.token_bytes(30_000)  # no header mutagen knows: 50 s at the 4.8 kbps floor
     done: list[Any] = []
     caller = threading.Thread(target=lambda: done.append(t.client.audio.transcriptions.create(
         model=model, file=("voice.webm", blob, "audio/webm"), response_format="text")))
     caller.start()
     try:
-        wait_until(lambda: world.held(t.user_id) == 3, 20, "the hold for 30 seconds of audio")
+        wait_until(lambda: world.held(t.user_id) == 5, 20, "the hold for 50 seconds of audio")
     finally:
         world.mock._loop.call_soon_threadsafe(release.set)
         caller.join(30)
     assert done == ["Hello from the mock.\n"]  # text passes through as text
-    row = _charged(world, t, Decimal(3))  # the upstream named no duration: the held worst case
-    assert row["prompt_tokens"] == 30
+    row = _charged(world, t, Decimal(5))  # the upstream named no duration: the held worst case
+    assert row["prompt_tokens"] == 50
 
 
 def test_bad_transcription_calls_are_refused_and_cost_nothing(world: World) -> None:
@@ -332,6 +402,18 @@ def test_bad_transcription_calls_are_refused_and_cost_nothing(world: World) -> N
                          ({"model": (None, unpriced), "file": wav}, "model")]:
         resp = requests.post(url, files=files, headers=auth, timeout=30)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (files.keys(), resp.text)
+    # Two audio files (one would be held, the other transcribed) are refused.
+    resp = requests.post(url, files=[("model", (None, model)), ("file", wav),
+                                     ("file", ("b.wav", _wav(30), "audio/wav"))], headers=auth, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "file", resp.text
+    # So is a plain field sent twice (read one way here, another upstream).
+    for files in [[("model", (None, model)), ("file", wav), ("response_format", (None, "json")),
+                   ("response_format", (None, "text"))],
+                  [("model", (None, "nothing")), ("model", (None, model)), ("file", wav)]]:
+        resp = requests.post(url, files=files, headers=auth, timeout=30)
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error" and "more than once" in error["message"], error
     resp = requests.post(url, json={"model": model}, headers=auth, timeout=30)
     assert resp.status_code == 415
     assert world.mock.received(tag) == [] and world.mock.received(unpriced_tag) == []

@@ -137,4 +137,12 @@ def parse(body: bytes, content_type: str) -> Form:
         raise FormError(f"malformed multipart body: {type(exc).__name__}") from None
     if not form.parts:
         raise FormError("the form is empty")
+    # A plain field sent twice would be read one way here and another upstream (`n=10 … n=1`);
+    # only array fields (`name[]`, as the SDKs send lists) may repeat.
+    seen: set[str] = set()
+    for p in form.parts:
+        if p.filename is None and not p.name.endswith("[]"):
+            if p.name in seen:
+                raise FormError(f"the field '{p.name[:64]}' is sent more than once")
+            seen.add(p.name)
     return form

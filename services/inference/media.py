@@ -1,11 +1,11 @@
 """Images, audio and moderations: one call to an OpenAI-compatible channel, held and settled per unit.
 
 An image is priced by its size and quality, speech by the 1,000 characters of its input, a
-transcription or translation by the minute of audio, each from the model's price row (`units`);
-without such a price speech and moderations are priced by their input tokens. The hold covers
-the worst case (every image asked for; the audio's length read from its header, or the longest
-its size could play); the settlement counts what came back (the images returned, the duration
-the upstream reports).
+transcription or translation by the minute of audio, each from the model's price row (`units`),
+and refused without one; moderations are priced by their input tokens. The hold covers the worst
+case (every image asked for; the longer of the audio's header length and the longest its size
+could play); the settlement counts what came back (the images returned, the duration the
+upstream reports — a transcript is always fetched as verbose_json for it — or else the hold).
 """
 from __future__ import annotations
 
@@ -37,9 +37,12 @@ FORMS = frozenset({Endpoint.IMAGES_EDITS, Endpoint.IMAGES_VARIATIONS, Endpoint.A
                    Endpoint.AUDIO_TRANSLATIONS})
 IMAGES = frozenset({Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS, Endpoint.IMAGES_VARIATIONS})
 TRANSCRIPTIONS = frozenset({Endpoint.AUDIO_TRANSCRIPTIONS, Endpoint.AUDIO_TRANSLATIONS})
-# Audio whose header names no duration is held as if it played this few bytes a second (8 kbps,
-# below any speech codec's usual rate): the longest its size could last.
-AUDIO_FLOOR_BYTES_PER_S = 1000
+# Audio is held for at least as long as its size could play at this few bytes a second (4.8 kbps,
+# below Opus's ~6 kbps speech floor), whatever its header states: a header is the client's to write.
+AUDIO_FLOOR_BYTES_PER_S = 600
+# The transcript formats asked of the upstream as verbose_json (which reports the audio's
+# `duration`, the figure charged) and converted back to what the client asked for.
+CONVERTED_FORMATS = frozenset({"json", "text", "srt", "vtt"})
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class _Prepared:
     candidates: list[Channel]
     prompt_tokens: int              # the input's tokens (the price when no unit is priced)
     units: Units | None
-    seconds: int = 0                # audio: its length from the header (0: unknown)
+    asked_format: str = ""          # a transcript's format as asked, when converted from verbose_json
 
 
 def audio_seconds(data: bytes) -> float | None:
@@ -124,6 +127,39 @@ def _reply_seconds(raw: bytes) -> int | None:
     return None
 
 
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def transcript_as(fmt: str, raw: bytes) -> tuple[bytes, str]:
+    """A verbose_json transcript in the format the client asked for: json, text, srt or vtt."""
+    try:
+        obj = jsoncodec.loads(raw)
+    except ValueError:
+        raise UpstreamError(Failure.SERVER, "upstream sent a malformed reply") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise UpstreamError(Failure.SERVER, "upstream sent a reply without a transcript")
+    text: str = obj["text"]
+    if fmt == "json":
+        return jsoncodec.dumps({"text": text}), "application/json"
+    if fmt == "text":
+        return (text + "\n").encode(), "text/plain; charset=utf-8"
+    segments = [s for s in obj.get("segments") or [] if isinstance(s, dict)]
+    if not segments:
+        segments = [{"start": 0, "end": obj.get("duration") or 0, "text": text}]
+    sep = "," if fmt == "srt" else "."
+    cues = []
+    for i, seg in enumerate(segments, 1):
+        start, end = seg.get("start"), seg.get("end")
+        start = start if isinstance(start, (int, float)) and not isinstance(start, bool) else 0
+        end = end if isinstance(end, (int, float)) and not isinstance(end, bool) else start
+        line = f"{_timestamp(start, sep)} --> {_timestamp(end, sep)}\n{str(seg.get('text') or '').strip()}\n"
+        cues.append(f"{i}\n{line}" if fmt == "srt" else line)
+    head = "" if fmt == "srt" else "WEBVTT\n\n"
+    return (head + "\n".join(cues)).encode(), "text/plain; charset=utf-8"
+
+
 def _images_in(raw: bytes) -> int:
     try:
         obj = jsoncodec.loads(raw)
@@ -168,19 +204,25 @@ class Media:
             return _Prepared(body, form, candidates, count_text(str(body.get("prompt") or ""), enc),
                              _image_units(body))
         if call.endpoint is Endpoint.AUDIO_SPEECH:
+            # Audio output is priced by the operator or refused (DESIGN §6): input tokens alone
+            # would leave the synthesis itself unpaid.
             text = str(body.get("input") or "")
-            return _Prepared(body, form, candidates, count_text(text, enc), Units("1k_characters", len(text)))
+            return _Prepared(body, form, candidates, count_text(text, enc),
+                             Units("1k_characters", len(text), required=True, param="model"))
         if call.endpoint in TRANSCRIPTIONS:
             assert form is not None
             files = form.files("file")
             if not files:
                 raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+            if len(files) > 1:
+                raise InvalidRequest("Invalid 'file': send one audio file.", param="file")
             data = files[0].data
             length = await asyncio.to_thread(audio_seconds, data)
-            seconds = math.ceil(length) if length else 0
-            worst = seconds or max(1, math.ceil(len(data) / AUDIO_FLOOR_BYTES_PER_S))
+            worst = max(math.ceil(length) if length else 0, math.ceil(len(data) / AUDIO_FLOOR_BYTES_PER_S), 1)
+            asked = _str_field(body, "response_format", "json")
             return _Prepared(body, form, candidates, count_text(str(body.get("prompt") or ""), enc),
-                             Units("minute", worst, required=True, param="model"), seconds)
+                             Units("minute", worst, required=True, param="model"),
+                             asked if asked in CONVERTED_FORMATS else "")
         return _Prepared(body, form, candidates, count_input(_moderation_text(body.get("input")), enc), None)
 
     async def _reserve(self, call: Call, prepared: _Prepared) -> Hold:
@@ -193,7 +235,10 @@ class Media:
         model = channel.upstream_model(call.model)
         headers = bearer_headers(channel)
         if prepared.form is not None:
-            body, headers["Content-Type"] = prepared.form.with_value("model", model).encode()
+            form = prepared.form.with_value("model", model)
+            if prepared.asked_format:
+                form = form.with_value("response_format", "verbose_json")
+            body, headers["Content-Type"] = form.encode()
         else:
             body = jsoncodec.dumps({**prepared.body, "model": model})
         if call.endpoint is Endpoint.AUDIO_SPEECH or call.endpoint in TRANSCRIPTIONS:
@@ -214,15 +259,18 @@ class Media:
         if call.endpoint in IMAGES:
             return Usage(_images_in(raw), 0)
         if call.endpoint in TRANSCRIPTIONS:
+            # The upstream's figure, never the header's (the client writes that); without one, the worst case.
             reported = _reply_seconds(raw)
-            known = reported if reported is not None else prepared.seconds
-            return Usage(known, 0) if known else self._held(prepared, hold)
+            return Usage(reported, 0) if reported is not None else self._held(prepared, hold)
         return self._held(prepared, hold)
 
-    def _rewrite(self, call: Call, raw: bytes, content_type: str) -> bytes:
-        """Replies name the model the client asked for (a moderation's `model`)."""
+    def _rewrite(self, call: Call, prepared: _Prepared, raw: bytes, content_type: str) -> tuple[bytes, str]:
+        """Replies name the model the client asked for (a moderation's `model`); a transcript
+        fetched as verbose_json goes back in the format the client asked for."""
+        if prepared.asked_format:
+            return transcript_as(prepared.asked_format, raw)
         if call.endpoint is not Endpoint.MODERATIONS:
-            return raw
+            return raw, content_type
         try:
             obj = jsoncodec.loads(raw)
         except ValueError:
@@ -230,7 +278,7 @@ class Media:
         if not isinstance(obj, dict) or not isinstance(obj.get("results"), list):
             raise UpstreamError(Failure.SERVER, "upstream sent a reply without results")
         obj["model"] = call.model
-        return jsoncodec.dumps(obj)
+        return jsoncodec.dumps(obj), content_type
 
     def _heartbeat(self, call: Call, hold: Hold) -> asyncio.Task[None]:
         async def beat() -> None:
@@ -290,7 +338,7 @@ class Media:
             try:
                 channel, answer = await self._answer(call, prepared, sent, stream=False)
                 raw, content_type = await self.upstream.read_body(answer)
-                reply = self._rewrite(call, raw, content_type)
+                reply, content_type = self._rewrite(call, prepared, raw, content_type)
                 usage = self._used(call, prepared, hold, raw)
             except BaseException as exc:
                 status = _status_of(exc)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
+import json
 import wave
 
 import pytest
 
 from services.billing.pricing import Price, Usage, cost, per_unit, plan_hold, rates_of, unit_price, valid_unit
 from services.common import multipart
-from services.inference.media import audio_seconds
+from services.inference.media import audio_seconds, transcript_as
 
 ROW = Price("dall-e-3", 0, 0, 0, 0, 0, units={"image": 40_000_000, "image/1024x1792": 80_000_000,
                                                "image/1024x1024/hd": 80_000_000, "1k_characters": 15_000_000,
@@ -78,6 +79,34 @@ def test_a_form_round_trips_with_binary_files_and_a_replaced_field() -> None:
 def test_what_is_not_a_form_is_refused(body: bytes, content_type: str) -> None:
     with pytest.raises(multipart.FormError):
         multipart.parse(body, content_type)
+
+
+def test_a_plain_field_sent_twice_is_refused_but_array_fields_repeat() -> None:
+    twice = multipart.Form([multipart.Part("n", b"10"), multipart.Part("prompt", b"x"), multipart.Part("n", b"1")])
+    body, content_type = twice.encode()
+    with pytest.raises(multipart.FormError, match="'n' is sent more than once"):
+        multipart.parse(body, content_type)
+    arrays = multipart.Form([multipart.Part("timestamp_granularities[]", b"word"),
+                             multipart.Part("timestamp_granularities[]", b"segment"),
+                             multipart.Part("image[]", b"a", "a.png"), multipart.Part("image[]", b"b", "b.png")])
+    body, content_type = arrays.encode()
+    assert len(multipart.parse(body, content_type).parts) == 4
+
+
+@pytest.mark.parametrize(("fmt", "expected", "content_type"), [
+    ("json", b'{"text":"Hi there."}', "application/json"),
+    ("text", b"Hi there.\n", "text/plain; charset=utf-8"),
+    ("srt", b"1\n00:00:00,000 --> 00:00:01,500\nHi\n\n2\n00:00:01,500 --> 01:00:02,042\nthere.\n",
+     "text/plain; charset=utf-8"),
+    ("vtt", b"WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHi\n\n00:00:01.500 --> 01:00:02.042\nthere.\n",
+     "text/plain; charset=utf-8"),
+])
+def test_a_verbose_transcript_converts_to_the_format_asked(fmt: str, expected: bytes, content_type: str) -> None:
+    verbose = json.dumps({"text": "Hi there.", "duration": 3602.0417, "segments": [
+        {"start": 0, "end": 1.5, "text": " Hi"}, {"start": 1.5, "end": 3602.0417, "text": " there."}]}).encode()
+    body, kind = transcript_as(fmt, verbose)
+    assert kind == content_type
+    assert body.replace(b" ", b"") == expected.replace(b" ", b"") if fmt == "json" else body == expected
 
 
 def test_audio_length_comes_from_the_header_or_is_unknown() -> None:
