@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import requests
 
+from services.inference import messages as dialect
 from services.inference import tokens
+from tests import mock_anthropic, scrape
 from tests import mock_upstream as up
 from tests.world import World
 from tools.stack import wait_until
@@ -157,4 +159,61 @@ def test_https_images_are_held_at_the_worst_case_and_settled_to_the_upstream_usa
     charge = Decimal("12.34") + Decimal("1.12")  # 1,234 x 0.01 + 56 x 0.02
     assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
     assert world.balance(t.user_id) == 100 - charge
+    assert world.verify()["ok"]
+
+
+def _unbilled(world: World, model: str) -> int:
+    stats = world.admin("GET", "/admin/v1/stats?hours=1&bucket=3600")["data"]
+    return sum(s["unbilled_tokens"] for s in stats if s["model"] == model)
+
+
+def _unbilled_metric(world: World) -> float:
+    return scrape.value(scrape.scrape(world.stack, "inference"), "chatkore_upstream_unbilled_tokens_total",
+                        reason="server")
+
+
+@pytest.mark.parametrize("case", ["messages-native", "messages-translated", "chat"])
+def test_a_stream_the_upstream_breaks_counts_what_no_one_paid_as_unbilled(world: World, case: str) -> None:
+    """The upstream opens a stream, then breaks it. The client pays what reached it (nothing when no
+    output did); the prompt and output the upstream is known to have processed past that are counted
+    for the operator (usage stats, chatkore_upstream_unbilled_tokens_total), not dropped."""
+    body: dict[str, Any] = {"max_tokens": 200, "stream": True,
+                            "messages": [{"role": "user", "content": "tell me a long story about a lighthouse"}]}
+    if case == "messages-native":
+        model, tag = _served(world, "messages", "anthropic", prompt=1, completion=1)
+        world.mock.always(tag, mock_anthropic.ok(cut_after=2))  # message_start and ping, then an error event
+        path = "/v1/messages"
+        # What Anthropic's message_start said it had: the prompt, and one output token.
+        known = mock_anthropic.answer({**body, "model": model})["usage"]["input_tokens"] + 1
+    elif case == "messages-translated":
+        model, tag = _served(world, "messages", "openai", prompt=1, completion=1)
+        world.mock.always(tag, up.stream_then(1, "error"))  # the role chunk, then an error event
+        path = "/v1/messages"
+        known = dialect.count_prompt({**body, "model": model}, model)  # the prompt it read; no output
+    else:
+        model, tag = _served(world, "chat", "openai", prompt=1, completion=1)
+        world.mock.always(tag, up.stream_then(6, "error"))
+        path, known = "/v1/chat/completions", 0  # all the upstream sent reached the client, which pays it
+        body.pop("max_tokens")
+    t = world.tenant(credits=100)
+    before = _unbilled_metric(world)
+    with requests.post(world.url + path, headers={"Authorization": f"Bearer {t.key}"}, json={**body, "model": model},
+                       timeout=60, stream=True) as resp:
+        assert resp.status_code == 200
+        lines = [line for line in resp.iter_lines(decode_unicode=True) if line]
+    assert any("error" in line for line in lines[-3:]), lines[-3:]  # told in-band
+    wait_until(lambda: world.usage(t.user_id), 20, "the usage row")
+    [row] = world.usage(t.user_id)
+    assert row["status"] == "upstream_error"
+    if case == "chat":
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        paid = Decimal(row["prompt_tokens"] + row["completion_tokens"]) / 1000
+        assert Decimal(str(row["credits"])) == paid
+    else:
+        assert (row["prompt_tokens"], row["completion_tokens"], row["credits"]) == (0, 0, 0)
+        paid = Decimal(0)
+        assert known > 0
+    assert _unbilled(world, model) == known
+    assert _unbilled_metric(world) - before == known
+    assert world.balance(t.user_id) == 100 - paid and world.held(t.user_id) == 0
     assert world.verify()["ok"]

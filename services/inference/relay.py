@@ -450,8 +450,13 @@ class Relay:
                     if opened is None:
                         tally, channel_id = sent.tally or tally, sent.channel_id
                     usage, source = self._stream_usage(tally, prompt_tokens)
-                elif tally.chunks:  # a stream broken by the upstream after output: what was delivered
-                    usage, source = self._stream_usage(tally, prompt_tokens)
+                elif opened is not None:
+                    # The upstream broke a stream it had opened: the client pays what reached it
+                    # (nothing when no output did); what the upstream is known to have done past
+                    # that (its prompt, the tokens it sent) is counted for the operator, not dropped.
+                    known, known_source = self._stream_usage(tally, prompt_tokens)
+                    usage, source = (known, known_source) if tally.chunks else (Usage(0, 0), "")
+                    sent.broke(Failure.TIMEOUT if status == "upstream_timeout" else Failure.SERVER, known, usage)
                 else:
                     usage, source = Usage(0, 0), ""
                 await self._close(_settle(call, usage, status, source, channel_id, sent.unbilled))
@@ -586,6 +591,14 @@ class _Sent:
             self.unbilled += tokens
             metrics.UNBILLED.labels(kind.value).inc(tokens)
         self.channel_id, self.tally = 0, None
+
+    def broke(self, kind: Failure, known: Usage, charged: Usage) -> None:
+        """The upstream broke the stream after it opened: the tokens it is known to have processed
+        (`known`) beyond what the client is charged are the operator's risk, counted as unbilled."""
+        tokens = known.prompt + known.completion - charged.prompt - charged.completion
+        if tokens > 0:
+            self.unbilled += tokens
+            metrics.UNBILLED.labels(kind.value).inc(tokens)
 
 
 def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int, unbilled: int = 0) -> Settle:
