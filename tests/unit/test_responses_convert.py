@@ -154,3 +154,14 @@ def test_native_events_get_our_id_and_the_billed_usage() -> None:
     assert seen[-1]["response"]["previous_response_id"] == "resp_0"
     assert seen[-1]["response"]["usage"]["total_tokens"] == 10
     assert tally.completion_tokens() == 1
+
+
+@pytest.mark.parametrize("sent, parallel, choice", [
+    ({}, True, "auto"),
+    ({"parallel_tool_calls": None, "tool_choice": None}, True, "auto"),  # null echoes as OpenAI's defaults
+    ({"parallel_tool_calls": False, "tool_choice": "required"}, False, "required"),
+])
+def test_a_response_names_its_tool_settings_as_openai_types_them(sent: dict[str, Any], parallel: bool,
+                                                                 choice: str) -> None:
+    response = _envelope(**sent).response("completed", [])
+    assert response["parallel_tool_calls"] is parallel and response["tool_choice"] == choice

@@ -74,14 +74,14 @@ class Envelope:
             "background": self.background, "error": None, "incomplete_details": incomplete,
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": body.get("max_tool_calls"), "model": self.model, "output": output,
-            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "parallel_tool_calls": body.get("parallel_tool_calls") is not False,  # a boolean, even if sent null
             "previous_response_id": body.get("previous_response_id"),
             "prompt_cache_key": body.get("prompt_cache_key"),
             "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
             "safety_identifier": body.get("safety_identifier"), "service_tier": "default",
             "store": body.get("store", True) is not False, "temperature": body.get("temperature", 1.0),
             "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity", "medium")},
-            "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+            "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
             "top_logprobs": body.get("top_logprobs", 0), "top_p": body.get("top_p", 1.0), "truncation": "disabled",
             "usage": usage, "user": body.get("user"), "metadata": body.get("metadata") or {},
         }
