@@ -5,6 +5,7 @@ are held at the worst case and settled to the upstream's usage."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -217,3 +218,60 @@ def test_a_stream_the_upstream_breaks_counts_what_no_one_paid_as_unbilled(world:
     assert _unbilled_metric(world) - before == known
     assert world.balance(t.user_id) == 100 - paid and world.held(t.user_id) == 0
     assert world.verify()["ok"]
+
+
+def test_a_custom_tool_call_read_but_never_sent_on_is_counted_unbilled_when_the_stream_breaks(world: World) -> None:
+    """Over a chat upstream, a Responses custom tool call is announced whole when the upstream is done;
+    an upstream that breaks the stream mid-call has sent its words to chatkore, not to the client: the
+    client pays what reached it, the call's tokens are counted for the operator."""
+    model, tag = _served(world, "responses", "chat", prompt=1, completion=1)
+    arguments = json.dumps({"input": "*** Begin Patch\n*** Update File: lighthouse.py\n-old = 1\n+new = 2\n"})
+
+    def chunk(delta: dict[str, Any]) -> bytes:
+        obj = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    stream = (chunk({"role": "assistant", "content": ""})
+              + chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "apply_patch", "arguments": ""}}]})
+              + chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]})
+              + b'data: {"error": {"message": "scripted mid-stream error", "type": "server_error"}}\n\n')
+    world.mock.always(tag, up.raw(200, stream, "text/event-stream"))
+    t = world.tenant(credits=100)
+    before = _unbilled_metric(world)
+    body = {"model": model, "stream": True, "input": "change old to new in lighthouse.py",
+            "tools": [{"type": "custom", "name": "apply_patch", "description": "Apply a patch to files."}]}
+    with requests.post(world.url + "/v1/responses", headers={"Authorization": f"Bearer {t.key}"}, json=body,
+                       timeout=60, stream=True) as resp:
+        assert resp.status_code == 200
+        events = [line for line in resp.iter_lines(decode_unicode=True) if line.startswith("event: ")]
+    assert events[0] == "event: response.created" and events[-1] == "event: error"
+    assert not any("custom_tool_call" in e or "output_item" in e for e in events)  # nothing of the call got out
+    wait_until(lambda: world.usage(t.user_id), 20, "the usage row")
+    [row] = world.usage(t.user_id)
+    assert row["status"] == "upstream_error" and row["completion_tokens"] == 0 and row["prompt_tokens"] > 0
+    assert Decimal(str(row["credits"])) == Decimal(row["prompt_tokens"]) / 1000  # the prompt, which it was sent
+    held = tokens.count_choices_text(["apply_patch" + arguments], model)
+    assert _unbilled(world, model) == held
+    assert _unbilled_metric(world) - before == held
+    assert world.held(t.user_id) == 0 and world.verify()["ok"]
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_reasoning_model_gets_its_budget_as_max_completion_tokens(world: World, api: str) -> None:
+    """OpenAI refuses max_tokens for reasoning models: the budget goes as max_completion_tokens,
+    whichever name the client (or the Responses translation) used."""
+    model = world.model(prompt=1, completion=1, prefix="o4-mini")
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 1, "completion": 1, "max_output": MAX_OUTPUT})
+    _, tag = world.channel([model])
+    t = world.tenant(credits=100)
+    if api == "chat":
+        t.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=50)
+    else:
+        t.client.responses.create(model=model, input="hi", max_output_tokens=50)
+    sent = world.mock.received(tag)[-1]
+    assert sent.path == "chat/completions"
+    assert sent.body["max_completion_tokens"] == 50 and "max_tokens" not in sent.body
+    t.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert world.mock.received(tag)[-1].body["max_completion_tokens"] == MAX_OUTPUT

@@ -84,8 +84,10 @@ def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: st
             out["max_output_tokens"] = budget
         return out
     if budget is not None and endpoint is not Endpoint.EMBEDDINGS:
+        # Reasoning models take only max_completion_tokens (OpenAI refuses max_tokens for them),
+        # whichever name the client, or a translation from the Responses API, used.
         if "max_completion_tokens" in body or (
-            "max_tokens" not in body and upstream_model.startswith(_REASONING_PREFIXES)
+            endpoint is Endpoint.CHAT and upstream_model.startswith(_REASONING_PREFIXES)
         ):
             out["max_completion_tokens"] = budget
             out.pop("max_tokens", None)

@@ -456,6 +456,9 @@ class Relay:
                     # that (its prompt, the tokens it sent) is counted for the operator, not dropped.
                     known, known_source = self._stream_usage(tally, prompt_tokens)
                     usage, source = (known, known_source) if tally.chunks else (Usage(0, 0), "")
+                    held = opened.exchange.held_back() if known_source == "counted" else ""
+                    if held:  # read from the upstream, never sent on: the upstream bills it all the same
+                        known = known._replace(completion=known.completion + count_choices_text([held], call.model))
                     sent.broke(Failure.TIMEOUT if status == "upstream_timeout" else Failure.SERVER, known, usage)
                 else:
                     usage, source = Usage(0, 0), ""

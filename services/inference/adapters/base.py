@@ -53,6 +53,11 @@ class Exchange:
         """What is still to come once the upstream's stream has ended (none, for most)."""
         return []
 
+    def held_back(self) -> str:
+        """Output read from the upstream that the client has not been sent yet (none, for most):
+        if the stream breaks now, it never will be."""
+        return ""
+
     def failure(self, status: int, payload: bytes, headers: Any) -> UpstreamError:
         return classify(status, payload, headers, self.channel)
 

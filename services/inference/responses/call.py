@@ -93,6 +93,9 @@ class TranslatedExchange(Exchange):
     def flush(self) -> list[dict[str, Any]]:
         return self.events.flush()
 
+    def held_back(self) -> str:
+        return self.events.held_back()
+
     def failure(self, status: int, payload: bytes, headers: Any) -> Any:
         return self.inner.failure(status, payload, headers)
 

@@ -193,6 +193,10 @@ class ChatEvents:
         self._calls = {}
         return events
 
+    def held_back(self) -> str:
+        """What the upstream has said that is not out yet: custom tool calls, announced whole at the end."""
+        return "".join(call.item["name"] + "".join(call.arguments) for call in self._calls.values() if call.custom)
+
     def flush(self) -> list[dict[str, Any]]:
         """The upstream is done: close every open item, then the closing event."""
         if self.finished or not self.started:
