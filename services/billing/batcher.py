@@ -229,7 +229,7 @@ class Batcher:
                 if call is None:
                     out[n] = NotFound(f"No hold for request {ask.request_id}")
                     continue
-                out[n], closing = _settlement(call, ask, balances, owed)
+                out[n], closing = settlement_of(call, ask, balances, owed)
                 if closing is not None:
                     closed.append(closing)
             if closed:
@@ -241,7 +241,7 @@ class Batcher:
             spent = await store.lock_key_spend(conn, limited) if limited else {}
             placed: list[tuple[int, store.NewHold]] = []
             for n, ask in fresh:
-                amount = _hold_amount(ask, accounts.get(ask.user_id), balances, spent)
+                amount = amount_to_hold(ask, accounts.get(ask.user_id), balances, spent)
                 out[n] = amount
                 if amount is not None:
                     placed.append((n, store.NewHold(
@@ -279,7 +279,7 @@ def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:
     return batch, later
 
 
-def _hold_amount(ask: HoldAsk, account: store.Account | None, balances: dict[int, int],
+def amount_to_hold(ask: HoldAsk, account: store.Account | None, balances: dict[int, int],
                  spent: dict[int, int]) -> int | None:
     """What store.reserve would hold for this ask after the batch's earlier holds: up to
     `desired`, what the balance (and the key's limit) can spare, at least `minimum`."""
@@ -296,7 +296,7 @@ def _hold_amount(ask: HoldAsk, account: store.Account | None, balances: dict[int
     return amount
 
 
-def _settlement(call: store.LockedCall, ask: SettleAsk, balances: dict[int, int],
+def settlement_of(call: store.LockedCall, ask: SettleAsk, balances: dict[int, int],
                 owed: dict[int, int]) -> tuple[Settlement, store.Closing | None]:
     """Charge a call's usage (cost() at the rates it was held at) and release the rest of its
     hold. Usage past the hold is charged from the balance as far as it reaches; a call whose
