@@ -270,6 +270,9 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
     rid = "req_" + secrets.token_hex(8)
     amount = reserve(rid, 1)
     assert reserve(rid, 2) == amount and w.held(uid) * 1_000_000 == amount
+    # Only the try holding the hold keeps it alive (the earlier try's heartbeat stops).
+    assert not billing.KeepAlive(billing_pb2.KeepAliveRequest(request_id=rid, try_number=1)).alive
+    assert billing.KeepAlive(billing_pb2.KeepAliveRequest(request_id=rid, try_number=2)).alive
     assert settle(rid, 1, 0).state == "superseded"
     assert w.held(uid) * 1_000_000 == amount  # still held, for try 2
     charged = settle(rid, 2, 50).charged

@@ -168,3 +168,38 @@ def test_the_edge_makes_a_lost_call_again_numbered_and_a_service_does_not() -> N
     edge_tries, service_tries, code = asyncio.run(run())
     assert edge_tries == [1, 2, 3]
     assert service_tries == [1] and code == grpc.StatusCode.UNAVAILABLE
+
+
+class _FlakyStream(inference_pb2_grpc.InferenceServicer):
+    """RelayStream: the first call fails before its first event as a lost replica does."""
+
+    def __init__(self) -> None:
+        self.tries: list[int] = []
+
+    async def RelayStream(self, request, context):  # noqa: N802, ANN001, ANN201 - a servicer's signature
+        self.tries.append(request.try_number)
+        if len(self.tries) == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+        yield inference_pb2.RelayEvent(chunk=b"{}")
+
+
+def test_a_stream_lost_before_its_first_event_is_opened_again_as_the_next_try() -> None:
+    async def run() -> tuple[list[int], object]:
+        servicer = _FlakyStream()
+        server = grpc.aio.server()
+        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = peers.channel(f"127.0.0.1:{port}", "inference", GrpcTls("edge", insecure=True),
+                                outer=[retry.RetryInterceptor()])
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        message = inference_pb2.RelayRequest(model="m", stream=True, try_number=1)
+        opened = retry.Opened()
+        first = await retry.first_event(lambda n: stub.RelayStream(retry.numbered(message, n), timeout=10), opened)
+        await channel.close()
+        await server.stop(None)
+        return servicer.tries, first
+
+    tries, first = asyncio.run(run())
+    assert tries == [1, 2]
+    assert isinstance(first, inference_pb2.RelayEvent) and first.chunk == b"{}"
