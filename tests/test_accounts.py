@@ -318,7 +318,8 @@ def test_usage_filters_and_csv_equal_the_json_rows(world: World) -> None:
 
     for query, param in [("status=not%20a%20status", "status"), ("since=yesterday", "since"),
                          (f"since={created[-1]}&until={created[0]}", "since"), ("format=xml", "format"),
-                         ("key_id=-1", "key_id"), ("cursor=nonsense", "cursor"), ("limit=x", "limit")]:
+                         ("key_id=-1", "key_id"), ("cursor=nonsense", "cursor"),
+                         ("cursor=99999999999999999999:r", "cursor"), ("limit=x", "limit")]:
         refused = user.call("GET", f"/api/usage?{query}")
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (query, refused.text)
     zh = user.call("GET", "/api/usage?format=xml", headers={"Accept-Language": "zh-CN"})

@@ -392,7 +392,7 @@ class Books:
         after = None
         if cursor:
             micros, _, request_id = cursor.partition(":")
-            if not micros.isdigit() or not request_id or len(cursor) > 240:
+            if not (micros.isascii() and micros.isdigit()) or len(micros) > 18 or not request_id or len(cursor) > 240:
                 raise InvalidRequest("'cursor' is not one this server gave", param="cursor")
             after = (int(micros), request_id)
         if where.since < 0 or where.until < 0 or (where.until and where.since >= where.until):
