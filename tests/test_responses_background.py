@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import signal
 from decimal import Decimal
 from typing import Any
 
 import openai
+import psycopg
 import pytest
 import requests
 from aiohttp import web
 
+from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests import mock_upstream as up
 from tests.world import Tenant, World
 from tools.stack import wait_until
@@ -133,3 +137,61 @@ def test_what_cannot_be_run_or_cancelled_in_the_background_is_refused(world: Wor
     wait_until(lambda: t.client.responses.retrieve(queued.id).status == "completed", 30, "the response to finish")
     wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to close")
     assert world.balance(other.user_id) == 100 and world.verify()["ok"]
+
+
+def test_a_retried_background_call_runs_once(world: World) -> None:
+    """The edge repeats a Relay whose replica it lost (same request id, the next try number): the
+    response is run by its first try only, which keeps its hold and settles it."""
+    model, tag = _served(world, "chat")
+    world.mock.script(tag, up.ok(delay_s=1))
+    t = world.tenant(credits=100)
+    request_id = "req_" + secrets.token_hex(12)
+    body = json.dumps({"model": model, "input": "Say this is a test!", "background": True}).encode()
+
+    def relay(try_number: int) -> dict[str, Any]:
+        message = inference_pb2.RelayRequest(
+            caller=common_pb2.Caller(user_id=t.user_id, key_id=t.key_id, request_id=request_id),
+            endpoint=inference_pb2.RESPONSES, model=model, body=body, try_number=try_number)
+        with world.stack.grpc_channel("inference", "edge") as channel:
+            return json.loads(inference_pb2_grpc.InferenceStub(channel).Relay(message, timeout=30).body)
+
+    first = relay(1)
+    wait_until(lambda: world.mock.received(tag), 20, "the first try to reach the upstream")
+    again = relay(2)
+    assert again["id"] == first["id"] == "resp_" + request_id.removeprefix("req_")
+    assert again["status"] in ("queued", "in_progress", "completed")  # the stored response as it stands
+    done = wait_until(lambda: (r := t.client.responses.retrieve(first["id"])).status == "completed" and r, 30,
+                      "the background response to complete")
+    assert len(world.mock.received(tag)) == 1  # one runner, one upstream call
+    row = _settled(world, t)
+    assert row["status"] == "complete" and row["request_id"] == request_id
+    assert Decimal(str(row["credits"])) == _charge(done.usage.input_tokens, done.usage.output_tokens)
+    wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to close")
+    assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"])) and world.verify()["ok"]
+
+
+def test_a_background_response_the_server_stops_is_a_server_failure_and_free(make_stack, mock) -> None:
+    stack = make_stack(name="background-shutdown", env={"CHATKORE_GRACE_S": "1"})
+    w = World(stack, mock)
+    model, tag = _served(w, "chat")
+    w.mock.script(tag, _until_disconnected())
+    t = w.tenant(credits=100)
+    queued = t.client.responses.create(model=model, input="Think about this for a long while.", background=True)
+    wait_until(lambda: w.mock.received(tag), 20, "the request to reach the upstream")
+    assert w.held(t.user_id) > 0
+
+    stack.signal("inference", signal.SIGTERM)  # past its grace the response is stopped by the server
+    assert stack.procs["inference"].wait(30) == 0
+    assert w.mock.state(tag).disconnects == 1
+    with psycopg.connect(stack.database_url) as conn:
+        status, error = conn.execute("SELECT response->>'status', response->'error' FROM responses WHERE id = %s",
+                                     (queued.id,)).fetchone()
+    assert status == "failed" and error["code"] == "server_error"
+    row = wait_until(lambda: w.usage(t.user_id), 20, "the usage row")[0]
+    assert row["status"] == "server_error" and Decimal(str(row["credits"])) == 0
+    assert row["prompt_tokens"] == 0 and row["completion_tokens"] == 0  # the client is charged nothing
+    with psycopg.connect(stack.database_url) as conn:
+        unbilled = conn.execute("SELECT unbilled_tokens FROM requests WHERE request_id = %s",
+                                (row["request_id"],)).fetchone()[0]
+    assert unbilled > 0  # what the upstream may bill is counted for the operator
+    assert w.balance(t.user_id) == 100 and w.held(t.user_id) == 0 and w.verify()["ok"]

@@ -216,6 +216,10 @@ class Relay:
 
     async def _unary(self, call: Call) -> Reply:
         prepared = await self._prepare(call)
+        if prepared.responses is not None and prepared.responses.background:
+            stored = await self._stored(prepared.responses)
+            if stored is not None:  # a retried call: its first try runs it and holds its credits
+                return Reply(dumps(stored), 0, 0, 0)
         hold = await self._reserve(call, prepared.prompt_tokens, prepared.body)
         if prepared.responses is not None and prepared.responses.background:
             return await self._queue(call, prepared, hold)
@@ -245,7 +249,13 @@ class Relay:
             obj, channel = await self._first_answer(call, body, candidates, hold, prepared.responses, sent)
         except BaseException as exc:
             status = _status_of(exc)
-            if status == "client_gone" and sent.channel_id:
+            if status == "client_gone" and self._stopped_by_server(prepared):
+                # No client left: the server stopped a background response. A server failure is
+                # free for the client; what the upstream may bill is counted for the operator.
+                if sent.channel_id:
+                    sent.failed(Failure.SERVER)
+                self.billing.settle_later(_settle(call, Usage(0, 0), "server_error", "", 0, sent.unbilled))
+            elif status == "client_gone" and sent.channel_id:
                 # The request reached the upstream, which bills the prompt whether or not
                 # anyone waits for its answer: the client who left pays it.
                 await self._close(_settle(call, Usage(prompt_tokens, 0), status, "counted", sent.channel_id,
@@ -280,13 +290,31 @@ class Relay:
         assert resp is not None and self.responses is not None and self.running is not None
         queued = resp.envelope.response("queued", [])
         try:
-            await self.responses.keep(user_id=resp.user_id, model=resp.envelope.model, items=resp.items,
-                                      response=queued)
+            fresh = await self.responses.keep(user_id=resp.user_id, model=resp.envelope.model, items=resp.items,
+                                              response=queued)
         except BaseException:
             await self._close(_settle(call, Usage(0, 0), "upstream_error", "", 0))  # nothing ran: release
             raise
+        if not fresh:
+            # A try at the same call stored it a moment ago and runs it: one runner, not two.
+            log.warning("background response %s is stored already: not run twice", resp.envelope.id)
+            return Reply(dumps(await self._stored(resp) or queued), 0, 0, 0)
         self.running.start(resp.envelope.id, self._run_in_background(call, prepared, hold))
         return Reply(dumps(queued), 0, 0, 0)
+
+    async def _stored(self, resp: responses.ResponsesCall) -> dict[str, Any] | None:
+        """The background response stored under this call's id (by an earlier try), if any."""
+        assert self.responses is not None
+        try:
+            return await self.responses.get(resp.user_id, resp.envelope.id)
+        except ServiceError:
+            return None
+
+    def _stopped_by_server(self, prepared: _Prepared) -> bool:
+        """A background response cancelled by a shutdown, not by its user."""
+        resp = prepared.responses
+        return (resp is not None and resp.background and self.running is not None and self.running.stopping
+                and resp.envelope.id not in self.running.cancelled)
 
     async def _run_in_background(self, call: Call, prepared: _Prepared, hold: Hold) -> None:
         resp = prepared.responses
@@ -295,7 +323,10 @@ class Relay:
         self.in_flight += 1
         beat = self._heartbeat(call, hold)
         try:
-            await self.responses.finish(envelope.id, envelope.response("in_progress", []))
+            if not await self.responses.finish(envelope.id, envelope.response("in_progress", [])):
+                # Cancelled by its user while queued: nothing went upstream, the hold is released.
+                await self._close(_settle(call, Usage(0, 0), "cancelled", "", 0))
+                return
             await self._unary_held(call, prepared, hold)  # its _keep stores the completed response
         except asyncio.CancelledError:
             if envelope.id not in self.running.cancelled:  # not its user's cancel: the process is stopping

@@ -151,12 +151,14 @@ async def aliases_fingerprint(conn: AsyncConnection) -> str:
 
 
 async def insert_response(conn: AsyncConnection, response_id: str, user_id: int, model: str,
-                          items: list[dict[str, Any]], response: dict[str, Any]) -> None:
-    await conn.execute(
+                          items: list[dict[str, Any]], response: dict[str, Any]) -> bool:
+    """Store a response; False when one of that id was there already (a retried call)."""
+    cur = await conn.execute(
         "INSERT INTO responses (id, user_id, model, input, response) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO NOTHING",
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
         (response_id, user_id, model, Jsonb(items), Jsonb(response)),
     )
+    return await cur.fetchone() is not None
 
 
 async def get_response(conn: AsyncConnection, user_id: int,

@@ -4,7 +4,8 @@ Each runs as a task of the inference process that took it; its stored row says h
 (queued, in_progress, then completed, failed or cancelled). A cancel marks the row `cancelled`
 whichever replica receives it; the replica running the response sees that within a poll and
 cancels its task, which ends the upstream call and settles it as a client that left would be
-(the prompt and what the upstream had sent are paid for).
+(the prompt and what the upstream had sent are paid for). A response the server stops (shutdown
+past its grace) is a server failure: free to the client.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Running:
         self._poll_s = poll_s
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.cancelled: set[str] = set()  # ids cancelled by their user (not by a shutdown)
+        self.stopping = False  # set at shutdown: a task cancelled now was stopped by the server
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -61,13 +63,18 @@ class Running:
                 self.cancel(response_id)
                 return
 
+    def running(self, response_id: str) -> bool:
+        return response_id in self._tasks
+
     async def stop(self, grace_s: float) -> None:
         """At shutdown: the responses still running get the grace period to finish; those that do
-        not are ended (settled as calls whose client left, and marked failed)."""
+        not are ended by the server, not their user: marked failed and free to the client (what
+        the upstream may bill is counted as unbilled)."""
         tasks = list(self._tasks.values())
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=grace_s)
+        self.stopping = True
         for task in late:
             task.cancel()
         if late:

@@ -34,9 +34,10 @@ class ResponseBook:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def keep(self, *, user_id: int, model: str, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+    async def keep(self, *, user_id: int, model: str, items: list[dict[str, Any]], response: dict[str, Any]) -> bool:
+        """Store a response; False when one of its id was stored already (a retried call)."""
         async with self._pool.connection() as conn:
-            await store.insert_response(conn, response["id"], user_id, model, _with_ids(items), response)
+            return await store.insert_response(conn, response["id"], user_id, model, _with_ids(items), response)
 
     async def finish(self, response_id: str, response: dict[str, Any]) -> bool:
         """A background response's new state (in progress, or how it ended); False if it was cancelled."""
