@@ -300,13 +300,15 @@ class Books:
         """Release every hold past its deadline (its request died); returns how many."""
         async with self._pool.connection() as conn:
             overdue = await store.overdue_holds(conn)
-        for request_id in overdue:
-            try:
-                await self.settle(request_id=request_id, usage=Usage(), status="expired", usage_source="",
-                                  channel_id=0)
+        # All at once: the writer commits them together.
+        results = await asyncio.gather(*(
+            self.settle(request_id=request_id, usage=Usage(), status="expired", usage_source="", channel_id=0)
+            for request_id in overdue), return_exceptions=True)
+        for request_id, result in zip(overdue, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("sweep of %s failed: %s", request_id, result)
+            elif result.state == "released":
                 log.warning("released overdue hold", extra={"hold": request_id})
-            except Exception as exc:
-                log.warning("sweep of %s failed: %s", request_id, exc)
         return len(overdue)
 
     async def sweep_forever(self, interval_s: float) -> None:
