@@ -303,6 +303,26 @@ def test_a_retried_call_takes_its_hold_over_or_places_it_again(fault_world: Worl
     with pytest.raises(grpc.RpcError):
         reserve(rid, 1)
     assert w.held(uid) == 0 and w.balance(uid) * 1_000_000 == 10_000_000 - 2 * charged
+    # What the superseded try had the upstream do (100 prompt + 50 completion tokens) is free for
+    # the client but counted for the operator on the call's row.
+    with psycopg.connect(w.stack.database_url) as conn:
+        [(unbilled,)] = conn.execute("SELECT unbilled_tokens FROM requests WHERE request_id = %s", (rid,)).fetchall()
+    assert unbilled == 150
+
+    # Answered: a call settled with a charge is never held again — neither a later try (its
+    # Reserve would otherwise get a hold that no longer exists and run upstream for free) nor
+    # a repeat of the same try.
+    rid = "req_" + secrets.token_hex(8)
+    reserve(rid, 1)
+    assert settle(rid, 1, 50).charged == charged
+    balance = w.balance(uid)
+    for try_number in (2, 1):
+        with pytest.raises(grpc.RpcError) as answered:
+            reserve(rid, try_number)
+        assert answered.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert w.balance(uid) == balance and w.held(uid) == 0
+    assert settle(rid, 2, 50).charged == charged  # idempotent: the one charge, not a second
+    assert w.balance(uid) == balance
     assert w.verify()["ok"]
 
 

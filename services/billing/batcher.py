@@ -205,6 +205,7 @@ class Batcher:
         settles = [(n, a) for n, a in enumerate(asks) if isinstance(a, SettleAsk)]
         beats = [(n, a) for n, a in enumerate(asks) if isinstance(a, BeatAsk)]
         closed: list[store.Closing] = []
+        superseded: list[tuple[str, int]] = []  # (request id, tokens a superseded try had worked on)
         async with conn.transaction():
             accounts = await store.lock_accounts(
                 conn, sorted({a.user_id for _, a in holds}),
@@ -232,8 +233,14 @@ class Batcher:
                 out[n], closing = settlement_of(call, ask, balances, owed)
                 if closing is not None:
                     closed.append(closing)
+                elif out[n].state == "superseded":
+                    worked = ask.usage.prompt + ask.usage.completion + ask.unbilled
+                    if worked:
+                        superseded.append((ask.request_id, worked))
             if closed:
                 await store.close_requests(conn, closed)
+            if superseded:
+                await store.add_unbilled(conn, superseded)
 
             again = [(n, a) for n, a in holds if a.request_id in calls]
             fresh = [(n, a) for n, a in holds if a.request_id not in calls]
@@ -258,6 +265,8 @@ class Batcher:
                 except ServiceError as exc:
                     out[n] = exc
         _count(closed)
+        if superseded:
+            metrics.UNBILLED.labels("superseded").inc(sum(tokens for _, tokens in superseded))
         return out
 
 

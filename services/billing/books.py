@@ -16,6 +16,7 @@ from services.billing import store
 from services.billing.batcher import Batcher, BeatAsk, HoldAsk, SettleAsk, Settlement
 from services.billing.errors import (
     Conflict,
+    HoldClosed,
     InsufficientQuota,
     InvalidRequest,
     ModelNotPriced,
@@ -240,17 +241,23 @@ class Books:
         """A Reserve for a call that has a hold row already: a retry (the edge tried another
         replica, or inference repeated a call billing may have taken). The retry takes an open
         hold over; a hold an earlier try released is placed again; a settled call, already paid
-        for, is answered with its hold and charges nothing more. A try numbered below the one on
-        the row is stale (its caller has moved on) and is refused, so it can neither take a later
-        try's hold nor hold again for a call whose client already had its answer. Without a try
+        for, is refused (HOLD_CLOSED): nothing is held for it, so nothing may go upstream again.
+        A try numbered below the one on the row is stale (its caller has moved on) and is
+        refused, so it can neither take a later try's hold nor hold again for a call whose client
+        already had its answer. Without a try
         number (0: a caller that does not number its tries), a repeat is answered with the hold
         as it stands."""
         for _ in range(3):  # each pass that finds the row moved on sees a later state of it
             existing = await store.get_request(conn, request_id)
             if existing is None or existing.user_id != user_id:
                 raise Conflict("request id reused")
-            if not try_number or existing.state == "settled":
+            if not try_number:
                 return existing.hold
+            if existing.state == "settled":
+                # Answered and charged already: a later try must not run the call upstream again
+                # on a hold that no longer exists (it would be free), nor a stale one.
+                raise HoldClosed("This request was already answered and charged; send it again as a new"
+                                 " request.")
             if existing.try_number > try_number:
                 break  # stale
             if existing.state == "held":

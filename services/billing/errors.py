@@ -26,7 +26,7 @@ class ModelNotPriced(ServiceError):
 
 
 class HoldClosed(ServiceError):
-    """Settle with real usage arrived after the sweeper had released the hold."""
+    """A try at a call that was already answered and charged: nothing is held for it."""
 
     reason = "HOLD_CLOSED"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION

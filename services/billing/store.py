@@ -662,6 +662,15 @@ _CLOSE_REQUESTS = """
 """
 
 
+async def add_unbilled(conn: AsyncConnection, work: list[tuple[str, int]]) -> None:
+    """Tokens the upstream worked on for a try that a later try superseded: the client pays only
+    the try that answered it, the operator's cost of the other is counted on the call's row."""
+    await conn.execute(
+        "UPDATE requests q SET unbilled_tokens = q.unbilled_tokens + w.tokens"
+        " FROM unnest(%s::text[], %s::integer[]) AS w(rid, tokens) WHERE q.request_id = w.rid",
+        ([rid for rid, _ in work], [tokens for _, tokens in work]))
+
+
 async def close_requests(conn: AsyncConnection, closings: list[Closing]) -> None:
     """Record decided settlements and move their money: the same rows and ledger entries as
     close_request for each, each account and key moved once by its totals."""
