@@ -18,6 +18,7 @@ from edge.keylimits import KeyLimits
 from edge.middleware import Router, add_request_id, errors
 from edge.ratelimit import make_limiter
 from edge.retry import RetryInterceptor
+from edge.settled import ANSWERED, AnsweredCalls, read_after_write
 from edge.state import CONFIG, COUNTERS, GUARD, KEYS, LIMITS, PEERS, SIGNUPS, Counters, Peers
 from services.common import metrics_http, peers, telemetry
 
@@ -74,12 +75,13 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(cfg: EdgeConfig) -> web.Application:
     traced = telemetry.http_server_middleware()  # None unless an OTLP endpoint is configured
-    middlewares = [errors, cors.preflight, declared_size]
+    middlewares = [errors, cors.preflight, declared_size, read_after_write]
     app = web.Application(router=Router(), middlewares=middlewares if traced is None else [traced, *middlewares],
                           client_max_size=cfg.max_body_bytes)
     app[CONFIG] = cfg
     app[TRUSTED_PROXIES] = cfg.trusted_proxies
     app[COUNTERS] = Counters()
+    app[ANSWERED] = AnsweredCalls()
     app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_captcha)

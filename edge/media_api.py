@@ -182,6 +182,7 @@ async def _relay(request: web.Request, endpoint: int, model: str, raw: bytes, bo
                                  credit_limit=key.credit_limit, request_id=request["request_id"]),
         endpoint=endpoint, model=model, body=raw, stream=stream, n=1, content_type=content_type, try_number=1)
     inference = request.app[PEERS].inference
+    request["relayed"] = True  # settled after the reply (edge/settled.py)
     headers = admission.headers if admission else {}
     used: list[int] = []
     try:

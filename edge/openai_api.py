@@ -56,6 +56,7 @@ async def _relay(request: web.Request, endpoint: int,
         forward_headers=forward_headers, try_number=1,
     )
     inference = request.app[PEERS].inference
+    request["relayed"] = body.get("background") is not True  # settled after the reply (edge/settled.py)
     headers = admission.headers if admission else None
     used: list[int] = []  # the call's real tokens, once known
     try:

@@ -14,6 +14,7 @@ committing each item alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class Batcher:
         self._conn: psycopg.AsyncConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False  # a batch is being committed
+        self._commits = asyncio.Event()  # set (and replaced) at each commit
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever())
@@ -122,6 +124,11 @@ class Batcher:
 
     async def keep_alive(self, ask: BeatAsk) -> bool:
         return await self._submit(ask)  # type: ignore[return-value]
+
+    async def committed(self, timeout_s: float) -> None:
+        """Return after the writer's next commit, or when `timeout_s` has passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._commits.wait(), timeout_s)
 
     async def flushed(self) -> None:
         """Return once everything queued before this call is committed (reads after a settlement
@@ -185,6 +192,8 @@ class Batcher:
         for item in batch:
             if item.ask is None and not item.future.done():
                 item.future.set_result(None)
+        self._commits.set()
+        self._commits = asyncio.Event()
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:

@@ -9,6 +9,8 @@ from services.billing.pricing import Price, Rates, Usage
 from services.billing.store import AlertRow, OrderRow, RequestRow, UsageFilter, UserRow
 from services.billing.till import Till, Verdict
 
+MAX_AWAITED = 1024  # request ids one AwaitSettled may name
+
 
 def _user(u: UserRow) -> billing_pb2.User:
     return billing_pb2.User(id=u.id, name=u.name, balance=u.balance, held=u.held, created=u.created,
@@ -69,6 +71,12 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
                          context: grpc.aio.ServicerContext) -> billing_pb2.User:
         credits = request.credits if request.HasField("credits") else None
         return _user(await self.books.create_user(request.name, credits, request.reference))
+
+    async def AwaitSettled(self, request: billing_pb2.AwaitSettledRequest,
+                           context: grpc.aio.ServicerContext) -> billing_pb2.AwaitSettledReply:
+        still = await self.books.await_settled(list(request.request_ids[:MAX_AWAITED]),
+                                               min(request.timeout_ms, 10_000) / 1000)
+        return billing_pb2.AwaitSettledReply(open=still)
 
     async def GetUser(self, request: billing_pb2.GetUserRequest,
                       context: grpc.aio.ServicerContext) -> billing_pb2.User:

@@ -662,6 +662,13 @@ _CLOSE_REQUESTS = """
 """
 
 
+async def count_held(conn: AsyncConnection, request_ids: list[str]) -> int:
+    """How many of these calls still hold credits."""
+    cur = await conn.execute("SELECT count(*) FROM requests WHERE request_id = ANY(%s::text[]) AND state = 'held'",
+                             (request_ids,))
+    return (await cur.fetchone())[0]
+
+
 async def add_unbilled(conn: AsyncConnection, work: list[tuple[str, int]]) -> None:
     """Tokens the upstream worked on for a try that a later try superseded: the client pays only
     the try that answered it, the operator's cost of the other is counted on the call's row."""

@@ -38,7 +38,9 @@ CALLERS: dict[str, frozenset[str]] = {
         "CreateOrder", "GetOrder", "ListOrders", "PayDemoOrder", "SetOrderReview", "AlipayNotify",
         "StripeWebhook", "ListNotifications", "GetInvite", "AcceptInvite",
         # Low-balance alerts: the threshold is set from the console.
-        "SetBalanceAlert", "GetBalanceAlert")},
+        "SetBalanceAlert", "GetBalanceAlert",
+        # Reads after the replies the edge gave: their settlements land first.
+        "AwaitSettled")},
     # Console sign-up (auth) makes the billing user behind a new account; the admin API (edge) too.
     "/chatkore.v1.Billing/CreateUser": frozenset({"edge", "auth"}),
     # A verified address brings the sign-up bonus; auth mails the low-balance alerts it takes.
