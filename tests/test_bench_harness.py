@@ -105,9 +105,13 @@ def test_report_compares_each_round_with_its_direct_run(tmp_path: Path) -> None:
     assert ck["added_p50_ms"] == {"median": 2.0, "min": 1.5, "max": 2.5, "n": 3}
     assert ck["rps"]["median"] == 450 and ck["rss_mb"]["median"] == 160
     checks = {c["target"]: c["met"] for c in report.targets(rows)}
-    assert checks["added p50 latency at concurrency 1 ≤3 ms"] is True
-    assert checks["memory of the four processes ≤175 MB at steady load"] is True
-    assert checks["≥5× LiteLLM's requests/s per core"] is None
+    assert checks["added p50 at c=1: ≤3.5 ms (stretch ≤3.0)"] is True        # 2.0 ms
+    assert checks["CPU per request at c=1: ≤3.0 ms"] is True                  # 2.0 ms, the median
+    assert checks["memory, four processes at steady load: ≤200 MB PSS (stretch ≤175)"] is True  # 4 × 30 MB
+    assert checks["req/s per core vs LiteLLM: ≥5×"] is None
+    assert checks["CPU per request at c=64, incl. PostgreSQL: ≤1.5 ms (stretch ≤1.0)"] is None  # not run
+    slow = report.aggregate([_run("direct", 0, 5000, 0.5), _run("chatkore", 0, 100, 5.0, 4.0)])
+    assert {c["target"]: c["met"] for c in report.targets(slow)}["CPU per request at c=1: ≤3.0 ms"] is False
     table = report.tables(rows)
     assert "| chat c=1 | chatkore | 450 (400–500) |" in table
     readme = tmp_path / "README.md"
