@@ -271,8 +271,12 @@ def test_usage_filters_and_csv_equal_the_json_rows(world: World) -> None:
     world.mock.script(tag_a, mock_upstream.fail(500))
     with pytest.raises(openai.APIStatusError):
         _spend(first_client, model_a)
-    everything = user.ok("GET", "/api/usage?limit=100")["data"]
-    assert len(everything) == 6
+    # A call is settled just after its reply (inference answers first): wait for all six rows.
+    def settled() -> list[dict[str, Any]] | None:
+        rows = user.ok("GET", "/api/usage?limit=100")["data"]
+        return rows if len(rows) == 6 else None
+
+    everything = wait_until(settled, 30, "the six calls' usage rows")
     first_key_id = next(r["key_id"] for r in everything if r["key_id"] != second["id"])
     created = sorted({r["created"] for r in everything})
 

@@ -200,9 +200,10 @@ def test_operator_dashboard_and_channel_test(world: World) -> None:
     op = operator(world)
     tenant = world.tenant()
     tenant.client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    stats = op.ok("GET", "/admin/v1/stats?hours=2&bucket=3600")["data"]
-    row = [s for s in stats if s["model"] == "gpt-4o-mini"]
-    assert row and row[-1]["requests"] >= 1 and row[-1]["prompt_tokens"] > 0 and row[-1]["credits"] > 0
+    # The call is settled just after its reply (inference answers first): wait until it counts.
+    row = wait_until(lambda: [s for s in op.ok("GET", "/admin/v1/stats?hours=2&bucket=3600")["data"]
+                              if s["model"] == "gpt-4o-mini" and s["credits"] > 0], 30, "the call in the stats")
+    assert row[-1]["requests"] >= 1 and row[-1]["prompt_tokens"] > 0 and row[-1]["credits"] > 0
     channel_id, tag = world.channel(["gpt-4o-mini"])
     result = op.ok("POST", f"/admin/v1/channels/{channel_id}/test", {})
     assert result["ok"] is True and result["latency_ms"] > 0 and result["model"] == "gpt-4o-mini"
