@@ -115,6 +115,49 @@ def test_alipay_notification_five_times_at_once_credits_once(shop: World, fake: 
     assert all(signed["sign"] not in json.dumps(n) for n in kept(shop, order["id"]))  # never the signature
 
 
+def _partial_refund(fake: FakePayments, order_id: str, total: str, refund_fee: str) -> dict[str, str]:
+    """Alipay's TRADE_SUCCESS after a partial refund: `refund_fee` yuan refunded so far, in all."""
+    params = {**alipay_notification(order_id, total), "refund_fee": refund_fee,
+              "gmt_refund": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return alipay_signed(fake.alipay_key, params)
+
+
+def test_alipay_partial_refund_takes_back_its_share_once(shop: World, fake: FakePayments) -> None:
+    user = ConsoleUser(shop.url).register()
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 10}, expect=201)
+    assert notify(shop, alipay_signed(fake.alipay_key, alipay_notification(order["id"], "10.00"))) == "success"
+    assert shop.balance(user.user_id) == Decimal(1400)
+    # A quarter refunded, the notification five times at once: a quarter of the credits back, once.
+    quarter = _partial_refund(fake, order["id"], "10.00", "2.50")
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: notify(shop, quarter), range(5)))
+    assert answers == ["success"] * 5
+    assert shop.balance(user.user_id) == Decimal(1050)
+    assert notify(shop, quarter) == "success" and shop.balance(user.user_id) == Decimal(1050)  # a replay
+    refunds = [n["verdict"] for n in kept(shop, order["id"]) if n["verdict"] != "credited"]
+    assert sorted(refunds) == ["duplicate"] * 5 + ["refunded"]
+    # Another refund: refund_fee is the sum so far, so 6.00 in all takes back 3.50 more.
+    assert notify(shop, _partial_refund(fake, order["id"], "10.00", "6.00")) == "success"
+    assert shop.balance(user.user_id) == Decimal(560)
+    assert user.ok("GET", f"/api/payments/{order['id']}")["status"] == "paid"  # part of it still is
+    # A refund_fee that is no part of the order is refused, and moves nothing.
+    for bad in ("abc", "10.01", "-1.00", "0.001", "NaN"):
+        notify(shop, _partial_refund(fake, order["id"], "10.00", bad))
+        assert shop.balance(user.user_id) == Decimal(560), bad
+    assert shop.verify()["ok"]
+
+
+def test_alipay_partial_refund_before_its_payment_notification(shop: World, fake: FakePayments) -> None:
+    """The payment notification was lost: the partial refund's TRADE_SUCCESS says the trade was paid."""
+    user = ConsoleUser(shop.url).register()
+    order = user.ok("POST", "/api/payments", {"provider": "alipay", "amount": 2}, expect=201)
+    assert notify(shop, _partial_refund(fake, order["id"], "2.00", "0.50")) == "success"
+    assert shop.balance(user.user_id) == Decimal(210)  # 280 credited, a quarter taken back
+    assert notify(shop, alipay_signed(fake.alipay_key, alipay_notification(order["id"], "2.00"))) == "success"
+    assert shop.balance(user.user_id) == Decimal(210)  # the late payment notification credits nothing more
+    assert shop.verify()["ok"]
+
+
 @pytest.mark.parametrize("case", ["tampered_amount", "resigned_amount", "wrong_key", "unknown_order", "other_app",
                                   "closed_resigned_amount", "no_signature"])
 def test_alipay_forged_or_mismatched_notification_moves_nothing(shop: World, fake: FakePayments, case: str) -> None:

@@ -207,8 +207,27 @@ class Till:
             return await self._alipay_closed(order)
         if status not in ALIPAY_PAID:
             return await self._refuse("alipay", order_id, status, f"trade_status {status!r} is not a payment")
+        if "refund_fee" in params:
+            return await self._alipay_partial_refund(order, status, params)
         return await self._credit("alipay", order_id, params.get("trade_no", "")[:100], status,
                                   f"Alipay {status}, {yuan(order.amount)} CNY")
+
+    async def _alipay_partial_refund(self, order: OrderRow, status: str, params: dict[str, str]) -> Verdict:
+        """A paid trade that notifies with `refund_fee` (and gmt_refund): part of it was refunded,
+        `refund_fee` yuan in all so far. The payment stands (credited if it was not yet) and the
+        refunded share of its credits is taken back; the target is cumulative, so the same
+        notification again, or five at once, takes back once."""
+        refund = _minor_units(params.get("refund_fee", ""))
+        if refund is None or refund <= 0 or refund > order.amount:
+            return await self._refuse("alipay", order.id, status,
+                                      f"refund_fee {params.get('refund_fee', '')[:20]!r} is not a refund of the"
+                                      f" order's {yuan(order.amount)}", review=True)
+        if order.status in ("pending", "expired"):  # its payment notification has not come (or not yet): it is paid
+            await self._credit("alipay", order.id, params.get("trade_no", "")[:100], status,
+                               f"Alipay {status}, {yuan(order.amount)} CNY")
+        target = order.credits * refund // order.amount
+        return await self._take_back("alipay", f"{status} refund", order.id, target, refund >= order.amount,
+                                     f"Alipay refunded {yuan(refund)} of {yuan(order.amount)} CNY")
 
     async def _alipay_closed(self, order: OrderRow) -> Verdict:
         """TRADE_CLOSED, verified: the trade timed out unpaid, or was paid and then refunded in
@@ -325,6 +344,17 @@ class Till:
 
 def _text(value: Any) -> str:
     return value.replace("\x00", "")[:100] if isinstance(value, str) else ""
+
+
+def _minor_units(value: str) -> int | None:
+    """A yuan amount (a decimal string, at most two places) in fen; None if it is not one."""
+    try:
+        amount = Decimal(value[:30]) * 100
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or amount != amount.to_integral_value():
+        return None
+    return int(amount)
 
 
 def _same_amount(total_amount: str, amount_minor: int) -> bool:
