@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import psycopg
 
 from services.billing import store
-from services.billing.errors import NotFound, Unavailable
+from services.billing.errors import InsufficientQuota, NotFound, Unavailable, quota_refusal
 from services.billing.pricing import TokenRates, Usage, cost
 from services.common import metrics
 from services.common.errors import ServiceError
@@ -77,7 +77,7 @@ class Settlement:
 
 
 # A Reserve for a call that has a request row already, the one-by-one way (Books._retried):
-# the amount held, or None when it cannot be paid for.
+# the amount held; InsufficientQuota when it cannot be paid for.
 Retried = Callable[[psycopg.AsyncConnection, HoldAsk], Awaitable[int | None]]
 
 _UNAVAILABLE = "Billing's database is unavailable; try again shortly."
@@ -115,8 +115,9 @@ class Batcher:
         if self._conn is not None:
             await self._conn.close()
 
-    async def reserve(self, ask: HoldAsk) -> int | None:
-        """The amount held, or None when the account (or the key's limit) cannot cover `minimum`."""
+    async def reserve(self, ask: HoldAsk) -> int:
+        """The amount held; InsufficientQuota when the account (or the key's limit) cannot cover
+        `minimum`."""
         return await self._submit(ask)  # type: ignore[return-value]
 
     async def settle(self, ask: SettleAsk) -> Settlement:
@@ -258,7 +259,7 @@ class Batcher:
             placed: list[tuple[int, store.NewHold]] = []
             for n, ask in fresh:
                 amount = amount_to_hold(ask, accounts.get(ask.user_id), balances, spent)
-                out[n] = amount
+                out[n] = amount if amount is not None else refusal(ask, accounts.get(ask.user_id), balances, spent)
                 if amount is not None:
                     placed.append((n, store.NewHold(
                         ask.request_id, ask.user_id, ask.key_id, ask.credit_limit > 0, ask.model, ask.channel_id,
@@ -312,6 +313,14 @@ def amount_to_hold(ask: HoldAsk, account: store.Account | None, balances: dict[i
     if ask.credit_limit > 0:
         spent[ask.key_id] += amount
     return amount
+
+
+def refusal(ask: HoldAsk, account: store.Account | None, balances: dict[int, int],
+            spent: dict[int, int]) -> InsufficientQuota:
+    """Why amount_to_hold held nothing: the account, the key's limit, or the balance."""
+    disabled = account is None or account.disabled
+    return quota_refusal(disabled=disabled, key_limit_reached=not disabled and ask.credit_limit > 0
+                         and ask.credit_limit - spent[ask.key_id] < balances[ask.user_id])
 
 
 def settlement_of(call: store.LockedCall, ask: SettleAsk, balances: dict[int, int],

@@ -17,10 +17,10 @@ from services.billing.batcher import Batcher, BeatAsk, HoldAsk, SettleAsk, Settl
 from services.billing.errors import (
     Conflict,
     HoldClosed,
-    InsufficientQuota,
     InvalidRequest,
     ModelNotPriced,
     NotFound,
+    quota_refusal,
 )
 from services.billing.prices import PriceBook
 from services.billing.pricing import (
@@ -224,17 +224,18 @@ class Books:
             request_id=request_id, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=price.model,
             rates=rates, prompt_tokens=prompt_tokens, desired=plan.desired, minimum=plan.minimum,
             channel_id=channel_id, try_number=try_number))
-        if amount is None:
-            async with self._pool.connection() as conn:
-                await self._explain_refusal(conn, user_id, key_id, credit_limit)
+        assert amount is not None  # a refusal is raised by the batcher
         budget = completion_budget(price, amount, prompt_tokens, choices, plan.per_choice_limit, rates)
         return Hold(request_id, amount, budget, budget < plan.per_choice_limit, plan.per_choice_limit,
                     self._hold_ttl_s, priced_unit)
 
     async def _reserve_again(self, conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
         """The batcher's way for a Reserve whose request row exists (inside its transaction)."""
-        return await self._retried(conn, ask.request_id, ask.user_id, ask.key_id, ask.credit_limit,
-                                   ask.prompt_tokens, HoldPlan(ask.desired, ask.minimum, 0), ask.try_number)
+        amount = await self._retried(conn, ask.request_id, ask.user_id, ask.key_id, ask.credit_limit,
+                                     ask.prompt_tokens, HoldPlan(ask.desired, ask.minimum, 0), ask.try_number)
+        if amount is None:
+            await self._explain_refusal(conn, ask.user_id, ask.key_id, ask.credit_limit)
+        return amount
 
     async def _retried(self, conn: psycopg.AsyncConnection, request_id: str, user_id: int, key_id: int,
                        credit_limit: int, prompt_tokens: int, plan: HoldPlan, try_number: int) -> int | None:
@@ -277,13 +278,9 @@ class Books:
     async def _explain_refusal(self, conn: psycopg.AsyncConnection, user_id: int, key_id: int,
                                credit_limit: int) -> None:
         user = await store.get_user(conn, user_id)
-        if user is None or user.disabled:
-            raise InsufficientQuota("This account is disabled.")
-        if credit_limit > 0 and await store.key_room(conn, key_id, credit_limit) < user.balance:
-            raise InsufficientQuota("This API key has reached its credit limit. Raise the limit or use"
-                                    " another key.")
-        raise InsufficientQuota("You exceeded your current quota, please top up your chatkore credits."
-                                " Your balance cannot cover this request.")
+        raise quota_refusal(disabled=user is None or user.disabled,
+                            key_limit_reached=user is not None and credit_limit > 0
+                            and await store.key_room(conn, key_id, credit_limit) < user.balance)
 
     async def settle(self, *, request_id: str, usage: Usage, status: str, usage_source: str, channel_id: int,
                      try_number: int = 0, unbilled: int = 0) -> Settlement:

@@ -30,3 +30,13 @@ class HoldClosed(ServiceError):
 
     reason = "HOLD_CLOSED"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def quota_refusal(*, disabled: bool, key_limit_reached: bool) -> InsufficientQuota:
+    """Why a hold could not be placed, as the caller is told."""
+    if disabled:
+        return InsufficientQuota("This account is disabled.")
+    if key_limit_reached:
+        return InsufficientQuota("This API key has reached its credit limit. Raise the limit or use another key.")
+    return InsufficientQuota("You exceeded your current quota, please top up your chatkore credits."
+                             " Your balance cannot cover this request.")

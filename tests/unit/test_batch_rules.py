@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.billing.batcher import HoldAsk, SettleAsk, Settlement, amount_to_hold, settlement_of
+from services.billing.batcher import HoldAsk, SettleAsk, Settlement, amount_to_hold, refusal, settlement_of
 from services.billing.pricing import TokenRates, Usage
 from services.billing.store import Account, Closing, LockedCall
 
@@ -85,3 +85,17 @@ def test_a_release_pays_a_debt_first_and_the_batch_sees_what_is_left() -> None:
     assert balances == {USER: 10_000} and owed == {USER: 0}
     assert amount_to_hold(_ask(desired=60_000, minimum=11_000), Account(0, False, 50_000), balances, {}) is None
     assert amount_to_hold(_ask(desired=60_000, minimum=10_000), Account(0, False, 50_000), balances, {}) == 10_000
+
+
+@pytest.mark.parametrize("account, credit_limit, spent, words", [
+    (None, 0, 0, "disabled"),
+    (Account(0, True, 0), 0, 0, "disabled"),
+    (Account(100_000, False, 0), 0, 0, "Your balance cannot cover"),
+    (Account(10_000_000, False, 0), 500_000, 450_000, "credit limit"),  # the key, not the balance, is short
+    (Account(40_000, False, 0), 500_000, 450_000, "Your balance cannot cover"),  # the balance is shorter still
+])
+def test_a_refusal_says_why(account: Account | None, credit_limit: int, spent: int, words: str) -> None:
+    ask = _ask(credit_limit=credit_limit)
+    balances = {USER: account.balance if account else 0}
+    assert amount_to_hold(ask, account, balances, {KEY: spent}) is None
+    assert words in str(refusal(ask, account, balances, {KEY: spent}))
