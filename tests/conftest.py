@@ -1,15 +1,25 @@
-"""Session fixtures: a real PostgreSQL, the scripted upstream, and chatkore as real processes."""
+"""Session fixtures: a real PostgreSQL, the scripted upstream, and chatkore as real processes.
+
+A stack lives as long as what asked for it: one made in a test's body stops when that test
+ends, one made in a fixture stops when that fixture is torn down (module-scoped: at the end of
+the module; the shared `world`: at the end of the run). Every stack's books are verified when
+it stops; books that do not balance fail the run, naming the stack. Unit tests run first."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from services.billing.store import verify_ledger
 from services.common.migrations import apply_all
 from tests.mock_upstream import MockUpstream
 from tests.world import World
@@ -96,24 +106,170 @@ def redis_servers(tmp_path_factory) -> Iterator[dict[str, str]]:
         server.stop()
 
 
+# --- who owns a stack -----------------------------------------------------------------
+# The fixture being set up right now (innermost last), and the test running right now: a
+# stack made under one of them is stopped when that one ends.
+_SETTING_UP: list[pytest.FixtureRequest] = []
+_RUNNING: list[pytest.Item] = []
+
+
+class _Owners:
+    """Hooks that keep `_SETTING_UP` and `_RUNNING` (registered as a plugin of its own: a
+    conftest's hooks do not see session-scoped fixtures, whose node is the session)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):  # noqa: ANN001, ANN201 - pytest's hook signature
+        _SETTING_UP.append(request)
+        try:
+            return (yield)
+        finally:
+            _SETTING_UP.pop()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):  # noqa: ANN201 - pytest's hook signature
+        _RUNNING.append(item)
+        try:
+            return (yield)
+        finally:
+            _RUNNING.pop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_Owners(), "chatkore-stack-owners")
+
+
+def _own(stop: Callable[[], None]) -> None:
+    """Run `stop` when whatever is asking for the stack right now ends."""
+    if _SETTING_UP:
+        _SETTING_UP[-1].addfinalizer(stop)
+    elif _RUNNING:
+        _RUNNING[-1].addfinalizer(stop)
+    else:
+        raise RuntimeError("a stack made outside any fixture or test: nobody would stop it")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Unit tests first: they need no stack and fail in seconds. A stable sort keeps every other
+    # order (tests/hostile/conftest.py puts the log check last).
+    unit = Path(__file__).resolve().parent / "unit"
+    items.sort(key=lambda item: 0 if Path(str(item.path)).is_relative_to(unit) else 1)
+
+
+# --- how many stacks run ------------------------------------------------------------------
+
+
+class StackCount:
+    """Stacks started and alive, logged to artifacts/stacks.log and summed up at the end."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.edges = 0  # of `started`, extra edges on another stack's services
+        self.alive: set[str] = set()
+        self.most_alive = 0
+        self.log = ARTIFACTS / "stacks.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")
+
+    def note(self, event: str, name: str, edge: bool = False) -> None:
+        if event == "start":
+            self.started += 1
+            self.edges += edge
+            self.alive.add(name)
+            self.most_alive = max(self.most_alive, len(self.alive))
+        else:
+            self.alive.discard(name)
+        with self.log.open("a") as f:
+            f.write(json.dumps({"t": round(time.time(), 3), "event": event, "stack": name,
+                                "alive": sorted(self.alive), "started": self.started}) + "\n")
+
+
+STACKS = StackCount()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook signature
+    if STACKS.started:
+        terminalreporter.write_line(
+            f"stacks: {STACKS.started - STACKS.edges} whole stacks and {STACKS.edges} extra edges started,"
+            f" at most {STACKS.most_alive} alive at once (tests/artifacts/stacks.log)")
+
+
+def books_of(database_url: str) -> dict:
+    """The books of a database as billing's own check reads them (needs no running service):
+    `problems` is empty when they balance."""
+
+    async def check() -> dict:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return await verify_ledger(conn)
+
+    return asyncio.run(check())
+
+
+class Owned:
+    """Stops a stack (the finalizer its owner runs) and fails, naming it, if its books are wrong."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.problems: list[str] = []
+        stack.on_stopped = self.check_books
+
+    def check_books(self, stack: Stack) -> None:
+        try:
+            report = books_of(stack.database_url)
+        except Exception as exc:  # noqa: BLE001 - a database that cannot be read is a failure too
+            self.problems.append(f"the books could not be read: {exc!r}")
+            return
+        self.problems += list(report["problems"])
+
+    def stop(self) -> None:
+        try:
+            self.stack.stop()
+        finally:
+            STACKS.note("stop", self.stack.name)
+        if self.problems:
+            raise AssertionError(f"stack {self.stack.name!r}: the books do not balance: {self.problems}")
+
+
+def _log_dir(name: str) -> Path:
+    log_dir = ARTIFACTS / "logs" / f"{name}-{STACKS.started}"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return log_dir
+
+
 @pytest.fixture(scope="session")
-def make_stack(make_database, tmp_path_factory) -> Iterator:
-    """A factory of whole stacks (own database, own ports); each is stopped at the end."""
-    stacks: list[Stack] = []
+def make_stack(make_database) -> Iterator:
+    """A factory of whole stacks (own database, own ports). Each stops when what asked for it
+    ends (a test, or a fixture of any scope), and its books are verified then."""
 
     def make(database_url: str | None = None, env: dict[str, str] | None = None, name: str = "stack",
              start: bool = True, replicas: dict[str, int] | None = None) -> Stack:
-        log_dir = ARTIFACTS / "logs" / f"{name}-{len(stacks)}"
-        shutil.rmtree(log_dir, ignore_errors=True)
         stack = Stack(database_url=database_url or make_database(), admin_key="ck-admin-" + secrets.token_hex(16),
-                      secret_key=secrets.token_hex(16), log_dir=log_dir, env_extra={**TEST_ENV, **(env or {})},
+                      secret_key=secrets.token_hex(16), log_dir=_log_dir(name), env_extra={**TEST_ENV, **(env or {})},
                       replicas=replicas or {})
-        stacks.append(stack)
+        _own(Owned(stack).stop)
+        STACKS.note("start", stack.name)
         return stack.start() if start else stack
 
     yield make
-    for stack in stacks:
-        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def make_edge() -> Iterator:
+    """A factory of extra edges on a running stack's services (same database, keys and
+    certificates), with settings of their own: what a test of an edge setting needs, without
+    a whole stack. Each stops when what asked for it ends."""
+
+    def make(stack: Stack, env: dict[str, str] | None = None, name: str = "edge") -> Stack:
+        edge = Stack(database_url=stack.database_url, admin_key=stack.admin_key, secret_key=stack.secret_key,
+                     log_dir=_log_dir(f"{stack.name}-{name}"), ports=dict(stack.ports),
+                     env_extra={**stack.env_extra, **(env or {})}, pki_dir=stack.pki_dir,
+                     metrics_ports=dict(stack.metrics_ports), health_ports=dict(stack.health_ports))
+        _own(Owned(edge).stop)
+        STACKS.note("start", edge.name, edge=True)
+        edge.start_process("edge")
+        edge.wait_healthy(60)
+        return edge
+
+    yield make
 
 
 @pytest.fixture(scope="session")

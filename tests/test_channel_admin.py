@@ -1,6 +1,8 @@
 """Operating channels: the test call, and upstream keys that are useless without CHATKORE_SECRET_KEY."""
 from __future__ import annotations
 
+import secrets
+
 import psycopg
 import pytest
 import requests
@@ -8,7 +10,7 @@ import requests
 from services.common.config import Secret
 from services.inference.secretbox import SecretBox
 from tests import mock_upstream as up
-from tests.world import World
+from tests.world import ISSUED_SECRETS, World
 from tools.stack import wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -79,10 +81,13 @@ def test_upstream_key_is_unreadable_without_the_secret(make_stack, mock) -> None
     tenant = first.tenant()
     assert tenant.client.chat.completions.create(model=model, messages=MSG).choices[0].message.content
     assert mock.received(tag)[-1].headers["Authorization"] == f"Bearer {upstream_key}"
-    # The same database under another CHATKORE_SECRET_KEY: the channel is listed as unusable and never called.
-    first.stack.stop()
-    second = World(make_stack(database_url=first.stack.database_url, name="secret-b"), mock)
-    assert second.stack.secret_key != first.stack.secret_key
+    # The same database under another CHATKORE_SECRET_KEY (inference is the one process that reads
+    # it): the channel is listed as unusable and never called.
+    other_secret = secrets.token_hex(16)
+    ISSUED_SECRETS.add(other_secret)
+    first.stack.restart("inference", env={"CHATKORE_SECRET_KEY": other_secret})
+    first.stack.wait_healthy(60)
+    second = first
     calls = len(mock.received(tag))
     channel = next(c for c in second.admin("GET", "/admin/v1/channels")["data"] if c["id"] == channel_id)
     assert channel["health"] == "key_unreadable" and channel["api_key"] == listed[0]["api_key"]

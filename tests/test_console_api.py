@@ -3,7 +3,6 @@ CSRF, and that no session reaches another user's data or the operator's calls.""
 from __future__ import annotations
 
 import json
-import signal
 
 import psycopg
 import requests
@@ -214,18 +213,19 @@ def test_operator_dashboard_and_channel_test(world: World) -> None:
     world.admin("DELETE", f"/admin/v1/channels/{channel_id}", expect=204)
 
 
-def test_registration_failing_half_way_resumes_without_double_credit(make_stack) -> None:
+def test_registration_failing_half_way_resumes_without_double_credit(world: World) -> None:
     """Billing down during sign-up: the account cannot sign in; signing up again finishes it with 100 credits."""
-    stack = make_stack(name="signup")
-    stack.signal("billing", signal.SIGKILL)
-    stack.procs["billing"].wait(10)
-    user = ConsoleUser(stack.url)
-    resp = user.call("POST", "/api/register", {"email": user.email, "password": PASSWORD})
-    assert resp.status_code in (502, 503, 504), resp.text
-    resp = user.call("POST", "/api/login", {"email": user.email, "password": PASSWORD})
-    assert resp.status_code == 401  # half made: no way in
-    stack.start_process("billing")
-    stack.wait_healthy(60)
+    stack = world.stack  # the shared stack: its billing is killed, then started again
+    stack.kill("billing")
+    try:
+        user = ConsoleUser(stack.url)
+        resp = user.call("POST", "/api/register", {"email": user.email, "password": PASSWORD})
+        assert resp.status_code in (502, 503, 504), resp.text
+        resp = user.call("POST", "/api/login", {"email": user.email, "password": PASSWORD})
+        assert resp.status_code == 401  # half made: no way in
+    finally:
+        stack.start_process("billing")
+        stack.wait_healthy(60)
     user.register()
     assert user.me()["balance"] == 100
     with psycopg.connect(stack.database_url) as conn:

@@ -11,7 +11,7 @@ import requests
 from tests.console import PASSWORD, ConsoleUser
 from tests.world import World
 from tools import redis_server
-from tools.stack import Stack, wait_until
+from tools.stack import wait_until
 
 MSG = [{"role": "user", "content": "hello"}]
 DURATION = re.compile(r"^(\d+ms|(\d+m)?\d+(\.\d+)?s)$")
@@ -86,33 +86,27 @@ def test_tpm_counts_an_estimate_then_the_real_usage(world: World) -> None:
     assert len(world.usage(t.user_id)) == 4
 
 
-def test_two_edges_share_the_limit_through_redis(make_stack, mock, redis_servers, tmp_path) -> None:
+def test_two_edges_share_the_limit_through_redis(world: World, make_edge, redis_servers) -> None:
+    # Two edges of their own, with REDIS_URL, on the shared stack's services (the limit is the edge's).
     redis_url = next(iter(redis_servers.values()))
-    stack = make_stack(env={"REDIS_URL": redis_url}, name="redis-edges")
-    second = Stack(database_url=stack.database_url, admin_key=stack.admin_key, secret_key=stack.secret_key,
-                   log_dir=stack.log_dir / "edge2", ports=dict(stack.ports), env_extra=dict(stack.env_extra),
-                   pki_dir=stack.pki_dir)
-    try:
-        second.start_process("edge")
-        second.wait_healthy(30)
-        w = World(stack, mock)
-        model, _ = w.served_model()
-        t = w.tenant(rpm=5)
-        urls = [stack.url, second.url]
-        answers = [_chat(urls[i % 2], t.key, model) for i in range(6)]
-        assert [r.status_code for r in answers] == [200] * 5 + [429]
-        assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["4", "3", "2", "1", "0", "0"]
-        assert _chat(urls[0], t.key, model).status_code == 429  # the edge that took 3 is full too
-    finally:
-        second.stop()
+    first, second = (make_edge(world.stack, {"REDIS_URL": redis_url}, name=f"redis-{i}") for i in (1, 2))
+    model, _ = world.served_model()
+    t = world.tenant(rpm=5)
+    urls = [first.url, second.url]
+    answers = [_chat(urls[i % 2], t.key, model) for i in range(6)]
+    assert [r.status_code for r in answers] == [200] * 5 + [429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["4", "3", "2", "1", "0", "0"]
+    assert _chat(urls[0], t.key, model).status_code == 429  # the edge that took 3 is full too
 
 
-def test_with_redis_down_signups_are_refused_and_api_limits_fail_open(make_stack, mock, tmp_path) -> None:
+def test_with_redis_down_signups_are_refused_and_api_limits_fail_open(world: World, make_edge, mock,
+                                                                     tmp_path) -> None:
     """Sign-ups carry free credits: with REDIS_URL set and Redis away their limit cannot be
     kept, so they get 503 until it is back. API calls keep flowing, unlimited (README: Rate limits)."""
     redis = redis_server.start(next(iter(redis_server.binaries().values())), tmp_path / "redis")
     try:
-        stack = make_stack(env={"REDIS_URL": redis.url, "CHATKORE_SIGNUPS_PER_HOUR": "50"}, name="redis-down")
+        # An edge of its own on the shared stack's services: Redis and the sign-up limit are the edge's.
+        stack = make_edge(world.stack, {"REDIS_URL": redis.url, "CHATKORE_SIGNUPS_PER_HOUR": "50"}, name="redis-down")
         w = World(stack, mock)
         model, _ = w.served_model()
         t = w.tenant(rpm=2)

@@ -54,26 +54,28 @@ def _expected_text(w: World, tag: str, model: str, key: str) -> str:
 
 
 @pytest.mark.parametrize("process", ["edge", "inference"])
-def test_sigterm_lets_a_stream_finish_and_settle(make_stack, mock, process: str) -> None:
-    stack = make_stack(name=f"sigterm-{process}", env={"CHATKORE_GRACE_S": "20"})
-    w = World(stack, mock)
+def test_sigterm_lets_a_stream_finish_and_settle(world: World, process: str) -> None:
+    # The shared stack: only `process` restarts, with a grace long enough for the stream, and
+    # runs again as before once the test is over.
+    w, stack = world, world.stack
     model, tag = w.served_model()
     t = w.tenant()
     expected = _expected_text(w, tag, model, t.key)
-    resp = _slow_stream(w, tag, model, t.key)
-    lines = resp.iter_lines()
-    first = [next(line for line in lines if line)]  # the stream is running
+    with stack.process_with(process, {"CHATKORE_GRACE_S": "20"}):
+        resp = _slow_stream(w, tag, model, t.key)
+        lines = resp.iter_lines()
+        first = [next(line for line in lines if line)]  # the stream is running
 
-    stack.signal(process, signal.SIGTERM)
-    # It stops taking connections at once...
-    port = stack.http_port if process == "edge" else stack.ports[process]
-    wait_until(lambda: _refuses_connections(port), 5, f"{process} to stop accepting connections")
-    # ...but the stream in flight runs to its end.
-    events = first + [line for line in lines if line]
-    assert events[-1] == b"data: [DONE]"
-    assert not [e for e in events if b'"error"' in e]
-    assert _text(events) == expected and len(expected) > 20
-    assert stack.procs[process].wait(30) == 0
+        stack.signal(process, signal.SIGTERM)
+        # It stops taking connections at once...
+        port = stack.http_port if process == "edge" else stack.ports[process]
+        wait_until(lambda: _refuses_connections(port), 5, f"{process} to stop accepting connections")
+        # ...but the stream in flight runs to its end.
+        events = first + [line for line in lines if line]
+        assert events[-1] == b"data: [DONE]"
+        assert not [e for e in events if b'"error"' in e]
+        assert _text(events) == expected and len(expected) > 20
+        assert stack.procs[process].wait(30) == 0
 
     state, status, completion_tokens = _usage_row(stack, resp.headers["x-request-id"])
     assert (state, status) == ("settled", "complete") and completion_tokens > 0

@@ -10,6 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,17 @@ class Stack:
     # The CA and a certificate per process (tools/pki.py); a second Stack sharing this one's
     # services passes the same directory.
     pki_dir: Path | None = None
+    # Extra environment of one process only (`start_process(name, env=...)`): a restarted
+    # service with a setting of its own, while the rest of the stack keeps its own.
+    process_env_extra: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Called once after `stop()` whenever a process ran since the last call: the tests check
+    # the stack's books there, while its database is still certain to exist.
+    on_stopped: Callable[[Stack], None] | None = None
+    _ran: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.log_dir.name
 
     def __post_init__(self) -> None:
         self.http_port = self.http_port or free_port()
@@ -136,9 +149,15 @@ class Stack:
             env["CHATKORE_METRICS_HOST"] = "127.0.0.1"
             env["CHATKORE_METRICS_PORT"] = str(self.metrics_ports[name])
             env["CHATKORE_HEALTH_LISTEN"] = f"127.0.0.1:{self.health_ports[name]}"
+        env.update(self.process_env_extra.get(name, {}))
         return env
 
-    def start_process(self, name: str, module: str | None = None, args: tuple[str, ...] = ()) -> None:
+    def start_process(self, name: str, module: str | None = None, args: tuple[str, ...] = (),
+                      env: dict[str, str] | None = None) -> None:
+        """Start `name`; `env` (kept for its later restarts) adds to the stack's environment."""
+        if env is not None:
+            self.process_env_extra[name] = dict(env)
+        self._ran = True
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module or SERVICES[name.split("-")[0]], *args], cwd=ROOT,
@@ -176,9 +195,23 @@ class Stack:
         self.signal(name, signal.SIGKILL)
         self.procs[name].wait(10)
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
         self.kill(name)
-        self.start_process(name)
+        self.start_process(name, env=env)
+
+    @contextmanager
+    def process_with(self, name: str, env: dict[str, str], timeout_s: float = 60) -> Iterator[None]:
+        """`name` restarted with `env` added for the block; afterwards (whether it is still running,
+        was stopped or was killed inside the block) it runs again as before and the stack is healthy."""
+        self.restart(name, env=env)
+        self.wait_healthy(timeout_s)
+        try:
+            yield
+        finally:
+            if self.procs[name].poll() is None:
+                self.kill(name)
+            self.start_process(name, env={})
+            self.wait_healthy(timeout_s)
 
     def stop(self, timeout_s: float = 30) -> dict[str, int | None]:
         """SIGTERM every process, edge first; SIGKILL what does not stop in time."""
@@ -197,6 +230,9 @@ class Stack:
                     proc.kill()
                     proc.wait()
             codes[name] = proc.returncode
+        if self._ran and self.on_stopped is not None:
+            self._ran = False
+            self.on_stopped(self)
         return codes
 
     # --- the admin API, for bootstrapping ---------------------------------------------

@@ -264,10 +264,11 @@ def test_edge_serves_others_while_clients_trickle(tight: World, served: str) -> 
             sock.close()
 
 
-def test_connections_past_the_limit_get_503_and_the_rest_carry_on(make_stack, mock) -> None:
+def test_connections_past_the_limit_get_503_and_the_rest_carry_on(world: World, make_edge, mock) -> None:
     """Past CHATKORE_MAX_CONNECTIONS a new connection is answered 503 in OpenAI's shape and
     closed (before file descriptors run out for everyone); once some close, calls go through."""
-    capped = World(make_stack(name="capped", env={"CHATKORE_MAX_CONNECTIONS": "10"}), mock)
+    # An edge of its own on the shared stack's services: the cap is the edge's.
+    capped = World(make_edge(world.stack, {"CHATKORE_MAX_CONNECTIONS": "10"}, name="capped"), mock)
     t = capped.tenant()
     model, _ = capped.served_model()
     chat = json.dumps({"model": model, "messages": MSG}).encode()
