@@ -74,17 +74,56 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
 
+class Gate:
+    """A door a scripted behaviour waits at until the test opens it: the test decides when a
+    call in flight may go on, so nothing rests on a delay being long enough. `arrived` counts
+    the calls that reached it (the test waits on that, not on time); `open(n)` lets the next
+    `n` through (None: all, now and later)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._passes = 0
+        self._wide_open = False
+        self._changed = asyncio.Event()
+        self.arrived = 0
+        self.passed = 0
+
+    def open(self, n: int | None = None) -> None:
+        def let_through() -> None:
+            if n is None:
+                self._wide_open = True
+            else:
+                self._passes += n
+            self._changed.set()
+
+        self._loop.call_soon_threadsafe(let_through)
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        while not self._wide_open and self._passes == 0:
+            self._changed.clear()
+            await self._changed.wait()
+        if not self._wide_open:
+            self._passes -= 1
+        self.passed += 1
+
+
 # --- behaviours ------------------------------------------------------------------------
 
 
 def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, delay_s: float = 0.0,
-       usage_override: dict[str, int] | Callable[[dict[str, Any]], dict[str, int]] | None = None) -> Behavior:
+       usage_override: dict[str, int] | Callable[[dict[str, Any]], dict[str, int]] | None = None,
+       gate: Gate | None = None, gate_each: Gate | None = None) -> Behavior:
     """A normal answer (streamed when asked), optionally without usage, with set content, or
-    with the usage it reports set (a dict, or a function of the request body)."""
+    with the usage it reports set (a dict, or a function of the request body). With `gate`,
+    nothing is said until the test opens it; with `gate_each`, a stream waits at it before
+    every chunk after the first."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         state: TagState = request[STATE]
         reported = usage_override(body) if callable(usage_override) else usage_override
+        if gate is not None:
+            await gate.wait()
         if body.get("stream"):
             chunks = _chunks(path, body, pieces)
             if content is not None:
@@ -96,9 +135,11 @@ def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, dela
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             try:
-                for chunk in chunks:
+                for i, chunk in enumerate(chunks):
                     if delay_s:
                         await asyncio.sleep(delay_s)
+                    if gate_each is not None and i:
+                        await gate_each.wait()
                     await response.write(_sse(chunk))
                     state.written.append(_text_of(chunk))
                 await response.write(b"data: [DONE]\n\n")
@@ -187,8 +228,10 @@ async def _flushed(transport: asyncio.BaseTransport, within_s: float = 10.0) -> 
         await asyncio.sleep(0.001)
 
 
-def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 20) -> Behavior:
-    """Stream `after` chunks, then: 'cut' (drop the connection), 'hang', 'garbage', 'error', 'end' (no [DONE])."""
+def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 20,
+                gate: Gate | None = None) -> Behavior:
+    """Stream `after` chunks, then: 'cut' (drop the connection), 'hang', 'garbage', 'error', 'end' (no [DONE]).
+    With `gate`, the `after` chunks are out and the stream waits at it before the action."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         state: TagState = request[STATE]
@@ -201,6 +244,8 @@ def stream_then(after: int, action: str, *, delay_s: float = 0.0, pieces: int = 
                     await asyncio.sleep(delay_s)
                 await response.write(_sse(chunk))
                 state.written.append(_text_of(chunk))
+            if gate is not None:
+                await gate.wait()
             if action == "cut":
                 assert request.transport is not None
                 await _flushed(request.transport)
@@ -252,6 +297,10 @@ class MockUpstream:
 
     def state(self, tag: str) -> TagState:
         return self.tags[tag]
+
+    def gate(self) -> Gate:
+        """A closed gate on the mock's loop, for a behaviour to wait at (`ok(gate=...)`)."""
+        return Gate(self._loop)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         tag = request.match_info["tag"]

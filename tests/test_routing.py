@@ -90,10 +90,15 @@ def test_hang_past_channel_timeout_fails_over(world: World, stream: bool) -> Non
     model = world.model()
     _, slow = world.channel([model], priority=10, settings={"timeout_s": 0.5})
     fast_id, fast = world.channel([model], priority=0)
-    world.mock.always(slow, up.hang(30))
+    held = world.mock.gate()  # the slow channel answers only when the test says so: after the failover
+    world.mock.always(slow, up.ok(gate=held))
     balance = world.balance(t.user_id)
-    resp = _chat(world, t, model, stream)
-    assert resp.elapsed.total_seconds() < 5
+    try:
+        resp = _chat(world, t, model, stream)
+        # Answered by the fast channel while the slow one's call was still held at the gate.
+        assert (held.arrived, held.passed) == (1, 0)
+    finally:
+        held.open()
     _billed_once(world, t, resp, fast_id, balance)
     assert len(world.mock.received(slow)) == 1 and len(world.mock.received(fast)) == 1
 
@@ -125,10 +130,15 @@ def test_max_concurrency_spills_to_the_next_channel(world: World) -> None:
     model = world.model()
     _, busy = world.channel([model], priority=10, settings={"max_concurrency": 1})
     _, spare = world.channel([model], priority=0)
-    world.mock.script(busy, up.ok(delay_s=1.0))
+    held = world.mock.gate()  # the first call stays in flight until the second is answered
+    world.mock.script(busy, up.ok(gate=held))
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(_chat, world, t, model)
-        wait_until(lambda: world.mock.state(busy).in_flight == 1, 5, "the first call to be in flight")
-        _chat(world, t, model)  # the busy channel is at its limit: this one goes to the spare
+        try:
+            wait_until(lambda: held.arrived == 1, 10, "the first call to be in flight")
+            _chat(world, t, model)  # the busy channel is at its limit: this one goes to the spare
+            assert not slow.done() and held.passed == 0
+        finally:
+            held.open()
         slow.result()
     assert (len(world.mock.received(busy)), len(world.mock.received(spare))) == (1, 1)

@@ -182,14 +182,18 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     sign_in(page, user.email)
     page.select_option("#model", model)
 
-    # 24 pieces, 60 ms apart: the answer must show up while it is still arriving.
-    world.mock.script(tag, ok(pieces=24, delay_s=0.06))
+    # The stream stops after its first piece until the test lets the rest go: the answer must
+    # show up while it is still arriving.
+    rest = world.mock.gate()
+    world.mock.script(tag, ok(pieces=24, gate_each=rest))
     page.fill("#prompt", "Show **bold** and code:\n```python\nprint('hi')\n```")
     page.press("#prompt", "Enter")
     answer = page.locator(".msg.assistant").last
     expect(page.locator("#stop")).to_be_visible()
     expect(answer.locator(".bubble")).not_to_be_empty()
     assert page.locator("#stop").is_visible(), "the answer should render while it streams"
+    assert rest.passed == 0  # all of that while the rest of the stream was still held back
+    rest.open()
     expect(answer.locator(".meta")).to_contain_text("cost", timeout=20_000)
     expect(answer.locator(".bubble pre code.hljs")).to_contain_text("print('hi')")  # highlighted code block
     expect(answer.locator(".bubble strong")).to_have_text("bold")  # Markdown rendered
@@ -200,7 +204,7 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     assert balance_of(page) == 100 - cost == world.balance(user.user_id)
 
     # Stop: a hanging stream is cut by the button; it pays for what was delivered.
-    world.mock.script(tag, stream_then(3, "hang", delay_s=0.05))
+    world.mock.script(tag, stream_then(3, "hang"))
     page.fill("#prompt", "Tell me a long story")
     page.press("#prompt", "Enter")
     stopped = page.locator(".msg.assistant").last

@@ -175,11 +175,27 @@ def test_stream_that_ends_without_done_is_a_partial_answer(faulty) -> None:
 def test_slow_but_steady_stream_is_not_cut_early(faulty) -> None:
     """The stream limit bounds the whole stream, not a gap: a stream inside it completes."""
     world, t, model, tag = faulty
-    world.mock.script(tag, up.ok(pieces=5, delay_s=0.2))
-    reply = _call(world, t, model, stream=True)
-    assert reply.status == 200 and reply.done and reply.error is None
+    # Each chunk after the first waits at a gate the test opens only once the client holds the
+    # chunk before it: a stream paced by its reader, relayed piece by piece, never cut between.
+    pace = world.mock.gate()
+    world.mock.script(tag, up.ok(pieces=5, gate_each=pace))
+    resp = requests.post(world.url + "/v1/chat/completions", timeout=60, stream=True,
+                         headers={"Authorization": f"Bearer {t.key}"},
+                         json={"model": model, "messages": MSG, "stream": True})
+    assert resp.status_code == 200
+    events = []
+    for line in resp.iter_lines():
+        if not line.startswith(b"data: "):
+            continue
+        events.append(line[6:])
+        if events[-1] != b"[DONE]":
+            assert pace.passed == len(events) - 1  # the next chunk was still held when this one arrived
+            pace.open(1)
+    assert events[-1] == b"[DONE]" and not [e for e in events if b'"error"' in e]
+    text = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in json.loads(e)["choices"])
+    reply = Reply(200, None, text, True, resp.headers["x-request-id"])
     row = _settled(world, t, reply)
-    assert row["status"] == "complete" and row["credits"] > 0
+    assert row["status"] == "complete" and row["credits"] > 0 and text
 
 
 # --- afterwards: nothing leaked ------------------------------------------------------------------
