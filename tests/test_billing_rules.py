@@ -8,9 +8,8 @@ import openai
 import pytest
 import requests
 
-from services.inference import tokens
 from tests import mock_upstream as up
-from tests import scrape
+from tests import openai_tokens, scrape
 from tests.world import World
 from tools.stack import wait_until
 
@@ -100,7 +99,7 @@ def test_usage_past_the_hold_on_a_poor_balance_stops_at_zero_and_records_the_res
 
 
 def _prompt(model: str, messages: list[dict]) -> int:
-    return tokens.count_chat_prompt({"messages": messages}, model)
+    return openai_tokens.chat_prompt_tokens(messages, model)
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream-before-first-chunk", "unary"])

@@ -12,8 +12,8 @@ import aiohttp
 import psycopg
 import requests
 
-from services.inference import tokens
 from tests import mock_upstream as up
+from tests import openai_tokens
 from tests.world import World
 from tools.stack import wait_until
 
@@ -67,7 +67,7 @@ async def _hammer(world: World, key: str, bodies: list[dict]) -> list[tuple[int,
 
 def test_300_concurrent_requests_on_a_balance_for_about_50(world: World) -> None:
     model, tag = world.served_model(prompt=20, completion=20)
-    prompt = tokens.count_chat_prompt({"messages": MSG}, model)
+    prompt = openai_tokens.chat_prompt_tokens(MSG, model)
 
     def usage(body: dict) -> dict:
         # 50 tokens, or fewer when chatkore capped the budget to what the balance pays for.
@@ -122,9 +122,9 @@ def test_stream_cut_by_client_pays_what_was_generated(world: World) -> None:
     generated = "".join(state.written)
     assert generated.startswith("".join(received)) and len(generated) < 200
     assert row["status"] == "client_gone" and row["usage_source"] == "counted"
-    assert row["completion_tokens"] == tokens.count_text(generated, tokens.encoding_for(model))
-    assert row["prompt_tokens"] == tokens.count_chat_prompt(
-        {"messages": [{"role": "user", "content": "tell me a long story " * 5}]}, model)
+    assert row["completion_tokens"] == openai_tokens.text_tokens(generated, model)
+    assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(
+        [{"role": "user", "content": "tell me a long story " * 5}], model)
     expected = Decimal(-(-(row["prompt_tokens"] + row["completion_tokens"]) * 10_000 // 1)) / 1_000_000
     assert Decimal(str(row["credits"])) == expected
     assert world.held(t.user_id) == 0
@@ -152,7 +152,7 @@ def test_stream_without_upstream_usage_is_counted(world: World) -> None:
                                                    stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     usage = chunks[-1].usage
-    assert usage.completion_tokens == tokens.count_text(text, tokens.encoding_for(model))
+    assert usage.completion_tokens == openai_tokens.text_tokens(text, model)
     [row] = world.usage(t.user_id)
     assert row["usage_source"] == "counted" and row["completion_tokens"] == usage.completion_tokens
 
@@ -160,7 +160,7 @@ def test_stream_without_upstream_usage_is_counted(world: World) -> None:
 def test_budget_is_capped_to_what_the_balance_pays(world: World) -> None:
     model, tag = world.served_model(prompt=1000, completion=1000)  # a credit per token
     t = world.tenant(credits=20)
-    prompt = tokens.count_chat_prompt({"messages": MSG}, model)
+    prompt = openai_tokens.chat_prompt_tokens(MSG, model)
     # The upstream ignores max_tokens and reports far more than it was allowed.
     world.mock.always(tag, up.ok(usage_override={"prompt_tokens": prompt, "completion_tokens": 5000,
                                                  "total_tokens": prompt + 5000}))
@@ -201,8 +201,8 @@ def test_stream_breaking_after_output_pays_for_the_output(world: World) -> None:
     assert row["status"] == "upstream_error" and row["usage_source"] == "counted"
     # What the client received is what it pays for (a connection reset may drop the
     # upstream's last unread bytes, so the upstream's own tally is not the measure).
-    assert row["completion_tokens"] == tokens.count_text(received, tokens.encoding_for(model))
-    assert row["prompt_tokens"] == tokens.count_chat_prompt({"messages": MSG}, model)
+    assert row["completion_tokens"] == openai_tokens.text_tokens(received, model)
+    assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(MSG, model)
     # 1 credit per 1,000 tokens either way: the prompt and the received output, nothing more.
     paid = Decimal(row["prompt_tokens"] + row["completion_tokens"]) / 1000
     assert Decimal(str(row["credits"])) == paid > 0
@@ -211,7 +211,7 @@ def test_stream_breaking_after_output_pays_for_the_output(world: World) -> None:
 
 def test_key_credit_limit_holds_under_concurrency(world: World) -> None:
     model, tag = world.served_model(prompt=20, completion=20)
-    prompt = tokens.count_chat_prompt({"messages": MSG}, model)
+    prompt = openai_tokens.chat_prompt_tokens(MSG, model)
     world.mock.always(tag, up.ok(usage_override=lambda body: {
         "prompt_tokens": prompt, "completion_tokens": min(50, body.get("max_tokens", 50)),
         "total_tokens": prompt + min(50, body.get("max_tokens", 50))}))

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 from aiohttp import web
 
-from tests import mock_responses
+from tests import mock_responses, openai_tokens
 from tests import mock_upstream as up
 from tests.world import Tenant, World
 
@@ -559,12 +559,11 @@ def test_concurrent_responses_on_a_small_balance_never_overdraw(world: World) ->
 
     import aiohttp
 
-    from services.inference import tokens
     from tests.test_credits import BookWatcher
 
     model = world.model(prompt=20, completion=20)
     _, tag = world.channel([model], settings={"responses_api": "native"})
-    prompt = tokens.count_chat_prompt({"messages": [{"role": "user", "content": "hello"}]}, model)
+    prompt = openai_tokens.chat_prompt_tokens([{"role": "user", "content": "hello"}], model)
 
     def usage(body: dict[str, Any]) -> dict[str, Any]:
         # 50 output tokens, or fewer when chatkore capped the budget to what the balance pays for.

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import requests
 
-from services.inference import tokens
 from tests import mock_upstream as up
+from tests import openai_tokens
 from tests.hostile.conftest import TIGHT_ENV
 from tests.world import Tenant, World
 from tools.stack import wait_until
@@ -88,7 +88,7 @@ def _pays_for_what_was_delivered(world: World, t: Tenant, reply: Reply, model: s
     row = _settled(world, t, reply)
     assert row["status"] == status, row
     assert reply.text, "nothing was delivered"
-    assert row["completion_tokens"] == tokens.count_text(reply.text, tokens.encoding_for(model)), row
+    assert row["completion_tokens"] == openai_tokens.text_tokens(reply.text, model), row
     assert Decimal(str(row["credits"])) == _price(row["prompt_tokens"], row["completion_tokens"]) > 0
 
 
