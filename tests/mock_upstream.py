@@ -113,11 +113,11 @@ class Gate:
 
 def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, delay_s: float = 0.0,
        usage_override: dict[str, int] | Callable[[dict[str, Any]], dict[str, int]] | None = None,
-       gate: Gate | None = None, gate_each: Gate | None = None) -> Behavior:
+       gate: Gate | None = None, gate_each: Gate | None = None, free_chunks: int = 1) -> Behavior:
     """A normal answer (streamed when asked), optionally without usage, with set content, or
     with the usage it reports set (a dict, or a function of the request body). With `gate`,
-    nothing is said until the test opens it; with `gate_each`, a stream waits at it before
-    every chunk after the first."""
+    nothing is said until the test opens it; with `gate_each`, a stream sends its first
+    `free_chunks` chunks (the first is the role alone) and waits at it before every later one."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         state: TagState = request[STATE]
@@ -138,7 +138,7 @@ def ok(*, usage: bool = True, content: str | None = None, pieces: int = 20, dela
                 for i, chunk in enumerate(chunks):
                     if delay_s:
                         await asyncio.sleep(delay_s)
-                    if gate_each is not None and i:
+                    if gate_each is not None and i >= free_chunks:
                         await gate_each.wait()
                     await response.write(_sse(chunk))
                     state.written.append(_text_of(chunk))

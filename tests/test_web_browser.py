@@ -182,10 +182,10 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     sign_in(page, user.email)
     page.select_option("#model", model)
 
-    # The stream stops after its first piece until the test lets the rest go: the answer must
-    # show up while it is still arriving.
+    # The stream stops after its first two pieces of text until the test lets the rest go: the
+    # answer must show up while it is still arriving.
     rest = world.mock.gate()
-    world.mock.script(tag, ok(pieces=24, gate_each=rest))
+    world.mock.script(tag, ok(pieces=24, gate_each=rest, free_chunks=3))
     page.fill("#prompt", "Show **bold** and code:\n```python\nprint('hi')\n```")
     page.press("#prompt", "Enter")
     answer = page.locator(".msg.assistant").last
