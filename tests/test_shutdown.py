@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import socket
+from decimal import Decimal
 
 import psycopg
 import pytest
 import requests
 
 from tests import mock_upstream as up
+from tests import openai_tokens
 from tests.world import World
 from tools.stack import Stack, wait_until
 
@@ -79,3 +81,56 @@ def test_sigterm_lets_a_stream_finish_and_settle(world: World, process: str) -> 
 
     state, status, completion_tokens = _usage_row(stack, resp.headers["x-request-id"])
     assert (state, status) == ("settled", "complete") and completion_tokens > 0
+
+
+def _settled_row(stack: Stack, request_id: str) -> tuple:
+    def row() -> tuple | None:
+        with psycopg.connect(stack.database_url) as conn:
+            found = conn.execute("SELECT state, status, prompt_tokens, completion_tokens, credits FROM requests"
+                                 " WHERE request_id = %s", (request_id,)).fetchone()
+        return found if found and found[0] == "settled" else None
+
+    return wait_until(row, 30, "the cut stream to be settled")
+
+
+@pytest.mark.parametrize("process", ["edge"])
+def test_a_stream_past_the_grace_is_cut_and_pays_for_what_was_delivered(world: World, process: str) -> None:
+    """SIGTERM with a stream that will not end: after CHATKORE_GRACE_S the process stops anyway,
+    exits cleanly, and the stream is charged for what reached the client, to the micro-credit.
+    Inference is left out: stopped this way it leaves the hold open today (a product defect)."""
+    w, stack = world, world.stack
+    model, tag = w.served_model()
+    t = w.tenant()
+    stuck = w.mock.gate()  # after two pieces of text the upstream says nothing more until the test is over
+    w.mock.script(tag, up.ok(pieces=PIECES, gate_each=stuck, free_chunks=3))
+    events: list[bytes] = []
+    try:
+        with stack.process_with(process, {"CHATKORE_GRACE_S": "1"}):
+            resp = requests.post(w.url + "/v1/chat/completions", json={"model": model, "messages": MSG,
+                                                                       "stream": True},
+                                 headers={"Authorization": f"Bearer {t.key}"}, stream=True, timeout=60)
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            events += [next(line for line in lines if line) for _ in range(3)]  # the free pieces
+            wait_until(lambda: stuck.arrived == 1, 10, "the upstream to hold the rest back")
+            stack.signal(process, signal.SIGTERM)
+            try:
+                events += [line for line in lines if line]
+            except requests.exceptions.ChunkedEncodingError:
+                assert process == "edge"  # the edge itself went away: the connection ends unfinished
+            assert stack.procs[process].wait(30) == 0
+            assert stuck.passed == 0  # it was cut while the upstream still held the rest
+    finally:
+        stuck.open()
+    if process == "inference":  # the edge is still there to say what happened, in-band
+        assert events[-1] == b"data: [DONE]" and b'"error"' in events[-2]
+    else:
+        assert b"data: [DONE]" not in events
+    delivered = _text([e for e in events if e != b"data: [DONE]" and b'"error"' not in e])
+    assert delivered  # two pieces of text reached the client before the cut
+    state, status, prompt_tokens, completion_tokens, credits = _settled_row(stack, resp.headers["x-request-id"])
+    assert prompt_tokens == openai_tokens.chat_prompt_tokens(MSG, model)
+    assert completion_tokens == openai_tokens.text_tokens(delivered, model)
+    # World.model's prices: 1.5 and 2.0 credits per 1,000 tokens, in micro-credits rounded up.
+    assert credits == -(-(prompt_tokens * 1_500_000 + completion_tokens * 2_000_000) // 1000)
+    assert w.held(t.user_id) == 0 and w.balance(t.user_id) == 100 - Decimal(credits) / 1_000_000
