@@ -3,6 +3,7 @@ the logs of all four, and (with an OTLP endpoint) one trace from the edge to the
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from decimal import Decimal
 
@@ -65,35 +66,6 @@ def test_unknown_model_names_stay_out_of_metric_labels(world: World) -> None:
                         status="404") >= 3
 
 
-def test_one_request_id_is_in_the_logs_of_all_four_processes(make_stack, mock: MockUpstream) -> None:
-    """At DEBUG every process logs the call under its request id; a served call's lines inside
-    the services are DEBUG, so at the default INFO the edge's access line is its only line
-    (issue 16: no per-call INFO line inside the services)."""
-    world = World(make_stack(name="debuglogs", env={"CHATKORE_LOG_LEVEL": "DEBUG"}), mock)
-    model, _ = world.served_model()
-    t = world.tenant()
-    raw = t.client.chat.completions.with_raw_response.create(model=model, messages=MSG, stream=True)
-    for _ in raw.parse():
-        pass
-    rid = raw.headers["x-request-id"]
-
-    def lines_with_id() -> dict[str, list[dict]]:
-        found = {p: [line for line in scrape.log_lines(world.stack, p) if line.get("request_id") == rid]
-                 for p in PROCESSES}
-        return found if all(found.values()) else {}
-
-    found = wait_until(lines_with_id, 10, f"{rid} in the logs of {', '.join(PROCESSES)}")
-    assert {line["service"] for lines in found.values() for line in lines} == set(PROCESSES)
-    assert any(line["msg"].startswith("chatkore.v1.Inference/RelayStream OK") for line in found["inference"])
-    assert any(line["msg"].startswith("chatkore.v1.Billing/Settle OK") for line in found["billing"])
-    assert any("POST /v1/chat/completions 200" in line["msg"] and line["level"] == "info" for line in found["edge"])
-    services = [line for p in PROCESSES if p != "edge" for line in found[p]]
-    assert {line["level"] for line in services} == {"debug"}, [line for line in services if line["level"] != "debug"]
-    # The key itself never reaches a log line.
-    for process in PROCESSES:
-        assert t.key not in (world.stack.log_dir / f"{process}.log").read_text()
-
-
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace collector that keeps (service, trace id, span name, kind)."""
 
@@ -117,36 +89,77 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
             return [(s, name, kind) for s, t, name, kind in self.spans if t == trace_id]
 
 
-def test_one_trace_runs_from_the_edge_through_every_service_to_the_upstream(make_stack, mock: MockUpstream) -> None:
+@pytest.fixture(scope="module")
+def observed(make_stack, mock: MockUpstream) -> Iterator[tuple[World, _Collector]]:
+    """One stack for the module's two tests that need every process set apart: DEBUG logs, and
+    traces exported to a collector of the test's own (OTLP over gRPC)."""
     collector = _Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        stack = make_stack(name="traces", env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                                               "OTEL_BSP_SCHEDULE_DELAY": "100"})
-        w = World(stack, mock)
-        model, tag = w.served_model()
-        t = w.tenant()
-        t.client.chat.completions.create(model=model, messages=MSG)
-
-        # The upstream got the trace's context in a W3C traceparent header.
-        traceparent = mock.received(tag)[-1].headers["traceparent"]
-        trace_id = traceparent.split("-")[1]
-        want = {
-            ("chatkore-edge", "POST /v1/chat/completions"),
-            ("chatkore-edge", "chatkore.v1.Inference/Relay"),
-            ("chatkore-edge", "chatkore.v1.Auth/Authenticate"),
-            ("chatkore-auth", "chatkore.v1.Auth/Authenticate"),
-            ("chatkore-inference", "chatkore.v1.Inference/Relay"),
-            ("chatkore-inference", "chatkore.v1.Billing/Reserve"),
-            ("chatkore-inference", "POST upstream"),
-            ("chatkore-billing", "chatkore.v1.Billing/Reserve"),
-            ("chatkore-billing", "chatkore.v1.Billing/Settle"),
-        }
-        seen = wait_until(lambda: want <= (got := {(s, n) for s, n, _ in collector.trace(trace_id)}) and got, 15,
-                          "every span of the request to reach the collector")
-        assert want <= seen
+        stack = make_stack(name="observed", env={"CHATKORE_LOG_LEVEL": "DEBUG",
+                                                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                                                 "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        yield World(stack, mock), collector
+        stack.stop()  # while the collector still takes the exporters' last spans
     finally:
         server.stop(0)
+
+
+def test_one_request_id_is_in_the_logs_of_all_four_processes(observed: tuple[World, _Collector]) -> None:
+    """At DEBUG every process logs the call under its request id; a served call's lines inside
+    the services are DEBUG, so at the default INFO the edge's access line is its only line
+    (issue 16: no per-call INFO line inside the services)."""
+    world, _ = observed
+    model, _ = world.served_model()
+    t = world.tenant()
+    raw = t.client.chat.completions.with_raw_response.create(model=model, messages=MSG, stream=True)
+    for _ in raw.parse():
+        pass
+    rid = raw.headers["x-request-id"]
+
+    def lines_with_id() -> dict[str, list[dict]]:
+        found = {p: [line for line in scrape.log_lines(world.stack, p) if line.get("request_id") == rid]
+                 for p in PROCESSES}
+        # The settlement follows the reply (billing's Settle may be logged a moment after it).
+        settled = any(line["msg"].startswith("chatkore.v1.Billing/Settle OK") for line in found["billing"])
+        return found if all(found.values()) and settled else {}
+
+    found = wait_until(lines_with_id, 10, f"{rid} in the logs of {', '.join(PROCESSES)}")
+    assert {line["service"] for lines in found.values() for line in lines} == set(PROCESSES)
+    assert any(line["msg"].startswith("chatkore.v1.Inference/RelayStream OK") for line in found["inference"])
+    assert any(line["msg"].startswith("chatkore.v1.Billing/Settle OK") for line in found["billing"])
+    assert any("POST /v1/chat/completions 200" in line["msg"] and line["level"] == "info" for line in found["edge"])
+    services = [line for p in PROCESSES if p != "edge" for line in found[p]]
+    assert {line["level"] for line in services} == {"debug"}, [line for line in services if line["level"] != "debug"]
+    # The key itself never reaches a log line.
+    for process in PROCESSES:
+        assert t.key not in (world.stack.log_dir / f"{process}.log").read_text()
+
+
+def test_one_trace_runs_from_the_edge_through_every_service_to_the_upstream(
+        observed: tuple[World, _Collector]) -> None:
+    w, collector = observed
+    model, tag = w.served_model()
+    t = w.tenant()
+    t.client.chat.completions.create(model=model, messages=MSG)
+
+    # The upstream got the trace's context in a W3C traceparent header.
+    traceparent = w.mock.received(tag)[-1].headers["traceparent"]
+    trace_id = traceparent.split("-")[1]
+    want = {
+        ("chatkore-edge", "POST /v1/chat/completions"),
+        ("chatkore-edge", "chatkore.v1.Inference/Relay"),
+        ("chatkore-edge", "chatkore.v1.Auth/Authenticate"),
+        ("chatkore-auth", "chatkore.v1.Auth/Authenticate"),
+        ("chatkore-inference", "chatkore.v1.Inference/Relay"),
+        ("chatkore-inference", "chatkore.v1.Billing/Reserve"),
+        ("chatkore-inference", "POST upstream"),
+        ("chatkore-billing", "chatkore.v1.Billing/Reserve"),
+        ("chatkore-billing", "chatkore.v1.Billing/Settle"),
+    }
+    seen = wait_until(lambda: want <= (got := {(s, n) for s, n, _ in collector.trace(trace_id)}) and got, 15,
+                      "every span of the request to reach the collector")
+    assert want <= seen
