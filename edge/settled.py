@@ -34,10 +34,10 @@ class AnsweredCalls:
     def pending(self) -> list[str]:
         return list(self._ids)[-MAX_AWAITED:]
 
-    def seen_settled(self, request_ids: list[str], all_settled: bool) -> None:
+    def seen_settled(self, request_ids: list[str], still_held: set[str]) -> None:
         stale = time.monotonic() - FORGET_AFTER_S
         for rid in request_ids:
-            if all_settled or self._ids.get(rid, 0.0) < stale:
+            if rid not in still_held or self._ids.get(rid, 0.0) < stale:
                 self._ids.pop(rid, None)
 
 
@@ -54,7 +54,7 @@ async def read_after_write(request: web.Request, handler: web.RequestHandler) ->
                 reply = await request.app[PEERS].billing.AwaitSettled(
                     billing_pb2.AwaitSettledRequest(request_ids=ids, timeout_ms=WAIT_MS),
                     timeout=WAIT_MS / 1000 + 1)
-                answered.seen_settled(ids, reply.open == 0)
+                answered.seen_settled(ids, set(reply.still_held))
             except grpc.aio.AioRpcError as exc:  # a read is never refused for this; it may lag
                 log.warning("could not wait for settlements before a read: %s", exc.code().name)
     try:

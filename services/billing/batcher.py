@@ -89,6 +89,10 @@ class _Item:
     future: asyncio.Future[object]
 
 
+MAX_BATCH = 512          # holds, settlements and heartbeats one transaction takes at most
+LOCK_TIMEOUT_MS = 2000   # the writer's wait for a row lock another session holds
+
+
 class Batcher:
     def __init__(self, conninfo: str, *, hold_ttl_s: int, retried: Retried) -> None:
         self._conninfo = conninfo
@@ -178,9 +182,15 @@ class Batcher:
                     items = []
                 else:
                     outcomes = [exc]
-            except Exception as exc:  # a bug: each caller gets it (logged, INTERNAL); the writer goes on
+            except Exception as exc:  # a bug: only the item that meets it fails (logged, INTERNAL)
                 log.exception("billing batch failed")
-                outcomes = [exc] * len(items)
+                await self._drop_broken()
+                if len(items) > 1:
+                    for item in items:
+                        await self._commit([item])
+                    items = []
+                else:
+                    outcomes = [exc]
             else:
                 metrics.BATCH_SIZE.observe(len(items))
         for item, outcome in zip(items, outcomes, strict=True):
@@ -199,7 +209,10 @@ class Batcher:
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=5, application_name="chatkore-billing-writer")
+                self._conninfo, autocommit=True, connect_timeout=5, application_name="chatkore-billing-writer",
+                # A user row some other session keeps locked must not stall every call of this
+                # process: past this the batch fails UNAVAILABLE and its callers try again.
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
         return self._conn
 
     async def _drop_broken(self) -> None:
@@ -239,6 +252,11 @@ class Batcher:
                 call = calls.get(ask.request_id)
                 if call is None:
                     out[n] = NotFound(f"No hold for request {ask.request_id}")
+                    continue
+                if call.user_id not in accounts:
+                    # Its hold was committed (by another writer) after this batch locked the
+                    # accounts: its owner is not locked here. The caller tries again.
+                    out[n] = Unavailable(_UNAVAILABLE)
                     continue
                 out[n], closing = settlement_of(call, ask, balances, owed)
                 if closing is not None:
@@ -289,11 +307,14 @@ def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:
     for item in queue:
         if item.future.done():
             continue
-        if item.ask is not None:
-            if item.ask.request_id in seen:
-                later.append(item)
-                continue
-            seen.add(item.ask.request_id)
+        if item.ask is None:
+            # A read's barrier (flushed) waits for everything queued before it, deferred items too.
+            (later if later else batch).append(item)
+            continue
+        if item.ask.request_id in seen or len(seen) >= MAX_BATCH:
+            later.append(item)
+            continue
+        seen.add(item.ask.request_id)
         batch.append(item)
     return batch, later
 

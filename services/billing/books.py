@@ -296,20 +296,22 @@ class Books:
             request_id=request_id, usage=usage.normalised(), status=status or "complete", usage_source=usage_source,
             channel_id=channel_id, try_number=try_number, unbilled=max(0, unbilled)))
 
-    async def await_settled(self, request_ids: list[str], timeout_s: float) -> int:
+    async def await_settled(self, request_ids: list[str], timeout_s: float) -> list[str]:
         """Wait until none of these calls holds credits (each settled or released), at most
-        `timeout_s`; how many still did. Their settlements follow the replies (issue 16), so a
-        read made right after a reply waits here for the one it must show."""
+        `timeout_s`; those that still did. Their settlements follow the replies (issue 16), so a
+        read made right after a reply waits here for the one it must show. A settlement may land
+        on another replica: besides this one's commits, the rows are looked at every 50 ms."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             await self._batcher.flushed()
             async with self._pool.connection() as conn:
-                still = await store.count_held(conn, request_ids)
+                still = await store.still_held(conn, request_ids)
             left = deadline - loop.time()
             if not still or left <= 0:
                 return still
-            await self._batcher.committed(left)
+            request_ids = still
+            await self._batcher.committed(min(left, 0.05))
 
     async def keep_alive(self, request_id: str, try_number: int) -> bool:
         """A live call's heartbeat: its hold's deadline moves a full TTL from now."""

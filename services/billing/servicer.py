@@ -76,7 +76,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
                            context: grpc.aio.ServicerContext) -> billing_pb2.AwaitSettledReply:
         still = await self.books.await_settled(list(request.request_ids[:MAX_AWAITED]),
                                                min(request.timeout_ms, 10_000) / 1000)
-        return billing_pb2.AwaitSettledReply(open=still)
+        return billing_pb2.AwaitSettledReply(open=len(still), still_held=still)
 
     async def GetUser(self, request: billing_pb2.GetUserRequest,
                       context: grpc.aio.ServicerContext) -> billing_pb2.User:

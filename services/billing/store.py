@@ -662,11 +662,11 @@ _CLOSE_REQUESTS = """
 """
 
 
-async def count_held(conn: AsyncConnection, request_ids: list[str]) -> int:
-    """How many of these calls still hold credits."""
-    cur = await conn.execute("SELECT count(*) FROM requests WHERE request_id = ANY(%s::text[]) AND state = 'held'",
+async def still_held(conn: AsyncConnection, request_ids: list[str]) -> list[str]:
+    """Which of these calls still hold credits."""
+    cur = await conn.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s::text[]) AND state = 'held'",
                              (request_ids,))
-    return (await cur.fetchone())[0]
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def add_unbilled(conn: AsyncConnection, work: list[tuple[str, int]]) -> None:
@@ -1016,6 +1016,10 @@ async def credit_order(conn: AsyncConnection, order_id: str, provider_ref: str, 
         if row is None or row[1] != "pending":
             return Credit(None, row[1] if row else "")
         user_id, _, credits = row
+        # The buyer and the inviter, locked in id order as billing's writer locks users: never a
+        # deadlock with a batch that holds both.
+        await conn.execute("SELECT 1 FROM users WHERE id = %s OR id = (SELECT invited_by FROM users WHERE id = %s)"
+                           " ORDER BY id FOR UPDATE", (user_id, user_id))
         await conn.execute(
             "UPDATE orders SET status = 'paid', paid_at = now(), credited = %s,"
             " provider_ref = CASE WHEN %s = '' THEN provider_ref ELSE %s END WHERE id = %s",
@@ -1082,6 +1086,8 @@ async def refund_order(conn: AsyncConnection, order_id: str, target: int, fully:
                 (target, fully, order_id))
             return Refund(0, 0, credited=False)
         due = target - done
+        await conn.execute("SELECT 1 FROM users WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE",
+                           ([u for u in (user_id, inviter) if u is not None],))  # in id order, as the writer
         taken, owed = await _take_back(conn, user_id, due, "refund", f"refund:{order_id}:{target}")
         await conn.execute(
             "UPDATE orders SET refunded = %s, owed = owed + %s,"

@@ -197,5 +197,9 @@ class BillingPeer:
         return len(self._later)
 
     async def drain(self, timeout_s: float) -> None:
-        if self._later:
-            await asyncio.wait(set(self._later), timeout=timeout_s)
+        """Wait for every settlement in flight, including those a failed one handed on to a
+        background retry meanwhile, until none is left or `timeout_s` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._later and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._later), timeout=left)
