@@ -3,6 +3,7 @@ CSRF, and that no session reaches another user's data or the operator's calls.""
 from __future__ import annotations
 
 import json
+import secrets
 
 import psycopg
 import requests
@@ -54,6 +55,20 @@ def test_register_and_login_refusals(world: World) -> None:
                         ({"email": "a@b.co"}, "password")):
         resp = ConsoleUser(world.url).call("POST", "/api/register", body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    # Spellings that would make a second bonus for one mailbox: refused by name, no account made.
+    before = world.verify()["users"]
+    for email, code in (('"a.b"@gmail.com', "email_quoted_local_part"),
+                        ("a.b@gmail.com.", "email_domain_trailing_dot"),
+                        ("\u00e4.b@gmail.com", "email_non_ascii_local_part")):
+        resp = ConsoleUser(world.url).call("POST", "/api/register", {"email": email, "password": PASSWORD})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == code and resp.json()["error"]["param"] == "email", resp.text
+    assert world.verify()["users"] == before
+    # An internationalised domain is stored in IDNA, and signs in spelled either way.
+    tag = secrets.token_hex(4)
+    idn = ConsoleUser(world.url, email=f"ann{tag}@b\u00fccher.example").register()
+    assert idn.me()["email"] == f"ann{tag}@xn--bcher-kva.example"
+    ConsoleUser(world.url, email=f"ann{tag}@xn--bcher-kva.example").login()
     wrong = ConsoleUser(world.url, email=user.email).call("POST", "/api/login",
                                                           {"email": user.email, "password": "wrong password"})
     nobody = ConsoleUser(world.url).call("POST", "/api/login", {"email": "nobody@example.com", "password": PASSWORD})

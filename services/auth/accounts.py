@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +30,7 @@ from services.auth.billing_peer import BillingPeer
 from services.auth.errors import Conflict, InvalidApiKey, InvalidRequest, NotFound, TooManySignIns
 from services.auth.passwords import MAX_LENGTH, MIN_LENGTH, Passwords
 from services.auth.store import AccountRow
+from services.auth.verification import idna_domain
 
 ROLES = ("user", "operator")
 STALE_PENDING_S = 15 * 60
@@ -54,10 +56,31 @@ class Session:
 
 
 def _check_email(email: str) -> str:
-    email = email.strip()
+    """A sign-up address in one spelling per mailbox (what the bonus is keyed on): an ASCII
+    local part, unquoted, at an IDNA-encoded domain without a trailing dot."""
+    email = unicodedata.normalize("NFKC", email.strip())
     if len(email) > 254 or not _EMAIL.fullmatch(email):
         raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_email")
-    return email
+    local, _, domain = email.rpartition("@")
+    if '"' in local or "\\" in local:
+        raise InvalidRequest("Email addresses with a quoted local part are not accepted.", param="email",
+                             code="email_quoted_local_part")
+    if not local.isascii():
+        raise InvalidRequest("The part of the email address before the @ must be ASCII.", param="email",
+                             code="email_non_ascii_local_part")
+    if domain.endswith("."):
+        raise InvalidRequest("The email address's domain must not end with a dot.", param="email",
+                             code="email_domain_trailing_dot")
+    ascii_domain = idna_domain(domain)
+    if ascii_domain is None:
+        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_email")
+    return f"{local}@{domain if domain.isascii() else ascii_domain}"  # an ASCII domain kept as typed
+
+
+def _spelled_as_stored(email: str) -> str:
+    """An address as sign-up stores it (NFKC, the domain in IDNA), for finding its account."""
+    local, at, domain = unicodedata.normalize("NFKC", email).rpartition("@")
+    return f"{local}{at}{domain if domain.isascii() else idna_domain(domain) or domain}" if at else email
 
 
 def check_password(password: str) -> None:
@@ -106,7 +129,7 @@ class Accounts:
     async def login(self, email: str, password: str, address: str) -> Session:
         """A new session. Wrong passwords lock out (email, address) pairs, whether the email has an
         account or not, so neither the answer nor its timing tells which emails exist."""
-        email = email.strip()[:254]
+        email = _spelled_as_stored(email.strip()[:254])
         who = email.lower()
         async with self._pool.connection() as conn:
             if await store.sign_in_locked(conn, who, address):

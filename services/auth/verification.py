@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -38,11 +39,21 @@ LETTERS = {
 }
 
 
+def idna_domain(domain: str) -> str | None:
+    """A mail domain in its ASCII (IDNA) spelling, lower case; None if it cannot be one."""
+    try:
+        return domain.casefold().encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
 def normalise_email(email: str) -> str:
-    """One mailbox, one spelling: lower case, `+tag` removed, Gmail's dots removed (and
-    googlemail.com is gmail.com)."""
-    local, _, domain = email.strip().lower().rpartition("@")
+    """One mailbox, one spelling: NFKC, case folded, `+tag` removed, the domain in IDNA without
+    a trailing dot, Gmail's dots removed (and googlemail.com is gmail.com)."""
+    local, _, domain = unicodedata.normalize("NFKC", email.strip()).casefold().rpartition("@")
     local = local.split("+", 1)[0]
+    domain = domain.rstrip(".")
+    domain = idna_domain(domain) or domain
     if domain in _GMAIL:
         local, domain = local.replace(".", ""), "gmail.com"
     return f"{local}@{domain}"
