@@ -101,9 +101,20 @@ async def respond(request: web.Request, where: billing_pb2.ListUsageRequest, row
     return json_response(body)
 
 
+# A text cell a spreadsheet would read as a formula (OWASP "CSV injection"); numbers stay numbers.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _line(values: list[Any]) -> bytes:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(values)  # RFC 4180: quotes, doubled quotes, CRLF
+    # RFC 4180: quotes, doubled quotes, CRLF
+    csv.writer(out, lineterminator="\r\n").writerow([_cell(v) for v in values])
     return out.getvalue().encode("utf-8")
 
 

@@ -259,6 +259,20 @@ def _as_text(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
 
 
+@pytest.mark.parametrize("prefix", ["=", "+", "-", "@"])
+def test_a_csv_cell_a_spreadsheet_would_run_is_quoted_as_text(world: World, prefix: str) -> None:
+    """OWASP CSV injection: a text cell starting with = + - @ gets a leading ' (numbers stay numbers)."""
+    model, _ = world.served_model(prefix=prefix + "HYPERLINK(1)")  # an operator's model name, shown in usage
+    user = ConsoleUser(world.url).register()
+    _spend(world.client(user.first_key), model)
+    [row] = user.ok("GET", "/api/usage?limit=10")["data"]
+    assert row["model"] == model
+    for got in (_csv(user.http, f"{world.url}/api/usage?format=csv"),
+                _csv(world.http, f"{world.url}/admin/v1/usage?format=csv&user_id={user.user_id}")):
+        assert [r["model"] for r in got] == ["'" + model]
+        assert got[0]["request_id"] == row["request_id"] and got[0]["prompt_tokens"] == str(row["prompt_tokens"])
+
+
 def test_usage_filters_and_csv_equal_the_json_rows(world: World) -> None:
     user = ConsoleUser(world.url).register()
     model_a, tag_a = world.served_model()
