@@ -85,11 +85,11 @@ MUX_VAR = "CHATKORE_GRPC_MUX"
 
 
 def mux_enabled() -> bool:
-    """Whether calls to peers go over multiplexed streams (services/common/mux.py): `CHATKORE_GRPC_MUX=1`."""
+    """Whether calls to peers go over multiplexed streams (services/common/mux.py): yes unless `CHATKORE_GRPC_MUX=0`."""
     flag = env_optional(MUX_VAR)
     if flag not in (None, "0", "1"):
         raise ConfigError(f"{MUX_VAR} must be 0 or 1, got {flag!r}")
-    return flag == "1"
+    return flag != "0"
 
 
 def channel(target: str, peer: str, tls: GrpcTls, outer: Sequence[grpc.aio.ClientInterceptor] = (), *,
@@ -98,7 +98,7 @@ def channel(target: str, peer: str, tls: GrpcTls, outer: Sequence[grpc.aio.Clien
     `outer` interceptors see each call before the request id and deadline are added (the edge's retry).
 
     A MuxChannel (one long-lived stream per replica carrying every call; the same interceptors)
-    when `mux` is on: by default CHATKORE_GRPC_MUX, read when the channel is made, at start-up."""
+    unless `mux` is off: by default CHATKORE_GRPC_MUX (on unless 0), read when the channel is made, at start-up."""
     interceptors = [*outer, UnaryInterceptor(), StreamInterceptor(), *telemetry.client_interceptors()]
     if mux_enabled() if mux is None else mux:
         return MuxChannel(target, peer, tls, CLIENT_OPTIONS, interceptors)
