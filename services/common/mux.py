@@ -97,6 +97,11 @@ class _Stream:
             self._out.append(mux_pb2.Call(id=call_id, cancel=True))
         self._wake_writer()
 
+    def forget(self, call_id: int) -> None:
+        """Stop waiting for the call's replies (its deadline passed)."""
+        if self.pending.pop(call_id, None) is not None and self.draining and not self.pending:
+            self._wake_writer()
+
     def _wake_writer(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
@@ -492,5 +497,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _expire(stream: _Stream, call_id: int, inbox: Inbox) -> None:
-    stream.cancel(call_id)
+    # No cancel goes with it: the deadline went with the call, and the server ends the handler at
+    # that deadline itself (DEADLINE_EXCEEDED there too), as gRPC does.
+    stream.forget(call_id)
     inbox.fail(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
