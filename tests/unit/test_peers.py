@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 
 from chatkore.v1 import auth_pb2, billing_pb2, errors_pb2, inference_pb2, inference_pb2_grpc
 from edge import retry
-from services.common import peers
+from services.common import grpcserver, peers
 from services.common.errors import Unavailable, status_of
 from services.common.mtls import GrpcTls
 from services.inference.billing_peer import BillingPeer
@@ -137,9 +137,10 @@ class _FlakyInference(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.RelayReply(body=b"{}")
 
 
-async def _serve(servicer: _FlakyInference) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+async def _serve(servicer: inference_pb2_grpc.InferenceServicer) -> tuple[grpc.aio.Server, str]:
+    # As every service serves: each method alone and on multiplexed streams (peers.channel's default).
+    server, _mux = grpcserver.build(lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, s),
+                                    authorize=False)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
@@ -186,11 +187,8 @@ class _FlakyStream(inference_pb2_grpc.InferenceServicer):
 def test_a_stream_lost_before_its_first_event_is_opened_again_as_the_next_try() -> None:
     async def run() -> tuple[list[int], object]:
         servicer = _FlakyStream()
-        server = grpc.aio.server()
-        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = peers.channel(f"127.0.0.1:{port}", "inference", GrpcTls("edge", insecure=True),
+        server, target = await _serve(servicer)
+        channel = peers.channel(target, "inference", GrpcTls("edge", insecure=True),
                                 outer=[retry.RetryInterceptor()])
         stub = inference_pb2_grpc.InferenceStub(channel)
         message = inference_pb2.RelayRequest(model="m", stream=True, try_number=1)
