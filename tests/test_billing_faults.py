@@ -383,3 +383,39 @@ def test_a_stream_outliving_the_hold_ttl_keeps_its_hold_and_is_charged(fault_wor
     [row] = w.usage(t.user_id)
     assert row["status"] == "complete" and not row["late"] and Decimal(str(row["credits"])) > 0
     assert w.held(t.user_id) == 0 and w.verify()["ok"]
+
+
+def test_a_key_whose_limit_came_and_went_still_pays_for_its_calls(fault_world: World) -> None:
+    """A key that once had a credit limit keeps its spend row. Its calls without a limit (the
+    operator lifted it), and a call held before the limit came, still settle and are charged:
+    settling must not take out of the key's held sum what placing never put in."""
+    w = fault_world
+    uid = w.user(credits=10)["id"]
+    billing = _billing(w)
+    key_id = 900_000 + secrets.randbelow(99_999)
+
+    def reserve(rid: str, credit_limit: int) -> None:
+        billing.Reserve(billing_pb2.ReserveRequest(
+            request_id=rid, user_id=uid, key_id=key_id, credit_limit=credit_limit, model="gpt-3.5-turbo",
+            prompt_tokens=100, max_completion_tokens=100, choices=1, try_number=1))
+
+    def settle(rid: str) -> int:
+        return billing.Settle(billing_pb2.SettleRequest(
+            request_id=rid, status="complete", usage_source="upstream", try_number=1,
+            usage=billing_pb2.TokenUsage(prompt=100, completion=50))).charged
+
+    one = (100 * 1_500_000 + 50 * 2_000_000) // 1000
+    before = "req_" + secrets.token_hex(8)
+    reserve(before, 0)                      # held before the key had a limit (no spend row yet)
+    limited = "req_" + secrets.token_hex(8)
+    reserve(limited, 5_000_000)             # the limit comes: the key's spend row with this hold
+    assert settle(before) == one            # not taken out of a held sum it was never in
+    assert settle(limited) == one
+    lifted = "req_" + secrets.token_hex(8)
+    reserve(lifted, 0)                      # the limit is lifted; the spend row stays
+    assert settle(lifted) == one
+    assert w.balance(uid) * 1_000_000 == 10_000_000 - 3 * one and w.held(uid) == 0
+    with psycopg.connect(w.stack.database_url) as conn:
+        [(held, spent)] = conn.execute("SELECT held, spent FROM key_spend WHERE key_id = %s", (key_id,)).fetchall()
+    assert (held, spent) == (0, 3 * one)
+    assert w.verify()["ok"]

@@ -419,7 +419,7 @@ _SETTLE = """
         FROM done WHERE u.id = done.user_id
         RETURNING done.key_id
     ), ks AS (
-        UPDATE key_spend k SET held = k.held - %(key_held)s, spent = k.spent + %(charged)s
+        UPDATE key_spend k SET held = greatest(k.held - %(key_held)s, 0), spent = k.spent + %(charged)s
         FROM acct WHERE k.key_id = acct.key_id
     ), mv AS (
         SELECT nextval('ledger_movement_seq') AS charge_mv, nextval('ledger_movement_seq') AS release_mv
@@ -562,8 +562,9 @@ _PLACE_HOLDS = """
         UPDATE users u SET balance = u.balance - p.total, held = u.held + p.total
         FROM per_user p WHERE u.id = p.user_id
     ), per_key AS (
-        SELECT req.key_id, sum(req.hold)::bigint AS total
-        FROM req JOIN items i ON i.rid = req.request_id WHERE i.limited GROUP BY req.key_id
+        -- Every hold of a key that has a spend row (a limit, now or once) counts in its held sum,
+        -- as settling takes every hold out of it.
+        SELECT req.key_id, sum(req.hold)::bigint AS total FROM req GROUP BY req.key_id
     ), kdebit AS (
         UPDATE key_spend k SET held = k.held + p.total FROM per_key p WHERE k.key_id = p.key_id
     ), mv AS (
@@ -643,7 +644,8 @@ _CLOSE_REQUESTS = """
                sum(from_held + from_balance)::bigint AS charged
         FROM done GROUP BY key_id
     ), ks AS (
-        UPDATE key_spend k SET held = k.held - p.unheld, spent = k.spent + p.charged
+        -- Never below zero: a hold placed before the key got its limit (and its row) was not in it.
+        UPDATE key_spend k SET held = greatest(k.held - p.unheld, 0), spent = k.spent + p.charged
         FROM per_key p WHERE k.key_id = p.key_id
     ), mv AS (
         SELECT done.*, nextval('ledger_movement_seq') AS charge_mv, nextval('ledger_movement_seq') AS release_mv
