@@ -270,6 +270,9 @@ def _price(p: billing_pb2.Price) -> dict[str, Any]:
             "cache_write": from_micro(p.cache_write), "context": p.context_window, "max_output": p.max_output_tokens,
             "tiers": dict(p.tiers.values), "features": dict(p.features.values),
             "units": {name: from_micro(value) for name, value in p.units.values.items()},
+            # credits per 1,000 audio input / output tokens; null: audio is refused for the model
+            "audio_prompt": from_micro(p.audio_prompt) if p.HasField("audio_prompt") else None,
+            "audio_completion": from_micro(p.audio_completion) if p.HasField("audio_completion") else None,
             # the names of the first API version, kept for the clients that read them
             "context_window": p.context_window, "max_output_tokens": p.max_output_tokens}
 
@@ -293,7 +296,8 @@ def _unit_prices(value: Any) -> billing_pb2.UnitPrices:
 @admin
 async def set_price(request: web.Request) -> web.Response:
     """PUT a model's price. Given fields change; absent ones keep their value (a new model's
-    default). `cached_prompt`/`cache_write` null: follow the prompt price."""
+    default). `cached_prompt`/`cache_write` null: follow the prompt price. `audio_prompt` and
+    `audio_completion` (set together) price audio tokens; null removes them (audio refused)."""
     body = await json_body(request)
     for required in ("prompt", "completion"):
         if required not in body:
@@ -303,7 +307,7 @@ async def set_price(request: web.Request) -> web.Response:
                                           completion=to_micro(body["completion"], "completion"))
     if body.get("min_charge") is not None:
         message.min_charge = to_micro(body["min_charge"], "min_charge")
-    for name in ("cached_prompt", "cache_write"):
+    for name in ("cached_prompt", "cache_write", "audio_prompt", "audio_completion"):
         if name in body:
             value = -1 if body[name] is None else to_micro(body[name], name)
             if body[name] is not None and value < 0:

@@ -275,3 +275,92 @@ def test_a_reasoning_model_gets_its_budget_as_max_completion_tokens(world: World
     assert sent.body["max_completion_tokens"] == 50 and "max_tokens" not in sent.body
     t.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     assert world.mock.received(tag)[-1].body["max_completion_tokens"] == MAX_OUTPUT
+
+
+AUDIO_ASK = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+
+
+def test_audio_prices_are_set_in_pairs_and_the_old_audio_multiplier_is_gone(world: World) -> None:
+    model = world.model(prompt=2.5, completion=10)
+    got = world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2.5, "completion": 10, "audio_prompt": 40,
+                                                           "audio_completion": 80})
+    assert (got["audio_prompt"], got["audio_completion"]) == (40, 80)
+    kept = world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 3, "completion": 10})  # absent: kept
+    assert (kept["audio_prompt"], kept["audio_completion"]) == (40, 80)
+    for body, param in [({"audio_prompt": 40}, "audio_completion"), ({"audio_completion": -1}, "audio_completion"),
+                        ({"features": {"audio": 4}}, "features")]:
+        resp = world.http.put(world.url + f"/admin/v1/prices/{model}", json={"prompt": 9, "completion": 9, **body},
+                              timeout=30)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["param"] == param
+    gone = world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 3, "completion": 10, "audio_prompt": None,
+                                                            "audio_completion": None})
+    assert (gone["audio_prompt"], gone["audio_completion"]) == (None, None)
+    assert {p["model"]: p for p in world.admin("GET", "/admin/v1/prices")["data"]}[model] == gone
+
+
+@pytest.mark.parametrize("ask", ["output", "input"])
+def test_audio_on_a_model_without_an_audio_price_is_refused_before_any_hold(world: World, ask: str) -> None:
+    model, tag = world.served_model(prompt=1, completion=1)
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 1, "completion": 1, "features": {"web_search": 2}})
+    t = world.tenant(credits=10)
+    if ask == "output":
+        body = {"model": model, "messages": [{"role": "user", "content": "say hi"}], **AUDIO_ASK}
+    else:
+        body = {"model": model, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is said here?"},
+            {"type": "input_audio", "input_audio": {"data": "UklGRgAAAABXQVZF", "format": "wav"}}]}]}
+    resp = requests.post(world.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t.key}"},
+                         json=body, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "modalities" and error["type"] == "invalid_request_error"
+    assert "audio price" in error["message"] and model in error["message"]
+    assert world.mock.received(tag) == [] and world.usage(t.user_id) == []
+    assert world.balance(t.user_id) == 10 and world.held(t.user_id) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_audio_tokens_are_held_and_charged_at_the_audio_prices(world: World, stream: bool) -> None:
+    """gpt-4o-audio-preview's shape: text 2.5 / 10, audio 40 / 80 credits per 1,000 tokens. The hold
+    counts every token at the audio price; the charge prices the usage's audio tokens apart."""
+    model = world.model(prompt=2.5, completion=10, prefix="gpt-4o-audio")
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2.5, "completion": 10, "audio_prompt": 40,
+                                                     "audio_completion": 80, "max_output": 200})
+    _, tag = world.channel([model])
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
+             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 300},
+             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 400}}
+    gate = threading.Event()
+    world.mock.always(tag, _gated(gate, up.ok(usage_override=usage)))
+    t = world.tenant(credits=100)
+    messages = [{"role": "user", "content": "say hello in a cheerful voice"}]
+    prompt = tokens.count_chat_prompt({"messages": messages}, model)
+
+    def call() -> Any:
+        extra = {"stream_options": {"include_usage": True}} if stream else {}
+        reply = t.client.chat.completions.create(model=model, messages=messages, stream=stream, **AUDIO_ASK,
+                                                 **extra)
+        return list(reply)[-1] if stream else reply
+
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(call)
+        try:
+            wait_until(lambda: world.mock.received(tag) and world.held(t.user_id) > 0, 30, "the call to be held")
+            # Every prompt token at 40 and the model's 200 output tokens at 80, per 1,000.
+            assert world.held(t.user_id) == Decimal(prompt * 40 + 200 * 80) / 1000
+            sent = world.mock.received(tag)[-1].body
+            assert sent["modalities"] == ["text", "audio"] and sent["audio"]["voice"] == "alloy"
+        finally:
+            gate.set()
+        last = done.result(60)
+    assert last.usage.prompt_tokens == 1000 and last.usage.completion_tokens == 500
+    wait_until(lambda: world.held(t.user_id) == 0, 20, "the hold to settle")
+    [row] = world.usage(t.user_id)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (1000, 500, "upstream")
+    # 700 text and 300 audio input tokens, 100 text and 400 audio output tokens.
+    charge = (700 * Decimal("2.5") + 300 * 40 + 100 * 10 + 400 * 80) / 1000
+    assert charge == Decimal("46.75")
+    assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
+    assert world.balance(t.user_id) == 100 - charge
+    assert world.verify()["ok"]

@@ -26,10 +26,10 @@ def test_price_rows_carry_cache_prices_limits_and_multipliers(world: World) -> N
     model = world.model(prompt=2, completion=8)
     got = world.admin("PUT", f"/admin/v1/prices/{model}",
                       {"prompt": 2, "completion": 8, "cached_prompt": 0.5, "context": 32000, "max_output": 1000,
-                       "tiers": {"priority": 2, "flex": 0.5}, "features": {"audio": 4}})
+                       "tiers": {"priority": 2, "flex": 0.5}, "features": {"web_search": 4}})
     assert got["cached_prompt"] == 0.5 and got["cache_write"] == 2  # cache writes follow the prompt price
     assert (got["context"], got["max_output"]) == (32000, 1000)
-    assert got["tiers"] == {"priority": 2.0, "flex": 0.5} and got["features"] == {"audio": 4.0}
+    assert got["tiers"] == {"priority": 2.0, "flex": 0.5} and got["features"] == {"web_search": 4.0}
     # A PUT of the two prices alone keeps the rest.
     again = world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 3, "completion": 8})
     assert again["cached_prompt"] == 0.5 and again["cache_write"] == 3 and again["max_output"] == 1000

@@ -24,6 +24,7 @@ from services.billing.errors import (
 )
 from services.billing.prices import PriceBook
 from services.billing.pricing import (
+    AUDIO_PARAM,
     FEATURES,
     HoldPlan,
     Price,
@@ -212,11 +213,14 @@ class Books:
         if input_only or priced_unit:
             price, max_tokens = pricing_input_only(price), 0
         factor, refused = multiplier(price, service_tier, list(features))
+        if refused == AUDIO_PARAM:
+            raise InvalidRequest(f"Audio input and output are not available for the model `{model}` on this"
+                                 " gateway: it has no audio price.", param=refused, code="unsupported_parameter")
         if refused is not None:
             what = f"service_tier `{service_tier}`" if refused == "service_tier" else f"`{refused}`"
             raise InvalidRequest(f"{what} is not available for the model `{model}` on this gateway.",
                                  param=refused, code="unsupported_parameter")
-        rates = rates_of(price, factor)
+        rates = rates_of(price, factor, audio="audio" in features)
         plan = plan_hold(price, prompt_tokens, max_tokens, choices, rates)
         if "\x00" in request_id:
             raise InvalidRequest("request_id cannot hold a NUL character")
@@ -288,7 +292,8 @@ class Books:
         its hold. Usage past the hold is charged from the balance as far as it reaches; a call
         whose hold the sweeper released is charged what the balance can pay (`late`). What no
         one could pay is recorded on the usage row as unpaid, never lost silently."""
-        if min(usage.prompt, usage.completion, usage.cached_prompt, usage.cache_write, usage.reasoning) < 0:
+        if min(usage.prompt, usage.completion, usage.cached_prompt, usage.cache_write, usage.reasoning,
+               usage.audio_prompt, usage.audio_completion) < 0:
             raise InvalidRequest("token counts cannot be negative")
         if "\x00" in request_id + status + usage_source:
             raise InvalidRequest("request_id, status and usage_source cannot hold a NUL character")
@@ -354,17 +359,21 @@ class Books:
                         cached_prompt: int | None = None, cache_write: int | None = None,
                         context: int | None = None, max_output: int | None = None,
                         tiers: dict[str, float] | None = None, features: dict[str, float] | None = None,
-                        units: dict[str, int] | None = None) -> Price:
+                        units: dict[str, int] | None = None, audio_prompt: int | None = None,
+                        audio_completion: int | None = None) -> Price:
         """Create or change a model's price. Anything not given keeps its current value, or for a
         new model its default: cache prices follow the prompt price (-1 asks for that again),
         a conservative context and output limit (every chat model takes a 4,096-token budget),
-        no tier or feature priced (calls using one are refused)."""
+        no tier, feature or audio priced (calls using one are refused). Audio prices come as a pair
+        (-1 removes them)."""
         model = model.strip()
         if not model or len(model) > 200:
             raise InvalidRequest("model name must be 1 to 200 characters", param="model")
         for name, value in (("prompt", prompt), ("completion", completion), ("min_charge", min_charge or 0),
                             ("cached_prompt", 0 if cached_prompt == -1 else cached_prompt or 0),
-                            ("cache_write", 0 if cache_write == -1 else cache_write or 0)):
+                            ("cache_write", 0 if cache_write == -1 else cache_write or 0),
+                            ("audio_prompt", 0 if audio_prompt == -1 else audio_prompt or 0),
+                            ("audio_completion", 0 if audio_completion == -1 else audio_completion or 0)):
             if value < 0 or value > MAX_CREDITS:
                 raise InvalidRequest(f"'{name}' must be a non-negative number of credits", param=name)
         for name, limit in (("context", context), ("max_output", max_output)):
@@ -383,11 +392,15 @@ class Books:
                                      " 1k_characters or minute)", param="units")
             if not 0 <= value <= MAX_CREDITS:
                 raise InvalidRequest(f"'units.{key}' must be a non-negative number of credits", param="units")
+        if (audio_prompt is None) != (audio_completion is None) or \
+                (audio_prompt is not None and (audio_prompt < 0) != (audio_completion < 0)):  # type: ignore[operator]
+            raise InvalidRequest("'audio_prompt' and 'audio_completion' are set (or removed) together",
+                                 param="audio_prompt" if audio_prompt is None else "audio_completion")
         embedding = "embedding" in model
         keep = frozenset(name for name, value in (
             ("min_charge", min_charge), ("cached_prompt", cached_prompt), ("cache_write", cache_write),
             ("context", context), ("max_output", max_output), ("tiers", tiers), ("features", features),
-            ("units", units),
+            ("units", units), ("audio", audio_prompt),
         ) if value is None)
         price = Price(
             model=model, prompt=prompt, completion=completion,
@@ -397,6 +410,8 @@ class Books:
             cached_prompt=None if cached_prompt is None or cached_prompt < 0 else cached_prompt,
             cache_write=None if cache_write is None or cache_write < 0 else cache_write,
             tiers=tiers or {}, features=features or {}, units=units or {},
+            audio_prompt=None if audio_prompt is None or audio_prompt < 0 else audio_prompt,
+            audio_completion=None if audio_completion is None or audio_completion < 0 else audio_completion,
         )
         async with self._pool.connection() as conn:
             saved = await store.upsert_price(conn, price, keep)

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field, replace
 BASE_TIERS = frozenset({"", "auto", "default"})
 # Options that make the upstream charge more than its base price, and the request field
 # each comes from (what a refusal names as its `param`).
-FEATURES = {"audio": "modalities", "web_search": "web_search_options", "prediction": "prediction"}
+FEATURES = {"web_search": "web_search_options", "prediction": "prediction"}
+# Audio in or out is not a multiplier: its tokens are priced by the row's audio prices (OpenAI
+# reports them apart, in prompt_tokens_details/completion_tokens_details.audio_tokens), and a
+# call with audio on a model without them is refused, naming this param.
+AUDIO_PARAM = "modalities"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,12 @@ class Price:
     tiers: Mapping[str, float] = field(default_factory=dict)     # service_tier -> multiplier
     features: Mapping[str, float] = field(default_factory=dict)  # FEATURES key -> multiplier
     units: Mapping[str, int] = field(default_factory=dict)       # unit (UNITS) -> micro-credits per unit
+    audio_prompt: int | None = None      # per 1,000 audio input tokens; None: no audio on this model
+    audio_completion: int | None = None  # per 1,000 audio output tokens; None: no audio on this model
+
+    @property
+    def audio_priced(self) -> bool:
+        return self.audio_prompt is not None and self.audio_completion is not None
 
     @property
     def cached_prompt_rate(self) -> int:
@@ -48,35 +58,47 @@ class TokenRates:
     cached_prompt: int
     cache_write: int
     min_charge: int
+    audio_prompt: int | None = None      # None: audio tokens (if any) at the text prices
+    audio_completion: int | None = None
 
 
 @dataclass(frozen=True)
 class Usage:
     """What a call used, protocol-neutral. `prompt` counts every input token, cache reads
     (`cached_prompt`) and cache writes (`cache_write`) included, as OpenAI counts them;
-    `completion` counts every output token, `reasoning` included."""
+    `completion` counts every output token, `reasoning` included. `audio_prompt` and
+    `audio_completion` are the audio tokens among them (uncached audio input, audio output)."""
 
     prompt: int = 0
     completion: int = 0
     cached_prompt: int = 0
     cache_write: int = 0
     reasoning: int = 0
+    audio_prompt: int = 0
+    audio_completion: int = 0
 
     def normalised(self) -> Usage:
         """The same usage with its parts made consistent: never more cached or cache-write
-        tokens than prompt tokens, never more reasoning than completion tokens."""
+        tokens than prompt tokens, never more reasoning than completion tokens, never more
+        audio tokens than the prompt tokens left or the completion tokens."""
         prompt, completion = max(0, self.prompt), max(0, self.completion)
         cached = min(max(0, self.cached_prompt), prompt)
         written = min(max(0, self.cache_write), prompt - cached)
-        return Usage(prompt, completion, cached, written, min(max(0, self.reasoning), completion))
+        return Usage(prompt, completion, cached, written, min(max(0, self.reasoning), completion),
+                     min(max(0, self.audio_prompt), prompt - cached - written),
+                     min(max(0, self.audio_completion), completion))
 
 
-def rates_of(price: Price, multiplier: float = 1.0) -> TokenRates:
+def rates_of(price: Price, multiplier: float = 1.0, *, audio: bool = False) -> TokenRates:
+    """The rates a call is held and charged at; with `audio` (the call sends or asks for audio),
+    its audio tokens at the row's audio prices."""
     def scaled(rate: int) -> int:
         return rate if multiplier == 1.0 else math.ceil(rate * multiplier)
 
+    audio_prompt = scaled(price.audio_prompt) if audio and price.audio_prompt is not None else None
+    audio_completion = scaled(price.audio_completion) if audio and price.audio_completion is not None else None
     return TokenRates(scaled(price.prompt), scaled(price.completion), scaled(price.cached_prompt_rate),
-                 scaled(price.cache_write_rate), price.min_charge)
+                      scaled(price.cache_write_rate), price.min_charge, audio_prompt, audio_completion)
 
 
 def cost(rates: TokenRates, usage: Usage) -> int:
@@ -86,9 +108,12 @@ def cost(rates: TokenRates, usage: Usage) -> int:
     u = usage.normalised()
     if u.prompt == 0 and u.completion == 0:
         return 0
-    uncached = u.prompt - u.cached_prompt - u.cache_write
-    total = (uncached * rates.prompt + u.cached_prompt * rates.cached_prompt + u.cache_write * rates.cache_write
-             + u.completion * rates.completion)
+    audio_in = rates.prompt if rates.audio_prompt is None else rates.audio_prompt
+    audio_out = rates.completion if rates.audio_completion is None else rates.audio_completion
+    uncached_text = u.prompt - u.cached_prompt - u.cache_write - u.audio_prompt
+    total = (uncached_text * rates.prompt + u.cached_prompt * rates.cached_prompt + u.cache_write * rates.cache_write
+             + u.audio_prompt * audio_in + (u.completion - u.audio_completion) * rates.completion
+             + u.audio_completion * audio_out)
     return max(rates.min_charge, -(-total // 1000))
 
 
@@ -100,10 +125,11 @@ def charge(price_prompt: int, price_completion: int, min_charge: int, prompt_tok
 
 
 def worst_prompt_rates(rates: TokenRates) -> TokenRates:
-    """Rates for sizing a hold: any prompt token may turn out to be a cache write, so every
-    prompt token is held at the dearest prompt price."""
-    top = max(rates.prompt, rates.cached_prompt, rates.cache_write)
-    return TokenRates(top, rates.completion, top, top, rates.min_charge)
+    """Rates for sizing a hold: any prompt token may turn out to be a cache write (or audio), so
+    every prompt token is held at the dearest prompt price; any output token may be audio."""
+    top = max(rates.prompt, rates.cached_prompt, rates.cache_write, rates.audio_prompt or 0)
+    out = max(rates.completion, rates.audio_completion or 0)
+    return TokenRates(top, out, top, top, rates.min_charge)
 
 
 @dataclass(frozen=True)
@@ -148,7 +174,8 @@ def completion_budget(price: Price, amount: int, prompt_tokens: int, choices: in
 
 def multiplier(price: Price, service_tier: str, features: list[str]) -> tuple[float, str | None]:
     """The product of the multipliers a call's options carry, or the `param` of the first
-    option the model's price row does not price (such a call is refused)."""
+    option the model's price row does not price (such a call is refused). Audio carries no
+    multiplier: it is allowed when the row has audio prices (rates_of(audio=True))."""
     factor = 1.0
     if service_tier not in BASE_TIERS:
         tier = price.tiers.get(service_tier)
@@ -156,6 +183,10 @@ def multiplier(price: Price, service_tier: str, features: list[str]) -> tuple[fl
             return 1.0, "service_tier"
         factor *= tier
     for feature in features:
+        if feature == "audio":
+            if not price.audio_priced:
+                return 1.0, AUDIO_PARAM
+            continue
         value = price.features.get(feature)
         if value is None:
             return 1.0, FEATURES.get(feature, feature)

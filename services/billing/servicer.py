@@ -23,7 +23,8 @@ def _price(p: Price) -> billing_pb2.Price:
                              cached_prompt=p.cached_prompt_rate, cache_write=p.cache_write_rate,
                              tiers=billing_pb2.Multipliers(values=dict(p.tiers)),
                              features=billing_pb2.Multipliers(values=dict(p.features)),
-                             units=billing_pb2.UnitPrices(values=dict(p.units)))
+                             units=billing_pb2.UnitPrices(values=dict(p.units)),
+                             audio_prompt=p.audio_prompt, audio_completion=p.audio_completion)
 
 
 def _usage(r: RequestRow) -> billing_pb2.UsageRow:
@@ -57,7 +58,8 @@ def _verdict(v: Verdict) -> billing_pb2.NotificationVerdict:
 def _settled_usage(request: billing_pb2.SettleRequest) -> Usage:
     if request.HasField("usage"):
         u = request.usage
-        return Usage(u.prompt, u.completion, u.cached_prompt, u.cache_write, u.reasoning)
+        return Usage(u.prompt, u.completion, u.cached_prompt, u.cache_write, u.reasoning, u.audio_prompt,
+                     u.audio_completion)
     return Usage(request.prompt_tokens, request.completion_tokens)
 
 
@@ -125,6 +127,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             tiers=dict(request.tiers.values) if request.HasField("tiers") else None,
             features=dict(request.features.values) if request.HasField("features") else None,
             units=dict(request.units.values) if request.HasField("units") else None,
+            audio_prompt=given("audio_prompt"), audio_completion=given("audio_completion"),
         ))
 
     async def ListPrices(self, request: billing_pb2.ListPricesRequest,

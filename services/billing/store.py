@@ -147,11 +147,13 @@ async def get_topup(conn: AsyncConnection, reference: str) -> tuple[int, int] | 
 # --- prices -----------------------------------------------------------------
 
 _PRICE_COLUMNS = ("model, prompt_price, completion_price, min_charge, context_window, max_output_tokens,"
-                  " cached_prompt_price, cache_write_price, tiers, features, units")
+                  " cached_prompt_price, cache_write_price, tiers, features, units, audio_prompt_price,"
+                  " audio_completion_price")
 
 
 def _price(row: tuple) -> Price:  # type: ignore[type-arg]
-    return Price(*row[:8], tiers=dict(row[8] or {}), features=dict(row[9] or {}), units=dict(row[10] or {}))
+    return Price(*row[:8], tiers=dict(row[8] or {}), features=dict(row[9] or {}), units=dict(row[10] or {}),
+                 audio_prompt=row[11], audio_completion=row[12])
 
 
 async def list_prices(conn: AsyncConnection) -> list[Price]:
@@ -172,7 +174,7 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
         f"""
         INSERT INTO models AS m ({_PRICE_COLUMNS})
         VALUES (%(model)s, %(prompt)s, %(completion)s, %(min_charge)s, %(context)s, %(max_output)s,
-                %(cached)s, %(write)s, %(tiers)s, %(features)s, %(units)s)
+                %(cached)s, %(write)s, %(tiers)s, %(features)s, %(units)s, %(audio_in)s, %(audio_out)s)
         ON CONFLICT (model) DO UPDATE SET
             prompt_price = EXCLUDED.prompt_price,
             completion_price = EXCLUDED.completion_price,
@@ -186,6 +188,10 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
             tiers = CASE WHEN %(keep_tiers)s THEN m.tiers ELSE EXCLUDED.tiers END,
             features = CASE WHEN %(keep_features)s THEN m.features ELSE EXCLUDED.features END,
             units = CASE WHEN %(keep_units)s THEN m.units ELSE EXCLUDED.units END,
+            audio_prompt_price = CASE WHEN %(keep_audio)s THEN m.audio_prompt_price
+                                      ELSE EXCLUDED.audio_prompt_price END,
+            audio_completion_price = CASE WHEN %(keep_audio)s THEN m.audio_completion_price
+                                          ELSE EXCLUDED.audio_completion_price END,
             updated_at = now()
         RETURNING {_PRICE_COLUMNS}
         """,
@@ -195,6 +201,7 @@ async def upsert_price(conn: AsyncConnection, price: Price, keep: frozenset[str]
             "max_output": price.max_output_tokens, "cached": price.cached_prompt, "write": price.cache_write,
             "tiers": Jsonb(dict(price.tiers)), "features": Jsonb(dict(price.features)),
             "units": Jsonb(dict(price.units)), "keep_units": "units" in keep,
+            "audio_in": price.audio_prompt, "audio_out": price.audio_completion, "keep_audio": "audio" in keep,
             "keep_min": "min_charge" in keep, "keep_cached": "cached_prompt" in keep,
             "keep_write": "cache_write" in keep, "keep_context": "context" in keep,
             "keep_output": "max_output" in keep, "keep_tiers": "tiers" in keep, "keep_features": "features" in keep,
@@ -221,9 +228,10 @@ _HOLD_INSERT = """
     req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
                               prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
-                              prompt_tokens, deadline, try_number)
+                              audio_prompt_price, audio_completion_price, prompt_tokens, deadline, try_number)
         SELECT %(rid)s, %(uid)s, %(kid)s, %(model)s, NULLIF(%(channel)s, 0), amount,
-               %(pp)s, %(cp)s, %(mc)s, %(cpp)s, %(cwp)s, %(pt)s, now() + make_interval(secs => %(ttl)s), %(try)s
+               %(pp)s, %(cp)s, %(mc)s, %(cpp)s, %(cwp)s, %(app)s, %(acp)s, %(pt)s,
+               now() + make_interval(secs => %(ttl)s), %(try)s
         FROM debit
         RETURNING hold
     ),
@@ -264,7 +272,7 @@ async def reserve(conn: AsyncConnection, *, request_id: str, user_id: int, key_i
     params = {
         "rid": request_id, "uid": user_id, "kid": key_id, "model": model, "channel": channel_id,
         "pp": rates.prompt, "cp": rates.completion, "mc": rates.min_charge, "cpp": rates.cached_prompt,
-        "cwp": rates.cache_write, "pt": prompt_tokens,
+        "cwp": rates.cache_write, "app": rates.audio_prompt, "acp": rates.audio_completion, "pt": prompt_tokens,
         "desired": desired, "minimum": minimum, "ttl": ttl_s, "try": try_number,
     }
     if credit_limit <= 0:
@@ -387,7 +395,8 @@ async def lock_request(conn: AsyncConnection, request_id: str) -> OpenCall | Non
     """Inside a transaction: the request row, locked (before the user's row, as reserve locks)."""
     cur = await conn.execute(
         "SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,"
-        " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge"
+        " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge,"
+        " audio_prompt_price, audio_completion_price"
         " FROM requests WHERE request_id = %s FOR UPDATE",
         (request_id,))
     row = await cur.fetchone()
@@ -408,6 +417,7 @@ _SETTLE = """
             status = %(status)s, usage_source = %(source)s,
             prompt_tokens = %(pt)s, completion_tokens = %(ct)s, cached_prompt_tokens = %(cached)s,
             cache_write_tokens = %(written)s, reasoning_tokens = %(reasoning)s,
+            audio_prompt_tokens = %(audio_in)s, audio_completion_tokens = %(audio_out)s,
             credits = %(charged)s, unpaid_credits = %(unpaid)s, late = %(late)s,
             unbilled_tokens = unbilled_tokens + %(unbilled)s,
             channel_id = COALESCE(NULLIF(%(channel)s, 0), q.channel_id), settled_at = now()
@@ -447,7 +457,8 @@ async def close_request(conn: AsyncConnection, *, request_id: str, usage: Usage,
     hold already released) has nothing held: its key's held sum is not touched."""
     await conn.execute(_SETTLE, {
         "rid": request_id, "pt": usage.prompt, "ct": usage.completion, "cached": usage.cached_prompt,
-        "written": usage.cache_write, "reasoning": usage.reasoning, "status": status, "source": usage_source,
+        "written": usage.cache_write, "reasoning": usage.reasoning, "audio_in": usage.audio_prompt,
+        "audio_out": usage.audio_completion, "status": status, "source": usage_source,
         "channel": channel_id, "charged": from_held + from_balance, "from_held": from_held,
         "from_balance": from_balance, "released": released, "unpaid": unpaid, "late": late,
         "key_held": 0 if late else from_held + released, "unbilled": unbilled,
@@ -499,10 +510,10 @@ async def lock_calls(conn: AsyncConnection, request_ids: list[str]) -> dict[str,
     cur = await conn.execute(
         "SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,"
         " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge,"
-        " request_id"
+        " audio_prompt_price, audio_completion_price, request_id"
         " FROM requests WHERE request_id = ANY(%s::text[]) ORDER BY request_id FOR UPDATE",
         (request_ids,))
-    return {row[14]: LockedCall(*row[:9], rates=TokenRates(*row[9:14]), request_id=row[14])  # type: ignore[arg-type]
+    return {row[16]: LockedCall(*row[:9], rates=TokenRates(*row[9:16]), request_id=row[16])  # type: ignore[arg-type]
             for row in await cur.fetchall()}
 
 
@@ -544,14 +555,14 @@ _PLACE_HOLDS = """
     WITH items AS (
         SELECT * FROM unnest(%(rid)s::text[], %(uid)s::bigint[], %(kid)s::bigint[], %(limited)s::boolean[],
                              %(model)s::text[], %(channel)s::bigint[], %(pp)s::bigint[], %(cp)s::bigint[],
-                             %(mc)s::bigint[], %(cpp)s::bigint[], %(cwp)s::bigint[], %(pt)s::integer[],
-                             %(amount)s::bigint[], %(try)s::integer[])
-            AS i(rid, uid, kid, limited, model, channel, pp, cp, mc, cpp, cwp, pt, amount, try_number)
+                             %(mc)s::bigint[], %(cpp)s::bigint[], %(cwp)s::bigint[], %(app)s::bigint[],
+                             %(acp)s::bigint[], %(pt)s::integer[], %(amount)s::bigint[], %(try)s::integer[])
+            AS i(rid, uid, kid, limited, model, channel, pp, cp, mc, cpp, cwp, app, acp, pt, amount, try_number)
     ), req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
                               prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
-                              prompt_tokens, deadline, try_number)
-        SELECT rid, uid, kid, model, NULLIF(channel, 0), amount, pp, cp, mc, cpp, cwp, pt,
+                              audio_prompt_price, audio_completion_price, prompt_tokens, deadline, try_number)
+        SELECT rid, uid, kid, model, NULLIF(channel, 0), amount, pp, cp, mc, cpp, cwp, app, acp, pt,
                now() + make_interval(secs => %(ttl)s), try_number
         FROM items
         ON CONFLICT (request_id) DO NOTHING
@@ -589,7 +600,8 @@ async def place_holds(conn: AsyncConnection, holds: list[NewHold], ttl_s: int) -
         "model": [h.model for h in holds], "channel": [h.channel_id for h in holds],
         "pp": [h.rates.prompt for h in holds], "cp": [h.rates.completion for h in holds],
         "mc": [h.rates.min_charge for h in holds], "cpp": [h.rates.cached_prompt for h in holds],
-        "cwp": [h.rates.cache_write for h in holds], "pt": [h.prompt_tokens for h in holds],
+        "cwp": [h.rates.cache_write for h in holds], "app": [h.rates.audio_prompt for h in holds],
+        "acp": [h.rates.audio_completion for h in holds], "pt": [h.prompt_tokens for h in holds],
         "amount": [h.amount for h in holds], "try": [h.try_number for h in holds], "ttl": ttl_s,
     })
     return {row[0] for row in await cur.fetchall()}
@@ -616,17 +628,19 @@ _CLOSE_REQUESTS = """
     WITH items AS (
         SELECT * FROM unnest(%(rid)s::text[], %(status)s::text[], %(source)s::text[], %(pt)s::integer[],
                              %(ct)s::integer[], %(cached)s::integer[], %(written)s::integer[],
-                             %(reasoning)s::integer[], %(channel)s::bigint[], %(from_held)s::bigint[],
+                             %(reasoning)s::integer[], %(audio_in)s::integer[], %(audio_out)s::integer[],
+                             %(channel)s::bigint[], %(from_held)s::bigint[],
                              %(from_balance)s::bigint[], %(released)s::bigint[], %(unpaid)s::bigint[],
                              %(late)s::boolean[], %(unbilled)s::bigint[])
-            AS i(rid, status, source, pt, ct, cached, written, reasoning, channel, from_held, from_balance,
-                 released, unpaid, late, unbilled)
+            AS i(rid, status, source, pt, ct, cached, written, reasoning, audio_in, audio_out, channel, from_held,
+                 from_balance, released, unpaid, late, unbilled)
     ), done AS (
         UPDATE requests q SET
             state = CASE WHEN i.from_held + i.from_balance > 0 THEN 'settled' ELSE 'released' END,
             status = i.status, usage_source = i.source,
             prompt_tokens = i.pt, completion_tokens = i.ct, cached_prompt_tokens = i.cached,
             cache_write_tokens = i.written, reasoning_tokens = i.reasoning,
+            audio_prompt_tokens = i.audio_in, audio_completion_tokens = i.audio_out,
             credits = i.from_held + i.from_balance, unpaid_credits = i.unpaid, late = i.late,
             unbilled_tokens = q.unbilled_tokens + i.unbilled,
             channel_id = COALESCE(NULLIF(i.channel, 0), q.channel_id), settled_at = now()
@@ -688,6 +702,7 @@ async def close_requests(conn: AsyncConnection, closings: list[Closing]) -> None
         "source": [c.usage_source for c in closings], "pt": [c.usage.prompt for c in closings],
         "ct": [c.usage.completion for c in closings], "cached": [c.usage.cached_prompt for c in closings],
         "written": [c.usage.cache_write for c in closings], "reasoning": [c.usage.reasoning for c in closings],
+        "audio_in": [c.usage.audio_prompt for c in closings], "audio_out": [c.usage.audio_completion for c in closings],
         "channel": [c.channel_id for c in closings], "from_held": [c.from_held for c in closings],
         "from_balance": [c.from_balance for c in closings], "released": [c.released for c in closings],
         "unpaid": [c.unpaid for c in closings], "late": [c.late for c in closings],

@@ -58,6 +58,8 @@ class Settle:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     unbilled_tokens: int = 0  # what failed attempts may have cost the operator (free for the client)
+    audio_prompt_tokens: int = 0      # audio among the (uncached) prompt tokens, at the audio price
+    audio_completion_tokens: int = 0  # audio among the completion tokens, at the audio price
 
 
 class BillingPeer:
@@ -178,7 +180,8 @@ class BillingPeer:
             try_number=s.try_number, unbilled_tokens=s.unbilled_tokens,
             usage=billing_pb2.TokenUsage(prompt=s.prompt_tokens, completion=s.completion_tokens,
                                          cached_prompt=s.cached_prompt_tokens, cache_write=s.cache_write_tokens,
-                                         reasoning=s.reasoning_tokens),
+                                         reasoning=s.reasoning_tokens, audio_prompt=s.audio_prompt_tokens,
+                                         audio_completion=s.audio_completion_tokens),
         )
 
     async def keep_alive(self, request_id: str, try_number: int) -> bool:

@@ -56,7 +56,8 @@ def price_options(body: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     tier = body.get("service_tier")
     features = []
     modalities = body.get("modalities")
-    if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio") is not None:
+    if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio") is not None \
+            or _sends_audio(body.get("messages")):
         features.append("audio")
     # Chat's web_search_options only: a Responses `web_search` tool (Codex sends one with every
     # request) is left to the upstream, as refusing it would refuse every Codex call.
@@ -65,6 +66,15 @@ def price_options(body: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     if body.get("prediction") is not None:
         features.append("prediction")
     return (tier if isinstance(tier, str) else ""), tuple(features)
+
+
+def _sends_audio(messages: Any) -> bool:
+    """Whether chat messages carry audio input (input_audio parts), billed at audio prices."""
+    if not isinstance(messages, list):
+        return False
+    return any(isinstance(m, dict) and isinstance(m.get("content"), list)
+               and any(isinstance(p, dict) and p.get("type") == "input_audio" for p in m["content"])
+               for m in messages)
 
 
 def upstream_body(endpoint: Endpoint, body: dict[str, Any], upstream_model: str, *, stream: bool,
@@ -101,13 +111,15 @@ def upstream_object(endpoint: Endpoint, body: dict[str, Any], upstream_model: st
 
 class Usage(NamedTuple):
     """Tokens a call used, as billing.proto's TokenUsage: prompt includes cache reads and
-    writes, completion includes reasoning."""
+    writes, completion includes reasoning; the audio tokens among them are priced apart."""
 
     prompt: int
     completion: int
     cached_prompt: int = 0
     cache_write: int = 0
     reasoning: int = 0
+    audio_prompt: int = 0
+    audio_completion: int = 0
 
 
 def _detail(usage: dict[str, Any], groups: tuple[str, ...], name: str) -> int:
@@ -151,8 +163,12 @@ def usage_of(obj: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> Usage |
     cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
     written = _count(usage, "cache_creation_input_tokens")
     reasoning = _detail(usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens")
-    return Usage(prompt, completion, min(cached, prompt), min(written, prompt - min(cached, prompt)),
-                 min(reasoning, completion))
+    # OpenAI's audio models say which tokens were audio; they are priced at the model's audio prices.
+    audio_in = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "audio_tokens")
+    audio_out = _detail(usage, ("completion_tokens_details", "output_tokens_details"), "audio_tokens")
+    cached, written = min(cached, prompt), min(written, prompt - min(cached, prompt))
+    return Usage(prompt, completion, cached, written, min(reasoning, completion),
+                 min(audio_in, prompt - cached - written), min(audio_out, completion))
 
 
 def _message_text(message: Any) -> str:

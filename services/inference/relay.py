@@ -637,7 +637,8 @@ class _Sent:
 
 def _settle(call: Call, usage: Usage, status: str, source: str, channel_id: int, unbilled: int = 0) -> Settle:
     return Settle(call.request_id, usage.prompt, usage.completion, status, source, channel_id, call.try_number,
-                  usage.cached_prompt, usage.cache_write, usage.reasoning, unbilled)
+                  usage.cached_prompt, usage.cache_write, usage.reasoning, unbilled, usage.audio_prompt,
+                  usage.audio_completion)
 
 
 def _chunk(payload: bytes, channel: Channel) -> dict[str, Any]:

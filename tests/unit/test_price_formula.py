@@ -59,7 +59,10 @@ def test_plain_charge_is_the_same_formula() -> None:
 
 PRICE = Price("m", prompt=2_500_000, completion=10_000_000, min_charge=0, context_window=128000,
               max_output_tokens=16384, cached_prompt=1_250_000, tiers={"priority": 2.0, "flex": 0.5},
-              features={"audio": 4.0})
+              features={"web_search": 4.0})
+# gpt-4o-audio-preview-like: text 2.5 / 10, audio 40 / 80 credits per 1,000 tokens.
+AUDIO = Price("a", prompt=2_500_000, completion=10_000_000, min_charge=0, context_window=128000,
+              max_output_tokens=16384, audio_prompt=40_000_000, audio_completion=80_000_000)
 
 
 def test_cache_prices_default_to_the_prompt_price() -> None:
@@ -71,8 +74,9 @@ def test_cache_prices_default_to_the_prompt_price() -> None:
 @pytest.mark.parametrize("tier, features, factor, refused", [
     ("", [], 1.0, None), ("auto", [], 1.0, None), ("default", [], 1.0, None),
     ("priority", [], 2.0, None), ("flex", [], 0.5, None), ("scale", [], 1.0, "service_tier"),
-    ("", ["audio"], 4.0, None), ("priority", ["audio"], 8.0, None),
-    ("", ["web_search"], 1.0, "web_search_options"), ("", ["prediction"], 1.0, "prediction"),
+    ("", ["web_search"], 4.0, None), ("priority", ["web_search"], 8.0, None),
+    ("", ["audio"], 1.0, "modalities"),  # audio is no multiplier: a row without audio prices refuses it
+    ("", ["prediction"], 1.0, "prediction"),
 ])
 def test_multipliers(tier: str, features: list[str], factor: float, refused: str | None) -> None:
     assert multiplier(PRICE, tier, features) == (factor, refused)
@@ -96,3 +100,37 @@ def test_hold_covers_a_prompt_of_cache_writes_and_the_budget_stays_inside_it() -
 def test_client_budget_never_above_the_model_maximum() -> None:
     assert plan_hold(PRICE, 10, 100_000, 1).per_choice_limit == 16384
     assert plan_hold(PRICE, 10, 500, 1).per_choice_limit == 500
+
+
+def test_audio_is_allowed_by_audio_prices_and_carries_no_multiplier() -> None:
+    assert multiplier(AUDIO, "", ["audio"]) == (1.0, None)
+    assert rates_of(AUDIO, audio=True) == TokenRates(2_500_000, 10_000_000, 2_500_000, 2_500_000, 0,
+                                                     40_000_000, 80_000_000)
+    assert rates_of(AUDIO) == TokenRates(2_500_000, 10_000_000, 2_500_000, 2_500_000, 0)  # a text call
+    assert rates_of(AUDIO, 2.0, audio=True).audio_completion == 160_000_000
+
+
+@pytest.mark.parametrize("usage, expected", [
+    # OpenAI's audio counts are part of prompt_tokens / completion_tokens: the rest is text.
+    (Usage(1000, 500, audio_prompt=300, audio_completion=400), 700 * 2_500 + 300 * 40_000 + 100 * 10_000
+     + 400 * 80_000),
+    (Usage(1000, 0, cached_prompt=200, audio_prompt=300), 500 * 2_500 + 200 * 2_500 + 300 * 40_000),
+    (Usage(100, 10, audio_prompt=500, audio_completion=50), 100 * 40_000 + 10 * 80_000),  # clamped to the totals
+    (Usage(100, 10, cached_prompt=100, audio_prompt=50), 100 * 2_500 + 10 * 10_000),  # all cached: none uncached
+])
+def test_audio_tokens_are_charged_at_the_audio_prices(usage: Usage, expected: int) -> None:
+    assert cost(rates_of(AUDIO, audio=True), usage) == expected
+    # Without the audio rates (a text call), the same counts are text.
+    assert cost(rates_of(AUDIO), usage) == cost(rates_of(AUDIO), Usage(usage.prompt, usage.completion,
+                                                                        usage.cached_prompt))
+
+
+def test_an_audio_hold_covers_every_token_at_the_audio_price_and_its_budget_stays_inside() -> None:
+    rates = rates_of(AUDIO, audio=True)
+    plan = plan_hold(AUDIO, 1000, 0, 1, rates)
+    assert plan.desired == cost(rates, Usage(1000, 16384, audio_prompt=1000, audio_completion=16384))
+    amount = plan.desired // 5
+    budget = completion_budget(AUDIO, amount, 1000, 1, plan.per_choice_limit, rates)
+    assert 0 < budget < plan.per_choice_limit
+    assert cost(rates, Usage(1000, budget, audio_prompt=1000, audio_completion=budget)) <= amount
+    assert cost(rates, Usage(1000, budget + 1, audio_prompt=1000, audio_completion=budget + 1)) > amount
