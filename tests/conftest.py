@@ -7,6 +7,7 @@ it stops; books that do not balance fail the run, naming the stack. Unit tests r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import secrets
@@ -201,7 +202,9 @@ def books_of(database_url: str) -> dict:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
             return await verify_ledger(conn)
 
-    return asyncio.run(check())
+    # Called from a test's teardown, maybe inside a running loop (Playwright's): its own thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, check()).result()
 
 
 class Owned:

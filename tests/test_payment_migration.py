@@ -59,9 +59,20 @@ async def test_old_debts_become_ledger_debts_and_old_rewards_follow_their_order(
         # carol pays 5 credits, a call holds 1 of them, the order is refunded in full: the old
         # code took the 4 the balance had and noted 1 as owed on the order, nowhere else...
         await _paid(conn, "ord_carol", carol.id, 5_000_000)
-        assert await store.reserve(conn, request_id="r-carol", user_id=carol.id, key_id=1, credit_limit=0,
-                                   model=PRICE.model, rates=rates_of(PRICE), prompt_tokens=10, desired=1_000_000,
-                                   minimum=1, channel_id=0, ttl_s=600) == 1_000_000
+        # An open hold of 1 credit, written as billing wrote holds before 0018 (today's store
+        # statements name columns later migrations add).
+        await conn.execute(
+            "WITH u AS (UPDATE users SET balance = balance - 1000000, held = held + 1000000 WHERE id = %(uid)s"
+            " RETURNING id),"
+            " r AS (INSERT INTO requests (request_id, user_id, key_id, model, hold, prompt_price, completion_price,"
+            " min_charge, cached_prompt_price, cache_write_price, prompt_tokens, deadline, try_number)"
+            " SELECT 'r-carol', id, 1, %(model)s, 1000000, %(pp)s, %(cp)s, 0, %(pp)s, %(pp)s, 10,"
+            " now() + interval '600 seconds', 0 FROM u RETURNING request_id),"
+            " mv AS (SELECT nextval('ledger_movement_seq') AS id FROM r)"
+            " INSERT INTO ledger (movement, kind, ref, user_id, account, amount)"
+            " SELECT mv.id, 'hold', 'r-carol', %(uid)s, e.account, e.amount FROM mv,"
+            " (VALUES ('available', -1000000::bigint), ('held', 1000000::bigint)) AS e(account, amount)",
+            {"uid": carol.id, "model": PRICE.model, "pp": rates_of(PRICE).prompt, "cp": rates_of(PRICE).completion})
         await conn.execute(
             "WITH u AS (UPDATE users SET balance = balance - 4000000 WHERE id = %(uid)s RETURNING id),"
             " mv AS (SELECT nextval('ledger_movement_seq') AS id FROM u)"

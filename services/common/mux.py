@@ -34,6 +34,7 @@ OPEN = "/chatkore.v1.Mux/Open"
 MUXED = ("/chatkore.v1.Auth/", "/chatkore.v1.Billing/", "/chatkore.v1.Inference/")
 MAX_QUEUED = 1024          # calls waiting for a stream's writer; more wait for room
 RESOLVE_EVERY_S = 5.0
+RECONNECT_WAIT_S = 1.5     # a call that finds every replica backing off waits this long for one
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 1.0
 RETIRE_WAIT_S = 600.0      # a replica gone from DNS keeps its stream this long for the calls on it
 
@@ -447,28 +448,39 @@ class MuxChannel:
             self._start()
         loop = asyncio.get_running_loop()
         kicked = False
+        give_up: float | None = None
         while not self._ready:
             if self._closed:
                 raise rpc_error(grpc.StatusCode.CANCELLED, "the channel was closed")
-            if self._resolved and not any(r.connecting for r in self._replicas.values()):
+            backing_off = self._resolved and not any(r.connecting for r in self._replicas.values())
+            if backing_off:
                 # Every replica is backing off after a failure: try them once now (a peer that just
-                # started, or came back), and fail only if that fails too.
+                # started, or came back), then wait a little for one (a peer restarting takes a
+                # moment to listen again) and fail only if none comes.
                 if not kicked and any([r.kick() for r in self._replicas.values()]):
                     kicked = True
                     continue
-                raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.peer} at {self.target} is reachable")
+                if give_up is None:
+                    give_up = loop.time() + RECONNECT_WAIT_S
+                if loop.time() >= give_up:
+                    raise rpc_error(grpc.StatusCode.UNAVAILABLE,
+                                    f"no replica of {self.peer} at {self.target} is reachable")
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            if deadline is None:
+            wait_until = give_up if backing_off else None
+            if deadline is None and wait_until is None:
                 await waiter
                 continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            until = min(t for t in (deadline, wait_until) if t is not None)
+            remaining = until - loop.time()
+            if remaining <= 0 and until == deadline:
                 raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             try:
-                await asyncio.wait_for(waiter, remaining)
+                await asyncio.wait_for(waiter, max(remaining, 0.0))
             except TimeoutError:
-                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+                if until == deadline:
+                    raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+                kicked = False  # the back-off may have passed: the next turn tries once more
         return await self.stream_for(deadline)
 
     async def start_call(self, method: str, payload: bytes, timeout: float | None, metadata: Any,
