@@ -38,7 +38,10 @@ class Peer(inference_pb2_grpc.InferenceServicer):
             started, cancelled = self._events(request.body)
             started.set()
             try:
-                await asyncio.sleep(float(request.body.split(b" ")[0]) if request.body[:1].isdigit() else 3600)
+                if request.body[:1].isdigit():  # a scripted pause: "0.01 …"
+                    await asyncio.sleep(float(request.body.split(b" ")[0]))
+                else:
+                    await asyncio.Event().wait()  # held until the call is cancelled
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
@@ -60,7 +63,7 @@ class Peer(inference_pb2_grpc.InferenceServicer):
             started, cancelled = self._events(request.body)
             started.set()
             try:
-                await asyncio.sleep(3600)
+                await asyncio.Event().wait()  # held until the call is cancelled
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
