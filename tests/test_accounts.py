@@ -18,11 +18,10 @@ import openai
 import psycopg
 import pytest
 import requests
-from aiosmtpd.controller import Controller
 
 from tests import mock_upstream
 from tests.console import ConsoleUser
-from tests.test_mail import Mailbox, _free_port
+from tests.test_mail import Mailbox, mail_env, open_mailbox
 from tests.world import World
 from tools.stack import wait_until
 
@@ -31,20 +30,14 @@ BONUS = Decimal(100)
 
 @pytest.fixture(scope="module")
 def inbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.port = _free_port()
-    server = Controller(box, hostname="127.0.0.1", port=box.port)
-    server.start()
-    yield box
-    server.stop()
+    with open_mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def mailed(make_stack, mock, inbox: Mailbox) -> World:
     stack = make_stack(name="accounts", env={
-        "CHATKORE_SMTP_URL": f"smtp://127.0.0.1:{inbox.port}",
-        "CHATKORE_MAIL_FROM": "chatkore <noreply@chatkore.test>",
-        "CHATKORE_PUBLIC_URL": "https://chatkore.test",
+        **mail_env(inbox),
         "CHATKORE_BALANCE_ALERT_INTERVAL_S": "0.3",
     })
     return World(stack, mock)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 
 from tests.console import PASSWORD, ConsoleUser
 from tests.world import World
-from tools.stack import Stack, wait_until
+from tools.stack import Stack, free_port, wait_until
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -42,29 +42,37 @@ class Mailbox:
         return [m for m in self.to(address) if "?reset=" in m.get_content()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def open_mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on loopback, keeping what chatkore sends."""
+    box = Mailbox()
+    box.port = free_port()
+    server = Controller(box, hostname="127.0.0.1", port=box.port)
+    server.start()
+    try:
+        yield box
+    finally:
+        server.stop()
+
+
+def mail_env(box: Mailbox) -> dict[str, str]:
+    """A stack's settings for mailing through `box`."""
+    return {
+        "CHATKORE_SMTP_URL": f"smtp://127.0.0.1:{box.port}",
+        "CHATKORE_MAIL_FROM": "chatkore <noreply@chatkore.test>",
+        "CHATKORE_PUBLIC_URL": "https://chatkore.test",
+    }
 
 
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.port = _free_port()
-    server = Controller(box, hostname="127.0.0.1", port=box.port)
-    server.start()
-    yield box
-    server.stop()
+    with open_mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def mailing(make_stack, mailbox: Mailbox) -> Stack:
-    return make_stack(name="mail", env={
-        "CHATKORE_SMTP_URL": f"smtp://127.0.0.1:{mailbox.port}",
-        "CHATKORE_MAIL_FROM": "chatkore <noreply@chatkore.test>",
-        "CHATKORE_PUBLIC_URL": "https://chatkore.test",
-    })
+    return make_stack(name="mail", env=mail_env(mailbox))
 
 
 def reset_link(mail: EmailMessage) -> str:

@@ -11,11 +11,10 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from aiosmtpd.controller import Controller
 from playwright.sync_api import Browser, expect
 
 from tests.console import PASSWORD, ConsoleUser
-from tests.test_mail import Mailbox, _free_port
+from tests.test_mail import Mailbox, mail_env, open_mailbox
 from tests.test_web_browser import DESKTOP, PHONE, browser, context, shoot, sign_in  # noqa: F401 (browser: a fixture)
 from tests.world import World
 from tools.stack import wait_until
@@ -25,19 +24,14 @@ NEW_PASSWORD = "another long passphrase"
 
 @pytest.fixture(scope="module")
 def inbox() -> Iterator[Mailbox]:
-    box = Mailbox()
-    box.port = _free_port()
-    server = Controller(box, hostname="127.0.0.1", port=box.port)
-    server.start()
-    yield box
-    server.stop()
+    with open_mailbox() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def mailed(make_stack, mock, inbox: Mailbox) -> World:
     stack = make_stack(name="web-accounts", env={
-        "CHATKORE_SMTP_URL": f"smtp://127.0.0.1:{inbox.port}",
-        "CHATKORE_PUBLIC_URL": "https://chatkore.test",
+        **mail_env(inbox),
         "CHATKORE_BALANCE_ALERT_INTERVAL_S": "0.3",
     })
     return World(stack, mock)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,35 @@ SERVICES = {"auth": "services.auth", "billing": "services.billing", "inference":
 GRPC_SERVICES = ("auth", "billing", "inference")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, for a service to bind later. Taken below the kernel's
+    ephemeral range, which outgoing connections draw from (a port 0 pick could be taken by one
+    before the service binds it: 'Failed to bind' at a stack's start), and never handed out twice
+    by this process."""
+    high = min(_ephemeral_low(), 65536)
+    low = max(1024, high - 12000)
+    for _ in range(2000):
+        port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port between {low} and {high}")
 
 
 def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
