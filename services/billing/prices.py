@@ -17,6 +17,9 @@ class PriceBook:
         self._pool = pool
         self._refresh_s = refresh_s
         self._prices: dict[str, Price] = {}
+        # Prices saved here while a reload's read is in flight: that read may predate the save
+        # and must not put the old row back (a change applies to the next call, not 0.5 s later).
+        self._saved_during_reload: dict[str, Price] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -28,8 +31,15 @@ class PriceBook:
             self._task.cancel()
 
     async def reload(self) -> None:
-        async with self._pool.connection() as conn:
-            self._prices = {p.model: p for p in await store.list_prices(conn)}
+        saved: dict[str, Price] = {}
+        self._saved_during_reload = saved
+        try:
+            async with self._pool.connection() as conn:
+                fresh = {p.model: p for p in await store.list_prices(conn)}
+        finally:
+            self._saved_during_reload = None
+        fresh.update(saved)
+        self._prices = fresh
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -50,4 +60,7 @@ class PriceBook:
         return price
 
     def put(self, price: Price) -> None:
+        """A price this replica has just committed."""
         self._prices[price.model] = price
+        if self._saved_during_reload is not None:
+            self._saved_during_reload[price.model] = price
