@@ -44,6 +44,9 @@ class ChannelBook:
         self._aliases: dict[str, str] = {}  # the aliases in effect: name -> target
         self._last_reload = 0.0
         self._reloading: asyncio.Task[None] | None = None
+        # One reload at a time: a periodic read begun before an operator's change commits must
+        # not finish after the change's own reload and put the old channels back.
+        self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     # --- loading ---------------------------------------------------------------
@@ -65,6 +68,10 @@ class ChannelBook:
         )
 
     async def reload(self) -> None:
+        async with self._reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
         self._last_reload = time.monotonic()
         async with self._pool.connection() as conn:
             fingerprint = (await store.channels_fingerprint(conn), await store.aliases_fingerprint(conn))
