@@ -230,6 +230,8 @@ async def serve(
     health_listen: str | None = None,
     pool: psycopg_pool.AsyncConnectionPool | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
+    on_grace_over: Callable[[], Awaitable[None]] | None = None,
+    grace_over_s: float = 0.0,
     telemetry: Telemetry | None = None,
 ) -> None:
     """Run a gRPC server until SIGTERM/SIGINT, then drain and stop.
@@ -241,6 +243,10 @@ async def serve(
 
     `listen` takes mutual TLS only (unless `tls` is insecure); `health_listen`, when set, is a
     plaintext port on which only the health service answers (for probes that have no certificate).
+
+    `on_grace_over`, when set, runs once `grace_s` has passed with calls still in flight: the
+    service ends them itself (and settles them) within `grace_over_s`, after which gRPC cancels
+    whatever is left. `on_draining` runs once the server has stopped.
     """
     server, mux = build(register, authorize=not tls.insecure, pool=pool)
     health_servicer = health.aio.HealthServicer()
@@ -281,7 +287,13 @@ async def serve(
     watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
     mux.drain()  # callers send new calls elsewhere; the calls in flight on the streams run on
-    await server.stop(grace_s)
+    stopping = asyncio.ensure_future(server.stop(grace_s + grace_over_s if on_grace_over else grace_s))
+    if on_grace_over is not None:
+        done, _ = await asyncio.wait({stopping}, timeout=grace_s)
+        if not done:
+            log.info("%s: grace over with calls in flight, ending them", name)
+            await on_grace_over()
+    await stopping
     if on_draining is not None:
         await on_draining()
     if metrics_server is not None:

@@ -25,6 +25,7 @@ from services.inference.errors import (
     UpstreamTimedOut,
 )
 from services.inference.failures import scrub
+from services.inference.inflight import InFlight
 from services.inference.messages import MessagesTally
 from services.inference.payloads import (
     Endpoint,
@@ -150,6 +151,7 @@ class Relay:
         self.max_stream_s = max_stream_s
         self.in_flight = 0  # calls between their start and their settlement (GetStats)
         self.running = Running(responses) if responses is not None else None  # background responses
+        self.calls = InFlight()  # the calls being served, cut by a shutdown past its grace
 
     async def _prepare(self, call: Call) -> _Prepared:
         if call.allowed and call.model not in call.allowed:
@@ -250,8 +252,9 @@ class Relay:
         except BaseException as exc:
             status = _status_of(exc)
             if status == "client_gone" and self._stopped_by_server(prepared):
-                # No client left: the server stopped a background response. A server failure is
-                # free for the client; what the upstream may bill is counted for the operator.
+                # The server stopped the call (a background response, or a call past the shutdown's
+                # grace). A server failure is free for the client; what the upstream may bill is
+                # counted for the operator.
                 if sent.channel_id:
                     sent.failed(Failure.SERVER)
                 self.billing.settle_later(_settle(call, Usage(0, 0), "server_error", "", 0, sent.unbilled))
@@ -311,9 +314,12 @@ class Relay:
             return None
 
     def _stopped_by_server(self, prepared: _Prepared) -> bool:
-        """A background response cancelled by a shutdown, not by its user."""
+        """A call cancelled by a shutdown, not by its client: a background response stopped by it, or
+        any other call still running once the grace was over (InFlight.cut)."""
         resp = prepared.responses
-        return (resp is not None and resp.background and self.running is not None and self.running.stopping
+        if resp is None or not resp.background:
+            return self.calls.stopping
+        return (self.running is not None and self.running.stopping
                 and resp.envelope.id not in self.running.cancelled)
 
     async def _run_in_background(self, call: Call, prepared: _Prepared, hold: Hold) -> None:
@@ -468,6 +474,10 @@ class Relay:
             yield Outcome(usage.prompt, usage.completion, status)
         except BaseException as exc:
             status = _status_of(exc)
+            if status == "client_gone" and self._stopped_by_server(prepared):
+                # Not its client: this process cut it, its shutdown's grace over (InFlight.cut).
+                # Settled as a stream the upstream broke: the client pays what reached it.
+                status = "server_error"
             raise
         finally:
             beat.cancel()
@@ -492,6 +502,8 @@ class Relay:
                         known = known._replace(completion=known.completion + count_choices_text([held], call.model))
                     sent.broke(Failure.TIMEOUT if status == "upstream_timeout" else Failure.SERVER, known, usage)
                 else:
+                    if status == "server_error" and sent.channel_id:
+                        sent.failed(Failure.SERVER)  # cut before a chunk came: the prompt is the operator's
                     usage, source = Usage(0, 0), ""
                 await self._close(_settle(call, usage, status, source, channel_id, sent.unbilled))
 

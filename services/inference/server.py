@@ -16,6 +16,10 @@ from services.inference.secretbox import SecretBox
 from services.inference.servicer import InferenceServicer
 from services.inference.upstream import Upstream
 
+# Past the grace, how long the calls still running have to end once cut, their settlements
+# sent and acknowledged by billing, before gRPC cancels what is left and the process exits.
+CUT_SETTLE_S = 5.0
+
 
 async def serve(cfg: InferenceConfig) -> None:
     pool = await db.open_pool(cfg.database_url.reveal(), name="inference", max_size=cfg.pool_size)
@@ -32,6 +36,16 @@ async def serve(cfg: InferenceConfig) -> None:
     responses = ResponseBook(pool)
     relay = Relay(book, upstream, billing, max_stream_s=cfg.max_stream_s, responses=responses,
                   max_json_nodes=cfg.max_json_nodes)
+
+    async def cut_running() -> None:
+        # The grace is over: the relay's calls still running are cut here, while the billing
+        # channel is open (it closes only once the server has stopped, below), each settled for
+        # what it relayed (relay.py); the wait for those settlements is bounded. Billing out of
+        # reach for all of it leaves the holds open: billing's sweeper releases them after
+        # CHATKORE_HOLD_TTL_S (for free), as for a process that is killed.
+        deadline = asyncio.get_running_loop().time() + CUT_SETTLE_S
+        await relay.calls.cut(CUT_SETTLE_S)
+        await billing.drain(deadline - asyncio.get_running_loop().time())
 
     async def settle_pending() -> None:
         # Background responses get the grace period to finish; then streams cut by the shutdown
@@ -52,6 +66,8 @@ async def serve(cfg: InferenceConfig) -> None:
             telemetry=cfg.telemetry,
             tls=cfg.tls,
             health_listen=cfg.health_listen,
+            on_grace_over=cut_running,
+            grace_over_s=CUT_SETTLE_S + 1.0,
             on_draining=settle_pending,
         )
     finally:

@@ -88,41 +88,43 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Relay(self, request: inference_pb2.RelayRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.RelayReply:
-        call = _call(request)
-        if call.endpoint in MEDIA:
-            media = await self.media.unary(call)
-            _count(request.model, media.prompt_tokens, 0)
-            return inference_pb2.RelayReply(body=media.body, usage=_usage(media.prompt_tokens, 0),
-                                            content_type=media.content_type)
-        reply = await self.relay.unary(call)
-        if reply.capped_max_tokens:
-            await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
-        _count(request.model, reply.prompt_tokens, reply.completion_tokens)
-        return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens))
+        with self.relay.calls.track():  # cut, and settled, by a shutdown past its grace
+            call = _call(request)
+            if call.endpoint in MEDIA:
+                media = await self.media.unary(call)
+                _count(request.model, media.prompt_tokens, 0)
+                return inference_pb2.RelayReply(body=media.body, usage=_usage(media.prompt_tokens, 0),
+                                                content_type=media.content_type)
+            reply = await self.relay.unary(call)
+            if reply.capped_max_tokens:
+                await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(reply.capped_max_tokens)),))
+            _count(request.model, reply.prompt_tokens, reply.completion_tokens)
+            return inference_pb2.RelayReply(body=reply.body, usage=_usage(reply.prompt_tokens, reply.completion_tokens))
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
-        call = _call(request)
-        if call.endpoint in MEDIA:
-            async for piece in self.media.stream(call):
-                if isinstance(piece, ContentType):
-                    await context.send_initial_metadata(((CONTENT_TYPE_HEADER, piece.value),))
-                elif isinstance(piece, tuple):
-                    _count(request.model, piece[0], 0)
+        with self.relay.calls.track():  # cut, and settled, by a shutdown past its grace
+            call = _call(request)
+            if call.endpoint in MEDIA:
+                async for piece in self.media.stream(call):
+                    if isinstance(piece, ContentType):
+                        await context.send_initial_metadata(((CONTENT_TYPE_HEADER, piece.value),))
+                    elif isinstance(piece, tuple):
+                        _count(request.model, piece[0], 0)
+                        yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
+                            usage=_usage(piece[0], 0), status="complete"))
+                    else:
+                        yield inference_pb2.RelayEvent(chunk=piece)
+                return
+            async for item in self.relay.stream(call):
+                if isinstance(item, Capped):
+                    await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
+                elif isinstance(item, Outcome):
+                    _count(request.model, item.prompt_tokens, item.completion_tokens)
                     yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                        usage=_usage(piece[0], 0), status="complete"))
+                        usage=_usage(item.prompt_tokens, item.completion_tokens), status=item.status))
                 else:
-                    yield inference_pb2.RelayEvent(chunk=piece)
-            return
-        async for item in self.relay.stream(call):
-            if isinstance(item, Capped):
-                await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
-            elif isinstance(item, Outcome):
-                _count(request.model, item.prompt_tokens, item.completion_tokens)
-                yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                    usage=_usage(item.prompt_tokens, item.completion_tokens), status=item.status))
-            else:
-                yield inference_pb2.RelayEvent(chunk=item)
+                    yield inference_pb2.RelayEvent(chunk=item)
 
     async def CountTokens(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> inference_pb2.TokenCount:
