@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from decimal import Decimal
 
 import psycopg
@@ -97,7 +98,7 @@ def _settled_row(stack: Stack, request_id: str) -> tuple:
 def test_a_stream_past_the_grace_is_cut_and_pays_for_what_was_delivered(world: World, process: str) -> None:
     """SIGTERM with a stream that will not end: after CHATKORE_GRACE_S the process stops anyway,
     exits cleanly, and the stream is charged for what reached the client, to the micro-credit.
-    Inference is left out: stopped this way it leaves the hold open today (a product defect)."""
+    Inference stopped this way is tested on a stack of its own (below)."""
     w, stack = world, world.stack
     model, tag = w.served_model()
     t = w.tenant()
@@ -134,3 +135,64 @@ def test_a_stream_past_the_grace_is_cut_and_pays_for_what_was_delivered(world: W
     # World.model's prices: 1.5 and 2.0 credits per 1,000 tokens, in micro-credits rounded up.
     assert credits == -(-(prompt_tokens * 1_500_000 + completion_tokens * 2_000_000) // 1000)
     assert w.held(t.user_id) == 0 and w.balance(t.user_id) == 100 - Decimal(credits) / 1_000_000
+
+
+CUT_HOLD_TTL_S = 120  # far longer than the test: a hold closed in time was not the sweeper's doing
+RELAYED = 4           # text chunks the upstream sends before it holds the rest back
+
+
+@pytest.fixture(scope="module")
+def cut_world(make_stack, mock) -> World:
+    """A stack of its own: its inference is stopped by each test (and started again by the next)."""
+    return World(make_stack(name="inference-cut", env={"CHATKORE_GRACE_S": "1",
+                                                        "CHATKORE_HOLD_TTL_S": str(CUT_HOLD_TTL_S)}), mock)
+
+
+@pytest.mark.parametrize("transport", ["mux", "plain"])
+def test_inference_past_its_grace_settles_the_cut_stream_before_it_exits(cut_world: World, transport: str) -> None:
+    """SIGTERM to inference with a stream that will not end: past CHATKORE_GRACE_S it cuts the
+    stream and, before it exits, settles it for what it relayed (not left for the sweeper to
+    release for free after the hold's TTL). Calls between the services go over multiplexed streams
+    (the default) or one plain gRPC call per call (CHATKORE_GRPC_MUX=0)."""
+    w, stack = cut_world, cut_world.stack
+    transport_env = {"CHATKORE_GRPC_MUX": "0"} if transport == "plain" else {}
+    for name in ("edge", "inference"):  # the edge's calls to inference, inference's to billing
+        if stack.procs[name].poll() is not None or stack.process_env_extra.get(name, {}) != transport_env:
+            stack.restart(name, env=transport_env)  # inference was stopped by the test before
+    stack.wait_healthy()
+    model, tag = w.served_model()
+    t = w.tenant()
+    stuck = w.mock.gate()  # after the role and RELAYED pieces of text the upstream says nothing more
+    w.mock.script(tag, up.ok(pieces=PIECES, gate_each=stuck, free_chunks=1 + RELAYED))
+    try:
+        resp = requests.post(w.url + "/v1/chat/completions", json={"model": model, "messages": MSG, "stream": True},
+                             headers={"Authorization": f"Bearer {t.key}"}, stream=True, timeout=60)
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        events = [next(line for line in lines if line) for _ in range(1 + RELAYED)]
+        wait_until(lambda: stuck.arrived == 1, 10, "the upstream to hold the rest back")
+        signalled = time.monotonic()
+        stack.signal("inference", signal.SIGTERM)
+        events += [line for line in lines if line]  # the edge, still up, ends the stream in-band
+        assert stack.procs["inference"].wait(30) == 0
+        assert stuck.passed == 0  # it was cut while the upstream still held the rest
+    finally:
+        stuck.open()
+    assert events[-1] == b"data: [DONE]" and b'"error"' in events[-2]
+    delivered = _text([e for e in events if e != b"data: [DONE]" and b'"error"' not in e])
+    assert delivered
+
+    # Settled before inference exited: no waiting here, and nothing left for the sweeper.
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute("SELECT state, status, prompt_tokens, completion_tokens, credits FROM requests"
+                           " WHERE request_id = %s", (resp.headers["x-request-id"],)).fetchone()
+    assert row is not None and row[:2] == ("settled", "server_error"), row
+    _, _, prompt_tokens, completion_tokens, credits = row
+    assert prompt_tokens == openai_tokens.chat_prompt_tokens(MSG, model)
+    assert completion_tokens == openai_tokens.text_tokens(delivered, model) > 0
+    # World.model's prices: 1.5 and 2.0 credits per 1,000 tokens, in micro-credits rounded up.
+    assert credits == -(-(prompt_tokens * 1_500_000 + completion_tokens * 2_000_000) // 1000)
+    assert w.held(t.user_id) == 0
+    assert time.monotonic() - signalled < CUT_HOLD_TTL_S / 4
+    assert w.balance(t.user_id) == 100 - Decimal(credits) / 1_000_000
+    assert w.verify()["problems"] == []
