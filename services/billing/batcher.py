@@ -141,9 +141,20 @@ class Batcher:
         if self._queue or self._running:
             await self._submit(None)
 
+    def _release(self, hold: HoldAsk) -> None:
+        """A hold committed for a caller that had gone meanwhile (its Reserve was cancelled while
+        the batch was being written): nobody will use it, so it is released in the next batch,
+        as the caller's settlement `client_gone` with nothing used would release it. The
+        caller's own release, if it comes, finds it settled (idempotent by request id)."""
+        item = _Item(SettleAsk(hold.request_id, Usage(), "client_gone", "", hold.channel_id, hold.try_number, 0),
+                     asyncio.get_running_loop().create_future())
+        item.future.add_done_callback(_log_failed_release)
+        self._queue.append(item)
+        self._wake.set()
+
     async def _submit(self, ask: Ask | None) -> object:
         # A caller cancelled while its item waits here is dropped from the queue (its future is
-        # cancelled with it); once taken, its change commits and the caller's own cleanup undoes it.
+        # cancelled with it); once taken, its change commits and, for a hold, _release undoes it.
         item = _Item(ask, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         metrics.BATCH_QUEUE.set(len(self._queue))
@@ -195,6 +206,8 @@ class Batcher:
                 metrics.BATCH_SIZE.observe(len(items))
         for item, outcome in zip(items, outcomes, strict=True):
             if item.future.done():
+                if isinstance(item.ask, HoldAsk) and isinstance(outcome, int):
+                    self._release(item.ask)
                 continue
             if isinstance(outcome, BaseException):
                 item.future.set_exception(outcome)
@@ -296,6 +309,12 @@ class Batcher:
         if superseded:
             metrics.UNBILLED.labels("superseded").inc(sum(tokens for _, tokens in superseded))
         return out
+
+
+def _log_failed_release(future: asyncio.Future[object]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("release of a hold whose caller left failed: %s; the sweeper will release it",
+                    future.exception())
 
 
 def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:

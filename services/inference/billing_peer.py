@@ -93,9 +93,12 @@ class BillingPeer:
                 self._release_if_held(request_id, try_number)
             raise
         except asyncio.CancelledError:
-            # The caller left (its client went away) while the hold was being placed:
-            # billing may still commit it, so release it once it exists.
-            self._release_if_held(request_id, try_number)
+            # The caller left (its client went away) while the hold was being placed. The
+            # cancellation reaches billing with the call: a hold its writer was committing
+            # meanwhile is released there (batcher.py). One release from here covers a hold
+            # committed just before the cancellation arrived (its answer is what was lost);
+            # sent after the cancellation on the same stream, it cannot overtake the hold.
+            self._release_if_held(request_id, try_number, wait_s=0.0)
             raise
         return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit, hold.ttl_s,
                     hold.unit)
@@ -142,17 +145,20 @@ class BillingPeer:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    def _release_if_held(self, request_id: str, try_number: int) -> None:
+    def _release_if_held(self, request_id: str, try_number: int, wait_s: float = RELEASE_WAIT_S) -> None:
         """Release a hold whose Reserve was cut short, if it was placed after all — and is still
-        this try's: a retry of the call on another replica may have taken it over."""
+        this try's: a retry of the call on another replica may have taken it over. A hold not
+        found is waited for `wait_s` (a Reserve whose fate is unknown, billing gone mid-call,
+        may still land); 0: one look."""
         task = asyncio.create_task(self._settle_until_done(Settle(request_id, 0, 0, "client_gone", "", 0, try_number),
-                                                           missing_for_s=RELEASE_WAIT_S))
+                                                           release=True, missing_for_s=wait_s))
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    async def _settle_until_done(self, s: Settle, missing_for_s: float = 0.0) -> None:
-        """Retry a settlement through billing's absences; while `missing_for_s` runs, a hold
-        not (yet) found is waited for too, as a Reserve still in flight may place it."""
+    async def _settle_until_done(self, s: Settle, release: bool = False, missing_for_s: float = 0.0) -> None:
+        """Retry a settlement through billing's absences. A release finds nothing held when the
+        Reserve never landed; while `missing_for_s` runs, it looks again (a Reserve still in
+        flight may place the hold)."""
         request_id_var.set(s.request_id)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._retry_for_s
@@ -163,8 +169,8 @@ class BillingPeer:
                 await self._stub.Settle(self._request(s), timeout=RPC_TIMEOUT_S)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND and missing_for_s:
-                    if loop.time() > stop_waiting:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and release:
+                    if loop.time() >= stop_waiting:
                         return  # the Reserve never landed: nothing is held
                 elif exc.code() not in _TRANSIENT or loop.time() > give_up:
                     log.error("settle of %s failed for good: %s (%s); the sweeper will release the hold",
