@@ -46,6 +46,13 @@ def encoding(model: str) -> tiktoken.Encoding:
         name = tiktoken.encoding_name_for_model(model)
     except KeyError:
         name = "cl100k_base"
+    return named_encoding(name)
+
+
+@functools.cache
+def named_encoding(name: str) -> tiktoken.Encoding:
+    """An encoding by its own name (cl100k_base, o200k_base): what the scripted upstreams count
+    with whatever the model (tests/mock_anthropic.py, tests/mock_responses.py)."""
     saved = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = _cache_dir()  # only while tiktoken loads; it keeps the encoding
     try:

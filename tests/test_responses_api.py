@@ -39,6 +39,26 @@ def _upstream_path(kind: str) -> str:
     return {"native": "responses", "chat": "chat/completions", "anthropic": "messages"}[kind]
 
 
+def _upstream_usage(world: World, tag: str, kind: str, model: str, answer: str) -> tuple[int, int]:
+    """(input, output) tokens of the mock upstream's last call, counted here with tiktoken by the
+    mock's own rule: on chat, OpenAI's (the cookbook's prompt count, the answer's tokens); on the
+    Responses and Anthropic faces, the tokens of json.dumps([instructions or system, input items
+    or messages, tools]) and of the answer, in o200k_base and cl100k_base."""
+    sent = world.mock.received(tag)[-1].body
+    if kind == "chat":
+        return openai_tokens.chat_prompt_tokens(sent["messages"], model), openai_tokens.text_tokens(answer, model)
+    if kind == "native":
+        enc = openai_tokens.named_encoding("o200k_base")
+        raw = sent.get("input")
+        items = ([{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str)
+                 else [i for i in raw or () if isinstance(i, dict)])
+        prompt = len(enc.encode(json.dumps([sent.get("instructions"), items, sent.get("tools")])))
+    else:
+        enc = openai_tokens.named_encoding("cl100k_base")
+        prompt = len(enc.encode(json.dumps([sent.get("system"), sent["messages"], sent.get("tools") or []])))
+    return prompt, len(enc.encode(answer))
+
+
 def _usage_row(world: World, t: Tenant) -> dict[str, Any]:
     rows = world.usage(t.user_id)
     assert len(rows) >= 1
@@ -64,7 +84,9 @@ def test_plain_text(world: World, kind: str) -> None:
     assert reply.id.startswith("resp_") and reply.object == "response"
     assert reply.model == model and reply.status == "completed"
     assert "This is a test! You said: Say this is a test!" in reply.output_text
-    assert reply.usage is not None and reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
+    assert reply.usage is not None
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == _upstream_usage(
+        world, tag, kind, model, "This is a test! You said: Say this is a test!")
     _assert_billed_exactly(world, t, reply.usage, Decimal(100))
     sent = world.mock.received(tag)[-1]
     assert sent.path == _upstream_path(kind)
@@ -80,7 +102,7 @@ def test_plain_text(world: World, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_streamed(world: World, kind: str) -> None:
-    model, _ = _served(world, kind)
+    model, tag = _served(world, kind)
     t = world.tenant(credits=100)
     with t.client.responses.stream(model=model, input="Stream this please") as stream:
         events = list(stream)
@@ -99,6 +121,7 @@ def test_streamed(world: World, kind: str) -> None:
     assert text == final.output_text == "This is a test! You said: Stream this please"
     assert final.id.startswith("resp_") and final.model == model
     assert final.usage is not None
+    assert (final.usage.input_tokens, final.usage.output_tokens) == _upstream_usage(world, tag, kind, model, text)
     _assert_billed_exactly(world, t, final.usage, Decimal(100))
     assert t.client.responses.retrieve(final.id).output_text == text
 
@@ -389,16 +412,30 @@ def test_a_stream_broken_after_output_errors_in_band_and_pays_what_was_delivered
     world.mock.script(tag, up.stream_then(4, "cut"))
     t = world.tenant(credits=100)
     seen: list[str] = []
+    delivered = ""
     with pytest.raises(openai.APIError) as failed, \
             t.client.responses.stream(model=model, input="Tell me something long enough to cut") as stream:
         for event in stream:
             seen.append(event.type)
+            if event.type == "response.output_text.delta":
+                delivered += event.delta
     assert "response.output_text.delta" in seen and "response.completed" not in seen
     assert "upstream" in str(failed.value.message).lower()
+    # The mock's answer in 20 pieces: the role chunk and three pieces went out before the cut.
+    answer = "This is a test! You said: Tell me something long enough to cut"
+    assert delivered == answer[:3 * -(-len(answer) // 20)]
     row = _usage_row(world, t)
-    assert row["status"] == "upstream_error" and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    # Counted by chatkore (the cut stream reported none): the prompt sent, the output delivered.
+    prompt = openai_tokens.chat_prompt_tokens([{"role": "user", "content": "Tell me something long enough to cut"}],
+                                              model)
+    assert world.mock.received(tag)[-1].body["messages"] == [
+        {"role": "user", "content": "Tell me something long enough to cut"}]
+    assert row["status"] == "upstream_error"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, openai_tokens.text_tokens(delivered, model))
+    expected = _charge(row["prompt_tokens"], row["completion_tokens"], "1.5", "2")
+    assert Decimal(str(row["credits"])) == expected
     wait_held_zero(world, t)
-    assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"])) and Decimal(str(row["credits"])) > 0
+    assert world.balance(t.user_id) == 100 - expected
 
 
 def wait_held_zero(world: World, t: Tenant) -> None:
@@ -458,7 +495,7 @@ def test_output_cut_by_max_output_tokens_is_incomplete(world: World, stream: boo
 @pytest.mark.parametrize("kind", ["native", "chat"])
 def test_a_client_that_hangs_up_on_completed_paid_for_a_complete_call(world: World, kind: str) -> None:
     """Codex and the SDK's stream helper close the connection once response.completed is in."""
-    model, _ = _served(world, kind)
+    model, tag = _served(world, kind)
     t = world.tenant(credits=100)
     with world.http.post(world.url + "/v1/responses", json={"model": model, "input": "hi", "stream": True},
                          headers={"Authorization": f"Bearer {t.key}"}, stream=True, timeout=60) as resp:
@@ -467,7 +504,10 @@ def test_a_client_that_hangs_up_on_completed_paid_for_a_complete_call(world: Wor
                 break
     wait_held_zero(world, t)
     row = _usage_row(world, t)
-    assert row["status"] == "complete" and row["completion_tokens"] > 0
+    prompt, completion = _upstream_usage(world, tag, kind, model, "This is a test! You said: hi")
+    assert row["status"] == "complete"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
+    assert Decimal(str(row["credits"])) == _charge(prompt, completion, "1.5", "2")
     assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"]))
 
 

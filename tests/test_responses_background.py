@@ -16,6 +16,8 @@ from aiohttp import web
 
 from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests import mock_upstream as up
+from tests import openai_tokens
+from tests.test_responses_api import _upstream_usage
 from tests.world import Tenant, World
 from tools.stack import wait_until
 
@@ -63,7 +65,9 @@ def test_a_background_response_is_queued_then_completes_and_is_billed_the_same(w
                       "the background response to complete")
     assert done.background is True and done.id == queued.id
     assert "This is a test! You said: Say this is a test!" in done.output_text
-    assert done.usage is not None and done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+    assert done.usage is not None
+    assert (done.usage.input_tokens, done.usage.output_tokens) == _upstream_usage(
+        world, tag, kind, model, "This is a test! You said: Say this is a test!")
     sent = world.mock.received(tag)
     assert len(sent) == 1 and "background" not in sent[0].body  # the upstream answered a plain call
     row = _settled(world, t)
@@ -92,7 +96,10 @@ def test_cancel_stops_a_running_background_response_and_it_pays_the_prompt(world
     assert cancelled.status == "cancelled" and cancelled.id == queued.id
     wait_until(lambda: world.mock.state(tag).disconnects == 1, 20, "the upstream call to be dropped")
     row = _settled(world, t)
-    assert row["status"] == "client_gone" and row["completion_tokens"] == 0 and row["prompt_tokens"] > 0
+    said = [{"role": "user", "content": "Think about this for a long while."}]
+    assert world.mock.received(tag)[-1].body["messages"] == said
+    assert row["status"] == "client_gone" and row["completion_tokens"] == 0
+    assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(said, model)  # counted by chatkore
     assert Decimal(str(row["credits"])) == _charge(row["prompt_tokens"], 0)
     wait_until(lambda: world.held(t.user_id) == 0, 10, "the hold to close")
     assert world.balance(t.user_id) == 100 - Decimal(str(row["credits"]))
@@ -143,7 +150,8 @@ def test_a_retried_background_call_runs_once(world: World) -> None:
     """The edge repeats a Relay whose replica it lost (same request id, the next try number): the
     response is run by its first try only, which keeps its hold and settles it."""
     model, tag = _served(world, "chat")
-    world.mock.script(tag, up.ok(delay_s=1))
+    held = world.mock.gate()  # the first try's upstream call stays in flight until both tries are in
+    world.mock.script(tag, up.ok(gate=held))
     t = world.tenant(credits=100)
     request_id = "req_" + secrets.token_hex(12)
     body = json.dumps({"model": model, "input": "Say this is a test!", "background": True}).encode()
@@ -155,11 +163,15 @@ def test_a_retried_background_call_runs_once(world: World) -> None:
         with world.stack.grpc_channel("inference", "edge") as channel:
             return json.loads(inference_pb2_grpc.InferenceStub(channel).Relay(message, timeout=30).body)
 
-    first = relay(1)
-    wait_until(lambda: world.mock.received(tag), 20, "the first try to reach the upstream")
-    again = relay(2)
+    try:
+        first = relay(1)
+        wait_until(lambda: held.arrived == 1, 20, "the first try to reach the upstream")
+        again = relay(2)
+        assert held.passed == 0  # the first try's call was still in flight
+    finally:
+        held.open()
     assert again["id"] == first["id"] == "resp_" + request_id.removeprefix("req_")
-    assert again["status"] in ("queued", "in_progress", "completed")  # the stored response as it stands
+    assert again["status"] == "in_progress"  # the stored response as it stands: its upstream call held
     done = wait_until(lambda: (r := t.client.responses.retrieve(first["id"])).status == "completed" and r, 30,
                       "the background response to complete")
     assert len(world.mock.received(tag)) == 1  # one runner, one upstream call
