@@ -7,6 +7,7 @@ import struct
 import openai
 import pytest
 
+from tests import openai_tokens
 from tests.world import World
 
 
@@ -86,7 +87,9 @@ def test_embeddings_default_base64(world: World, tenant) -> None:
     assert world.mock.received(tag)[-1].body["encoding_format"] == "base64"  # the SDK's default
     assert len(reply.data) == 1 and len(reply.data[0].embedding) == 1536
     assert abs(sum(v * v for v in reply.data[0].embedding) - 1.0) < 1e-3
-    assert reply.usage.prompt_tokens > 0 and reply.model == model
+    # The upstream's usage, relayed: OpenAI counts an embedding's input as its text's tokens.
+    assert reply.usage.prompt_tokens == openai_tokens.text_tokens("哈哈哈哈哈", model) and reply.model == model
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens
 
 
 def test_embeddings_float_list_and_dimensions(world: World, tenant) -> None:
