@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import secrets
+from decimal import Decimal
 
 import psycopg
 import requests
 
+from tests import openai_tokens
 from tests.console import PASSWORD, ConsoleUser
 from tests.mock_upstream import fail
 from tests.world import ISSUED_SECRETS, World
 from tools.stack import wait_until
+
+
+def _charge(said: str) -> tuple[int, int, Decimal]:
+    """(prompt, completion, credits) of a gpt-3.5-turbo chat of one user message `said`, as the
+    mock upstream answers it ("This is a test! You said: ..."), at the seeded prices of 1.5 and 2
+    credits per 1,000 prompt and completion tokens (migrations/0001_init.sql)."""
+    prompt = openai_tokens.chat_prompt_tokens([{"role": "user", "content": said}], "gpt-3.5-turbo")
+    completion = openai_tokens.text_tokens(f"This is a test! You said: {said}", "gpt-3.5-turbo")
+    return prompt, completion, (prompt * Decimal("1.5") + completion * 2) / 1000
 
 
 def operator(world: World) -> ConsoleUser:
@@ -131,7 +142,8 @@ def test_no_session_reaches_another_users_keys_or_usage(world: World) -> None:
     assert bob.ok("GET", f"/api/usage?request_id={request_id}")["data"] == []
     assert bob.ok("GET", f"/api/usage?user_id={alice.user_id}")["data"] == []
     rows = alice.ok("GET", f"/api/usage?request_id={request_id}")["data"]
-    assert len(rows) == 1 and rows[0]["key_id"] == key["id"] and rows[0]["credits"] > 0
+    assert len(rows) == 1 and rows[0]["key_id"] == key["id"]
+    assert Decimal(str(rows[0]["credits"])) == _charge("hi")[2]
     # Alice revokes her own key; it stops working.
     alice.ok("DELETE", f"/api/keys/{key['id']}", expect=204)
     wait_until(lambda: requests.get(world.url + "/v1/models", headers={"Authorization": f"Bearer {key['key']}"},
@@ -196,9 +208,11 @@ def test_chat_page_spends_through_the_relay(world: World) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text and chunks[-1]["usage"]["completion_tokens"] > 0
+    prompt, completion, credits = _charge("hello")
+    assert text == "This is a test! You said: hello"
+    assert (chunks[-1]["usage"]["prompt_tokens"], chunks[-1]["usage"]["completion_tokens"]) == (prompt, completion)
     rows = user.ok("GET", f"/api/usage?request_id={resp.headers['x-request-id']}")["data"]
-    assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["credits"] > 0
+    assert len(rows) == 1 and rows[0]["status"] == "complete" and Decimal(str(rows[0]["credits"])) == credits
     assert user.me()["balance"] == 100 - rows[0]["credits"]
     # Its key is the user's own "chat page" key: listed, but neither revocable nor usable as a bearer.
     web = [k for k in user.ok("GET", "/api/keys")["data"] if k["web"]]
@@ -213,11 +227,23 @@ def test_chat_page_spends_through_the_relay(world: World) -> None:
 def test_operator_dashboard_and_channel_test(world: World) -> None:
     op = operator(world)
     tenant = world.tenant()
+
+    def totals() -> tuple[int, int, int, Decimal]:
+        """gpt-4o-mini's settled calls of the last two hours, in every hour's bucket."""
+        rows = [s for s in op.ok("GET", "/admin/v1/stats?hours=2&bucket=3600")["data"] if s["model"] == "gpt-4o-mini"]
+        return (sum(s["requests"] for s in rows), sum(s["prompt_tokens"] for s in rows),
+                sum(s["completion_tokens"] for s in rows), sum((Decimal(str(s["credits"])) for s in rows), Decimal(0)))
+
+    before = totals()  # the shared stack's other calls of the model, if any
     tenant.client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    prompt = openai_tokens.chat_prompt_tokens([{"role": "user", "content": "hi"}], "gpt-4o-mini")
+    completion = openai_tokens.text_tokens("This is a test! You said: hi", "gpt-4o-mini")
+    # gpt-4o-mini's seeded prices: 0.15 and 0.6 credits per 1,000 prompt and completion tokens.
+    credits = (prompt * Decimal("0.15") + completion * Decimal("0.6")) / 1000
+    expected = (before[0] + 1, before[1] + prompt, before[2] + completion, before[3] + credits)
     # The call is settled just after its reply (inference answers first): wait until it counts.
-    row = wait_until(lambda: [s for s in op.ok("GET", "/admin/v1/stats?hours=2&bucket=3600")["data"]
-                              if s["model"] == "gpt-4o-mini" and s["credits"] > 0], 30, "the call in the stats")
-    assert row[-1]["requests"] >= 1 and row[-1]["prompt_tokens"] > 0 and row[-1]["credits"] > 0
+    wait_until(lambda: totals()[0] == before[0] + 1, 30, "the call in the stats")
+    assert totals() == expected
     channel_id, tag = world.channel(["gpt-4o-mini"])
     result = op.ok("POST", f"/admin/v1/channels/{channel_id}/test", {})
     assert result["ok"] is True and result["latency_ms"] > 0 and result["model"] == "gpt-4o-mini"
