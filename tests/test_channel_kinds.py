@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import requests
 
-from tests import mock_anthropic, mock_azure
+from tests import mock_anthropic, mock_azure, openai_tokens
 from tests.world import Tenant, World
 
 TOOLS = [
@@ -292,7 +292,11 @@ def test_azure_stream_quirks_become_proper_chunks(world: World, tenant: Tenant) 
     assert all(c["id"] == chunks[0]["id"] and c["object"] == "chat.completion.chunk" and c["model"] == model
                and c["created"] > 0 for c in chunks)
     assert all("delta" in choice for c in chunks for choice in c["choices"])
-    assert [c for c in chunks if not c["choices"]] == [chunks[-1]] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert [c for c in chunks if not c["choices"]] == [chunks[-1]]
+    prompt = openai_tokens.chat_prompt_tokens([{"role": "user", "content": "raw"}], model)
+    completion = openai_tokens.text_tokens("This is a test! You said: raw", model)
+    assert chunks[-1]["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion,
+                                   "total_tokens": prompt + completion}
     # The content filter's own chunk (no delta upstream) still reaches the client, with one.
     assert any("content_filter_offsets" in c["choices"][0] and c["choices"][0]["delta"] == {} for c in chunks[:-1])
     sdk_chunks = list(tenant.client.chat.completions.create(
@@ -336,7 +340,11 @@ def test_azure_settings_deployment_and_old_api_version(world: World, tenant: Ten
     sent = world.mock.received(tag)[-1]
     assert sent.path == "deployments/prod-gpt35/chat/completions" and sent.query["api-version"] == "2024-02-01"
     assert "stream_options" not in sent.body  # that api-version refuses it
-    assert chunks[-1].usage.prompt_tokens > 0  # counted by chatkore instead
+    # Counted by chatkore instead, as OpenAI counts.
+    assert chunks[-1].usage.prompt_tokens == openai_tokens.chat_prompt_tokens([{"role": "user", "content": "old"}],
+                                                                              model)
+    assert chunks[-1].usage.completion_tokens == openai_tokens.text_tokens("This is a test! You said: old", model)
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
     assert world.usage(tenant.user_id)[0]["usage_source"] == "counted"
     resp = world.http.patch(world.url + f"/admin/v1/channels/{channel_id}", json={"settings": {"api_version": "x"}},
                             timeout=30)
