@@ -6,9 +6,19 @@ from decimal import Decimal
 
 import requests
 
+from tests import openai_tokens
 from tests.world import World
 
 MSG = [{"role": "user", "content": "hi"}]
+
+
+def _gpt4_charge() -> Decimal:
+    """A gpt-4 call of MSG as the mock answers it (9 tokens: max_tokens=10 does not cut it), at the
+    seeded prices of 30 and 60 credits per 1,000 prompt and completion tokens."""
+    prompt = openai_tokens.chat_prompt_tokens(MSG, "gpt-4")
+    completion = openai_tokens.text_tokens("This is a test! You said: hi", "gpt-4")
+    assert completion < 10
+    return (prompt * 30 + completion * 60) / Decimal(1000)
 
 
 def test_repeated_slashes_and_double_v1(world: World) -> None:
@@ -52,7 +62,7 @@ def test_chatgpt_web_balance(world: World) -> None:
     # the limit is the 100 credits the user started with, the usage the call's charge in hundredths.
     [row] = world.usage(t.user_id)
     charged = Decimal(str(row["credits"]))
-    assert charged > 0 and Decimal(str(balance)) == 100 - charged
+    assert charged == _gpt4_charge() and Decimal(str(balance)) == 100 - charged
     assert sub["hard_limit_usd"] == 100
     assert Decimal(str(usage["total_usage"])) == charged * 100
 
@@ -68,7 +78,8 @@ def test_chatgpt_web_usage_includes_its_end_date(world: World) -> None:
     headers = {"Authorization": f"Bearer {t.key}"}
     usage = requests.get(world.url + f"/v1/dashboard/billing/usage?start_date={start}&end_date={today}",
                          headers=headers, timeout=10).json()
-    assert usage["total_usage"] == float(spent * 100) > 0
+    assert spent == _gpt4_charge()
+    assert usage["total_usage"] == float(spent * 100)
     days = usage["daily_costs"]
     assert len(days) == (today - start).days + 1
     assert [dt.datetime.fromtimestamp(d["timestamp"], dt.UTC).date() for d in days] == [

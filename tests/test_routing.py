@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests import mock_upstream as up
+from tests import openai_tokens
 from tests.world import Tenant, World
 from tools.stack import wait_until
 
@@ -32,12 +33,17 @@ def _health(world: World, channel_id: int) -> str:
 
 
 def _billed_once(world: World, t: Tenant, resp: requests.Response, channel_id: int, before: Decimal) -> Decimal:
-    """The call has exactly one usage row, complete, from `channel_id`, and the balance moved by it alone."""
+    """The call has exactly one usage row, complete, from `channel_id`, and the balance moved by it
+    alone: MSG and the mock's answer to it, at World.model's prices (1.5 and 2 credits per 1,000)."""
     rid = resp.headers["x-request-id"]
     rows = wait_until(lambda: [r for r in world.usage(t.user_id) if r["request_id"] == rid], 5, "the usage row")
     assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["channel_id"] == channel_id, rows
+    model = rows[0]["model"]
+    prompt = openai_tokens.chat_prompt_tokens(MSG, model)
+    completion = openai_tokens.text_tokens("This is a test! You said: route me", model)  # under max_tokens=20
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (prompt, completion)
     after = world.balance(t.user_id)
-    assert before - after == Decimal(str(rows[0]["credits"])) > 0
+    assert before - after == Decimal(str(rows[0]["credits"])) == (prompt * Decimal("1.5") + completion * 2) / 1000
     assert world.held(t.user_id) == 0
     return after
 
