@@ -29,15 +29,17 @@ def _refuses_connections(port: int) -> bool:
     return False
 
 
-def _usage_row(stack: Stack, request_id: str) -> tuple[str, str, int]:
+def _usage_row(stack: Stack, request_id: str) -> tuple[str, str, int, int, int]:
     with psycopg.connect(stack.database_url) as conn:
-        row = conn.execute("SELECT state, status, completion_tokens FROM requests WHERE request_id = %s",
-                           (request_id,)).fetchone()
+        row = conn.execute("SELECT state, status, prompt_tokens, completion_tokens, credits FROM requests"
+                           " WHERE request_id = %s", (request_id,)).fetchone()
     return row
 
 
-def _slow_stream(w: World, tag: str, model: str, key: str) -> requests.Response:
-    w.mock.always(tag, up.ok(pieces=PIECES, delay_s=0.1))  # about two seconds of stream
+def _held_stream(w: World, tag: str, model: str, key: str, rest: up.Gate) -> requests.Response:
+    """A stream whose upstream sends the role chunk and one piece of text, then holds the rest
+    back at `rest` until the test opens it."""
+    w.mock.script(tag, up.ok(pieces=PIECES, gate_each=rest, free_chunks=2))
     resp = requests.post(w.url + "/v1/chat/completions", json={"model": model, "messages": MSG, "stream": True},
                          headers={"Authorization": f"Bearer {key}"}, stream=True, timeout=60)
     assert resp.status_code == 200
@@ -64,24 +66,35 @@ def test_sigterm_lets_a_stream_finish_and_settle(world: World, process: str) -> 
     model, tag = w.served_model()
     t = w.tenant()
     expected = _expected_text(w, tag, model, t.key)
-    with stack.process_with(process, {"CHATKORE_GRACE_S": "20"}):
-        resp = _slow_stream(w, tag, model, t.key)
-        lines = resp.iter_lines()
-        first = [next(line for line in lines if line)]  # the stream is running
+    rest = w.mock.gate()
+    try:
+        with stack.process_with(process, {"CHATKORE_GRACE_S": "20"}):
+            resp = _held_stream(w, tag, model, t.key, rest)
+            lines = resp.iter_lines()
+            first = [next(line for line in lines if line)]  # the stream is running...
+            wait_until(lambda: rest.arrived == 1, 10, "the upstream to hold the rest of the stream back")
 
-        stack.signal(process, signal.SIGTERM)
-        # It stops taking connections at once...
-        port = stack.http_port if process == "edge" else stack.ports[process]
-        wait_until(lambda: _refuses_connections(port), 5, f"{process} to stop accepting connections")
-        # ...but the stream in flight runs to its end.
-        events = first + [line for line in lines if line]
-        assert events[-1] == b"data: [DONE]"
-        assert not [e for e in events if b'"error"' in e]
-        assert _text(events) == expected and len(expected) > 20
-        assert stack.procs[process].wait(30) == 0
+            stack.signal(process, signal.SIGTERM)
+            # It stops taking connections at once...
+            port = stack.http_port if process == "edge" else stack.ports[process]
+            wait_until(lambda: _refuses_connections(port), 5, f"{process} to stop accepting connections")
+            assert rest.passed == 0  # ...while the stream is still in flight, held upstream...
+            rest.open()
+            # ...and the stream in flight runs to its end.
+            events = first + [line for line in lines if line]
+            assert events[-1] == b"data: [DONE]"
+            assert not [e for e in events if b'"error"' in e]
+            assert _text(events) == expected and len(expected) > 20
+            assert stack.procs[process].wait(30) == 0
+    finally:
+        rest.open()
 
-    state, status, completion_tokens = _usage_row(stack, resp.headers["x-request-id"])
-    assert (state, status) == ("settled", "complete") and completion_tokens > 0
+    state, status, prompt_tokens, completion_tokens, credits = _usage_row(stack, resp.headers["x-request-id"])
+    assert (state, status) == ("settled", "complete")
+    assert prompt_tokens == openai_tokens.chat_prompt_tokens(MSG, model)
+    assert completion_tokens == openai_tokens.text_tokens(expected, model)
+    # World.model's prices: 1.5 and 2.0 credits per 1,000 tokens, in micro-credits rounded up.
+    assert credits == -(-(prompt_tokens * 1_500_000 + completion_tokens * 2_000_000) // 1000)
 
 
 def _settled_row(stack: Stack, request_id: str) -> tuple:
