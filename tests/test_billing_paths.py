@@ -16,7 +16,7 @@ import requests
 
 from services.inference import messages as dialect
 from services.inference import tokens
-from tests import mock_anthropic, scrape
+from tests import mock_anthropic, openai_tokens, scrape
 from tests import mock_upstream as up
 from tests.world import World
 from tools.stack import wait_until
@@ -207,7 +207,13 @@ def test_a_stream_the_upstream_breaks_counts_what_no_one_paid_as_unbilled(world:
     [row] = world.usage(t.user_id)
     assert row["status"] == "upstream_error"
     if case == "chat":
-        assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        # The prompt sent, and what reached the client: the role chunk and five pieces of the answer.
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        delivered = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+        answer = "This is a test! You said: tell me a long story about a lighthouse"
+        assert delivered == answer[:5 * -(-len(answer) // 20)]
+        assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(body["messages"], model)
+        assert row["completion_tokens"] == openai_tokens.text_tokens(delivered, model)
         paid = Decimal(row["prompt_tokens"] + row["completion_tokens"]) / 1000
         assert Decimal(str(row["credits"])) == paid
     else:
@@ -252,7 +258,7 @@ def test_a_custom_tool_call_read_but_never_sent_on_is_counted_unbilled_when_the_
     [row] = world.usage(t.user_id)
     assert row["status"] == "upstream_error" and row["completion_tokens"] == 0 and row["prompt_tokens"] > 0
     assert Decimal(str(row["credits"])) == Decimal(row["prompt_tokens"]) / 1000  # the prompt, which it was sent
-    held = tokens.count_choices_text(["apply_patch" + arguments], model)
+    held = openai_tokens.text_tokens("apply_patch" + arguments, model)
     assert _unbilled(world, model) == held
     assert _unbilled_metric(world) - before == held
     assert world.held(t.user_id) == 0 and world.verify()["ok"]
