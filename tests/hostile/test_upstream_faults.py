@@ -89,6 +89,7 @@ def _pays_for_what_was_delivered(world: World, t: Tenant, reply: Reply, model: s
     assert row["status"] == status, row
     assert reply.text, "nothing was delivered"
     assert row["completion_tokens"] == openai_tokens.text_tokens(reply.text, model), row
+    assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(MSG, model), row
     assert Decimal(str(row["credits"])) == _price(row["prompt_tokens"], row["completion_tokens"]) > 0
 
 
@@ -195,7 +196,10 @@ def test_slow_but_steady_stream_is_not_cut_early(faulty) -> None:
     text = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in json.loads(e)["choices"])
     reply = Reply(200, None, text, True, resp.headers["x-request-id"])
     row = _settled(world, t, reply)
-    assert row["status"] == "complete" and row["credits"] > 0 and text
+    assert row["status"] == "complete" and text == "This is a test! You said: " + MSG[0]["content"]
+    assert row["prompt_tokens"] == openai_tokens.chat_prompt_tokens(MSG, model)
+    assert row["completion_tokens"] == openai_tokens.text_tokens(text, model)
+    assert Decimal(str(row["credits"])) == _price(row["prompt_tokens"], row["completion_tokens"])
 
 
 # --- afterwards: nothing leaked ------------------------------------------------------------------
