@@ -105,12 +105,18 @@ def _prompt(model: str, messages: list[dict]) -> int:
 @pytest.mark.parametrize("stream", [True, False], ids=["stream-before-first-chunk", "unary"])
 def test_a_call_abandoned_before_its_answer_pays_the_prompt(world: World, stream: bool) -> None:
     model, tag = world.served_model(prompt=1000, completion=1000)  # a credit a token
-    world.mock.always(tag, up.ok(delay_s=4, pieces=3))  # the first byte (or the answer) comes late
+    held = world.mock.gate()  # the first byte (or the answer) comes only after the client gave up
+    world.mock.always(tag, up.ok(pieces=3, gate=held))
     t = world.tenant(credits=100)
     messages = [{"role": "user", "content": "a long prompt, read and billed by the upstream " * 3}]
-    with pytest.raises(openai.APITimeoutError):
-        t.client.with_options(timeout=1.0).chat.completions.create(model=model, messages=messages, stream=stream)
-    wait_until(lambda: world.usage(t.user_id), 20, "the usage row of the abandoned call")
+    try:
+        with pytest.raises(openai.APITimeoutError):
+            t.client.with_options(timeout=1.0).chat.completions.create(model=model, messages=messages,
+                                                                       stream=stream)
+        assert (held.arrived, held.passed) == (1, 0)  # the upstream had not said a word
+        wait_until(lambda: world.usage(t.user_id), 20, "the usage row of the abandoned call")
+    finally:
+        held.open()
     assert len(world.mock.received(tag)) == 1  # the upstream had the request
     row = _row(world, t.user_id)
     prompt = _prompt(model, messages)
