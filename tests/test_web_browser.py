@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests import openai_tokens
 from tests.console import PASSWORD, ConsoleUser
 from tests.mock_upstream import ok, stream_then
 from tests.world import ISSUED_SECRETS, World
@@ -198,22 +199,40 @@ def test_chat_streams_markdown_shows_cost_and_stops(browser: Browser, world: Wor
     expect(answer.locator(".bubble pre code.hljs")).to_contain_text("print('hi')")  # highlighted code block
     expect(answer.locator(".bubble strong")).to_have_text("bold")  # Markdown rendered
     cost = Decimal(answer.locator(".meta").get_attribute("data-cost") or "0")
-    assert cost > 0
+    # What the page sent and the mock's answer to it, at World.model's prices (1.5 and 2 per 1,000).
+    sent = world.mock.received(tag)[-1].body["messages"]
+    prompt = openai_tokens.chat_prompt_tokens(sent, model)
+    completion = openai_tokens.text_tokens("This is a test! You said: " + sent[-1]["content"].strip(), model)
+    assert cost == (prompt * Decimal("1.5") + completion * 2) / 1000
     row = world.usage(user.user_id)[0]
     assert Decimal(str(row["credits"])) == cost and row["model"] == model and row["status"] == "complete"
     assert balance_of(page) == 100 - cost == world.balance(user.user_id)
 
-    # Stop: a hanging stream is cut by the button; it pays for what was delivered.
-    world.mock.script(tag, stream_then(3, "hang"))
-    page.fill("#prompt", "Tell me a long story")
-    page.press("#prompt", "Enter")
-    stopped = page.locator(".msg.assistant").last
-    expect(stopped.locator(".bubble")).not_to_be_empty()
-    page.click("#stop")
-    expect(stopped.locator(".meta")).to_contain_text("stopped")
-    expect(stopped.locator(".meta")).to_contain_text("cost", timeout=20_000)
+    # Stop: a stream the upstream holds after two pieces of text (at a Gate, until the test is
+    # done with it) is cut by the button; it pays for what was delivered.
+    held = world.mock.gate()
+    world.mock.script(tag, stream_then(3, "hang", gate=held))
+    try:
+        page.fill("#prompt", "Tell me a long story")
+        page.press("#prompt", "Enter")
+        stopped = page.locator(".msg.assistant").last
+        expect(stopped.locator(".bubble")).not_to_be_empty()
+        page.click("#stop")
+        expect(stopped.locator(".meta")).to_contain_text("stopped")
+        expect(stopped.locator(".meta")).to_contain_text("cost", timeout=20_000)
+        assert (held.arrived, held.passed) == (1, 0)  # stopped while the upstream still held the rest
+    finally:
+        held.open()
     expect(page.locator("#send")).to_be_visible()
-    assert world.usage(user.user_id)[0]["status"] == "client_gone"
+    row = world.usage(user.user_id)[0]
+    assert row["status"] == "client_gone"
+    story = "This is a test! You said: Tell me a long story"
+    delivered = story[:2 * -(-len(story) // 20)]  # the mock's 20 pieces: the role chunk and two went out
+    expect(stopped.locator(".bubble")).to_have_text(delivered)
+    sent = world.mock.received(tag)[-1].body["messages"]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (openai_tokens.chat_prompt_tokens(sent, model),
+                                                                openai_tokens.text_tokens(delivered, model))
+    assert Decimal(str(row["credits"])) == (row["prompt_tokens"] * Decimal("1.5") + row["completion_tokens"] * 2) / 1000
     shoot(page, "chat")
     phone_shots(browser, ctx, world.url, {"chat": "/chat"})
 
