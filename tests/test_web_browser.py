@@ -8,6 +8,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -589,7 +590,11 @@ def test_ops_users_list_keeps_the_latest_search_and_typed_amounts(browser: Brows
     held: list = []
     page.route(first_list, lambda route: held.append(route))  # the first list is slow to come
     page.goto("/ops#users")
-    page.wait_for_function("document.querySelector('#user-query') !== null")
+    expect(page.locator("#user-query")).to_be_attached()
+    deadline = time.monotonic() + 30
+    while not held:  # Playwright hands the route over while it is called: each evaluate lets it
+        assert time.monotonic() < deadline, "the page never asked for its first list of users"
+        page.evaluate("1")
     assert len(held) == 1
     page.fill("#user-query", customer.email)
     page.click("#user-search button[type=submit]")

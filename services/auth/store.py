@@ -31,7 +31,7 @@ class KeyRow:
 
 _KEY_COLUMNS = """
     k.id, k.user_id, k.name, k.hint, k.models, k.credit_limit,
-    coalesce(extract(epoch FROM k.expires_at)::bigint, 0), k.rpm, k.tpm, k.ips::text[],
+    coalesce(floor(extract(epoch FROM k.expires_at))::bigint, 0), k.rpm, k.tpm, k.ips::text[],
     k.revoked_at IS NOT NULL, extract(epoch FROM k.created_at)::bigint, u.disabled, k.web
 """
 
@@ -259,7 +259,7 @@ async def insert_session(conn: AsyncConnection, token_hash: bytes, account_id: i
     cur = await conn.execute(
         "INSERT INTO sessions (token_hash, account_id, csrf_token, expires_at)"
         " VALUES (%s, %s, %s, now() + make_interval(secs => %s))"
-        " RETURNING extract(epoch FROM expires_at)::bigint",
+        " RETURNING floor(extract(epoch FROM expires_at))::bigint",
         (token_hash, account_id, csrf_token, ttl_s),
     )
     return (await cur.fetchone())[0]
@@ -269,7 +269,7 @@ async def find_session(conn: AsyncConnection, token_hash: bytes) -> tuple[Accoun
     """(account, CSRF token, expiry) of a live session of a finished account."""
     cur = await conn.execute(
         f"""
-        SELECT {_ACCOUNT_COLUMNS}, s.csrf_token, extract(epoch FROM s.expires_at)::bigint
+        SELECT {_ACCOUNT_COLUMNS}, s.csrf_token, floor(extract(epoch FROM s.expires_at))::bigint
         FROM sessions s JOIN accounts a ON a.id = s.account_id LEFT JOIN user_standing u ON u.user_id = a.user_id
         WHERE s.token_hash = %s AND s.expires_at > now() AND a.user_id IS NOT NULL
         """,

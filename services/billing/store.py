@@ -951,7 +951,7 @@ _ORDER_COLUMNS = (
     "id, user_id, provider, currency, amount, credits,"
     " CASE WHEN status = 'pending' AND expires_at <= now() THEN 'expired' ELSE status END,"
     " pay_url, qr_code, provider_ref, refunded, owed, review, review_note,"
-    " extract(epoch FROM created_at)::bigint, extract(epoch FROM expires_at)::bigint,"
+    " extract(epoch FROM created_at)::bigint, floor(extract(epoch FROM expires_at))::bigint,"
     " coalesce(extract(epoch FROM paid_at)::bigint, 0)"
 )
 
