@@ -19,6 +19,7 @@ import pytest
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
 from services.common.migrations import apply_all
 from tests import mock_upstream as up
+from tests import openai_tokens
 from tests.world import World
 from tools import pg
 from tools.stack import wait_until
@@ -230,15 +231,21 @@ def test_inference_killed_mid_stream_leaves_no_hold(fault_world: World) -> None:
     model, tag = w.served_model(prompt=1, completion=1)
     from tests import mock_upstream as up
 
-    w.mock.always(tag, up.ok(delay_s=0.3, pieces=40))
+    rest = w.mock.gate()  # after the role chunk the upstream holds the stream until inference is gone
+    w.mock.always(tag, up.ok(pieces=40, gate_each=rest))
     t = w.tenant(credits=10)
-    stream = t.client.chat.completions.create(model=model, messages=MSG, stream=True)
-    next(iter(stream))
-    assert w.held(t.user_id) > 0
-    w.stack.kill("inference")  # the process that would have settled is gone
-    with pytest.raises(openai.APIError):  # the in-band error event, or the broken connection
-        for _ in stream:
-            pass
+    try:
+        stream = t.client.chat.completions.create(model=model, messages=MSG, stream=True)
+        next(iter(stream))
+        wait_until(lambda: rest.arrived == 1, 10, "the upstream to hold the rest of the stream")
+        assert w.held(t.user_id) > 0
+        w.stack.kill("inference")  # the process that would have settled is gone
+        with pytest.raises(openai.APIError):  # the in-band error event, or the broken connection
+            for _ in stream:
+                pass
+        assert rest.passed == 0  # killed mid-stream: the upstream still held the rest
+    finally:
+        rest.open()
     w.stack.start_process("inference")
     wait_until(lambda: w.held(t.user_id) == 0, HOLD_TTL_S + 10, "the sweeper to release the orphaned hold")
     [row] = w.usage(t.user_id)
@@ -380,8 +387,13 @@ def test_a_stream_outliving_the_hold_ttl_keeps_its_hold_and_is_charged(fault_wor
     stream = t.client.chat.completions.create(model=model, messages=MSG, stream=True)
     chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
     assert len(chunks) * 0.25 > 1.5 * HOLD_TTL_S  # the mock's own pace made the stream outlive the hold
+    text = "".join(c.choices[0].delta.content for c in chunks)
     [row] = w.usage(t.user_id)
-    assert row["status"] == "complete" and not row["late"] and Decimal(str(row["credits"])) > 0
+    assert row["status"] == "complete" and not row["late"]
+    # 1 credit per 1,000 tokens either way: the cookbook's prompt count and the answer's tokens.
+    prompt, completion = openai_tokens.chat_prompt_tokens(MSG, model), openai_tokens.text_tokens(text, model)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
+    assert Decimal(str(row["credits"])) == Decimal(prompt + completion) / 1000
     assert w.held(t.user_id) == 0 and w.verify()["ok"]
 
 
