@@ -104,22 +104,30 @@ def test_300_concurrent_requests_on_a_balance_for_about_50(world: World) -> None
 
 def test_stream_cut_by_client_pays_what_was_generated(world: World) -> None:
     model, tag = world.served_model(prompt=10, completion=10)
-    world.mock.always(tag, up.ok(delay_s=0.4, pieces=40))
+    # The role and four pieces of text go out, then the upstream holds the rest at a gate until
+    # the call is settled: the client leaves while the stream is certainly still running.
+    rest = world.mock.gate()
+    world.mock.always(tag, up.ok(pieces=40, gate_each=rest, free_chunks=5))
     t = world.tenant()
-    stream = t.client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "tell me a long story " * 5}], stream=True)
-    received = []
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            received.append(chunk.choices[0].delta.content)
-        if len(received) == 4:
-            break
-    stream.close()
     state = world.mock.state(tag)
+    try:
+        stream = t.client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "tell me a long story " * 5}], stream=True)
+        received = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+            if len(received) == 4:
+                break
+        stream.close()
+        wait_until(lambda: world.usage(t.user_id), 10, "the usage row")
+        generated = "".join(state.written)  # all the upstream sent before the call was settled
+        assert (rest.arrived, rest.passed) == (1, 0)
+    finally:
+        rest.open()
+    # Opened, the upstream finds chatkore gone at its next write.
     wait_until(lambda: state.disconnects == 1, 10, "the upstream call to be cancelled")
-    wait_until(lambda: world.usage(t.user_id), 10, "the usage row")
     [row] = world.usage(t.user_id)
-    generated = "".join(state.written)
     assert generated.startswith("".join(received)) and len(generated) < 200
     assert row["status"] == "client_gone" and row["usage_source"] == "counted"
     assert row["completion_tokens"] == openai_tokens.text_tokens(generated, model)
