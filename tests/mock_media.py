@@ -11,11 +11,14 @@ import asyncio
 import base64
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from services.common import multipart
+
+if TYPE_CHECKING:
+    from tests.mock_upstream import Gate
 
 PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -35,14 +38,18 @@ async def form_of(request: web.Request) -> multipart.Form | None:
     return form
 
 
-def images(*, returned: int | None = None, delay_s: float = 0.0, release: asyncio.Event | None = None):
-    """`n` images (or `returned` of them), in the format asked for."""
+def images(*, returned: int | None = None, delay_s: float = 0.0, release: asyncio.Event | None = None,
+           gate: Gate | None = None):
+    """`n` images (or `returned` of them), in the format asked for; with `gate`, only once the test
+    lets the call through it."""
 
     async def behave(request: web.Request, body: dict[str, Any], path: str) -> web.StreamResponse:
         form = await form_of(request)
         fields: dict[str, Any] = form.fields() if form is not None else body
         if release is not None:
             await release.wait()
+        if gate is not None:
+            await gate.wait()
         if delay_s:
             await asyncio.sleep(delay_s)
         count = returned if returned is not None else int(fields.get("n") or 1)

@@ -455,7 +455,9 @@ def test_a_priced_moderation_model_is_charged_by_its_input_tokens(world: World) 
 
 def test_concurrent_images_on_a_balance_for_five_never_overdraw(world: World) -> None:
     model, tag = _priced(world, {"image": 2})
-    world.mock.always(tag, mock_media.images(delay_s=0.2))
+    # Every call that got a hold waits upstream at a gate until all the others are held or refused.
+    gate = world.mock.gate()
+    world.mock.always(tag, mock_media.images(gate=gate))
     t = world.tenant(credits=10)
     outcomes: list[Any] = []
 
@@ -466,13 +468,21 @@ def test_concurrent_images_on_a_balance_for_five_never_overdraw(world: World) ->
             outcomes.append(exc.status_code)
 
     callers = [threading.Thread(target=one) for _ in range(15)]
-    for c in callers:
-        c.start()
+    try:
+        for c in callers:
+            c.start()
+        wait_until(lambda: len(outcomes) + gate.arrived == 15, 30, "every call to be held upstream or refused")
+        assert outcomes == [402] * (15 - gate.arrived) and gate.passed == 0
+        upstream = gate.arrived
+    finally:
+        gate.open()
     for c in callers:
         c.join(60)
     assert len(outcomes) == 15
     paid = outcomes.count(1)
     assert 1 <= paid <= 5 and outcomes.count(402) == 15 - paid, outcomes
+    # All in flight at once, each held 2 credits of the 10: exactly five.
+    assert paid == upstream == 5
     rows = _rows(world, t)
     assert len(rows) == paid and all(r["status"] == "complete" and Decimal(str(r["credits"])) == 2 for r in rows)
     assert world.balance(t.user_id) == 10 - 2 * paid and world.held(t.user_id) == 0
