@@ -5,8 +5,11 @@ are held at the worst case and settled to the upstream's usage."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import threading
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -370,3 +373,51 @@ def test_audio_tokens_are_held_and_charged_at_the_audio_prices(world: World, str
     assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
     assert world.balance(t.user_id) == 100 - charge
     assert world.verify()["ok"]
+
+
+def _wav(seconds: int, rate: int = 16_000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * (seconds * rate))
+    return out.getvalue()
+
+
+def test_audio_input_is_held_by_its_length_not_its_base64_text(world: World) -> None:
+    """A 30 s recording (960 KB of wav, 1.3 MB of base64) is about 300 audio tokens to OpenAI (10 a
+    second); counted as text it was ~700,000 tokens: refused as longer than the model's context,
+    or held at thousands of times its cost."""
+    model = world.model(prompt=2.5, completion=10, prefix="gpt-4o-audio")
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2.5, "completion": 10, "audio_prompt": 40,
+                                                     "audio_completion": 80, "max_output": 200})
+    _, tag = world.channel([model])
+    usage = {"prompt_tokens": 312, "completion_tokens": 20, "total_tokens": 332,
+             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 300}}
+    gate = threading.Event()
+    world.mock.always(tag, _gated(gate, up.ok(usage_override=usage)))
+    t = world.tenant(credits=100)
+    question = "what is said here?"
+    audio = base64.b64encode(_wav(30)).decode()
+    messages = [{"role": "user", "content": [{"type": "text", "text": question},
+                                             {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]}]
+    text_only = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+    prompt = openai_tokens.chat_prompt_tokens(text_only, "gpt-4o") + 300
+
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(lambda: t.client.chat.completions.create(model=model, messages=messages))
+        try:
+            wait_until(lambda: world.mock.received(tag) and world.held(t.user_id) > 0, 30, "the call to be held")
+            # Every prompt token at the audio price, 40, and the 200 output tokens at 80, per 1,000.
+            assert world.held(t.user_id) == Decimal(prompt * 40 + 200 * 80) / 1000
+            assert world.mock.received(tag)[-1].body["messages"] == messages  # the audio goes up untouched
+        finally:
+            gate.set()
+        reply = done.result(60)
+    assert reply.usage.prompt_tokens == 312
+    wait_until(lambda: world.held(t.user_id) == 0, 20, "the hold to settle")
+    [row] = world.usage(t.user_id)
+    charge = (12 * Decimal("2.5") + 300 * 40 + 20 * 10) / 1000
+    assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
+    assert world.balance(t.user_id) == 100 - charge

@@ -10,18 +10,16 @@ upstream reports — a transcript is always fetched as verbose_json for it — o
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import mutagen
-
 from services.common import jsoncodec, multipart
 from services.inference.adapters.base import Exchange
 from services.inference.adapters.openai import bearer_headers
+from services.inference.audio import AUDIO_FLOOR_BYTES_PER_S, audio_seconds
 from services.inference.billing_peer import BillingPeer, Hold, Settle, Units
 from services.inference.channel import Channel
 from services.inference.channels import ChannelBook
@@ -37,9 +35,6 @@ FORMS = frozenset({Endpoint.IMAGES_EDITS, Endpoint.IMAGES_VARIATIONS, Endpoint.A
                    Endpoint.AUDIO_TRANSLATIONS})
 IMAGES = frozenset({Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS, Endpoint.IMAGES_VARIATIONS})
 TRANSCRIPTIONS = frozenset({Endpoint.AUDIO_TRANSCRIPTIONS, Endpoint.AUDIO_TRANSLATIONS})
-# Audio is held for at least as long as its size could play at this few bytes a second (4.8 kbps,
-# below Opus's ~6 kbps speech floor), whatever its header states: a header is the client's to write.
-AUDIO_FLOOR_BYTES_PER_S = 600
 # The transcript formats asked of the upstream as verbose_json (which reports the audio's
 # `duration`, the figure charged) and converted back to what the client asked for.
 CONVERTED_FORMATS = frozenset({"json", "text", "srt", "vtt"})
@@ -65,18 +60,6 @@ class _Prepared:
     prompt_tokens: int              # the input's tokens (the price when no unit is priced)
     units: Units | None
     asked_format: str = ""          # a transcript's format as asked, when converted from verbose_json
-
-
-def audio_seconds(data: bytes) -> float | None:
-    """The duration an audio file's header states (mutagen reads MP3, MP4/M4A, Ogg, FLAC, WAV, ...)."""
-    try:
-        found = mutagen.File(io.BytesIO(data))
-    except Exception:  # mutagen's many format errors: the length stays unknown
-        return None
-    length = getattr(getattr(found, "info", None), "length", None)
-    if isinstance(length, (int, float)) and math.isfinite(length) and length > 0:
-        return float(length)
-    return None
 
 
 def _int_field(body: dict[str, Any], name: str, default: int) -> int:
@@ -217,6 +200,8 @@ class Media:
             if len(files) > 1:
                 raise InvalidRequest("Invalid 'file': send one audio file.", param="file")
             data = files[0].data
+            # Held for at least as long as its size could play (audio.AUDIO_FLOOR_BYTES_PER_S),
+            # whatever its header states: a header is the client's to write.
             length = await asyncio.to_thread(audio_seconds, data)
             worst = max(math.ceil(length) if length else 0, math.ceil(len(data) / AUDIO_FLOOR_BYTES_PER_S), 1)
             asked = _str_field(body, "response_format", "json")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.inference import images
+from services.inference.audio import input_audio_tokens
 
 if TYPE_CHECKING:
     import tiktoken
@@ -145,6 +146,8 @@ def _content_tokens(value: Any, enc: tiktoken.Encoding, model: str = "") -> int:
                     total += count_text(str(part.get("text") or ""), enc)
                 elif kind in ("image_url", "input_image", "image"):
                     total += images.image_tokens(part, model)
+                elif kind == "input_audio":
+                    total += input_audio_tokens(part)
                 else:
                     total += count_text(json.dumps(part, ensure_ascii=False), enc)
             else:
