@@ -71,7 +71,12 @@ def test_completions_prompt_forms(world: World, tenant, prompt) -> None:
     assert reply.object == "text_completion" and reply.model == model
     expected = len(prompt) if isinstance(prompt, list) and not isinstance(prompt[0], int) else 1
     assert len(reply.choices) == expected
-    assert reply.usage.completion_tokens <= 5 * expected
+    # Every answer (" This is a test! You wrote: ...") is longer than 5 tokens: each is cut at max_tokens.
+    assert [openai_tokens.text_tokens(c.text, model) for c in reply.choices] == [5] * expected
+    assert reply.usage.completion_tokens == 5 * expected
+    prompts = prompt if isinstance(prompt, list) and not isinstance(prompt[0], int) else [prompt]
+    assert reply.usage.prompt_tokens == sum(openai_tokens.text_tokens(p, model) if isinstance(p, str) else len(p)
+                                            for p in prompts)
 
 
 def test_completions_stream_with_suffix(world: World, tenant) -> None:
