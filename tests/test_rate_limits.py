@@ -8,6 +8,7 @@ import openai
 import pytest
 import requests
 
+from tests import openai_tokens
 from tests.console import PASSWORD, ConsoleUser
 from tests.world import World
 from tools import redis_server
@@ -61,7 +62,9 @@ def test_tpm_counts_an_estimate_then_the_real_usage(world: World) -> None:
     assert first.headers["x-ratelimit-limit-tokens"] == "1000"
     assert first.headers["x-ratelimit-remaining-tokens"] == str(1000 - 304)
     used_a = first.json()["usage"]["total_tokens"]
-    assert used_a < 304
+    # The prompt as OpenAI counts it and the mock's answer ("This is a test! You said: x...x", cut at 200).
+    answer_tokens = openai_tokens.text_tokens("This is a test! You said: " + "x" * 400, model)
+    assert used_a == openai_tokens.chat_prompt_tokens(prompt, model) + min(200, answer_tokens) < 304
     # The first call's entry now holds its real usage, not its estimate.
     second = _chat(world.url, t.key, model, messages=prompt, max_tokens=200, stream=True)
     assert second.status_code == 200 and second.text.endswith("data: [DONE]\n\n")
