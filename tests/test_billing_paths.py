@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from services.inference import messages as dialect
-from services.inference import tokens
 from tests import mock_anthropic, openai_tokens, scrape
 from tests import mock_upstream as up
 from tests.world import World
@@ -135,7 +134,7 @@ def test_https_images_are_held_at_the_worst_case_and_settled_to_the_upstream_usa
     urls = ["https://example.invalid/cat.png", "http://example.invalid/dog.jpg"]
     content = [text, {"type": "image_url", "image_url": {"url": urls[0], "detail": "high"}},
                {"type": "image_url", "image_url": {"url": urls[1], "detail": "low"}}]
-    plain = tokens.count_chat_prompt({"messages": [{"role": "user", "content": [text]}]}, model)
+    plain = openai_tokens.chat_prompt_tokens([{"role": "user", "content": [text]}], model)
     worst_prompt = plain + (85 + 170 * 8) + 85
 
     def call() -> None:
@@ -344,7 +343,7 @@ def test_audio_tokens_are_held_and_charged_at_the_audio_prices(world: World, str
     world.mock.always(tag, _gated(gate, up.ok(usage_override=usage)))
     t = world.tenant(credits=100)
     messages = [{"role": "user", "content": "say hello in a cheerful voice"}]
-    prompt = tokens.count_chat_prompt({"messages": messages}, model)
+    prompt = openai_tokens.chat_prompt_tokens(messages, model)
 
     def call() -> Any:
         extra = {"stream_options": {"include_usage": True}} if stream else {}

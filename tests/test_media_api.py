@@ -14,8 +14,7 @@ import openai
 import pytest
 import requests
 
-from services.inference import tokens
-from tests import mock_media
+from tests import mock_media, openai_tokens
 from tests import mock_upstream as up
 from tests.world import Tenant, World
 from tools.stack import wait_until
@@ -430,8 +429,8 @@ def test_moderations_are_free_but_need_a_key_and_count_toward_the_rate_limit(wor
     assert [r.flagged for r in result.results] == [True, False]
     assert result.model == model
     row = _charged(world, t, Decimal(0))
-    enc = tokens.encoding_for(model)
-    assert row["prompt_tokens"] == tokens.count_input(["I will kill the process", "hello"], enc)
+    texts = ["I will kill the process", "hello"]
+    assert row["prompt_tokens"] == sum(openai_tokens.text_tokens(text, model) for text in texts)
     t.client.moderations.create(model=model, input="again")
     with pytest.raises(openai.RateLimitError):
         t.client.moderations.create(model=model, input="a third in the same minute")
@@ -445,7 +444,7 @@ def test_a_priced_moderation_model_is_charged_by_its_input_tokens(world: World) 
     model, _ = _priced(world, {}, prompt=1000)
     t = world.tenant()
     t.client.moderations.create(model=model, input="count these words please")
-    counted = tokens.count_input("count these words please", tokens.encoding_for(model))
+    counted = openai_tokens.text_tokens("count these words please", model)
     _charged(world, t, Decimal(counted))
     resp = requests.post(world.url + "/v1/moderations", json={"model": model},
                          headers={"Authorization": f"Bearer {t.key}"}, timeout=30)
@@ -497,6 +496,6 @@ def test_a_multimodal_moderation_is_charged_for_its_text(world: World) -> None:
     result = t.client.moderations.create(model=model, input=parts)  # type: ignore[arg-type]
     assert len(result.results) == 2
     assert world.mock.received(tag)[-1].body["input"] == parts
-    counted = tokens.count_input(["is this fine", ""], tokens.encoding_for(model))
+    counted = openai_tokens.text_tokens("is this fine", model)
     row = _charged(world, t, Decimal(counted))
     assert row["prompt_tokens"] == counted
