@@ -14,7 +14,7 @@ MAX_AWAITED = 1024  # request ids one AwaitSettled may name
 
 def _user(u: UserRow) -> billing_pb2.User:
     return billing_pb2.User(id=u.id, name=u.name, balance=u.balance, held=u.held, created=u.created,
-                            disabled=u.disabled)
+                            disabled=u.disabled, owed=u.owed)
 
 
 def _price(p: Price) -> billing_pb2.Price:

@@ -17,6 +17,7 @@ class UserRow:
     held: int
     created: int
     disabled: bool = False
+    owed: int = 0  # a debt from refunds, collected first whenever the balance rises (migration 0018)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RequestRow:
     late: bool = False
 
 
-_USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint AS created, disabled"
+_USER_COLUMNS = "id, name, balance, held, extract(epoch FROM created_at)::bigint AS created, disabled, owed"
 _REQUEST_COLUMNS = (
     "request_id, user_id, key_id, model, coalesce(channel_id, 0), hold, state, coalesce(status, ''),"
     " coalesce(usage_source, ''), prompt_tokens, completion_tokens, credits,"
@@ -915,7 +916,7 @@ async def redeem(conn: AsyncConnection, user_id: int, code_hash: bytes) -> UserR
                    e.account, e.sign * u.credits
             FROM u, mv, {_CREDIT_ENTRIES}
         )
-        SELECT id, name, balance, held, created, disabled FROM u
+        SELECT id, name, balance, held, created, disabled, owed FROM u
         """,
         {"uid": user_id, "hash": code_hash},
     )
