@@ -62,7 +62,7 @@ def admin(handler: Handler) -> Handler:
 
 def user_info(u: billing_pb2.User) -> dict[str, Any]:
     return {"id": u.id, "name": u.name, "balance": from_micro(u.balance), "held": from_micro(u.held),
-            "created": u.created}
+            "owed": from_micro(u.owed), "created": u.created}
 
 
 @admin

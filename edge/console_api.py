@@ -99,7 +99,8 @@ async def me(request: web.Request) -> web.Response:
     user = await request.app[PEERS].billing.GetUser(billing_pb2.GetUserRequest(user_id=session.account.user_id),
                                                     timeout=RPC_TIMEOUT_S)
     return json_response({**_account(session.account), "balance": from_micro(user.balance),
-                          "held": from_micro(user.held), "csrf_token": session.csrf_token})
+                          "held": from_micro(user.held), "owed": from_micro(user.owed),
+                          "csrf_token": session.csrf_token})
 
 
 # --- keys -----------------------------------------------------------------------------

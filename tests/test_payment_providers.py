@@ -272,11 +272,23 @@ def test_stripe_refund_takes_back_what_the_balance_holds_and_records_the_rest(sh
     assert shop.balance(user.user_id) == 0
     mine = user.ok("GET", f"/api/payments/{order['id']}")
     assert mine["status"] == "refunded" and mine["refunded"] == 2000 and mine["owed"] == 1400
-    # The owed 1400 is collected first from the next top-up, with its ledger entries.
+    # The owed 1400 is collected first from the next top-up, with its ledger entries; the admin
+    # API's user (one and in the list) and the user's /api/me show the debt until it is paid.
     assert owed(shop, user.user_id) == 1400
+    assert shown_owed(shop, user) == [Decimal(1400)] * 3
     shop.admin("POST", f"/admin/v1/users/{user.user_id}/topups", {"credits": 2000, "reference": f"r-{order['id']}"})
     assert shop.balance(user.user_id) == 600 and owed(shop, user.user_id) == 0
+    assert shown_owed(shop, user) == [Decimal(0)] * 3
     assert shop.verify()["ok"]
+
+
+def shown_owed(shop: World, user: ConsoleUser) -> list[Decimal]:
+    """The debt as GET /admin/v1/users/{id}, the /admin/v1/users list (the /ops page's) and the
+    user's own GET /api/me show it, in credits."""
+    one = shop.admin("GET", f"/admin/v1/users/{user.user_id}")
+    [listed] = [u for u in shop.admin("GET", f"/admin/v1/users?q={user.user_id}")["data"] if u["id"] == user.user_id]
+    me = user.ok("GET", "/api/me")
+    return [Decimal(str(answer["owed"])) for answer in (one, listed, me)]
 
 
 def owed(shop: World, user_id: int) -> Decimal:
@@ -374,8 +386,10 @@ def test_credits_held_by_a_call_in_flight_are_collected_when_released(shop: Worl
     # The release paid the debt first: what the call cost is all that is still owed.
     assert shop.balance(user.user_id) == 0
     assert owed(shop, user.user_id) == charged
+    assert shown_owed(shop, user) == [charged] * 3  # to the micro-credit
     shop.admin("POST", f"/admin/v1/users/{user.user_id}/topups", {"credits": 300, "reference": f"f-{order['id']}"})
     assert shop.balance(user.user_id) == 300 - charged and owed(shop, user.user_id) == 0
+    assert shown_owed(shop, user) == [Decimal(0)] * 3
     assert shop.verify()["ok"]
 
 
