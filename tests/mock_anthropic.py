@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.inference import tokens
+from tests import openai_tokens
 
 ALLOWED = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p", "top_k",
            "tools", "tool_choice", "metadata", "thinking", "service_tier"}
@@ -109,7 +109,7 @@ def _said(message: dict[str, Any]) -> tuple[str, int]:
 
 def answer(body: dict[str, Any]) -> dict[str, Any]:
     """The whole Message Anthropic would return."""
-    enc = tokens.encoding("cl100k_base")
+    enc = openai_tokens.named_encoding("cl100k_base")
     last = body["messages"][-1]
     results = [b for b in _blocks(last["content"]) if b.get("type") == "tool_result"]
     tools = body.get("tools") or []

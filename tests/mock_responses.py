@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.inference import tokens
+from tests import openai_tokens
 
 
 def _text(content: Any) -> str:
@@ -60,7 +60,7 @@ def answer(body: dict[str, Any], content: str | None = None) -> dict[str, Any]:
                    "arguments": _arguments(tool, said)}]
     else:
         output = [_message(content if content is not None else f"This is a test! You said: {said}")]
-    enc = tokens.encoding("o200k_base")
+    enc = openai_tokens.named_encoding("o200k_base")
     prompt = len(enc.encode(json.dumps([body.get("instructions"), items, body.get("tools")])))
     completion = sum(len(enc.encode(o["content"][0]["text"] if o["type"] == "message"
                                     else o["name"] + o["arguments"])) for o in output)
