@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
@@ -123,6 +124,30 @@ def test_reset_by_mail_works_once_for_an_hour_and_ends_every_session(mailing: St
     expired = reset(mailing.url, late)
     assert expired.status_code == 400 and expired.json()["error"]["code"] == "invalid_token"
     ConsoleUser(mailing.url, email=user.email).login(NEW_PASSWORD)
+
+
+def test_reset_finds_the_account_however_its_address_is_typed(mailing: Stack, mailbox: Mailbox) -> None:
+    """Signed up as user@bücher.example (stored with the domain in IDNA): asking for a reset with
+    the Unicode domain, another case or a trailing dot mails that account; an unknown address in
+    the same spellings gets the same answer and no mail."""
+    name = f"u{secrets.token_hex(4)}"
+    stored = f"{name}@xn--bcher-kva.example"
+    user = ConsoleUser(mailing.url, email=f"{name}@b\u00fccher.example").register()
+    assert user.call("GET", "/api/me").json()["email"] == stored
+    typings = [f"{name}@b\u00fccher.example", f"{name}@B\u00dcCHER.Example", f" {name}@xn--BCHER-kva.example. "]
+    for n, typed in enumerate(typings, start=1):
+        asked = requests.post(mailing.url + "/api/password/reset", json={"email": typed}, timeout=30)
+        assert asked.status_code == 202 and asked.json() == {}
+        wait_until(lambda n=n: len(mailbox.resets(stored)) >= n, 30, f"the reset mail asked as {typed!r}")
+    stranger = f"x{name}"
+    for typed in (f"{stranger}@b\u00fccher.example", f"{stranger}@B\u00dcCHER.Example"):
+        asked = requests.post(mailing.url + "/api/password/reset", json={"email": typed}, timeout=30)
+        assert asked.status_code == 202 and asked.json() == {}  # the same answer: no enumeration
+    ConsoleUser(mailing.url, email=user.email).login()  # sign-in finds it typed the same way
+    assert reset(mailing.url, reset_link(mailbox.resets(stored)[-1])).status_code == 204
+    ConsoleUser(mailing.url, email=f"{name}@B\u00dcCHER.example").login(NEW_PASSWORD)
+    assert not [m for m in mailbox.mails if stranger in str(m["To"])]
+    assert len(mailbox.resets(stored)) == len(typings)
 
 
 def test_change_needs_the_current_password_and_ends_the_other_sessions(mailing: Stack) -> None:

@@ -71,16 +71,21 @@ def _check_email(email: str) -> str:
     if domain.endswith("."):
         raise InvalidRequest("The email address's domain must not end with a dot.", param="email",
                              code="email_domain_trailing_dot")
-    ascii_domain = idna_domain(domain)
-    if ascii_domain is None:
+    if idna_domain(domain) is None:
         raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_email")
-    return f"{local}@{domain if domain.isascii() else ascii_domain}"  # an ASCII domain kept as typed
+    return spelled_as_stored(email)
 
 
-def _spelled_as_stored(email: str) -> str:
-    """An address as sign-up stores it (NFKC, the domain in IDNA), for finding its account."""
-    local, at, domain = unicodedata.normalize("NFKC", email).rpartition("@")
-    return f"{local}{at}{domain if domain.isascii() else idna_domain(domain) or domain}" if at else email
+def spelled_as_stored(email: str) -> str:
+    """An address as sign-up stores it: NFKC, the domain in IDNA when it is not ASCII (an ASCII
+    domain kept as typed), no trailing dot. Every lookup of an account by address goes through
+    this (sign-in, password reset), and store.find_account compares it case-insensitively, so
+    user@bücher.example, user@BÜCHER.example and user@xn--bcher-kva.example find one account."""
+    local, at, domain = unicodedata.normalize("NFKC", email.strip()).rpartition("@")
+    if not at:
+        return email.strip()
+    domain = domain.rstrip(".")
+    return f"{local}@{domain if domain.isascii() else idna_domain(domain) or domain}"
 
 
 def check_password(password: str) -> None:
@@ -129,7 +134,7 @@ class Accounts:
     async def login(self, email: str, password: str, address: str) -> Session:
         """A new session. Wrong passwords lock out (email, address) pairs, whether the email has an
         account or not, so neither the answer nor its timing tells which emails exist."""
-        email = _spelled_as_stored(email.strip()[:254])
+        email = spelled_as_stored(email.strip()[:254])
         who = email.lower()
         async with self._pool.connection() as conn:
             if await store.sign_in_locked(conn, who, address):

@@ -13,7 +13,7 @@ import secrets
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth import store
-from services.auth.accounts import check_password, session_hash
+from services.auth.accounts import check_password, session_hash, spelled_as_stored
 from services.auth.errors import InvalidApiKey, InvalidRequest
 from services.auth.mail import Mailer
 from services.auth.passwords import MAX_LENGTH, Passwords
@@ -45,7 +45,7 @@ class Recovery:
 
     async def request_reset(self, email: str, lang: str) -> None:
         async with self._pool.connection() as conn:
-            account = await store.find_account(conn, email.strip()[:254])
+            account = await store.find_account(conn, spelled_as_stored(email.strip()[:254]))
             if account is None or account.user_id is None or account.user_disabled:
                 return
             token = secrets.token_urlsafe(32)

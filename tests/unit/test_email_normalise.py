@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.auth.accounts import _check_email
+from services.auth.accounts import _check_email, spelled_as_stored
 from services.auth.errors import InvalidRequest
 from services.auth.notice import plain
 from services.auth.verification import bonus_reference, normalise_email
@@ -64,3 +64,13 @@ def test_sign_up_refuses_addresses_with_more_than_one_spelling(email: str, code:
 ])
 def test_sign_up_stores_one_spelling(email: str, stored: str) -> None:
     assert _check_email(email) == stored
+
+
+@pytest.mark.parametrize("typed", [
+    "ann@b\u00fccher.de", "ann@B\u00dcCHER.DE", " ann@b\u00fccher.de ", "Ann@xn--BCHER-kva.de", "ann@b\u00fccher.de.",
+    "\uff41nn@b\u00fccher.de",
+])
+def test_every_lookup_spelling_finds_the_stored_one(typed: str) -> None:
+    """Sign-in and password reset look an account up by spelled_as_stored(typed), compared
+    case-insensitively with what sign-up stored (store.find_account)."""
+    assert spelled_as_stored(typed).lower() == _check_email("ann@b\u00fccher.de").lower() == "ann@xn--bcher-kva.de"
