@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
@@ -368,6 +369,65 @@ def test_operator_adds_channel_and_code_user_redeems(browser: Browser, world: Wo
     # A normal user who opens the operator page is sent back to the console.
     page.goto("/ops")
     expect(page).to_have_url(re.compile(r"/console"))
+    ctx.close()
+
+
+def owe(world: World, user_id: int, debt: str) -> Decimal:
+    """What a refund of credits already spent leaves: the balance taken to 0 and `debt` owed, in
+    one balanced ledger movement (store._take_back's: available -taken, owed -rest, funding +due)."""
+    rest = int(Decimal(debt) * 1_000_000)
+    with psycopg.connect(world.stack.database_url, autocommit=True) as conn, conn.transaction():
+        taken = conn.execute("SELECT balance FROM users WHERE id = %s FOR UPDATE", (user_id,)).fetchone()[0]
+        conn.execute("UPDATE users SET balance = 0, owed = owed + %s WHERE id = %s", (rest, user_id))
+        conn.execute("INSERT INTO ledger (movement, kind, ref, user_id, account, amount)"
+                     " SELECT m, 'refund', 'refund:browser-test', e.u, e.a, e.x FROM nextval('ledger_movement_seq') m,"
+                     " (VALUES (%(u)s::bigint, 'available', -%(t)s::bigint), (%(u)s::bigint, 'owed', -%(r)s::bigint),"
+                     "         (NULL::bigint, 'funding', %(t)s::bigint + %(r)s::bigint)) AS e(u, a, x)",
+                     {"u": user_id, "t": taken, "r": rest})
+    return Decimal(debt)
+
+
+def test_console_and_ops_show_a_debt_until_a_top_up_pays_it(browser: Browser, world: World) -> None:
+    debtor = ConsoleUser(world.url).register()
+    op = ConsoleUser(world.url).register()
+    world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
+    owe(world, debtor.user_id, "12.345678")
+    assert world.verify()["ok"]
+
+    ctx = context(browser, DESKTOP, world.url)
+    page = ctx.new_page()
+    page.goto("/console")
+    sign_in(page, debtor.email)
+    banner = page.locator("#owed-banner")
+    expect(banner).to_contain_text("You owe 12.345678 credits from a refunded payment")
+    expect(page.locator("#balance")).to_have_text("0.00 credits")
+    shoot(page, "console-owed")
+    zh = context(browser, DESKTOP, world.url, ctx.storage_state(), locale="zh-CN")
+    zh_page = zh.new_page()
+    zh_page.goto("/console")
+    expect(zh_page.locator("#owed-banner")).to_contain_text("你欠 12.345678 额度")
+    assert_chinese(zh_page, (debtor.email,))
+    zh.close()
+
+    ops = context(browser, DESKTOP, world.url)
+    ops_page = ops.new_page()
+    ops_page.goto("/console")
+    sign_in(ops_page, op.email)
+    ops_page.goto("/ops#users")
+    ops_page.fill("#user-query", debtor.email)
+    ops_page.click("#user-search button[type=submit]")
+    row = ops_page.locator(f'#users-body tr[data-user-id="{debtor.user_id}"]')
+    expect(row.locator("td.owed")).to_have_text("12.345678")
+
+    # A top-up pays the debt first; what is left is the balance, and the line is gone.
+    world.admin("POST", f"/admin/v1/users/{debtor.user_id}/topups", {"credits": 20})
+    page.reload()
+    expect(page.locator("#balance")).to_have_text("7.654322 credits")
+    expect(banner).to_have_count(0)
+    ops_page.click("#user-search button[type=submit]")
+    expect(row.locator("td.owed")).to_have_count(0)
+    expect(row.locator("td.num").nth(1)).to_have_text("0.00")
+    ops.close()
     ctx.close()
 
 

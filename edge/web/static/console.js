@@ -65,10 +65,15 @@ async function verifyCard(root, token) {
   card.append(el("a", { class: "button", href: "/console", id: "verify-continue" }, ck.t("verify.continue")));
 }
 
-// What the user should know first: an address to verify (the sign-up credits wait for it), a
-// balance below the alert threshold.
+// What the user should know first: a debt (a refund of credits already spent: the next top-up
+// pays it first), an address to verify (the sign-up credits wait for it), a balance below the
+// alert threshold.
 async function banners() {
   const out = [];
+  if (ck.me.owed > 0) {
+    out.push(el("div", { class: "banner warn", id: "owed-banner", role: "alert" },
+      ck.t("console.owed", { n: ck.credits(ck.me.owed) }), " ", el("a", { href: "#topup", text: ck.t("alert.top_up") })));
+  }
   if (ck.me.verification_pending) {
     const message = el("span", { text: ck.t("verify.pending", { email: ck.me.email }) });
     const resend = el("button", { type: "button", class: "secondary small", id: "verify-resend" }, ck.t("verify.resend"));

@@ -114,7 +114,7 @@ async function users(root) {
   const q = el("input", { id: "user-query", type: "search", placeholder: ck.t("ops.users.query") });
   const message = el("div", { hidden: true, role: "status", id: "users-message" });
   const form = el("form", { class: "row", id: "user-search" }, el("div", { class: "field grow" }, q), el("button", { type: "submit" }, ck.t("ops.users.search")));
-  const [wrap, body] = table([["ops.users.id"], ["ops.users.email"], ["ops.users.balance", "num"], ["ops.users.role"], ["common.status"], ["ops.users.top_up"], [""]], "users-body");
+  const [wrap, body] = table([["ops.users.id"], ["ops.users.email"], ["ops.users.balance", "num"], ["ops.users.owed", "num"], ["ops.users.role"], ["common.status"], ["ops.users.top_up"], [""]], "users-body");
   form.addEventListener("submit", (ev) => { ev.preventDefault(); fill(); });
   root.append(el("h1", { text: ck.t("ops.nav.users") }), el("div", { class: "card" }, form, message, wrap));
   // Refills can overlap (the first list, a search, a top-up): only the latest one started may
@@ -143,7 +143,7 @@ async function users(root) {
       if (input === document.activeElement) focused = id;
     }
     body.replaceChildren();
-    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "7", text: ck.t("ops.users.none") })));
+    if (!list.length) body.append(el("tr", {}, el("td", { class: "empty", colspan: "8", text: ck.t("ops.users.none") })));
     for (const u of list) {
       const amount = el("input", { type: "number", min: "0.01", step: "0.01", placeholder: ck.t("common.credits"), class: "topup-amount", "aria-label": ck.t("ops.users.top_up_user", { id: u.id }) });
       const topup = el("form", { class: "inline-form" }, amount, el("button", { type: "submit", class: "secondary small" }, ck.t("ops.users.add")));
@@ -166,6 +166,7 @@ async function users(root) {
       body.append(el("tr", { "data-user-id": u.id },
         el("td", { text: u.id }), el("td", { class: "wrap", text: u.email || u.name }),
         el("td", { class: "num", text: ck.credits(u.balance) }),
+        el("td", { class: u.owed > 0 ? "num owed" : "num", text: ck.credits(u.owed) }),
         el("td", {}, u.role ? el("span", { class: u.role === "operator" ? "badge warn" : "badge", text: ck.t(`ops.role.${u.role === "operator" ? "operator" : "user"}`) }) : el("span", { class: "hint", text: ck.t("ops.users.api_only") })),
         el("td", {}, el("span", { class: u.disabled ? "badge bad" : "badge ok", text: ck.t(u.disabled ? "common.disabled" : "common.active") })),
         el("td", {}, topup), el("td", {}, el("div", { class: "actions" }, toggle))));
