@@ -138,7 +138,10 @@ def profile(args: argparse.Namespace) -> int:
                        "--duration", str(int(args.seconds)), "--rate", str(args.rate), "--format", "raw",
                        "--output", str(out)]
             # Native frames need the process paused while its stack is read; Python frames do not.
-            command.append("--native" if args.native else "--nonblocking")
+            # Without them a thread waiting in C (the event loop's epoll, gRPC's poller) cannot be
+            # told from one working, so at low concurrency, where the services mostly wait, the
+            # profile counts waiting as work: below c=16 it always reads native frames.
+            command.append("--native" if args.native or args.concurrency < 16 else "--nonblocking")
             spies[name] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out)
         for name, (spy, _) in spies.items():
             _, err = spy.communicate(timeout=args.seconds + 60)
