@@ -62,3 +62,47 @@ async def test_a_hold_whose_caller_left_while_it_was_written_is_released(make_da
             assert report["problems"] == [] and report["open_holds"] == 0, report
     finally:
         await batcher.stop()
+
+
+async def test_a_hold_whose_caller_left_as_its_answer_came_is_released(make_database, monkeypatch) -> None:
+    """The caller is cancelled after the writer committed its hold and answered, before the caller
+    ran again: the answer is lost with it, so the writer releases the hold."""
+    url = make_database()
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        user = await store.create_user(conn, "late-leaver", 10_000_000)
+
+    async def retried(conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
+        raise AssertionError("no retried attempt here")
+
+    batcher = Batcher(url, hold_ttl_s=600, retried=retried)
+    callers: list[asyncio.Task[int]] = []
+    commit = Batcher._commit
+
+    async def commit_then_cancel(self: Batcher, batch: list) -> None:  # noqa: ANN001 - the batcher's items
+        await commit(self, batch)  # the hold is committed and its caller's future has the amount
+        for caller in callers:
+            caller.cancel()  # before the caller has run again
+
+    monkeypatch.setattr(Batcher, "_commit", commit_then_cancel)
+    batcher.start()
+    try:
+        callers.append(asyncio.create_task(batcher.reserve(
+            HoldAsk("r-answered", user.id, 1, 0, "m", RATES, 10, 2_000_000, 1, 0, 1))))
+        callers_done = await asyncio.wait(callers, timeout=30)
+        assert not callers_done[1] and callers[0].cancelled()
+        callers.clear()
+        async with asyncio.timeout(30):
+            while True:
+                async with await AsyncConnection.connect(url, autocommit=True) as conn:
+                    row = await (await conn.execute(
+                        "SELECT state, status, credits FROM requests WHERE request_id = 'r-answered'")).fetchone()
+                    if row is not None and row[0] != "held":
+                        break
+                await asyncio.sleep(0.02)
+        assert row == ("released", "client_gone", 0)
+        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+            account = await store.get_user(conn, user.id)
+            assert (account.balance, account.held) == (10_000_000, 0)
+            assert (await store.verify_ledger(conn))["problems"] == []
+    finally:
+        await batcher.stop()

@@ -91,6 +91,8 @@ class _Item:
 
 MAX_BATCH = 512          # holds, settlements and heartbeats one transaction takes at most
 LOCK_TIMEOUT_MS = 2000   # the writer's wait for a row lock another session holds
+RELEASE_TRIES = 20       # a release of a hold whose caller left, tried this often through database outages
+RELEASE_RETRY_S = 1.0
 
 
 class Batcher:
@@ -141,14 +143,25 @@ class Batcher:
         if self._queue or self._running:
             await self._submit(None)
 
-    def _release(self, hold: HoldAsk) -> None:
+    def _release(self, hold: HoldAsk, tries_left: int = RELEASE_TRIES) -> None:
         """A hold committed for a caller that had gone meanwhile (its Reserve was cancelled while
         the batch was being written): nobody will use it, so it is released in the next batch,
         as the caller's settlement `client_gone` with nothing used would release it. The
         caller's own release, if it comes, finds it settled (idempotent by request id)."""
+        loop = asyncio.get_running_loop()
         item = _Item(SettleAsk(hold.request_id, Usage(), "client_gone", "", hold.channel_id, hold.try_number, 0),
-                     asyncio.get_running_loop().create_future())
-        item.future.add_done_callback(_log_failed_release)
+                     loop.create_future())
+
+        def done(future: asyncio.Future[object]) -> None:
+            if future.cancelled() or future.exception() is None:
+                return
+            if isinstance(future.exception(), Unavailable) and tries_left > 1:  # the database, for now
+                loop.call_later(RELEASE_RETRY_S, self._release, hold, tries_left - 1)
+            else:
+                log.warning("release of a hold whose caller left failed: %s; the sweeper will release it",
+                            future.exception())
+
+        item.future.add_done_callback(done)
         self._queue.append(item)
         self._wake.set()
 
@@ -159,7 +172,14 @@ class Batcher:
         self._queue.append(item)
         metrics.BATCH_QUEUE.set(len(self._queue))
         self._wake.set()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            # Cancelled after its hold was committed, before this task ran again: the answer is lost.
+            if (isinstance(ask, HoldAsk) and item.future.done() and not item.future.cancelled()
+                    and item.future.exception() is None and isinstance(item.future.result(), int)):
+                self._release(ask)
+            raise
 
     async def _write_forever(self) -> None:
         while True:
@@ -309,12 +329,6 @@ class Batcher:
         if superseded:
             metrics.UNBILLED.labels("superseded").inc(sum(tokens for _, tokens in superseded))
         return out
-
-
-def _log_failed_release(future: asyncio.Future[object]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("release of a hold whose caller left failed: %s; the sweeper will release it",
-                    future.exception())
 
 
 def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:

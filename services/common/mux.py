@@ -3,7 +3,9 @@ place of a grpc.aio.Channel, carrying every call to a peer over one long-lived b
 replica, matched by id.
 
 Whatever is queued when a stream's writer runs goes as one message; nothing waits for a batch
-to fill. Calls go round-robin over the replicas whose stream is open. A stream that breaks fails
+to fill. Calls go round-robin over the replicas whose stream is open, or, on a channel made with
+`affinity`, by their request id: every call about one request (billing's Reserve, its
+cancellation, Settle, KeepAlive) then takes the same stream to the same replica, in order. A stream that breaks fails
 its calls in flight with UNAVAILABLE and no ErrorDetail, as a dead replica's unary call does
 (peers.transport_failure), so callers retry and fail over exactly as before; it reopens after
 100 ms, doubling to 1 s. A `dns:///host:port` target is resolved here, every few seconds and
@@ -17,6 +19,7 @@ import contextvars
 import itertools
 import logging
 import socket
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -308,8 +311,9 @@ class MuxChannel:
 
     def __init__(self, target: str, peer: str, tls: GrpcTls, options: Sequence[tuple[str, Any]] = (),
                  interceptors: Sequence[Any] = (), *, max_queued: int = MAX_QUEUED,
-                 resolve_every_s: float = RESOLVE_EVERY_S) -> None:
+                 resolve_every_s: float = RESOLVE_EVERY_S, affinity: bool = False) -> None:
         self.target, self.peer, self.tls = target, peer, tls
+        self.affinity = affinity
         self.options = list(options)
         self.max_queued = max_queued
         self._interceptors = list(interceptors)
@@ -395,7 +399,9 @@ class MuxChannel:
                                                                     context=contextvars.Context())
 
     def replicas_changed(self) -> None:
-        self._ready = [r.stream for r in self._replicas.values() if r.stream is not None]
+        # In address order: a request id maps to the same replica in every process that sees the same ones.
+        self._ready = [r.stream for r in sorted(self._replicas.values(), key=lambda r: r.address)
+                       if r.stream is not None]
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
@@ -438,10 +444,13 @@ class MuxChannel:
         self._resolved = True
         self.replicas_changed()
 
-    async def stream_for(self, deadline: float | None) -> _Stream:
-        """A stream taking calls, round-robin over the replicas; waits while one is connecting."""
+    async def stream_for(self, deadline: float | None, request_id: str = "") -> _Stream:
+        """A stream taking calls, round-robin over the replicas (by `request_id` with affinity);
+        waits while one is connecting."""
         ready = self._ready
         if ready:
+            if self.affinity and request_id:
+                return ready[zlib.crc32(request_id.encode()) % len(ready)]
             self._turn += 1
             return ready[self._turn % len(ready)]
         if not self._started:
@@ -481,7 +490,7 @@ class MuxChannel:
                 if until == deadline:
                     raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
                 kicked = False  # the back-off may have passed: the next turn tries once more
-        return await self.stream_for(deadline)
+        return await self.stream_for(deadline, request_id)
 
     async def start_call(self, method: str, payload: bytes, timeout: float | None, metadata: Any,
                          inbox: Inbox) -> tuple[_Stream, int]:
@@ -496,7 +505,7 @@ class MuxChannel:
             elif isinstance(value, str):
                 headers.append(mux_pb2.Header(key=key, value=value))
         request_id = request_id or request_id_var.get()
-        stream = await self.stream_for(deadline)
+        stream = await self.stream_for(deadline, request_id)
         remaining = None if deadline is None else deadline - loop.time()
         call_id = await stream.submit(method, payload, remaining, request_id, headers, inbox)
         if remaining is not None:

@@ -93,13 +93,14 @@ def mux_enabled() -> bool:
 
 
 def channel(target: str, peer: str, tls: GrpcTls, outer: Sequence[grpc.aio.ClientInterceptor] = (), *,
-            mux: bool | None = None) -> grpc.aio.Channel | MuxChannel:
+            mux: bool | None = None, affinity: bool = False) -> grpc.aio.Channel | MuxChannel:
     """A channel to the service `peer` at `target`, authenticated both ways by `tls` (services/common/mtls.py).
     `outer` interceptors see each call before the request id and deadline are added (the edge's retry).
 
     A MuxChannel (one long-lived stream per replica carrying every call; the same interceptors)
-    unless `mux` is off: by default CHATKORE_GRPC_MUX (on unless 0), read when the channel is made, at start-up."""
+    unless `mux` is off: by default CHATKORE_GRPC_MUX (on unless 0), read when the channel is made, at start-up.
+    `affinity`: a request's calls all go to one replica, chosen by its request id (mux.py)."""
     interceptors = [*outer, UnaryInterceptor(), StreamInterceptor(), *telemetry.client_interceptors()]
     if mux_enabled() if mux is None else mux:
-        return MuxChannel(target, peer, tls, CLIENT_OPTIONS, interceptors)
+        return MuxChannel(target, peer, tls, CLIENT_OPTIONS, interceptors, affinity=affinity)
     return mtls.secure_channel(tls, target, peer, CLIENT_OPTIONS, interceptors)

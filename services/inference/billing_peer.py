@@ -64,7 +64,9 @@ class Settle:
 
 class BillingPeer:
     def __init__(self, target: str, tls: GrpcTls, retry_for_s: float) -> None:
-        self._channel = peers.channel(target, "billing", tls)
+        # A call's Reserve, its cancellation, its release and its Settle go to one billing replica,
+        # in order, on one stream (mux affinity).
+        self._channel = peers.channel(target, "billing", tls, affinity=True)
         self._stub = billing_pb2_grpc.BillingStub(self._channel)
         self._retry_for_s = retry_for_s
         self._later: set[asyncio.Future[object]] = set()
@@ -96,8 +98,11 @@ class BillingPeer:
             # The caller left (its client went away) while the hold was being placed. The
             # cancellation reaches billing with the call: a hold its writer was committing
             # meanwhile is released there (batcher.py). One release from here covers a hold
-            # committed just before the cancellation arrived (its answer is what was lost);
-            # sent after the cancellation on the same stream, it cannot overtake the hold.
+            # committed just before the cancellation arrived (its answer is what was lost):
+            # sent after the cancellation on the same stream to the same replica (the channel's
+            # affinity), it cannot overtake the hold. (With CHATKORE_GRPC_MUX=0 and several
+            # billing replicas it may go to another one and find nothing yet: that hold is then
+            # the sweeper's, after CHATKORE_HOLD_TTL_S.)
             self._release_if_held(request_id, try_number, wait_s=0.0)
             raise
         return Hold(hold.amount, hold.completion_budget, hold.budget_capped, hold.completion_limit, hold.ttl_s,

@@ -377,6 +377,35 @@ def test_calls_spread_over_two_replicas_and_continue_on_one_when_the_other_dies(
     run(test())
 
 
+def test_with_affinity_every_call_about_one_request_goes_to_one_replica() -> None:
+    """Billing's channel: a request's Reserve, its cancellation, release and Settle reach the one
+    replica its request id maps to (in order on one stream); requests still spread over both."""
+    async def test() -> None:
+        async with Process("a", free_port()) as a, Process("b", free_port()) as b:
+            channel = peers.channel(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}", "inference", INSECURE,
+                                    mux=True, affinity=True)
+            assert isinstance(channel, MuxChannel)
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            await until_ok(lambda: stub.Relay(relay()), 10, "a first answer")
+            await until(lambda: len(channel.streams()) == 2, 10, "both streams to open")
+            where: dict[str, set[bytes]] = {}
+            for n in range(40):
+                rid = f"req-{n}"
+                replies = await asyncio.gather(*(stub.Relay(relay(body=b"%d" % i), metadata=(("x-request-id", rid),))
+                                                 for i in range(5)))
+                where[rid] = {r.body.split(b":")[0] for r in replies}
+            assert all(len(replicas) == 1 for replicas in where.values()), where
+            counts = [sum(replicas == {name} for replicas in where.values()) for name in (b"a", b"b")]
+            assert counts == [20, 20], counts  # req-0..req-39: CRC-32 even for 20 of them, odd for 20
+            # The same request ids map to the same replicas again (in any process seeing both).
+            again = {rid: {(await stub.Relay(relay(), metadata=(("x-request-id", rid),))).body.split(b":")[0]}
+                     for rid in where}
+            assert again == where
+            await channel.close()
+
+    run(test())
+
+
 def test_a_server_that_stops_lets_the_calls_on_its_streams_finish_and_takes_no_new_ones() -> None:
     async def test() -> None:
         peer = muxpeer.Peer("a")
