@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -420,3 +421,40 @@ def test_audio_input_is_held_by_its_length_not_its_base64_text(world: World) -> 
     charge = (12 * Decimal("2.5") + 300 * 40 + 20 * 10) / 1000
     assert Decimal(str(row["credits"])) == charge and row["status"] == "complete"
     assert world.balance(t.user_id) == 100 - charge
+
+
+def test_a_client_leaving_an_audio_call_pays_its_audio_at_the_audio_price(world: World) -> None:
+    """The request went upstream with 30 s of audio; the client hangs up before the answer. The
+    upstream bills the prompt, audio at the audio price: so does the counted settlement (it once
+    priced every counted token at the text price, a sixteenth of it here)."""
+    model = world.model(prompt=2.5, completion=10, prefix="gpt-4o-audio")
+    world.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 2.5, "completion": 10, "audio_prompt": 40,
+                                                     "audio_completion": 80, "max_output": 200})
+    _, tag = world.channel([model])
+    gate = threading.Event()
+    world.mock.always(tag, _gated(gate, up.ok()))
+    t = world.tenant(credits=100)
+    question = "what is said here?"
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": question},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav(30)).decode(), "format": "wav"}}]}]
+    text = openai_tokens.chat_prompt_tokens([{"role": "user", "content": [{"type": "text", "text": question}]}],
+                                           "gpt-4o")
+    body = json.dumps({"model": model, "messages": messages}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    try:
+        with socket.create_connection(("127.0.0.1", world.stack.http_port), timeout=30) as sock:
+            sock.sendall(head + body)
+            wait_until(lambda: world.mock.received(tag) and world.held(t.user_id) > 0, 30, "the call to go upstream")
+        # The client is gone (its connection closed) while the upstream works on the answer.
+        wait_until(lambda: world.held(t.user_id) == 0, 30, "the call to be settled")
+    finally:
+        gate.set()
+    [row] = world.usage(t.user_id)
+    assert (row["status"], row["usage_source"]) == ("client_gone", "counted")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (text + 300, 0)
+    # text at 2.5 and 300 audio tokens at 40 credits per 1,000, rounded up to the micro-credit
+    micro = -(-(text * 2_500_000 + 300 * 40_000_000) // 1000)
+    assert Decimal(str(row["credits"])) == Decimal(micro) / 1_000_000
+    assert world.balance(t.user_id) == 100 - Decimal(micro) / 1_000_000

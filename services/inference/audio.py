@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import math
+import wave
 from typing import Any
 
 import mutagen
@@ -20,6 +21,8 @@ TOKENS_PER_SECOND = 10
 # Audio could play at least as long as its size at this few bytes a second (4.8 kbps, below
 # Opus's ~6 kbps speech floor): the length of a file whose header states none.
 AUDIO_FLOOR_BYTES_PER_S = 600
+WAV_HEADER_BYTES = 44
+MIN_PCM_RATE, MAX_PCM_RATE = 8_000, 192_000  # sample rates a WAV header may claim to be taken at its word
 
 
 def audio_seconds(data: bytes) -> float | None:
@@ -46,7 +49,28 @@ def input_audio_tokens(part: dict[str, Any]) -> int:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         return math.ceil(len(data) / 4)  # about what tiktoken makes of base64 text
-    seconds = audio_seconds(raw)
-    if seconds is None:
-        seconds = len(raw) / AUDIO_FLOOR_BYTES_PER_S
-    return max(1, math.ceil(seconds * TOKENS_PER_SECOND))
+    return max(1, math.ceil(held_seconds(raw) * TOKENS_PER_SECOND))
+
+
+def held_seconds(data: bytes) -> float:
+    """How long audio is held for. PCM WAV plays exactly as long as its samples: their count at
+    the header's rate (a plausible one). Anything else could play at least as long as its size at
+    AUDIO_FLOOR_BYTES_PER_S, whatever its header states: a header is the client's to write (an
+    MP3 whose Xing header claims one frame is decoded, and billed, whole)."""
+    pcm = _pcm_seconds(data)
+    if pcm is not None:
+        return pcm
+    return max(audio_seconds(data) or 0.0, len(data) / AUDIO_FLOOR_BYTES_PER_S)
+
+
+def _pcm_seconds(data: bytes) -> float | None:
+    try:
+        with wave.open(io.BytesIO(data)) as w:  # PCM only: anything else is refused here
+            rate, frame_bytes, frames = w.getframerate(), w.getsampwidth() * w.getnchannels(), w.getnframes()
+    except (wave.Error, EOFError, ValueError, OSError):
+        return None
+    if not MIN_PCM_RATE <= rate <= MAX_PCM_RATE or frame_bytes <= 0:
+        return None
+    # The samples the header declares, or every byte past a canonical 44-byte header if there
+    # are more (a data chunk declared short): whichever is longer.
+    return max(frames, (len(data) - WAV_HEADER_BYTES) // frame_bytes) / rate

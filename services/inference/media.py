@@ -19,7 +19,7 @@ from typing import Any
 from services.common import jsoncodec, multipart
 from services.inference.adapters.base import Exchange
 from services.inference.adapters.openai import bearer_headers
-from services.inference.audio import AUDIO_FLOOR_BYTES_PER_S, audio_seconds
+from services.inference.audio import held_seconds
 from services.inference.billing_peer import BillingPeer, Hold, Settle, Units
 from services.inference.channel import Channel
 from services.inference.channels import ChannelBook
@@ -200,10 +200,9 @@ class Media:
             if len(files) > 1:
                 raise InvalidRequest("Invalid 'file': send one audio file.", param="file")
             data = files[0].data
-            # Held for at least as long as its size could play (audio.AUDIO_FLOOR_BYTES_PER_S),
-            # whatever its header states: a header is the client's to write.
-            length = await asyncio.to_thread(audio_seconds, data)
-            worst = max(math.ceil(length) if length else 0, math.ceil(len(data) / AUDIO_FLOOR_BYTES_PER_S), 1)
+            # Held for as long as it could play (audio.held_seconds: PCM WAV exactly, anything else
+            # at least as long as its size allows, whatever its header states).
+            worst = max(math.ceil(await asyncio.to_thread(held_seconds, data)), 1)
             asked = _str_field(body, "response_format", "json")
             return _Prepared(body, form, candidates, count_text(str(body.get("prompt") or ""), enc),
                              Units("minute", worst, required=True, param="model"),

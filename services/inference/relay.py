@@ -43,7 +43,7 @@ from services.inference.responses.background import Running
 from services.inference.responses.book import ResponseBook
 from services.inference.responses.events import ResponsesTally
 from services.inference.responses.reply import Envelope, output_texts, usage_object
-from services.inference.tokens import count_choices_text
+from services.inference.tokens import count_choices_text, count_input_audio
 from services.inference.upstream import Failure, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class _Prepared:
     candidates: list[Channel]
     prompt_tokens: int
     responses: responses.ResponsesCall | None = None  # a Responses API call, its history resolved
+    audio_tokens: int = 0  # of prompt_tokens, those of input_audio parts (priced as audio when counted)
 
 
 def _status_of(exc: BaseException) -> str:
@@ -179,12 +180,13 @@ class Relay:
             # Every kind of channel can carry it; an Anthropic one only what its chat translation can.
             counted, counted_body = Endpoint.CHAT, resp.chat_body
         candidates = await self.book.plan_fresh(call.model, counted, counted_body)
+        audio = count_input_audio(counted_body.get("messages")) if counted is Endpoint.CHAT else 0
         if len(call.body) < LARGE_BODY:
-            return _Prepared(body, candidates, count_prompt(counted, counted_body, call.model), resp)
+            return _Prepared(body, candidates, count_prompt(counted, counted_body, call.model), resp, audio)
         # Counting megabytes takes tiktoken a noticeable time; it releases the GIL, so a
         # thread keeps every other call on this loop moving meanwhile.
         prompt_tokens = await asyncio.to_thread(count_prompt, counted, counted_body, call.model)
-        return _Prepared(body, candidates, prompt_tokens, resp)
+        return _Prepared(body, candidates, prompt_tokens, resp, audio)
 
     async def _reserve(self, call: Call, prompt_tokens: int, body: dict[str, Any]) -> Hold:
         tier, features = price_options(body)
@@ -261,8 +263,8 @@ class Relay:
             elif status == "client_gone" and sent.channel_id:
                 # The request reached the upstream, which bills the prompt whether or not
                 # anyone waits for its answer: the client who left pays it.
-                await self._close(_settle(call, Usage(prompt_tokens, 0), status, "counted", sent.channel_id,
-                                          sent.unbilled))
+                await self._close(_settle(call, Usage(prompt_tokens, 0, audio_prompt=prepared.audio_tokens), status,
+                                          "counted", sent.channel_id, sent.unbilled))
             else:  # nothing was delivered: the hold is released in full
                 await self._close(_settle(call, Usage(0, 0), status, "", 0, sent.unbilled))
             raise
@@ -272,7 +274,7 @@ class Relay:
         else:
             texts = output_texts(obj) if prepared.responses else completion_texts(call.endpoint, obj)
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
-            usage, source = Usage(prompt_tokens, completion), "counted"
+            usage, source = Usage(prompt_tokens, completion, audio_prompt=prepared.audio_tokens), "counted"
         # The answer goes out first; its settlement follows on its own (drained at shutdown).
         await self.billing.settle_soon(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
@@ -459,7 +461,7 @@ class Relay:
                     f"The upstream stream broke off: {e.message}") from None
             finally:
                 self.book.done(opened.attempt, failure)
-            usage, source = self._stream_usage(tally, prompt_tokens)
+            usage, source = self._stream_usage(tally, prompt_tokens, prepared.audio_tokens)
             closing = tally.closing(usage.prompt, usage.completion)
             if isinstance(tally, ResponsesTally) and prepared.responses is not None and tally.final is not None:
                 await self._keep(prepared.responses, tally.final)
@@ -490,12 +492,12 @@ class Relay:
                     # stopped reading; the upstream's own usage wins when it came.
                     if opened is None:
                         tally, channel_id = sent.tally or tally, sent.channel_id
-                    usage, source = self._stream_usage(tally, prompt_tokens)
+                    usage, source = self._stream_usage(tally, prompt_tokens, prepared.audio_tokens)
                 elif opened is not None:
                     # The upstream broke a stream it had opened: the client pays what reached it
                     # (nothing when no output did); what the upstream is known to have done past
                     # that (its prompt, the tokens it sent) is counted for the operator, not dropped.
-                    known, known_source = self._stream_usage(tally, prompt_tokens)
+                    known, known_source = self._stream_usage(tally, prompt_tokens, prepared.audio_tokens)
                     usage, source = (known, known_source) if tally.chunks else (Usage(0, 0), "")
                     held = opened.exchange.held_back() if known_source == "counted" else ""
                     if held:  # read from the upstream, never sent on: the upstream bills it all the same
@@ -515,7 +517,7 @@ class Relay:
         else:
             await self.billing.settle(settle)
 
-    def _stream_usage(self, tally: AnyTally, prompt_tokens: int) -> tuple[Usage, str]:
+    def _stream_usage(self, tally: AnyTally, prompt_tokens: int, audio_tokens: int = 0) -> tuple[Usage, str]:
         reported = tally.usage
         if reported is not None and reported[0] > 0:
             if isinstance(reported, Usage):
@@ -523,7 +525,7 @@ class Relay:
             cached, reasoning = getattr(tally, "details", (0, 0))  # a Responses stream's
             read, written = getattr(tally, "cache", (cached, 0))   # a Messages stream's
             return Usage(reported[0], reported[1], read, written, reasoning), "upstream"
-        return Usage(prompt_tokens, tally.completion_tokens()), "counted"
+        return Usage(prompt_tokens, tally.completion_tokens(), audio_prompt=audio_tokens), "counted"
 
     async def _outputs(self, opened: _Opened) -> list[bytes]:
         """What the next upstream event gives our client (often nothing); marks the end of the events."""

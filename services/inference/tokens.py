@@ -269,3 +269,12 @@ def count_input(value: Any, enc: tiktoken.Encoding) -> int:
 def count_choices_text(texts: Iterable[str], model: str) -> int:
     enc = encoding_for(model)
     return sum(count_text(t, enc) for t in texts)
+
+
+def count_input_audio(messages: Any) -> int:
+    """The audio tokens among a chat prompt's (its `input_audio` parts, as _content_tokens counts
+    them): what a counted settlement charges at the audio price."""
+    if not isinstance(messages, list):
+        return 0
+    return sum(input_audio_tokens(part) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+               for part in m["content"] if isinstance(part, dict) and part.get("type") == "input_audio")

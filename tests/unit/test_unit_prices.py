@@ -9,7 +9,8 @@ import pytest
 
 from services.billing.pricing import Price, Usage, cost, per_unit, plan_hold, rates_of, unit_price, valid_unit
 from services.common import multipart
-from services.inference.media import audio_seconds, transcript_as
+from services.inference.audio import audio_seconds
+from services.inference.media import transcript_as
 
 ROW = Price("dall-e-3", 0, 0, 0, 0, 0, units={"image": 40_000_000, "image/1024x1792": 80_000_000,
                                                "image/1024x1024/hd": 80_000_000, "1k_characters": 15_000_000,
