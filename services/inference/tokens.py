@@ -142,12 +142,13 @@ def _content_tokens(value: Any, enc: tiktoken.Encoding, model: str = "") -> int:
         for part in value:
             if isinstance(part, dict):
                 kind = part.get("type")
-                if kind == "text" or "text" in part:
-                    total += count_text(str(part.get("text") or ""), enc)
-                elif kind in ("image_url", "input_image", "image"):
+                # By its type first: an image or audio part with a stray "text" key is still one.
+                if kind in ("image_url", "input_image", "image"):
                     total += images.image_tokens(part, model)
                 elif kind == "input_audio":
                     total += input_audio_tokens(part)
+                elif kind == "text" or "text" in part:
+                    total += count_text(str(part.get("text") or ""), enc)
                 else:
                     total += count_text(json.dumps(part, ensure_ascii=False), enc)
             else:

@@ -1,6 +1,8 @@
 """Token counts equal OpenAI's tiktoken, offline."""
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from services.inference import tokens
@@ -57,3 +59,13 @@ def test_special_token_text_is_plain_text() -> None:
                                              ([[1, 2], [3]], 3)])
 def test_count_input_forms(value, expected) -> None:
     assert tokens.count_input(value, tokens.encoding("cl100k_base")) == expected
+
+
+def test_an_image_or_audio_part_with_a_stray_text_key_counts_as_what_it_is() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://x.example/a.png", "detail": "low"}}
+    data = base64.b64encode(b"\x01" * 6_000).decode()  # no header: 10 s at 600 bytes a second
+    audio = {"type": "input_audio", "input_audio": {"data": data, "format": "mp3"}}
+    plain = tokens.count_chat_prompt({"messages": [{"role": "user", "content": [image, audio]}]}, "gpt-4o")
+    stray = tokens.count_chat_prompt(
+        {"messages": [{"role": "user", "content": [{**image, "text": ""}, {**audio, "text": ""}]}]}, "gpt-4o")
+    assert stray == plain == 3 + 1 + 85 + 100 + 3  # framing, "user", a low-detail image, 10 s of audio, priming
