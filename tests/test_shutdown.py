@@ -3,8 +3,10 @@ but lets the streams in flight finish, settles them, then exits."""
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import socket
+import threading
 import time
 from decimal import Decimal
 
@@ -12,8 +14,8 @@ import psycopg
 import pytest
 import requests
 
+from tests import mock_media, openai_tokens
 from tests import mock_upstream as up
-from tests import openai_tokens
 from tests.world import World
 from tools.stack import Stack, wait_until
 
@@ -161,6 +163,16 @@ def cut_world(make_stack, mock) -> World:
                                                         "CHATKORE_HOLD_TTL_S": str(CUT_HOLD_TTL_S)}), mock)
 
 
+def _running(stack: Stack, transport: str) -> None:
+    """The cut stack's edge and inference up, their calls between the services over multiplexed
+    streams (the default) or one plain gRPC call per call (CHATKORE_GRPC_MUX=0)."""
+    transport_env = {"CHATKORE_GRPC_MUX": "0"} if transport == "plain" else {}
+    for name in ("edge", "inference"):  # the edge's calls to inference, inference's to billing
+        if stack.procs[name].poll() is not None or stack.process_env_extra.get(name, {}) != transport_env:
+            stack.restart(name, env=transport_env)  # inference was stopped by the test before
+    stack.wait_healthy()
+
+
 @pytest.mark.parametrize("transport", ["mux", "plain"])
 def test_inference_past_its_grace_settles_the_cut_stream_before_it_exits(cut_world: World, transport: str) -> None:
     """SIGTERM to inference with a stream that will not end: past CHATKORE_GRACE_S it cuts the
@@ -168,11 +180,7 @@ def test_inference_past_its_grace_settles_the_cut_stream_before_it_exits(cut_wor
     release for free after the hold's TTL). Calls between the services go over multiplexed streams
     (the default) or one plain gRPC call per call (CHATKORE_GRPC_MUX=0)."""
     w, stack = cut_world, cut_world.stack
-    transport_env = {"CHATKORE_GRPC_MUX": "0"} if transport == "plain" else {}
-    for name in ("edge", "inference"):  # the edge's calls to inference, inference's to billing
-        if stack.procs[name].poll() is not None or stack.process_env_extra.get(name, {}) != transport_env:
-            stack.restart(name, env=transport_env)  # inference was stopped by the test before
-    stack.wait_healthy()
+    _running(stack, transport)
     model, tag = w.served_model()
     t = w.tenant()
     stuck = w.mock.gate()  # after the role and RELAYED pieces of text the upstream says nothing more
@@ -208,4 +216,42 @@ def test_inference_past_its_grace_settles_the_cut_stream_before_it_exits(cut_wor
     assert w.held(t.user_id) == 0
     assert time.monotonic() - signalled < CUT_HOLD_TTL_S / 4
     assert w.balance(t.user_id) == 100 - Decimal(credits) / 1_000_000
+    assert w.verify()["problems"] == []
+
+
+@pytest.mark.parametrize("transport", ["mux", "plain"])
+def test_an_image_call_cut_past_the_grace_is_free_and_counted_unbilled(cut_world: World, transport: str) -> None:
+    """SIGTERM to inference with an image generation the upstream has not answered: past the
+    grace it is cut, answered 503, and — the server's failure — settled before inference exits as
+    server_error for nothing, the images the upstream may still bill counted unbilled (not charged
+    as a client who left, which the client would pay again on its retry)."""
+    w, stack = cut_world, cut_world.stack
+    _running(stack, transport)
+    model = f"img-{secrets.token_hex(4)}"
+    w.admin("PUT", f"/admin/v1/prices/{model}", {"prompt": 0, "completion": 0, "units": {"image": 2}})
+    _, tag = w.channel([model])
+    stuck = w.mock.gate()  # the upstream answers only once the test is over
+    w.mock.always(tag, mock_media.images(gate=stuck))
+    t = w.tenant()
+    answer: list[requests.Response] = []
+    caller = threading.Thread(target=lambda: answer.append(requests.post(
+        w.url + "/v1/images/generations", json={"model": model, "prompt": "a cat", "n": 3},
+        headers={"Authorization": f"Bearer {t.key}"}, timeout=60)))
+    caller.start()
+    try:
+        wait_until(lambda: stuck.arrived == 1, 10, "the image call to reach the upstream")
+        assert w.held(t.user_id) == 6  # every image asked for
+        stack.signal("inference", signal.SIGTERM)
+        assert stack.procs["inference"].wait(30) == 0
+        assert stuck.passed == 0  # cut while the upstream still had it
+        caller.join(30)
+    finally:
+        stuck.open()
+    assert answer and answer[0].status_code == 503, answer and answer[0].text
+
+    with psycopg.connect(stack.database_url) as conn:  # closed before inference exited, not by the sweeper
+        row = conn.execute("SELECT state, status, credits, unbilled_tokens FROM requests WHERE request_id = %s",
+                           (answer[0].headers["x-request-id"],)).fetchone()
+    assert row == ("released", "server_error", 0, 3), row  # the 3 images the upstream may bill
+    assert w.held(t.user_id) == 0 and w.balance(t.user_id) == 100
     assert w.verify()["problems"] == []

@@ -1,11 +1,13 @@
-"""The Relay calls this process is serving, so that a shutdown past its grace cuts them itself.
+"""The Relay calls this process is serving (chat and media alike), so that a shutdown past its
+grace cuts them itself.
 
 Left to gRPC, a call still running when the grace runs out is cancelled as the server goes down,
 after the process has stopped waiting for settlements and with the billing channel about to close:
 its hold stays open until billing's sweeper releases it, for free. Cut here instead (`cut`), each
 call ends while billing is still reachable; the relay settles it for what it had relayed
-(relay.py), and the call ends with a status (UNAVAILABLE) rather than a bare cancellation, on a
-plain gRPC call as on a multiplexed stream.
+(relay.py), a media call as the server's failure, free (media.py); and the call ends with a
+status (UNAVAILABLE) rather than a bare cancellation, on a plain gRPC call as on a multiplexed
+stream.
 """
 from __future__ import annotations
 

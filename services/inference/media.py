@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import jsoncodec, multipart
+from services.common import jsoncodec, metrics, multipart
 from services.inference.adapters.base import Exchange
 from services.inference.adapters.openai import bearer_headers
 from services.inference.audio import held_seconds
@@ -24,6 +24,7 @@ from services.inference.billing_peer import BillingPeer, Hold, Settle, Units
 from services.inference.channel import Channel
 from services.inference.channels import ChannelBook
 from services.inference.errors import InvalidRequest, ModelNotFound
+from services.inference.inflight import InFlight
 from services.inference.payloads import Endpoint, Usage
 from services.inference.relay import Call, Reply, _final_error, _rejected, _status_of
 from services.inference.tokens import count_input, count_text, encoding_for
@@ -155,11 +156,14 @@ def _images_in(raw: bytes) -> int:
 
 
 class Media:
-    def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer) -> None:
+    def __init__(self, book: ChannelBook, upstream: Upstream, billing: BillingPeer,
+                 calls: InFlight | None = None) -> None:
         self.book = book
         self.upstream = upstream
         self.billing = billing
         self.in_flight = 0
+        # The relay's: a call cancelled once it is `stopping` was cut by this process's shutdown.
+        self.calls = calls if calls is not None else InFlight()
 
     # --- before the call -----------------------------------------------------------------
 
@@ -272,14 +276,34 @@ class Media:
                     return
         return asyncio.create_task(beat())
 
-    async def _settle(self, call: Call, usage: Usage, status: str, source: str, channel_id: int) -> None:
-        s = Settle(call.request_id, usage.prompt, 0, status, source, channel_id, call.try_number)
+    async def _settle(self, call: Call, usage: Usage, status: str, source: str, channel_id: int,
+                      unbilled: int = 0) -> None:
+        s = Settle(call.request_id, usage.prompt, 0, status, source, channel_id, call.try_number,
+                   unbilled_tokens=unbilled)
         if status == "client_gone":
             self.billing.settle_later(s)
         elif status == "complete":
             await self.billing.settle_soon(s)  # the answer goes out first; its settlement follows (issue 16)
         else:
             await self.billing.settle(s)
+
+    async def _settle_failed(self, call: Call, prepared: _Prepared, hold: Hold, exc: BaseException,
+                             sent_to: int) -> None:
+        """Settle a call that did not complete (`sent_to`: the channel it is at upstream, or 0)."""
+        status = _status_of(exc)
+        if status == "client_gone" and self.calls.stopping:
+            # Not its client: this process cut it, its shutdown's grace over (InFlight.cut). A
+            # server failure is free for the client, who is told to retry; what the upstream may
+            # still bill for it (the hold's count) is the operator's, counted unbilled.
+            unbilled = self._held(prepared, hold).prompt if sent_to else 0
+            if unbilled:
+                metrics.UNBILLED.labels(Failure.SERVER.value).inc(unbilled)
+            await self._settle(call, Usage(0, 0), "server_error", "", 0, unbilled)
+        elif status == "client_gone" and sent_to:
+            # Sent upstream and then left by its client: the upstream did the work, it is paid for.
+            await self._settle(call, self._held(prepared, hold), status, "counted", sent_to)
+        else:
+            await self._settle(call, Usage(0, 0), status, "", 0)
 
     # --- the call --------------------------------------------------------------------------
 
@@ -325,11 +349,7 @@ class Media:
                 reply, content_type = self._rewrite(call, prepared, raw, content_type)
                 usage = self._used(call, prepared, hold, raw)
             except BaseException as exc:
-                status = _status_of(exc)
-                # Sent upstream and then left by its client: the upstream did the work, it is paid for.
-                gone = status == "client_gone" and sent[0]
-                await self._settle(call, self._held(prepared, hold) if gone else Usage(0, 0), status,
-                                   "counted" if gone else "", sent[0] if gone else 0)
+                await self._settle_failed(call, prepared, hold, exc, sent[0])
                 if isinstance(exc, UpstreamError):
                     raise _final_error([exc], call.model) from None
                 raise
@@ -343,7 +363,8 @@ class Media:
     async def stream(self, call: Call) -> AsyncIterator[bytes | ContentType | tuple[int]]:
         """Speech: the audio's bytes as the upstream sends them, then (units or tokens,), the
         settlement following. A client that leaves once the request is upstream pays for the whole input (the upstream
-        synthesises it all); an upstream that breaks off costs nothing."""
+        synthesises it all); an upstream that breaks off costs nothing, and so does a call this
+        process cuts as it shuts down (server_error, the input counted unbilled)."""
         self.in_flight += 1
         settled = False
         try:
@@ -363,11 +384,8 @@ class Media:
                 yield (usage.prompt,)
             except BaseException as exc:
                 if not settled:
-                    status = _status_of(exc)
-                    gone = status == "client_gone" and sent[0]
-                    await self._settle(call, usage if gone else Usage(0, 0), status, "counted" if gone else "",
-                                       sent[0] if gone else 0)
                     settled = True
+                    await self._settle_failed(call, prepared, hold, exc, sent[0])
                 if isinstance(exc, UpstreamError):
                     raise _final_error([exc], call.model) from None
                 raise

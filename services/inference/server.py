@@ -59,7 +59,7 @@ async def serve(cfg: InferenceConfig) -> None:
             name="inference",
             listen=cfg.listen,
             register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(
-                InferenceServicer(relay, book, responses, Media(book, upstream, billing)), server),
+                InferenceServicer(relay, book, responses, Media(book, upstream, billing, relay.calls)), server),
             ready=lambda: db.ping(pool),
             pool=pool,
             grace_s=cfg.grace_s,
