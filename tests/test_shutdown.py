@@ -10,10 +10,14 @@ import threading
 import time
 from decimal import Decimal
 
+import grpc
 import psycopg
 import pytest
 import requests
+from aiohttp import web
 
+from chatkore.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from services.common.mtls import GrpcTls
 from tests import mock_media, openai_tokens
 from tests import mock_upstream as up
 from tests.world import World
@@ -254,4 +258,69 @@ def test_an_image_call_cut_past_the_grace_is_free_and_counted_unbilled(cut_world
                            (answer[0].headers["x-request-id"],)).fetchone()
     assert row == ("released", "server_error", 0, 3), row  # the 3 images the upstream may bill
     assert w.held(t.user_id) == 0 and w.balance(t.user_id) == 100
+    assert w.verify()["problems"] == []
+
+
+def _endless(written: list[int]) -> up.Behavior:
+    """A chat stream that never ends: the role, then 8 KB pieces of text for as long as it is read
+    (`written` counts them)."""
+    text = "lorem ipsum " * 700
+
+    async def behave(request: web.Request, body: dict, path: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = {"id": "chatcmpl-endless", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
+        await response.write(b"data: " + json.dumps({**head, "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}).encode() + b"\n\n")
+        while True:
+            await response.write(b"data: " + json.dumps({**head, "choices": [
+                {"index": 0, "delta": {"content": text}, "finish_reason": None}]}).encode() + b"\n\n")
+            written.append(1)
+
+    return behave
+
+
+def test_a_stream_whose_reader_stalled_is_settled_when_cut_over_plain_grpc(cut_world: World) -> None:
+    """Plain gRPC (CHATKORE_GRPC_MUX=0) drives a stream as `async for event in handler: await
+    write(event)`: a caller that stops reading leaves the call waiting in that write, outside the
+    relay's generator, when the shutdown cuts it. The cut still closes the relay's stream, which
+    settles it (server_error, paying what was relayed) before inference exits -- not whenever the
+    generator is collected, perhaps after the billing channel closed, leaving the hold to the sweeper.
+    The caller is a raw gRPC client (as the edge) with a small receive window that never reads past
+    the first event."""
+    w, stack = cut_world, cut_world.stack
+    _running(stack, "plain")
+    model, tag = w.served_model()
+    written: list[int] = []
+    w.mock.script(tag, _endless(written))
+    t = w.tenant()
+    request_id = "req_" + secrets.token_hex(12)
+    request = inference_pb2.RelayRequest(
+        caller=common_pb2.Caller(user_id=t.user_id, key_id=t.key_id, request_id=request_id),
+        endpoint=inference_pb2.CHAT_COMPLETIONS, model=model, stream=True,
+        body=json.dumps({"model": model, "messages": MSG, "stream": True}).encode())
+    tls = GrpcTls.from_dir("edge", stack.tls_dir("edge"))
+    channel = grpc.secure_channel(stack.target("inference"), tls.channel_credentials(),
+                                  options=[("grpc.ssl_target_name_override", "inference"),
+                                           ("grpc.http2.bdp_probe", 0)])  # the window stays small
+    try:
+        events = inference_pb2_grpc.InferenceStub(channel).RelayStream(request, timeout=60)
+        assert next(events).chunk  # the role: the stream runs; nothing more is read
+        # The writes stop once the unread events fill the window: the upstream is no longer read.
+        wait_until(lambda: len(written) > 8, 10, "the upstream to send")
+        stalled = wait_until(lambda: (n := len(written), time.sleep(1))[0] == len(written) and n, 20,
+                             "the relay to stop reading the upstream (its write to the caller blocked)")
+        stack.signal("inference", signal.SIGTERM)
+        assert stack.procs["inference"].wait(30) == 0
+    finally:
+        channel.close()
+
+    with psycopg.connect(stack.database_url) as conn:  # settled before inference exited
+        row = conn.execute("SELECT state, status, prompt_tokens, completion_tokens, credits FROM requests"
+                           " WHERE request_id = %s", (request_id,)).fetchone()
+    assert row is not None and row[:2] == ("settled", "server_error"), (row, stalled)
+    _, _, prompt_tokens, completion_tokens, credits = row
+    assert prompt_tokens == openai_tokens.chat_prompt_tokens(MSG, model) and completion_tokens > 0
+    assert credits == -(-(prompt_tokens * 1_500_000 + completion_tokens * 2_000_000) // 1000)
+    assert w.held(t.user_id) == 0 and w.balance(t.user_id) == 100 - Decimal(credits) / 1_000_000
     assert w.verify()["problems"] == []

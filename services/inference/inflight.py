@@ -8,20 +8,32 @@ call ends while billing is still reachable; the relay settles it for what it had
 (relay.py), a media call as the server's failure, free (media.py); and the call ends with a
 status (UNAVAILABLE) rather than a bare cancellation, on a plain gRPC call as on a multiplexed
 stream.
+
+A streamed call's handler registers the stream it relays (`closing`): plain gRPC drives a
+streaming handler as `async for event in handler: await write(event)`, so a call cut while it
+waits in that write (a caller that stopped reading) is cancelled outside the relay's generator,
+which would settle only whenever it is collected. `cut` closes every such stream itself.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from services.common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class InFlight:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._cut: set[asyncio.Task[object]] = set()
+        # Each call's task, with the streams its handler relays (closed by a cut if it cannot).
+        self._tasks: dict[asyncio.Task[Any], list[AsyncGenerator[Any, None]]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
         self.stopping = False  # set once the grace is over: a call cancelled now was cut by the server
 
     def __len__(self) -> int:
@@ -32,7 +44,7 @@ class InFlight:
         """Around a call's handler (which runs in one task from its start to its end)."""
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks[task] = []
         try:
             yield
         except asyncio.CancelledError:
@@ -41,18 +53,52 @@ class InFlight:
             task.uncancel()
             raise Unavailable("The server stopped this call as it shut down. Please retry.") from None
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             self._cut.discard(task)
+
+    def closing(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """The stream a tracked handler relays (it closes it itself in a `finally`): a cut closes it
+        too, should the handler be cancelled where its `finally` does not run."""
+        task = asyncio.current_task()
+        assert task is not None and task in self._tasks, "closing() is for a tracked call"
+        self._tasks[task].append(stream)
+        return stream
 
     async def cut(self, timeout_s: float) -> int:
         """Cancel every call still running and wait, up to `timeout_s`, for them to end (a call
-        ends once its settlement is acknowledged or handed to BillingPeer's retries). How many
-        were cut."""
+        ends once its settlement is acknowledged or handed to BillingPeer's retries), then close
+        the streams of those that ended without closing them (which settles them). How many were
+        cut."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         self.stopping = True
-        tasks = set(self._tasks)
-        self._cut |= tasks
-        for task in tasks:
+        calls = {task: list(streams) for task, streams in self._tasks.items()}
+        self._cut |= calls.keys()
+        for task in calls:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
-        return len(tasks)
+        if calls:
+            await asyncio.wait(calls, timeout=timeout_s)
+        # A stream still open whose task has ended was left at a `yield` (the task was cancelled
+        # in gRPC's write): closed here, it settles as it closes -- unless its handler, collected
+        # meanwhile, is closing it already: then that is waited for. One whose task still runs is
+        # being run by it: not touched (gRPC cancels what is left).
+        open_streams = [s for task, streams in calls.items() if task.done()
+                        for s in streams if s.ag_frame is not None]
+        if open_streams:
+            log.info("closing %d cut stream(s) their handlers left open", len(open_streams))
+            closings = [asyncio.ensure_future(_close(s)) for s in open_streams]
+            done, _ = await asyncio.wait(closings, timeout=max(0.0, deadline - loop.time()))
+            for closed in done:
+                if not closed.cancelled() and closed.exception() is not None:
+                    log.error("closing a cut stream failed", exc_info=closed.exception())
+        for task in calls:
+            if task.done():
+                self._tasks.pop(task, None)  # its handler, left suspended, never reaches its `finally`
+                self._cut.discard(task)
+        return len(calls)
+
+
+async def _close(stream: AsyncGenerator[Any, None]) -> None:
+    while stream.ag_running:  # being closed by another task (its handler's finalizer): wait for it
+        await asyncio.sleep(0.01)
+    await stream.aclose()  # nothing once it is closed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,7 +360,7 @@ class Media:
         finally:
             self.in_flight -= 1
 
-    async def stream(self, call: Call) -> AsyncIterator[bytes | ContentType | tuple[int]]:
+    async def stream(self, call: Call) -> AsyncGenerator[bytes | ContentType | tuple[int], None]:
         """Speech: the audio's bytes as the upstream sends them, then (units or tokens,), the
         settlement following. A client that leaves once the request is upstream pays for the whole input (the upstream
         synthesises it all); an upstream that breaks off costs nothing, and so does a call this

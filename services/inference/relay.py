@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -419,7 +419,7 @@ class Relay:
 
     # --- streaming --------------------------------------------------------------------
 
-    async def stream(self, call: Call) -> AsyncIterator[bytes | Capped | Outcome]:
+    async def stream(self, call: Call) -> AsyncGenerator[bytes | Capped | Outcome, None]:
         """Chunks as they arrive, then an Outcome. Settlement happens whatever way it ends."""
         self.in_flight += 1
         inner = self._stream(call)

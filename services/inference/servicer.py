@@ -103,28 +103,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def RelayStream(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.RelayEvent]:
+        # The stream relayed is closed here, now, however the call ends (its closing settles it);
+        # and by the cut should this generator be left at a `yield` (plain gRPC cancels a call
+        # waiting to write to a caller that stopped reading outside of it: InFlight.closing).
         with self.relay.calls.track():  # cut, and settled, by a shutdown past its grace
             call = _call(request)
             if call.endpoint in MEDIA:
-                async for piece in self.media.stream(call):
-                    if isinstance(piece, ContentType):
-                        await context.send_initial_metadata(((CONTENT_TYPE_HEADER, piece.value),))
-                    elif isinstance(piece, tuple):
-                        _count(request.model, piece[0], 0)
-                        yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                            usage=_usage(piece[0], 0), status="complete"))
-                    else:
-                        yield inference_pb2.RelayEvent(chunk=piece)
+                pieces = self.relay.calls.closing(self.media.stream(call))
+                try:
+                    async for piece in pieces:
+                        if isinstance(piece, ContentType):
+                            await context.send_initial_metadata(((CONTENT_TYPE_HEADER, piece.value),))
+                        elif isinstance(piece, tuple):
+                            _count(request.model, piece[0], 0)
+                            yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
+                                usage=_usage(piece[0], 0), status="complete"))
+                        else:
+                            yield inference_pb2.RelayEvent(chunk=piece)
+                finally:
+                    await pieces.aclose()
                 return
-            async for item in self.relay.stream(call):
-                if isinstance(item, Capped):
-                    await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
-                elif isinstance(item, Outcome):
-                    _count(request.model, item.prompt_tokens, item.completion_tokens)
-                    yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
-                        usage=_usage(item.prompt_tokens, item.completion_tokens), status=item.status))
-                else:
-                    yield inference_pb2.RelayEvent(chunk=item)
+            items = self.relay.calls.closing(self.relay.stream(call))
+            try:
+                async for item in items:
+                    if isinstance(item, Capped):
+                        await context.send_initial_metadata(((MAX_TOKENS_HEADER, str(item.max_tokens)),))
+                    elif isinstance(item, Outcome):
+                        _count(request.model, item.prompt_tokens, item.completion_tokens)
+                        yield inference_pb2.RelayEvent(outcome=inference_pb2.Outcome(
+                            usage=_usage(item.prompt_tokens, item.completion_tokens), status=item.status))
+                    else:
+                        yield inference_pb2.RelayEvent(chunk=item)
+            finally:
+                await items.aclose()
 
     async def CountTokens(self, request: inference_pb2.RelayRequest,
                           context: grpc.aio.ServicerContext) -> inference_pb2.TokenCount:
