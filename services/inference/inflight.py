@@ -34,6 +34,7 @@ class InFlight:
         # Each call's task, with the streams its handler relays (closed by a cut if it cannot).
         self._tasks: dict[asyncio.Task[Any], list[AsyncGenerator[Any, None]]] = {}
         self._cut: set[asyncio.Task[Any]] = set()
+        self._answered: set[asyncio.Task[Any]] = set()  # complete settlement sent: a cut lets them finish
         self.stopping = False  # set once the grace is over: a call cancelled now was cut by the server
 
     def __len__(self) -> int:
@@ -55,6 +56,16 @@ class InFlight:
         finally:
             self._tasks.pop(task, None)
             self._cut.discard(task)
+            self._answered.discard(task)
+
+    def answered(self) -> None:
+        """Called just before the current call's `complete` settlement goes out (nothing awaited in
+        between): the call is answered and charged, so a cut lets it finish. Cut after, it would
+        answer UNAVAILABLE "please retry" and its retry would pay a second time. No-op for a task
+        that is not a tracked call (a background response)."""
+        task = asyncio.current_task()
+        if task in self._tasks:
+            self._answered.add(task)
 
     def closing(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         """The stream a tracked handler relays (it closes it itself in a `finally`): a cut closes it
@@ -65,7 +76,8 @@ class InFlight:
         return stream
 
     async def cut(self, timeout_s: float) -> int:
-        """Cancel every call still running and wait, up to `timeout_s`, for them to end (a call
+        """Cancel every call still running that is not answered yet, and wait, up to `timeout_s`,
+        for all of them to end (a call
         ends once its settlement is acknowledged or handed to BillingPeer's retries), then close
         the streams of those that ended without closing them (which settles them). How many were
         cut."""
@@ -73,8 +85,9 @@ class InFlight:
         deadline = loop.time() + timeout_s
         self.stopping = True
         calls = {task: list(streams) for task, streams in self._tasks.items()}
-        self._cut |= calls.keys()
-        for task in calls:
+        cut = calls.keys() - self._answered  # an answered call is waited for, not cut
+        self._cut |= cut
+        for task in cut:
             task.cancel()
         if calls:
             await asyncio.wait(calls, timeout=timeout_s)
@@ -95,7 +108,8 @@ class InFlight:
             if task.done():
                 self._tasks.pop(task, None)  # its handler, left suspended, never reaches its `finally`
                 self._cut.discard(task)
-        return len(calls)
+                self._answered.discard(task)
+        return len(cut)
 
 
 async def _close(stream: AsyncGenerator[Any, None]) -> None:

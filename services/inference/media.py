@@ -355,6 +355,7 @@ class Media:
                 raise
             finally:
                 beat.cancel()
+            self.calls.answered()  # charged from here on: a shutdown's cut lets it answer
             await self._settle(call, usage, "complete", "counted", channel.id)
             return MediaReply(reply, usage.prompt, 0, content_type=content_type)
         finally:
@@ -380,6 +381,7 @@ class Media:
                 async for piece in self.upstream.pieces(answer):
                     yield piece
                 settled = True
+                self.calls.answered()  # charged in full: a shutdown's cut lets it end
                 await self._settle(call, usage, "complete", "counted", channel_id)
                 yield (usage.prompt,)
             except BaseException as exc:

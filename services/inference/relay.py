@@ -276,6 +276,7 @@ class Relay:
             completion = 0 if call.endpoint is Endpoint.EMBEDDINGS else count_choices_text(texts, call.model)
             usage, source = Usage(prompt_tokens, completion, audio_prompt=prepared.audio_tokens), "counted"
         # The answer goes out first; its settlement follows on its own (drained at shutdown).
+        self.calls.answered()  # charged from here on: a shutdown's cut lets it answer
         await self.billing.settle_soon(_settle(call, usage, "complete", source, channel.id, sent.unbilled))
         if prepared.responses is not None:
             response = prepared.responses.envelope.adopt(obj)
@@ -470,6 +471,7 @@ class Relay:
             # it, and the call was complete.
             status = "complete"
             settled = True  # from here on the settlement is the one below, whatever happens
+            self.calls.answered()  # charged in full: a shutdown's cut lets it end
             await self.billing.settle_soon(_settle(call, usage, status, source, channel_id, sent.unbilled))
             if closing is not None:
                 yield closing
