@@ -93,6 +93,25 @@ def test_inference_refuses_a_bomb_before_parsing_it(world: World) -> None:
     assert world.usage(t.user_id) == []
 
 
+def test_a_20_mb_prompt_is_counted_in_bounded_memory(world: World) -> None:
+    """A prompt as large as /v1 takes (20 MB of "a a a ...", ten million tokens) is counted before
+    its hold without a Python list of its tokens (that list alone was 360 MB: two such prompts at
+    once took inference past its 768 Mi limit)."""
+    model, _ = world.served_model()
+    t = world.tenant()
+    half = "a " * (5 * MB - 1024)  # under OpenAI's 10 MiB a string
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": half}] * 2}).encode()
+    with Watch(world.stack.procs["inference"].pid) as inference:
+        resp = requests.post(world.url + "/v1/chat/completions", data=body, timeout=120, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {t.key}"})
+    assert resp.status_code == 402, resp.text
+    assert _error(resp)["code"] == "insufficient_quota"
+    # Measured: the message's copies (TLS, gRPC, the Mux envelope, protobuf) ~120 MB, the parsed
+    # text 20 MB, the count 4 bytes a token: ~180 MB in all (360 MB when the count was a list of ints).
+    assert inference.growth < 10 * len(body), f"inference RSS grew {inference.growth / MB:.0f} MB"
+    assert world.usage(t.user_id) == []
+
+
 @pytest.mark.parametrize("path, cap", [("/api/login", "64 KB"), ("/api/register", "64 KB"),
                                        ("/admin/v1/users", "64 KB")])
 def test_small_routes_take_small_bodies(world: World, path: str, cap: str) -> None:
