@@ -38,15 +38,24 @@ async function start() {
   render();
 }
 
+let rendering = 0;  // the latest render: an earlier one still waiting on the network gives way to it
+
 async function render() {
+  // The section the link asks for replaces the one shown at once, before anything is fetched: a
+  // form of the old section cannot take typing that a re-render is about to throw away.
+  const generation = ++rendering;
   const current = section();
-  if (!(await ck.loadMe())) { start(); return; }
-  ck.setBalance(ck.me.balance);
   const nav = el("nav", { class: "sidenav" },
     SECTIONS.map(([s, text]) => el("a", { href: `#${s}`, class: s === current ? "active" : "", id: `nav-${s}` }, ck.t(text))));
   const content = el("main", { class: "content", id: "content" });
   document.getElementById("root").replaceChildren(nav, content);
-  content.append(...(await banners()));
+  const signedIn = await ck.loadMe();
+  if (generation !== rendering) return;
+  if (!signedIn) { start(); return; }
+  ck.setBalance(ck.me.balance);
+  const shown = await banners();
+  if (generation !== rendering) return;
+  content.append(...shown);
   ({ overview, topup, keys, usage })[current](content);
 }
 
@@ -171,6 +180,7 @@ async function overview(root) {
   const days = (await ck.api("GET", "/api/spend?days=30")).data;
   spent.textContent = ck.credits(days.reduce((s, d) => s + d.credits, 0));
   calls.textContent = ck.num(days.reduce((s, d) => s + d.requests, 0));
+  if (!canvas.isConnected) return;  // a later render replaced this one meanwhile: its chart stands
   if (spendChart) spendChart.destroy();
   spendChart = new Chart(canvas, {
     type: "bar",
