@@ -96,7 +96,7 @@ def test_inference_refuses_a_bomb_before_parsing_it(world: World) -> None:
 def test_a_20_mb_prompt_is_counted_in_bounded_memory(world: World) -> None:
     """A prompt as large as /v1 takes (20 MB of "a a a ...", ten million tokens) is counted before
     its hold without a Python list of its tokens (that list alone was 360 MB: two such prompts at
-    once took inference past its 768 Mi limit)."""
+    once would take inference, ~180 MB before any call, past its 768 Mi limit)."""
     model, _ = world.served_model()
     t = world.tenant()
     half = "a " * (5 * MB - 1024)  # under OpenAI's 10 MiB a string
