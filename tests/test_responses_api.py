@@ -303,7 +303,7 @@ def test_bad_input_is_a_400_and_costs_nothing(world: World) -> None:
     assert world.balance(t.user_id) == 100 and world.usage(t.user_id) == []
 
 
-# --- what Codex sends: unknown items, tools and fields are tolerated ------------------------------------
+# --- what Codex sends: unknown items, tools and fields are accepted -------------------------------------
 
 CODEX_TOOLS = [
     {"type": "function", "name": "shell", "description": "Runs a command.", "strict": False,
@@ -341,7 +341,7 @@ def _codex_body(model: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("kind", ["native", "chat"])
-def test_codex_requests_are_tolerated(world: World, kind: str) -> None:
+def test_codex_requests_are_accepted(world: World, kind: str) -> None:
     model, tag = _served(world, kind)
     t = world.tenant(credits=100)
     body = _codex_body(model)

@@ -638,7 +638,7 @@ def test_sign_up_see_prices_top_up_with_demo_and_review_the_order(browser: Brows
 
 def test_ops_users_list_keeps_the_latest_search_and_typed_amounts(browser: Browser, world: World) -> None:
     """The first list of users arriving after a search must not replace the search's rows, nor the
-    amount the operator is typing (test_operator_adds_channel_and_code_user_redeems once flaked so)."""
+    amount the operator is typing (a clean-clone CI failure of test_operator_adds_channel_and_code_user_redeems)."""
     op = ConsoleUser(world.url).register()
     world.admin("PUT", f"/admin/v1/users/{op.user_id}/role", {"role": "operator"})
     customer = ConsoleUser(world.url).register()

@@ -166,7 +166,7 @@ def test_a_kept_alive_connection_is_not_cut_at_the_header_timeout(tight: World, 
     requests for longer than HEADER_TIMEOUT_S (well inside keep-alive): the next request on it
     is answered. The edge took the body's bytes for the next head and cut the idle connection
     with an unsolicited 408 - clients reusing it saw the server disconnect under their call
-    (the ServerDisconnectedError test_credits' impatient clients used to tolerate)."""
+    (the ServerDisconnectedError that test_credits' impatient clients met)."""
     t = tight.tenant()
     body = json.dumps({"model": served, "messages": MSG}).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t.key}\r\n"

@@ -123,7 +123,7 @@ def test_numbering_a_try_copies_only_messages_that_carry_one() -> None:
     assert retry.numbered(other, 3) is other
 
 
-class _FlakyInference(inference_pb2_grpc.InferenceServicer):
+class _LosingInference(inference_pb2_grpc.InferenceServicer):
     """Relay: the first `lost` calls fail as a lost replica does (UNAVAILABLE, no detail)."""
 
     def __init__(self, lost: int) -> None:
@@ -151,7 +151,7 @@ def test_the_edge_makes_a_lost_call_again_numbered_and_a_service_does_not() -> N
     service's channel (peers.channel without the edge's retry) makes it once."""
 
     async def run() -> tuple[list[int], list[int], grpc.StatusCode]:
-        edge_side, service_side = _FlakyInference(lost=2), _FlakyInference(lost=1)
+        edge_side, service_side = _LosingInference(lost=2), _LosingInference(lost=1)
         servers = [await _serve(edge_side), await _serve(service_side)]
         tls = GrpcTls("edge", insecure=True)
         edge_channel = peers.channel(servers[0][1], "inference", tls, outer=[retry.RetryInterceptor()])
@@ -171,7 +171,7 @@ def test_the_edge_makes_a_lost_call_again_numbered_and_a_service_does_not() -> N
     assert service_tries == [1] and code == grpc.StatusCode.UNAVAILABLE
 
 
-class _FlakyStream(inference_pb2_grpc.InferenceServicer):
+class _BreakingStream(inference_pb2_grpc.InferenceServicer):
     """RelayStream: the first call fails before its first event as a lost replica does."""
 
     def __init__(self) -> None:
@@ -186,7 +186,7 @@ class _FlakyStream(inference_pb2_grpc.InferenceServicer):
 
 def test_a_stream_lost_before_its_first_event_is_opened_again_as_the_next_try() -> None:
     async def run() -> tuple[list[int], object]:
-        servicer = _FlakyStream()
+        servicer = _BreakingStream()
         server, target = await _serve(servicer)
         channel = peers.channel(target, "inference", GrpcTls("edge", insecure=True),
                                 outer=[retry.RetryInterceptor()])
