@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
+import wave
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -19,6 +21,17 @@ from services.common import multipart
 
 if TYPE_CHECKING:
     from tests.mock_upstream import Gate
+
+def wav(seconds: float, rate: int = 16_000, channels: int = 1) -> bytes:
+    """A silent 16-bit PCM WAV file of `seconds`."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * channels * int(seconds * rate))
+    return out.getvalue()
+
 
 PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")

@@ -18,15 +18,37 @@ from services.billing.pricing import TokenRates
 RATES = TokenRates(1_500, 2_000, 1_500, 1_500, 0)
 
 
+async def _no_retried(conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
+    raise AssertionError("no retried attempt here")
+
+
+async def _closed(url: str, request_id: str) -> tuple:
+    """(state, status, credits) of the call once its hold is no longer open."""
+    async with asyncio.timeout(30):
+        while True:
+            async with await AsyncConnection.connect(url, autocommit=True) as conn:
+                row = await (await conn.execute("SELECT state, status, credits FROM requests WHERE request_id = %s",
+                                                (request_id,))).fetchone()
+            if row is not None and row[0] != "held":
+                return row
+            await asyncio.sleep(0.02)
+
+
+async def _untouched(url: str, user_id: int) -> None:
+    """The account holds nothing and has its whole balance; the books verify with no hold open."""
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        account = await store.get_user(conn, user_id)
+        assert (account.balance, account.held) == (10_000_000, 0)
+        report = await store.verify_ledger(conn)
+        assert report["problems"] == [] and report["open_holds"] == 0, report
+
+
 async def test_a_hold_whose_caller_left_while_it_was_written_is_released(make_database) -> None:
     url = make_database()
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         user = await store.create_user(conn, "leaver", 10_000_000)
 
-    async def retried(conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
-        raise AssertionError("no retried attempt here")
-
-    batcher = Batcher(url, hold_ttl_s=600, retried=retried)
+    batcher = Batcher(url, hold_ttl_s=600, retried=_no_retried)
     batcher.start()
     try:
         async with await AsyncConnection.connect(url) as blocker:
@@ -45,21 +67,9 @@ async def test_a_hold_whose_caller_left_while_it_was_written_is_released(make_da
                         await asyncio.sleep(0.02)
             caller.cancel()  # the caller leaves while its hold is being written
             await blocker.rollback()  # the batch goes on and commits the hold
-        async with asyncio.timeout(30):
-            while True:
-                async with await AsyncConnection.connect(url, autocommit=True) as conn:
-                    row = await (await conn.execute(
-                        "SELECT state, status, credits FROM requests WHERE request_id = 'r-left'")).fetchone()
-                    if row is not None and row[0] != "held":
-                        break
-                await asyncio.sleep(0.02)
-        assert row == ("released", "client_gone", 0)
+        assert await _closed(url, "r-left") == ("released", "client_gone", 0)
         assert caller.cancelled()
-        async with await AsyncConnection.connect(url, autocommit=True) as conn:
-            account = await store.get_user(conn, user.id)
-            assert (account.balance, account.held) == (10_000_000, 0)
-            report = await store.verify_ledger(conn)
-            assert report["problems"] == [] and report["open_holds"] == 0, report
+        await _untouched(url, user.id)
     finally:
         await batcher.stop()
 
@@ -71,10 +81,7 @@ async def test_a_hold_whose_caller_left_as_its_answer_came_is_released(make_data
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         user = await store.create_user(conn, "late-leaver", 10_000_000)
 
-    async def retried(conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
-        raise AssertionError("no retried attempt here")
-
-    batcher = Batcher(url, hold_ttl_s=600, retried=retried)
+    batcher = Batcher(url, hold_ttl_s=600, retried=_no_retried)
     callers: list[asyncio.Task[int]] = []
     commit = Batcher._commit
 
@@ -91,18 +98,7 @@ async def test_a_hold_whose_caller_left_as_its_answer_came_is_released(make_data
         callers_done = await asyncio.wait(callers, timeout=30)
         assert not callers_done[1] and callers[0].cancelled()
         callers.clear()
-        async with asyncio.timeout(30):
-            while True:
-                async with await AsyncConnection.connect(url, autocommit=True) as conn:
-                    row = await (await conn.execute(
-                        "SELECT state, status, credits FROM requests WHERE request_id = 'r-answered'")).fetchone()
-                    if row is not None and row[0] != "held":
-                        break
-                await asyncio.sleep(0.02)
-        assert row == ("released", "client_gone", 0)
-        async with await AsyncConnection.connect(url, autocommit=True) as conn:
-            account = await store.get_user(conn, user.id)
-            assert (account.balance, account.held) == (10_000_000, 0)
-            assert (await store.verify_ledger(conn))["problems"] == []
+        assert await _closed(url, "r-answered") == ("released", "client_gone", 0)
+        await _untouched(url, user.id)
     finally:
         await batcher.stop()

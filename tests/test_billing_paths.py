@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import socket
 import threading
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 import requests
 
 from services.inference import messages as dialect
-from tests import mock_anthropic, openai_tokens, scrape
+from tests import mock_anthropic, mock_media, openai_tokens, scrape
 from tests import mock_upstream as up
 from tests.world import World
 from tools.stack import wait_until
@@ -375,16 +373,6 @@ def test_audio_tokens_are_held_and_charged_at_the_audio_prices(world: World, str
     assert world.verify()["ok"]
 
 
-def _wav(seconds: int, rate: int = 16_000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * (seconds * rate))
-    return out.getvalue()
-
-
 def test_audio_input_is_held_by_its_length_not_its_base64_text(world: World) -> None:
     """A 30 s recording (960 KB of wav, 1.3 MB of base64) is about 300 audio tokens to OpenAI (10 a
     second); counted as text it was ~700,000 tokens: refused as longer than the model's context,
@@ -399,7 +387,7 @@ def test_audio_input_is_held_by_its_length_not_its_base64_text(world: World) -> 
     world.mock.always(tag, _gated(gate, up.ok(usage_override=usage)))
     t = world.tenant(credits=100)
     question = "what is said here?"
-    audio = base64.b64encode(_wav(30)).decode()
+    audio = base64.b64encode(mock_media.wav(30)).decode()
     messages = [{"role": "user", "content": [{"type": "text", "text": question},
                                              {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]}]
     text_only = [{"role": "user", "content": [{"type": "text", "text": question}]}]
@@ -437,7 +425,8 @@ def test_a_client_leaving_an_audio_call_pays_its_audio_at_the_audio_price(world:
     question = "what is said here?"
     messages = [{"role": "user", "content": [
         {"type": "text", "text": question},
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav(30)).decode(), "format": "wav"}}]}]
+        {"type": "input_audio",
+         "input_audio": {"data": base64.b64encode(mock_media.wav(30)).decode(), "format": "wav"}}]}]
     text = openai_tokens.chat_prompt_tokens([{"role": "user", "content": [{"type": "text", "text": question}]}],
                                            "gpt-4o")
     body = json.dumps({"model": model, "messages": messages}).encode()

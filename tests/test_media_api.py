@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import functools
 import math
 import secrets
 import threading
-import wave
 from decimal import Decimal
 from typing import Any
 
@@ -52,14 +51,7 @@ def _untouched(world: World, t: Tenant, before: Decimal = Decimal(100)) -> None:
     assert world.verify()["ok"]
 
 
-def _wav(seconds: float, rate: int = 8000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return out.getvalue()
+_wav = functools.partial(mock_media.wav, rate=8000)  # silent 8 kHz PCM WAV of the seconds given
 
 
 # --- images ---------------------------------------------------------------------------------------

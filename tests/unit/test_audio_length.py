@@ -3,38 +3,27 @@ so only what cannot lie is taken at its word."""
 from __future__ import annotations
 
 import base64
-import io
 import struct
-import wave
 
 from services.inference.audio import AUDIO_FLOOR_BYTES_PER_S, held_seconds, input_audio_tokens
-
-
-def _wav(seconds: float, rate: int = 16_000, channels: int = 1) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * channels * int(seconds * rate))
-    return out.getvalue()
+from tests.mock_media import wav
 
 
 def test_pcm_wav_is_held_for_exactly_its_samples() -> None:
-    assert held_seconds(_wav(30)) == 30
-    assert held_seconds(_wav(2.5, rate=8_000, channels=2)) == 2.5
-    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav(30)).decode(), "format": "wav"}}
+    assert held_seconds(wav(30)) == 30
+    assert held_seconds(wav(2.5, rate=8_000, channels=2)) == 2.5
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(30)).decode(), "format": "wav"}}
     assert input_audio_tokens(part) == 300  # 10 tokens a second
 
 
 def test_a_wav_declaring_fewer_samples_than_it_carries_is_held_for_all_of_them() -> None:
-    data = bytearray(_wav(30))
+    data = bytearray(wav(30))
     struct.pack_into("<I", data, 40, 3_200)  # the data chunk claims 0.1 s of the 30 s it holds
     assert held_seconds(bytes(data)) == 30
 
 
 def test_a_wav_claiming_an_implausible_rate_is_held_by_its_size() -> None:
-    data = bytearray(_wav(1))
+    data = bytearray(wav(1))
     struct.pack_into("<II", data, 24, 4_000_000, 8_000_000)  # 4 MHz: 32,000 samples would last 8 ms
     assert held_seconds(bytes(data)) == len(data) / AUDIO_FLOOR_BYTES_PER_S
 

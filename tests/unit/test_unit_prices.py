@@ -1,9 +1,7 @@
 """Prices per unit (images, characters, minutes), the multipart forms that carry uploads, audio lengths."""
 from __future__ import annotations
 
-import io
 import json
-import wave
 
 import pytest
 
@@ -11,6 +9,7 @@ from services.billing.pricing import Price, Usage, cost, per_unit, plan_hold, ra
 from services.common import multipart
 from services.inference.audio import audio_seconds
 from services.inference.media import transcript_as
+from tests.mock_media import wav
 
 ROW = Price("dall-e-3", 0, 0, 0, 0, 0, units={"image": 40_000_000, "image/1024x1792": 80_000_000,
                                                "image/1024x1024/hd": 80_000_000, "1k_characters": 15_000_000,
@@ -111,12 +110,6 @@ def test_a_verbose_transcript_converts_to_the_format_asked(fmt: str, expected: b
 
 
 def test_audio_length_comes_from_the_header_or_is_unknown() -> None:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x00\x00" * 20000)
-    assert audio_seconds(out.getvalue()) == pytest.approx(2.5)
+    assert audio_seconds(wav(2.5, rate=8000)) == pytest.approx(2.5)
     assert audio_seconds(b"\x1aE\xdf\xa3 not really webm") is None
     assert audio_seconds(b"") is None
