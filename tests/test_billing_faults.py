@@ -359,11 +359,10 @@ def test_a_retry_that_finds_the_row_moved_on_under_its_lock_moves_no_money(fault
         thread = threading.Thread(target=retry)
         thread.start()
 
-        def waiting_on_the_row() -> bool:
+        def waiting_on_the_row() -> bool:  # a session waits for a lock this one holds: the row's
             with psycopg.connect(w.stack.database_url, autocommit=True) as probe:
-                return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                     " AND query LIKE '%%FROM requests WHERE request_id%%FOR UPDATE%%'"
-                                     ).fetchone()[0] > 0
+                return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                     (conn.info.backend_pid,)).fetchone()[0] > 0
 
         wait_until(waiting_on_the_row, 15, "the retry to wait for the request row")
         # What a later try 3 leaves behind once it has held the call again and released it.

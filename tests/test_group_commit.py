@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import psycopg
 import pytest
 
 from chatkore.v1 import billing_pb2, billing_pb2_grpc
+from services.billing.batcher import SMALL_BATCH
 from services.billing.pricing import Price, TokenRates, Usage, cost, plan_hold
 from tests import mock_upstream as up
 from tests import scrape
@@ -133,10 +135,10 @@ def test_many_settlements_in_one_batch_each_charged_exactly(gc_world: World) -> 
 
 
 def _reserve_many(billing: billing_pb2_grpc.BillingStub, user_id: int, model: str, n: int, key_id: int = 0,
-                  credit_limit: int = 0) -> list[tuple[str, Future]]:
+                  credit_limit: int = 0, ids: list[str] | None = None) -> list[tuple[str, Future]]:
     return [(rid, billing.Reserve.future(billing_pb2.ReserveRequest(
         request_id=rid, user_id=user_id, key_id=key_id, credit_limit=credit_limit, model=model, prompt_tokens=100,
-        max_completion_tokens=100, choices=1))) for rid in (_rid() for _ in range(n))]
+        max_completion_tokens=100, choices=1))) for rid in (ids or [_rid() for _ in range(n)])]
 
 
 def _outcomes(calls: list[tuple[str, Future]]) -> tuple[dict[str, billing_pb2.Hold], list[grpc.RpcError]]:
@@ -302,6 +304,57 @@ async def _leave_after(url_port: int, key: str, model: str, left: asyncio.Event)
     await writer.drain()
     await left.wait()
     writer.close()
+
+
+# Text the writer writes into its statements (its arguments go as literals): quotes, backslashes,
+# array syntax, the word NULL, statement separators, non-ASCII.
+_AWKWARD = ["NULL", "it's", "back\\slash", "{a,b}", '"quoted"', "x'); DROP TABLE users; --", "模型 ü ",
+            "semi;colon", "tab\tand\nnewline"]
+
+
+def test_awkward_text_reaches_the_books_unchanged(gc_world: World) -> None:
+    """Request ids, a model name and a usage source full of what SQL and array literals treat
+    specially, held and settled alone, in a small batch (its arguments written into the
+    statements) and in a large one (sent apart): every row says exactly what was sent, and the
+    books verify."""
+    w = gc_world
+    billing = _billing(w)
+    model = "it's {a,\"b\"}; NULL \\ 模型-" + secrets.token_hex(3)
+    w.admin("PUT", f"/admin/v1/prices/{urllib.parse.quote(model, safe='')}", {"prompt": 1, "completion": 1})
+    uid = w.user(credits=10)["id"]
+    alone = [text + _rid() for text in _AWKWARD[:3]]
+    small = [_rid() + _AWKWARD[n % len(_AWKWARD)] for n in range(SMALL_BATCH)]
+    large = [_AWKWARD[n % len(_AWKWARD)] + _rid() for n in range(SMALL_BATCH + 1)]
+    for rid in alone:
+        billing.Reserve(billing_pb2.ReserveRequest(request_id=rid, user_id=uid, key_id=0, model=model,
+                                                   prompt_tokens=10, max_completion_tokens=10, choices=1))
+    for batch in (small, large):
+        with writer_blocked(w, billing, model):
+            calls = _reserve_many(billing, uid, model, len(batch), ids=batch)
+            _queued(w, len(batch))
+        holds, refused = _outcomes(calls)
+        assert not refused and sorted(holds) == sorted(batch)
+
+    everything = alone + small + large
+    charged = {}
+    for batch in (alone, small, large):
+        with writer_blocked(w, billing, model):
+            settling = [(rid, billing.Settle.future(billing_pb2.SettleRequest(
+                request_id=rid, usage=billing_pb2.TokenUsage(prompt=3, completion=everything.index(rid) + 1),
+                status="complete", usage_source="upstream 'x' {y}"))) for rid in batch]
+            _queued(w, len(batch))
+        charged |= {rid: f.result(30).charged for rid, f in settling}
+    # One credit per 1,000 tokens: 1,000 micro-credits a token.
+    assert charged == {rid: (3 + n + 1) * 1000 for n, rid in enumerate(everything)}
+
+    with psycopg.connect(w.stack.database_url) as conn:
+        rows = conn.execute("SELECT request_id, model, state, status, usage_source, completion_tokens FROM requests"
+                            " WHERE user_id = %s", (uid,)).fetchall()
+    assert {r[0]: r[1:] for r in rows} == {rid: (model, "settled", "complete", "upstream 'x' {y}", n + 1)
+                                           for n, rid in enumerate(everything)}
+    assert w.held(uid) == 0
+    report = w.verify()
+    assert report["ok"], report["problems"]
 
 
 @pytest.mark.parametrize("where", ["queued", "in_the_batch"])

@@ -90,6 +90,7 @@ class _Item:
 
 
 MAX_BATCH = 512          # holds, settlements and heartbeats one transaction takes at most
+SMALL_BATCH = 8          # up to this many, a batch's statements go with their arguments in their text
 LOCK_TIMEOUT_MS = 2000   # the writer's wait for a row lock another session holds
 RELEASE_TRIES = 20       # a release of a hold whose caller left, tried this often through database outages
 RELEASE_RETRY_S = 1.0
@@ -241,11 +242,17 @@ class Batcher:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=5, application_name="chatkore-billing-writer",
                 # A user row some other session keeps locked must not stall every call of this
                 # process: past this the batch fails UNAVAILABLE and its callers try again.
                 options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
+            try:
+                await conn.execute("; ".join(s.prepare() for s in store.WRITER_STATEMENTS))
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     async def _drop_broken(self) -> None:
@@ -256,79 +263,182 @@ class Batcher:
     async def _write(self, asks: list[Ask]) -> list[object]:
         """One transaction for the batch; each ask's outcome (a value or an exception), in order."""
         conn = await self._connection()
+        tx = _Transaction(conn, small=len(asks) <= SMALL_BATCH)
+        try:
+            return await self._decide(conn, tx, asks)
+        except BaseException:
+            await tx.abandon()
+            raise
+
+    async def _decide(self, conn: psycopg.AsyncConnection, tx: _Transaction, asks: list[Ask]) -> list[object]:
         out: list[object] = [None] * len(asks)
         holds = [(n, a) for n, a in enumerate(asks) if isinstance(a, HoldAsk)]
         settles = [(n, a) for n, a in enumerate(asks) if isinstance(a, SettleAsk)]
         beats = [(n, a) for n, a in enumerate(asks) if isinstance(a, BeatAsk)]
         closed: list[store.Closing] = []
         superseded: list[tuple[str, int]] = []  # (request id, tokens a superseded try had worked on)
-        async with conn.transaction():
-            accounts = await store.lock_accounts(
-                conn, sorted({a.user_id for _, a in holds}),
-                [a.request_id for _, a in settles] + [a.request_id for _, a in beats])
-            calls = await store.lock_calls(conn, sorted(a.request_id for a in asks))
-            balances = {uid: account.balance for uid, account in accounts.items()}
-            owed = {uid: account.owed for uid, account in accounts.items()}
+        # BEGIN and both locks in one message; the calls' rows are read on a snapshot taken after
+        # the account locks were waited for.
+        account_rows, call_rows = await tx.send([
+            store.lock_accounts(sorted({a.user_id for _, a in holds}),
+                                [a.request_id for _, a in settles] + [a.request_id for _, a in beats]),
+            store.lock_calls(sorted(a.request_id for a in asks))])
+        accounts = store.accounts_of(account_rows)
+        calls = store.calls_of(call_rows)
+        balances = {uid: account.balance for uid, account in accounts.items()}
+        owed = {uid: account.owed for uid, account in accounts.items()}
 
-            alive = []
-            for n, beat in beats:
-                call = calls.get(beat.request_id)
-                out[n] = call is not None and call.state == "held" and (not beat.try_number
-                                                                        or call.try_number == beat.try_number)
-                if out[n]:
-                    alive.append(beat.request_id)
-            if alive:
-                await store.extend_holds(conn, alive, self._ttl_s)
+        alive = []
+        for n, beat in beats:
+            call = calls.get(beat.request_id)
+            out[n] = call is not None and call.state == "held" and (not beat.try_number
+                                                                    or call.try_number == beat.try_number)
+            if out[n]:
+                alive.append(beat.request_id)
+        if alive:
+            tx.then(store.extend_holds(alive, self._ttl_s))
 
-            # Settlements before new holds: what they release may pay for a hold in the same batch.
-            for n, ask in settles:
-                call = calls.get(ask.request_id)
-                if call is None:
-                    out[n] = NotFound(f"No hold for request {ask.request_id}")
-                    continue
-                if call.user_id not in accounts:
-                    # Its hold was committed (by another writer) after this batch locked the
-                    # accounts: its owner is not locked here. The caller tries again.
-                    out[n] = Unavailable(_UNAVAILABLE)
-                    continue
-                out[n], closing = settlement_of(call, ask, balances, owed)
-                if closing is not None:
-                    closed.append(closing)
-                elif out[n].state == "superseded":
-                    worked = ask.usage.prompt + ask.usage.completion + ask.unbilled
-                    if worked:
-                        superseded.append((ask.request_id, worked))
-            if closed:
-                await store.close_requests(conn, closed)
-            if superseded:
-                await store.add_unbilled(conn, superseded)
+        # Settlements before new holds: what they release may pay for a hold in the same batch.
+        for n, ask in settles:
+            call = calls.get(ask.request_id)
+            if call is None:
+                out[n] = NotFound(f"No hold for request {ask.request_id}")
+                continue
+            if call.user_id not in accounts:
+                # Its hold was committed (by another writer) after this batch locked the
+                # accounts: its owner is not locked here. The caller tries again.
+                out[n] = Unavailable(_UNAVAILABLE)
+                continue
+            out[n], closing = settlement_of(call, ask, balances, owed)
+            if closing is not None:
+                closed.append(closing)
+            elif out[n].state == "superseded":
+                worked = ask.usage.prompt + ask.usage.completion + ask.unbilled
+                if worked:
+                    superseded.append((ask.request_id, worked))
+        if closed:
+            tx.then(store.close_requests(closed))
+        if superseded:
+            tx.then(store.add_unbilled(superseded))
 
-            again = [(n, a) for n, a in holds if a.request_id in calls]
-            fresh = [(n, a) for n, a in holds if a.request_id not in calls]
-            limited = sorted({a.key_id for _, a in fresh if a.credit_limit > 0})
-            spent = await store.lock_key_spend(conn, limited) if limited else {}
-            placed: list[tuple[int, store.NewHold]] = []
-            for n, ask in fresh:
-                amount = amount_to_hold(ask, accounts.get(ask.user_id), balances, spent)
-                out[n] = amount if amount is not None else refusal(ask, accounts.get(ask.user_id), balances, spent)
-                if amount is not None:
-                    placed.append((n, store.NewHold(
-                        ask.request_id, ask.user_id, ask.key_id, ask.credit_limit > 0, ask.model, ask.channel_id,
-                        ask.rates, ask.prompt_tokens, amount, ask.try_number)))
-            if placed:
-                done = await store.place_holds(conn, [h for _, h in placed], self._ttl_s)
-                again += [(n, asks[n]) for n, h in placed if h.request_id not in done]  # type: ignore[misc]
+        again = [(n, a) for n, a in holds if a.request_id in calls]
+        fresh = [(n, a) for n, a in holds if a.request_id not in calls]
+        limited = sorted({a.key_id for _, a in fresh if a.credit_limit > 0})
+        spent = store.spend_of((await tx.send(store.lock_key_spend(limited)))[-1]) if limited else {}
+        placed: list[tuple[int, store.NewHold]] = []
+        for n, ask in fresh:
+            amount = amount_to_hold(ask, accounts.get(ask.user_id), balances, spent)
+            out[n] = amount if amount is not None else refusal(ask, accounts.get(ask.user_id), balances, spent)
+            if amount is not None:
+                placed.append((n, store.NewHold(
+                    ask.request_id, ask.user_id, ask.key_id, ask.credit_limit > 0, ask.model, ask.channel_id,
+                    ask.rates, ask.prompt_tokens, amount, ask.try_number)))
+        taken_over: list[tuple[int, Ask]] = []  # holds whose row another process placed meanwhile
+        if placed:
+            # With nothing left to do in this transaction, COMMIT goes in the same message.
+            rows, = await tx.send([store.place_holds([h for _, h in placed], self._ttl_s)], commit=not again)
+            done = {row[0] for row in rows}
+            (again if again else taken_over).extend((n, asks[n]) for n, h in placed if h.request_id not in done)
 
-            for n, ask in again:  # retried attempts, one by one, each in a savepoint
-                try:
-                    async with conn.transaction():
-                        out[n] = await self._retried(conn, ask)
-                except ServiceError as exc:
-                    out[n] = exc
+        if again:
+            await tx.send([])  # what is queued goes first: a retried try reads the balance it leaves
+        for n, ask in again:  # retried attempts, one by one, each in a savepoint
+            try:
+                async with conn.transaction():
+                    out[n] = await self._retried(conn, ask)  # type: ignore[arg-type]
+            except ServiceError as exc:
+                out[n] = exc
+        await tx.commit()
+        for n, ask in taken_over:  # after the commit, each in a transaction of its own
+            try:
+                async with conn.transaction():
+                    out[n] = await self._retried(conn, ask)  # type: ignore[arg-type]
+            except ServiceError as exc:
+                out[n] = exc
+            except psycopg.Error as exc:  # the batch is committed: only this item fails, and is tried again
+                log.warning("billing: a hold taken over after its batch failed: %s", exc)
+                out[n] = Unavailable(_UNAVAILABLE)
         _count(closed)
         if superseded:
             metrics.UNBILLED.labels("superseded").inc(sum(tokens for _, tokens in superseded))
         return out
+
+
+class _Transaction:
+    """The batch's transaction on the writer's connection. A small batch's is sent in as few
+    messages as its decisions allow: BEGIN goes with the first statements, changes whose
+    result nothing reads wait for the next message, and COMMIT goes with the last one (simple
+    query protocol: the statements of a message run one after another, each on its own
+    snapshot, and the first error stops the rest). A large batch's statements go one by one
+    with their arguments apart, where writing its arrays into the text would cost more than
+    the round trips it saves."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, small: bool) -> None:
+        self._conn = conn
+        self._small = small
+        self._cursor = psycopg.AsyncClientCursor(conn) if small else psycopg.AsyncRawCursor(conn)
+        self._begun = False
+        self._done = False
+        self._queued: list[store.Step] = []
+
+    def then(self, step: store.Step) -> None:
+        """A change whose result nothing reads: it goes with the next message, before that message's statements."""
+        self._queued.append(step)
+
+    async def send(self, steps: list[store.Step], *, commit: bool = False) -> list[list[tuple]]:  # type: ignore[type-arg]
+        """Run what is queued, then `steps` (and COMMIT if asked); the rows of each of `steps`."""
+        if not steps and not self._queued and not commit:
+            return []
+        queued, self._queued = self._queued, []
+        if not self._small:
+            return await self._one_by_one(queued, steps, commit)
+        parts = (([] if self._begun else ["BEGIN"]) + [s.call() for s, _ in queued + steps]
+                 + (["COMMIT"] if commit else []))
+        args = [a for _, step_args in queued + steps for a in step_args]
+        self._begun = True
+        await self._cursor.execute("; ".join(parts), args)
+        results: list[list[tuple]] = []  # type: ignore[type-arg]
+        position = 0
+        first = len(parts) - len(steps) - (1 if commit else 0)
+        while True:
+            if position >= first and len(results) < len(steps):
+                results.append(await self._cursor.fetchall() if self._cursor.description is not None else [])
+            position += 1
+            if not self._cursor.nextset():
+                break
+        if position != len(parts):
+            raise RuntimeError(f"billing writer: {position} results for {len(parts)} statements")
+        self._done = commit
+        return results
+
+    async def _one_by_one(self, queued: list[store.Step], steps: list[store.Step],
+                          commit: bool) -> list[list[tuple]]:  # type: ignore[type-arg]
+        if not self._begun:
+            await self._conn.execute("BEGIN")
+            self._begun = True
+        results: list[list[tuple]] = []  # type: ignore[type-arg]
+        for n, (statement, args) in enumerate(queued + steps):
+            await self._cursor.execute(statement.typed, args)
+            if n >= len(queued):
+                results.append(await self._cursor.fetchall() if self._cursor.description is not None else [])
+        if commit:
+            await self._conn.execute("COMMIT")
+        self._done = commit
+        return results
+
+    async def commit(self) -> None:
+        if not self._done:
+            await self.send([], commit=True)
+
+    async def abandon(self) -> None:
+        """After an error: the transaction, if one is open, is rolled back (an unusable
+        connection is dropped by the caller)."""
+        self._done = True
+        if self._conn.closed or self._conn.broken:
+            return
+        if self._conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.execute("ROLLBACK")
 
 
 def _one_per_call(queue: list[_Item]) -> tuple[list[_Item], list[_Item]]:

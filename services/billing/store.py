@@ -1,6 +1,8 @@
 """All of billing's SQL. Money moves in single statements that cannot race."""
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection
@@ -489,16 +491,50 @@ class Account:
     owed: int  # a debt, collected first whenever the balance rises (migration 0018's trigger)
 
 
-async def lock_accounts(conn: AsyncConnection, user_ids: list[int], request_ids: list[str]) -> dict[int, Account]:
+@dataclass(frozen=True)
+class Statement:
+    """One of the writer's statements. For a small batch it is prepared once on the writer's
+    connection (PREPARE) and run by name (EXECUTE) with its arguments written into the text,
+    so that several of them, the transaction's BEGIN and its COMMIT go to PostgreSQL in one
+    message (one round trip where each used to take its own); each statement in such a
+    message gets its own snapshot, as separate round trips would. A large batch's arguments
+    go apart from the text (binary, no quoting), a statement a round trip."""
+
+    name: str
+    types: tuple[str, ...]
+    sql: str
+
+    def prepare(self) -> str:
+        return f"PREPARE {self.name}({', '.join(self.types)}) AS {self.sql}"
+
+    def call(self) -> str:
+        return f"EXECUTE {self.name}({', '.join(['%s'] * len(self.types))})"
+
+    @functools.cached_property
+    def typed(self) -> str:
+        """The statement itself with its parameters typed (`$1::bigint[]`), for sending its
+        arguments apart from its text (psycopg's raw cursor)."""
+        return re.sub(r"\$(\d+)\b", lambda m: f"{m.group(0)}::{self.types[int(m.group(1)) - 1]}", self.sql)
+
+
+# A statement with its arguments, ready to be sent.
+Step = tuple[Statement, tuple[object, ...]]
+
+# Rows found by the primary key: written `id = ANY($1) OR id IN (...)` it read every user row.
+LOCK_ACCOUNTS = Statement("ck_lock_accounts", ("bigint[]", "text[]"), """
+    SELECT id, balance, disabled, owed FROM users
+    WHERE id IN (SELECT unnest($1) UNION SELECT user_id FROM requests WHERE request_id = ANY($2))
+    ORDER BY id FOR UPDATE""")
+
+
+def lock_accounts(user_ids: list[int], request_ids: list[str]) -> Step:
     """Inside the batch's transaction: the users named and the owners of the requests named,
-    locked in id order."""
-    cur = await conn.execute(
-        "SELECT id, balance, disabled, owed FROM users"
-        " WHERE id = ANY(%(uids)s::bigint[])"
-        "    OR id IN (SELECT user_id FROM requests WHERE request_id = ANY(%(rids)s::text[]))"
-        " ORDER BY id FOR UPDATE",
-        {"uids": user_ids, "rids": request_ids})
-    return {row[0]: Account(*row[1:]) for row in await cur.fetchall()}
+    locked in id order (rows: accounts_of)."""
+    return LOCK_ACCOUNTS, (user_ids, request_ids)
+
+
+def accounts_of(rows: list[tuple]) -> dict[int, Account]:  # type: ignore[type-arg]
+    return {row[0]: Account(*row[1:]) for row in rows}
 
 
 @dataclass(frozen=True)
@@ -506,34 +542,49 @@ class LockedCall(OpenCall):
     request_id: str = ""
 
 
-async def lock_calls(conn: AsyncConnection, request_ids: list[str]) -> dict[str, LockedCall]:
-    """Inside the batch's transaction, after lock_accounts: the request rows that exist, locked."""
-    cur = await conn.execute(
-        "SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,"
-        " deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge,"
-        " audio_prompt_price, audio_completion_price, request_id"
-        " FROM requests WHERE request_id = ANY(%s::text[]) ORDER BY request_id FOR UPDATE",
-        (request_ids,))
+LOCK_CALLS = Statement("ck_lock_calls", ("text[]",), """
+    SELECT user_id, key_id, hold, state, coalesce(status, ''), try_number, credits, unpaid_credits,
+           deadline < now(), prompt_price, completion_price, cached_prompt_price, cache_write_price, min_charge,
+           audio_prompt_price, audio_completion_price, request_id
+    FROM requests WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE""")
+
+
+def lock_calls(request_ids: list[str]) -> Step:
+    """Inside the batch's transaction, after lock_accounts (a statement of its own: its snapshot
+    is taken after the account locks were waited for): the request rows that exist, locked
+    (rows: calls_of)."""
+    return LOCK_CALLS, (request_ids,)
+
+
+def calls_of(rows: list[tuple]) -> dict[str, LockedCall]:  # type: ignore[type-arg]
     return {row[16]: LockedCall(*row[:9], rates=TokenRates(*row[9:16]), request_id=row[16])  # type: ignore[arg-type]
-            for row in await cur.fetchall()}
+            for row in rows}
 
 
-async def lock_key_spend(conn: AsyncConnection, key_ids: list[int]) -> dict[int, int]:
-    """Inside the batch's transaction, after lock_accounts: what each key has spent and holds."""
-    await conn.execute("INSERT INTO key_spend (key_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
-                       (key_ids,))
-    cur = await conn.execute(
-        "SELECT key_id, spent + held FROM key_spend WHERE key_id = ANY(%s::bigint[]) ORDER BY key_id FOR UPDATE",
-        (key_ids,))
-    return {row[0]: row[1] for row in await cur.fetchall()}
+ADD_KEY_SPEND = Statement("ck_add_key_spend", ("bigint[]",), """
+    INSERT INTO key_spend (key_id) SELECT unnest($1) ON CONFLICT DO NOTHING""")
+LOCK_KEY_SPEND = Statement("ck_lock_key_spend", ("bigint[]",), """
+    SELECT key_id, spent + held FROM key_spend WHERE key_id = ANY($1) ORDER BY key_id FOR UPDATE""")
 
 
-async def extend_holds(conn: AsyncConnection, request_ids: list[str], ttl_s: int) -> None:
+def lock_key_spend(key_ids: list[int]) -> list[Step]:
+    """Inside the batch's transaction, after lock_accounts: what each key has spent and holds
+    (the second statement's rows: spend_of)."""
+    return [(ADD_KEY_SPEND, (key_ids,)), (LOCK_KEY_SPEND, (key_ids,))]
+
+
+def spend_of(rows: list[tuple]) -> dict[int, int]:  # type: ignore[type-arg]
+    return {row[0]: row[1] for row in rows}
+
+
+EXTEND_HOLDS = Statement("ck_extend_holds", ("integer", "text[]"), """
+    UPDATE requests SET deadline = greatest(deadline, now() + make_interval(secs => $1))
+    WHERE request_id = ANY($2) AND state = 'held'""")
+
+
+def extend_holds(request_ids: list[str], ttl_s: int) -> Step:
     """Heartbeats: each open hold named gets its deadline `ttl_s` from now (never earlier)."""
-    await conn.execute(
-        "UPDATE requests SET deadline = greatest(deadline, now() + make_interval(secs => %s))"
-        " WHERE request_id = ANY(%s::text[]) AND state = 'held'",
-        (ttl_s, request_ids))
+    return EXTEND_HOLDS, (ttl_s, request_ids)
 
 
 @dataclass(frozen=True)
@@ -552,19 +603,18 @@ class NewHold:
     try_number: int
 
 
-_PLACE_HOLDS = """
+PLACE_HOLDS = Statement("ck_place_holds", (
+    "text[]", "bigint[]", "bigint[]", "boolean[]", "text[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]",
+    "bigint[]", "bigint[]", "bigint[]", "bigint[]", "integer[]", "bigint[]", "integer[]", "integer"), """
     WITH items AS (
-        SELECT * FROM unnest(%(rid)s::text[], %(uid)s::bigint[], %(kid)s::bigint[], %(limited)s::boolean[],
-                             %(model)s::text[], %(channel)s::bigint[], %(pp)s::bigint[], %(cp)s::bigint[],
-                             %(mc)s::bigint[], %(cpp)s::bigint[], %(cwp)s::bigint[], %(app)s::bigint[],
-                             %(acp)s::bigint[], %(pt)s::integer[], %(amount)s::bigint[], %(try)s::integer[])
+        SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
             AS i(rid, uid, kid, limited, model, channel, pp, cp, mc, cpp, cwp, app, acp, pt, amount, try_number)
     ), req AS (
         INSERT INTO requests (request_id, user_id, key_id, model, channel_id, hold,
                               prompt_price, completion_price, min_charge, cached_prompt_price, cache_write_price,
                               audio_prompt_price, audio_completion_price, prompt_tokens, deadline, try_number)
         SELECT rid, uid, kid, model, NULLIF(channel, 0), amount, pp, cp, mc, cpp, cwp, app, acp, pt,
-               now() + make_interval(secs => %(ttl)s), try_number
+               now() + make_interval(secs => $17), try_number
         FROM items
         ON CONFLICT (request_id) DO NOTHING
         RETURNING request_id, user_id, key_id, hold
@@ -586,26 +636,21 @@ _PLACE_HOLDS = """
         SELECT mv.id, 'hold', mv.request_id, mv.user_id, e.account, e.sign * mv.hold
         FROM mv, (VALUES ('available', -1), ('held', 1)) AS e(account, sign)
     )
-    SELECT request_id FROM req
-"""
+    SELECT request_id FROM req""")
 
 
-async def place_holds(conn: AsyncConnection, holds: list[NewHold], ttl_s: int) -> set[str]:
+def place_holds(holds: list[NewHold], ttl_s: int) -> Step:
     """Place decided holds: request rows, each account's balance and held sum moved once by
     the total of its holds, each limited key's held sum likewise, two ledger entries a hold.
-    Returns the request ids placed; one whose row appeared meanwhile (a retry on another
+    Its rows are the request ids placed; one whose row appeared meanwhile (a retry on another
     billing process) is not placed, and nothing moves for it."""
-    cur = await conn.execute(_PLACE_HOLDS, {
-        "rid": [h.request_id for h in holds], "uid": [h.user_id for h in holds],
-        "kid": [h.key_id for h in holds], "limited": [h.limited for h in holds],
-        "model": [h.model for h in holds], "channel": [h.channel_id for h in holds],
-        "pp": [h.rates.prompt for h in holds], "cp": [h.rates.completion for h in holds],
-        "mc": [h.rates.min_charge for h in holds], "cpp": [h.rates.cached_prompt for h in holds],
-        "cwp": [h.rates.cache_write for h in holds], "app": [h.rates.audio_prompt for h in holds],
-        "acp": [h.rates.audio_completion for h in holds], "pt": [h.prompt_tokens for h in holds],
-        "amount": [h.amount for h in holds], "try": [h.try_number for h in holds], "ttl": ttl_s,
-    })
-    return {row[0] for row in await cur.fetchall()}
+    return PLACE_HOLDS, (
+        [h.request_id for h in holds], [h.user_id for h in holds], [h.key_id for h in holds],
+        [h.limited for h in holds], [h.model for h in holds], [h.channel_id for h in holds],
+        [h.rates.prompt for h in holds], [h.rates.completion for h in holds], [h.rates.min_charge for h in holds],
+        [h.rates.cached_prompt for h in holds], [h.rates.cache_write for h in holds],
+        [h.rates.audio_prompt for h in holds], [h.rates.audio_completion for h in holds],
+        [h.prompt_tokens for h in holds], [h.amount for h in holds], [h.try_number for h in holds], ttl_s)
 
 
 @dataclass(frozen=True)
@@ -625,14 +670,11 @@ class Closing:
     unbilled: int
 
 
-_CLOSE_REQUESTS = """
+CLOSE_REQUESTS = Statement("ck_close_requests", (
+    "text[]", "text[]", "text[]", "integer[]", "integer[]", "integer[]", "integer[]", "integer[]", "integer[]",
+    "integer[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "boolean[]", "bigint[]"), """
     WITH items AS (
-        SELECT * FROM unnest(%(rid)s::text[], %(status)s::text[], %(source)s::text[], %(pt)s::integer[],
-                             %(ct)s::integer[], %(cached)s::integer[], %(written)s::integer[],
-                             %(reasoning)s::integer[], %(audio_in)s::integer[], %(audio_out)s::integer[],
-                             %(channel)s::bigint[], %(from_held)s::bigint[],
-                             %(from_balance)s::bigint[], %(released)s::bigint[], %(unpaid)s::bigint[],
-                             %(late)s::boolean[], %(unbilled)s::bigint[])
+        SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
             AS i(rid, status, source, pt, ct, cached, written, reasoning, audio_in, audio_out, channel, from_held,
                  from_balance, released, unpaid, late, unbilled)
     ), done AS (
@@ -675,8 +717,35 @@ _CLOSE_REQUESTS = """
         (mv.release_mv, 'release', mv.user_id, 'held', -mv.released),
         (mv.release_mv, 'release', mv.user_id, 'available', mv.released)
     ) AS e(movement, kind, user_id, account, amount)
-    WHERE e.amount <> 0
-"""
+    WHERE e.amount <> 0""")
+
+
+def close_requests(closings: list[Closing]) -> Step:
+    """Record decided settlements and move their money: the same rows and ledger entries as
+    close_request for each, each account and key moved once by its totals."""
+    c = closings
+    return CLOSE_REQUESTS, (
+        [x.request_id for x in c], [x.status for x in c], [x.usage_source for x in c],
+        [x.usage.prompt for x in c], [x.usage.completion for x in c], [x.usage.cached_prompt for x in c],
+        [x.usage.cache_write for x in c], [x.usage.reasoning for x in c], [x.usage.audio_prompt for x in c],
+        [x.usage.audio_completion for x in c], [x.channel_id for x in c], [x.from_held for x in c],
+        [x.from_balance for x in c], [x.released for x in c], [x.unpaid for x in c], [x.late for x in c],
+        [x.unbilled for x in c])
+
+
+ADD_UNBILLED = Statement("ck_add_unbilled", ("text[]", "integer[]"), """
+    UPDATE requests q SET unbilled_tokens = q.unbilled_tokens + w.tokens
+    FROM unnest($1, $2) AS w(rid, tokens) WHERE q.request_id = w.rid""")
+
+
+def add_unbilled(work: list[tuple[str, int]]) -> Step:
+    """Tokens the upstream worked on for a try that a later try superseded: the client pays only
+    the try that answered it, the operator's cost of the other is counted on the call's row."""
+    return ADD_UNBILLED, ([rid for rid, _ in work], [tokens for _, tokens in work])
+
+
+WRITER_STATEMENTS = (LOCK_ACCOUNTS, LOCK_CALLS, ADD_KEY_SPEND, LOCK_KEY_SPEND, EXTEND_HOLDS, PLACE_HOLDS,
+                     CLOSE_REQUESTS, ADD_UNBILLED)
 
 
 async def still_held(conn: AsyncConnection, request_ids: list[str]) -> list[str]:
@@ -684,31 +753,6 @@ async def still_held(conn: AsyncConnection, request_ids: list[str]) -> list[str]
     cur = await conn.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s::text[]) AND state = 'held'",
                              (request_ids,))
     return [row[0] for row in await cur.fetchall()]
-
-
-async def add_unbilled(conn: AsyncConnection, work: list[tuple[str, int]]) -> None:
-    """Tokens the upstream worked on for a try that a later try superseded: the client pays only
-    the try that answered it, the operator's cost of the other is counted on the call's row."""
-    await conn.execute(
-        "UPDATE requests q SET unbilled_tokens = q.unbilled_tokens + w.tokens"
-        " FROM unnest(%s::text[], %s::integer[]) AS w(rid, tokens) WHERE q.request_id = w.rid",
-        ([rid for rid, _ in work], [tokens for _, tokens in work]))
-
-
-async def close_requests(conn: AsyncConnection, closings: list[Closing]) -> None:
-    """Record decided settlements and move their money: the same rows and ledger entries as
-    close_request for each, each account and key moved once by its totals."""
-    await conn.execute(_CLOSE_REQUESTS, {
-        "rid": [c.request_id for c in closings], "status": [c.status for c in closings],
-        "source": [c.usage_source for c in closings], "pt": [c.usage.prompt for c in closings],
-        "ct": [c.usage.completion for c in closings], "cached": [c.usage.cached_prompt for c in closings],
-        "written": [c.usage.cache_write for c in closings], "reasoning": [c.usage.reasoning for c in closings],
-        "audio_in": [c.usage.audio_prompt for c in closings], "audio_out": [c.usage.audio_completion for c in closings],
-        "channel": [c.channel_id for c in closings], "from_held": [c.from_held for c in closings],
-        "from_balance": [c.from_balance for c in closings], "released": [c.released for c in closings],
-        "unpaid": [c.unpaid for c in closings], "late": [c.late for c in closings],
-        "unbilled": [c.unbilled for c in closings],
-    })
 
 
 async def overdue_holds(conn: AsyncConnection, limit: int = 200) -> list[str]:
