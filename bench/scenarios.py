@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from bench.targets import (
     Chatkore,
     Target,
 )
+from tools.stack import wait_until
 
 CHAT_BODY = {"model": CHAT_MODEL, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -119,6 +120,16 @@ def _billing_before(target: Target) -> dict[str, Any]:
     return {}
 
 
+def _billing_settled(target: Target, before: dict[str, Any], done: int) -> dict[str, Any]:
+    """_billing_after once no hold is open (settlements follow the reply, and the calls cut when
+    the load stopped are released as client_gone), or 30 s on: an answer counted before its
+    settlement landed would read as unbilled."""
+    if isinstance(target, Chatkore):
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: target.request_rows().get("held", 0) == 0, 30, "every hold to close")
+    return _billing_after(target, before, done)
+
+
 def _billing_after(target: Target, before: dict[str, Any], done: int) -> dict[str, Any]:
     if not isinstance(target, Chatkore):
         return {}
@@ -149,7 +160,7 @@ def run_wrk(target: Target, s: Scenario, duration_s: float, warmup_s: float, tmp
     return {
         "rps": result.rps, "requests": result.requests, "errors": result.errors,
         "p50_ms": result.p50_ms, "p90_ms": result.p90_ms, "p99_ms": result.p99_ms, "max_ms": result.max_ms,
-        **_costs(target, cpu, ok, probe.result), **_billing_after(target, before, ok),
+        **_costs(target, cpu, ok, probe.result), **_billing_settled(target, before, ok),
     }
 
 
@@ -217,14 +228,7 @@ def run_hold(target: Target, s: Scenario, ramp_s: float) -> dict[str, Any]:
         lost = s.concurrency - summary["completed"]
         out = {**summary, "most_open": tally.most, "lost": lost,
                **_costs(target, cpu, summary["completed"], probe.result)}
-        if isinstance(target, Chatkore):
-            deadline = time.monotonic() + 30
-            while True:  # settlements land right after [DONE]; give the last ones a moment
-                billing = _billing_after(target, before, summary["completed"])
-                if billing["usage_rows_added"].get("held", 0) <= 0 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            out.update(billing)
+        out.update(await asyncio.to_thread(_billing_settled, target, before, summary["completed"]))
         return out
 
     return asyncio.run(go())
