@@ -107,6 +107,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running = False  # a batch is being committed
         self._commits = asyncio.Event()  # set (and replaced) at each commit
+        self._prepared = True  # small batches run the statements PREPAREd on the connection
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever())
@@ -206,6 +207,15 @@ class Batcher:
                 log.warning("billing batch of %d failed: %s", len(items), exc)
                 await self._drop_broken()
                 outcomes = [Unavailable(_UNAVAILABLE)] * len(items)
+            except psycopg.errors.InvalidSqlStatementName as exc:
+                # The writer's prepared statements are gone from under it: something ran DISCARD
+                # or DEALLOCATE on its session, or a pooler in transaction mode lent it another
+                # server connection. From now on every batch sends its statements one by one.
+                log.warning("billing writer: its prepared statements are gone (%s); it sends each statement"
+                            " on its own from now on", exc)
+                self._prepared = False
+                await self._drop(force=True)
+                outcomes = [Unavailable(_UNAVAILABLE)] * len(items)
             except psycopg.Error as exc:
                 await self._drop_broken()
                 if len(items) > 1:  # one item's bad value: commit each alone, so only it fails
@@ -246,24 +256,34 @@ class Batcher:
                 self._conninfo, autocommit=True, connect_timeout=5, application_name="chatkore-billing-writer",
                 # A user row some other session keeps locked must not stall every call of this
                 # process: past this the batch fails UNAVAILABLE and its callers try again.
-                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
-            try:
-                await conn.execute("; ".join(s.prepare() for s in store.WRITER_STATEMENTS))
-            except BaseException:
-                await conn.close()
-                raise
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                # psycopg's own prepared statements are off on this connection: having any, it
+                # answers each rollback (a refused retry's savepoint, a failed batch) with
+                # DEALLOCATE ALL, which would take the writer's PREPAREd statements too.
+                prepare_threshold=None)
+            if self._prepared:
+                try:
+                    await conn.execute("; ".join(s.prepare() for s in store.WRITER_STATEMENTS))
+                except psycopg.Error as exc:
+                    await conn.close()
+                    # As the database being away: the batch's callers try again, none is split off.
+                    raise psycopg.OperationalError(f"the billing writer's statements cannot be prepared: {exc}") \
+                        from exc
             self._conn = conn
         return self._conn
 
     async def _drop_broken(self) -> None:
-        if self._conn is not None and (self._conn.broken or self._conn.closed):
+        await self._drop(force=False)
+
+    async def _drop(self, *, force: bool) -> None:
+        if self._conn is not None and (force or self._conn.broken or self._conn.closed):
             await self._conn.close()
             self._conn = None
 
     async def _write(self, asks: list[Ask]) -> list[object]:
         """One transaction for the batch; each ask's outcome (a value or an exception), in order."""
         conn = await self._connection()
-        tx = _Transaction(conn, small=len(asks) <= SMALL_BATCH)
+        tx = _Transaction(conn, small=self._prepared and len(asks) <= SMALL_BATCH)
         try:
             return await self._decide(conn, tx, asks)
         except BaseException:
@@ -357,6 +377,9 @@ class Batcher:
                 out[n] = exc
             except psycopg.Error as exc:  # the batch is committed: only this item fails, and is tried again
                 log.warning("billing: a hold taken over after its batch failed: %s", exc)
+                out[n] = Unavailable(_UNAVAILABLE)
+            except Exception:  # a bug: likewise only this item's
+                log.exception("billing: a hold taken over after its batch failed")
                 out[n] = Unavailable(_UNAVAILABLE)
         _count(closed)
         if superseded:
