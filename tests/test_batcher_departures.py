@@ -11,9 +11,9 @@ import asyncio
 import psycopg
 from psycopg import AsyncConnection
 
-from services.billing import store
 from services.billing.batcher import Batcher, HoldAsk
 from services.billing.pricing import TokenRates
+from tests.writer import books_balanced, writer
 
 RATES = TokenRates(1_500, 2_000, 1_500, 1_500, 0)
 
@@ -34,26 +34,12 @@ async def _closed(url: str, request_id: str) -> tuple:
             await asyncio.sleep(0.02)
 
 
-async def _untouched(url: str, user_id: int) -> None:
-    """The account holds nothing and has its whole balance; the books verify with no hold open."""
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        account = await store.get_user(conn, user_id)
-        assert (account.balance, account.held) == (10_000_000, 0)
-        report = await store.verify_ledger(conn)
-        assert report["problems"] == [] and report["open_holds"] == 0, report
-
-
 async def test_a_hold_whose_caller_left_while_it_was_written_is_released(make_database) -> None:
     url = make_database()
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        user = await store.create_user(conn, "leaver", 10_000_000)
-
-    batcher = Batcher(url, hold_ttl_s=600, retried=_no_retried)
-    batcher.start()
-    try:
+    async with writer(url, "leaver", _no_retried) as (batcher, user_id):
         async with await AsyncConnection.connect(url) as blocker:
-            await blocker.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user.id,))
-            ask = HoldAsk("r-left", user.id, 1, 0, "m", RATES, 10, 2_000_000, 1, 0, 1)
+            await blocker.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
+            ask = HoldAsk("r-left", user_id, 1, 0, "m", RATES, 10, 2_000_000, 1, 0, 1)
             caller = asyncio.create_task(batcher.reserve(ask))
             async with await AsyncConnection.connect(url, autocommit=True) as watcher:
                 async def writer_waits() -> bool:
@@ -69,19 +55,12 @@ async def test_a_hold_whose_caller_left_while_it_was_written_is_released(make_da
             await blocker.rollback()  # the batch goes on and commits the hold
         assert await _closed(url, "r-left") == ("released", "client_gone", 0)
         assert caller.cancelled()
-        await _untouched(url, user.id)
-    finally:
-        await batcher.stop()
+        await books_balanced(url, user_id)
 
 
 async def test_a_hold_whose_caller_left_as_its_answer_came_is_released(make_database, monkeypatch) -> None:
     """The caller is cancelled after the writer committed its hold and answered, before the caller
     ran again: the answer is lost with it, so the writer releases the hold."""
-    url = make_database()
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        user = await store.create_user(conn, "late-leaver", 10_000_000)
-
-    batcher = Batcher(url, hold_ttl_s=600, retried=_no_retried)
     callers: list[asyncio.Task[int]] = []
     commit = Batcher._commit
 
@@ -91,14 +70,12 @@ async def test_a_hold_whose_caller_left_as_its_answer_came_is_released(make_data
             caller.cancel()  # before the caller has run again
 
     monkeypatch.setattr(Batcher, "_commit", commit_then_cancel)
-    batcher.start()
-    try:
+    url = make_database()
+    async with writer(url, "late-leaver", _no_retried) as (batcher, user_id):
         callers.append(asyncio.create_task(batcher.reserve(
-            HoldAsk("r-answered", user.id, 1, 0, "m", RATES, 10, 2_000_000, 1, 0, 1))))
+            HoldAsk("r-answered", user_id, 1, 0, "m", RATES, 10, 2_000_000, 1, 0, 1))))
         callers_done = await asyncio.wait(callers, timeout=30)
         assert not callers_done[1] and callers[0].cancelled()
         callers.clear()
         assert await _closed(url, "r-answered") == ("released", "client_gone", 0)
-        await _untouched(url, user.id)
-    finally:
-        await batcher.stop()
+        await books_balanced(url, user_id)

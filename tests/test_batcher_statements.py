@@ -9,12 +9,14 @@ import asyncio
 import secrets
 
 import psycopg
+import pytest
 from psycopg import AsyncConnection
 
 from services.billing import store
 from services.billing.batcher import SMALL_BATCH, Batcher, HoldAsk, SettleAsk
 from services.billing.pricing import TokenRates, Usage
 from services.common.errors import Conflict, Unavailable
+from tests.writer import books_balanced, writer
 
 RATES = TokenRates(1_000_000, 1_000_000, 1_000_000, 1_000_000, 0)  # a credit per 1,000 tokens
 
@@ -33,14 +35,6 @@ async def _refused(conn: psycopg.AsyncConnection, ask: HoldAsk) -> int | None:
     raise Conflict("a later try holds this call")
 
 
-async def _books(url: str, user_id: int, charged: int) -> None:
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        account = await store.get_user(conn, user_id)
-        assert (account.balance, account.held) == (10_000_000 - charged, 0)
-        report = await store.verify_ledger(conn)
-        assert report["problems"] == [] and report["open_holds"] == 0, report
-
-
 async def _large_batches(batcher: Batcher, user_id: int, rounds: int) -> list[str]:
     """`rounds` batches of SMALL_BATCH + 1 holds each (asked in one loop turn: one batch)."""
     placed = []
@@ -57,23 +51,14 @@ async def test_a_rollback_on_the_writer_leaves_its_statements_in_place(make_data
     own and, having some, answer the next rollback with DEALLOCATE ALL); a refused retry rolls
     its savepoint back. The next lone Reserve and Settle still go through at the first try."""
     url = make_database()
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        user = await store.create_user(conn, "rollbacks", 10_000_000)
-    batcher = Batcher(url, hold_ttl_s=600, retried=_refused)
-    batcher.start()
-    try:
-        placed = await _large_batches(batcher, user.id, 6)
-        try:
-            await batcher.reserve(_hold(placed[0], user.id, try_number=2))  # its row exists: a retried try
-            raise AssertionError("the retried try was not refused")
-        except Conflict:
-            pass
-        assert await batcher.reserve(_hold("alone", user.id)) == 20_000
+    async with writer(url, "rollbacks", _refused) as (batcher, user_id):
+        placed = await _large_batches(batcher, user_id, 6)
+        with pytest.raises(Conflict):  # its row exists: a retried try, refused
+            await batcher.reserve(_hold(placed[0], user_id, try_number=2))
+        assert await batcher.reserve(_hold("alone", user_id)) == 20_000
         settled = [await batcher.settle(_settle(rid)) for rid in ["alone", *placed]]
         assert {s.charged for s in settled} == {15_000}
-        await _books(url, user.id, 15_000 * len(settled))
-    finally:
-        await batcher.stop()
+        await books_balanced(url, user_id, 15_000 * len(settled))
 
 
 async def test_a_writer_whose_statements_are_taken_goes_on_without_them(make_database) -> None:
@@ -81,26 +66,17 @@ async def test_a_writer_whose_statements_are_taken_goes_on_without_them(make_dat
     server connection would leave it): the batch that meets it is answered UNAVAILABLE and
     nothing of it is written; its caller's next try, and every batch after, goes through."""
     url = make_database()
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        user = await store.create_user(conn, "deallocated", 10_000_000)
-    batcher = Batcher(url, hold_ttl_s=600, retried=_refused)
-    batcher.start()
-    try:
-        assert await batcher.reserve(_hold("first", user.id)) == 20_000
-        writer = batcher._conn
-        assert writer is not None
-        await writer.execute("DEALLOCATE ALL")
-        try:
-            await batcher.reserve(_hold("second", user.id))
-            raise AssertionError("the batch without its statements went through")
-        except Unavailable:
-            pass
+    async with writer(url, "deallocated", _refused) as (batcher, user_id):
+        assert await batcher.reserve(_hold("first", user_id)) == 20_000
+        session = batcher._conn
+        assert session is not None
+        await session.execute("DEALLOCATE ALL")
+        with pytest.raises(Unavailable):
+            await batcher.reserve(_hold("second", user_id))
         async with await AsyncConnection.connect(url, autocommit=True) as conn:
             assert await store.get_request(conn, "second") is None  # nothing of it was written
-        assert await batcher.reserve(_hold("second", user.id)) == 20_000  # the caller's next try
-        placed = await _large_batches(batcher, user.id, 1)
+        assert await batcher.reserve(_hold("second", user_id)) == 20_000  # the caller's next try
+        placed = await _large_batches(batcher, user_id, 1)
         settled = [await batcher.settle(_settle(rid)) for rid in ["first", "second", *placed]]
         assert {s.charged for s in settled} == {15_000}
-        await _books(url, user.id, 15_000 * len(settled))
-    finally:
-        await batcher.stop()
+        await books_balanced(url, user_id, 15_000 * len(settled))

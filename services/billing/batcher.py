@@ -363,28 +363,28 @@ class Batcher:
         if again:
             await tx.send([])  # what is queued goes first: a retried try reads the balance it leaves
         for n, ask in again:  # retried attempts, one by one, each in a savepoint
-            try:
-                async with conn.transaction():
-                    out[n] = await self._retried(conn, ask)  # type: ignore[arg-type]
-            except ServiceError as exc:
-                out[n] = exc
+            out[n] = await self._retry(conn, ask)  # type: ignore[arg-type]
         await tx.commit()
         for n, ask in taken_over:  # after the commit, each in a transaction of its own
             try:
-                async with conn.transaction():
-                    out[n] = await self._retried(conn, ask)  # type: ignore[arg-type]
-            except ServiceError as exc:
-                out[n] = exc
-            except psycopg.Error as exc:  # the batch is committed: only this item fails, and is tried again
-                log.warning("billing: a hold taken over after its batch failed: %s", exc)
-                out[n] = Unavailable(_UNAVAILABLE)
-            except Exception:  # a bug: likewise only this item's
+                out[n] = await self._retry(conn, ask)  # type: ignore[arg-type]
+            except Exception:  # the batch is committed: only this item fails, and its caller tries again
                 log.exception("billing: a hold taken over after its batch failed")
                 out[n] = Unavailable(_UNAVAILABLE)
         _count(closed)
         if superseded:
             metrics.UNBILLED.labels("superseded").inc(sum(tokens for _, tokens in superseded))
         return out
+
+
+    async def _retry(self, conn: psycopg.AsyncConnection, ask: HoldAsk) -> object:
+        """A retried try the one-by-one way, in a savepoint (or a transaction of its own outside
+        the batch's): the amount held, or why not."""
+        try:
+            async with conn.transaction():
+                return await self._retried(conn, ask)
+        except ServiceError as exc:
+            return exc
 
 
 class _Transaction:
@@ -415,24 +415,21 @@ class _Transaction:
         queued, self._queued = self._queued, []
         if not self._small:
             return await self._one_by_one(queued, steps, commit)
-        parts = (([] if self._begun else ["BEGIN"]) + [s.call() for s, _ in queued + steps]
+        parts = (([] if self._begun else ["BEGIN"]) + [s.execute for s, _ in queued + steps]
                  + (["COMMIT"] if commit else []))
         args = [a for _, step_args in queued + steps for a in step_args]
         self._begun = True
         await self._cursor.execute("; ".join(parts), args)
-        results: list[list[tuple]] = []  # type: ignore[type-arg]
-        position = 0
-        first = len(parts) - len(steps) - (1 if commit else 0)
+        results: list[list[tuple]] = []  # type: ignore[type-arg]  # one a statement, in order
         while True:
-            if position >= first and len(results) < len(steps):
-                results.append(await self._cursor.fetchall() if self._cursor.description is not None else [])
-            position += 1
+            results.append(await self._cursor.fetchall() if self._cursor.description is not None else [])
             if not self._cursor.nextset():
                 break
-        if position != len(parts):
-            raise RuntimeError(f"billing writer: {position} results for {len(parts)} statements")
+        if len(results) != len(parts):
+            raise RuntimeError(f"billing writer: {len(results)} results for {len(parts)} statements")
         self._done = commit
-        return results
+        first = len(parts) - len(steps) - commit
+        return results[first:first + len(steps)]
 
     async def _one_by_one(self, queued: list[store.Step], steps: list[store.Step],
                           commit: bool) -> list[list[tuple]]:  # type: ignore[type-arg]

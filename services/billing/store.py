@@ -507,7 +507,9 @@ class Statement:
     def prepare(self) -> str:
         return f"PREPARE {self.name}({', '.join(self.types)}) AS {self.sql}"
 
-    def call(self) -> str:
+    @functools.cached_property
+    def execute(self) -> str:
+        """The statement run by name, its arguments' places marked for psycopg to fill in."""
         return f"EXECUTE {self.name}({', '.join(['%s'] * len(self.types))})"
 
     @functools.cached_property
