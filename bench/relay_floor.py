@@ -1,0 +1,161 @@
+"""The floor under a relayed stream: CPU of a bare two-process relay, per stream and per chunk.
+
+`python -m bench.relay_floor` wires what chatkore's streamed chat path is made of and nothing
+else: an *inner* process (inference's place) that opens the upstream stream with aiohttp and
+passes each SSE event on as one gRPC aio message of raw bytes, and an *outer* one (the edge's
+place) that serves HTTP with aiohttp, calls the inner one and writes each message to its
+client as an SSE event. No parsing, no counting, no auth, no billing, no database, no logs.
+Both run on core 0 under uvloop, as the services do; the bench's mock upstream and stream
+client (the same as `make bench`'s stream rows) on core 1, at the same rate and spacing.
+
+What the two processes use per stream is what the two hops cost before chatkore does anything
+of its own: set it against the edge's and inference's CPU per stream in `make bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import procs, streams
+from bench.scenarios import SCENARIOS, body_bytes, summarise_streams
+from bench.targets import Mock
+from tools.stack import free_port
+
+METHOD = "/floor.Relay/Open"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _same(b: bytes) -> bytes:
+    return b
+
+
+async def _inner(port: int, upstream: str) -> None:
+    import aiohttp
+    import grpc
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def relay(body: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        async with session.post(upstream, data=body, headers={"Content-Type": "application/json"}) as answer:
+            buffer = b""
+            async for piece in answer.content.iter_any():
+                buffer += piece
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    data = event.removeprefix(b"data: ")
+                    if data != b"[DONE]":
+                        yield data
+
+    handler = grpc.unary_stream_rpc_method_handler(relay, request_deserializer=_same, response_serializer=_same)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Relay", {"Open": handler})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+async def _outer(port: int, inner_port: int) -> None:
+    import grpc
+    from aiohttp import web
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{inner_port}")
+    open_stream = channel.unary_stream(METHOD, request_serializer=_same, response_deserializer=_same)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        async for data in open_stream(body, timeout=60):
+            await response.write(b"data: " + data + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def _start(args: list[str], core: int | None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*procs.pin_prefix(core), sys.executable, "-m", "bench.relay_floor", *args],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"bench: relay_floor {args[0]} did not start")
+    return proc
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--inner", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--outer", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--upstream", help=argparse.SUPPRESS)
+    p.add_argument("--inner-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--scenario", default="stream c=16", help="a streamed scenario of `make bench`")
+    p.add_argument("--seconds", type=float, default=20.0)
+    args = p.parse_args()
+    import uvloop
+    if args.inner:
+        uvloop.run(_inner(args.inner, args.upstream))
+        return 0
+    if args.outer:
+        uvloop.run(_outer(args.outer, args.inner_port))
+        return 0
+
+    s = next(x for x in SCENARIOS if x.name == args.scenario and x.kind == "stream")
+    pinned = procs.taskset_available()
+    stack_core, load_core = (0, 1) if pinned else (None, None)
+    if pinned:
+        os.sched_setaffinity(0, {1})
+    log_dir = ROOT / ".bench" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    mock = Mock(load_core, log_dir)
+    inner_port, outer_port = free_port(), free_port()
+    started: list[subprocess.Popen[str]] = []
+    try:
+        started.append(_start(["--inner", str(inner_port), "--upstream",
+                               f"http://127.0.0.1:{mock.port}{mock.path(s.model, s.endpoint)}"], stack_core))
+        started.append(_start(["--outer", str(outer_port), "--inner-port", str(inner_port)], stack_core))
+        inner, outer = started
+        path, body, rate = "/v1/chat/completions", body_bytes(s), s.concurrency / s.stream_s
+
+        async def load(seconds: float) -> tuple[list[streams.StreamResult], float]:
+            return await streams.open_loop("127.0.0.1", outer_port, path, body, None, rate=rate, duration_s=seconds)
+
+        asyncio.run(load(3))
+        before = {name: procs.cpu_seconds(proc.pid) or 0.0 for name, proc in (("inner", inner), ("outer", outer))}
+        wall = time.perf_counter()
+        results, span = asyncio.run(load(args.seconds))
+        wall = time.perf_counter() - wall
+        used = {name: (procs.cpu_seconds(proc.pid) or 0.0) - before[name]
+                for name, proc in (("inner", inner), ("outer", outer))}
+    finally:
+        for proc in started:
+            proc.terminate()
+            proc.wait(10)
+        mock.stop()
+    summary = summarise_streams(results, span)
+    done = summary["completed"] or 1
+    chunks = done * 20
+    print(f"{s.name}: {summary['completed']}/{summary['requests']} streams whole in {wall:.1f} s "
+          f"({summary['rps']:.1f}/s), first chunk p50 {summary['ttft_p50_ms']:.2f} ms")
+    print(f"{'process':<8} {'ms/stream':>10} {'us/chunk':>9}")
+    for name, seconds in used.items():
+        print(f"{name:<8} {1000 * seconds / done:>10.2f} {1e6 * seconds / chunks:>9.0f}")
+    total = sum(used.values())
+    print(f"{'both':<8} {1000 * total / done:>10.2f} {1e6 * total / chunks:>9.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
