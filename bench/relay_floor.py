@@ -27,6 +27,9 @@ from bench.targets import Mock
 from tools.stack import free_port
 
 METHOD = "/floor.Relay/Open"
+MUX_METHOD = "/floor.Relay/Mux"
+_END = b"\x01"
+_DATA = b"\x00"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,27 +54,71 @@ async def _inner(port: int, upstream: str) -> None:
                     if data != b"[DONE]":
                         yield data
 
-    handler = grpc.unary_stream_rpc_method_handler(relay, request_deserializer=_same, response_serializer=_same)
+    async def mux(requests, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]
+        writing = asyncio.Lock()  # one write at a time on the stream, as gRPC requires
+
+        async def one(tag: bytes, body: bytes) -> None:
+            async for data in relay(body, context):
+                async with writing:
+                    await context.write(tag + _DATA + data)
+            async with writing:
+                await context.write(tag + _END)
+
+        running = set()
+        async for message in requests:
+            task = asyncio.ensure_future(one(message[:4], message[4:]))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    codec = {"request_deserializer": _same, "response_serializer": _same}
+    handlers = {"Open": grpc.unary_stream_rpc_method_handler(relay, **codec),
+                "Mux": grpc.stream_stream_rpc_method_handler(mux, **codec)}
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Relay", {"Open": handler})])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Relay", handlers)])
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
     await server.wait_for_termination()
 
 
-async def _outer(port: int, inner_port: int) -> None:
+async def _outer(port: int, inner_port: int, hop: str) -> None:
     import grpc
     from aiohttp import web
 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{inner_port}")
     open_stream = channel.unary_stream(METHOD, request_serializer=_same, response_deserializer=_same)
+    waiting: dict[bytes, asyncio.Queue[bytes | None]] = {}
+    numbers = iter(range(1 << 32))
+    writing = asyncio.Lock()
+    background: list[asyncio.Future[None]] = []
+    if hop == "mux":
+        stream = channel.stream_stream(MUX_METHOD, request_serializer=_same, response_deserializer=_same)()
+
+        async def read() -> None:
+            async for message in stream:
+                waiting[message[:4]].put_nowait(None if message[4:5] == _END else message[5:])
+        background.append(asyncio.ensure_future(read()))
+
+    async def chunks(body: bytes):  # type: ignore[no-untyped-def]
+        if hop == "call":
+            async for data in open_stream(body, timeout=60):
+                yield data
+            return
+        tag = next(numbers).to_bytes(4, "big")
+        queue = waiting[tag] = asyncio.Queue()
+        try:
+            async with writing:
+                await stream.write(tag + body)
+            while (data := await queue.get()) is not None:
+                yield data
+        finally:
+            del waiting[tag]
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        async for data in open_stream(body, timeout=60):
+        async for data in chunks(body):
             await response.write(b"data: " + data + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -101,6 +148,8 @@ def main() -> int:
     p.add_argument("--outer", type=int, help=argparse.SUPPRESS)
     p.add_argument("--upstream", help=argparse.SUPPRESS)
     p.add_argument("--inner-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--hop", choices=("call", "mux"), default="mux",
+                   help="one gRPC call per relayed stream, or one long-lived multiplexed stream (chatkore's)")
     p.add_argument("--scenario", default="stream c=16", help="a streamed scenario of `make bench`")
     p.add_argument("--seconds", type=float, default=20.0)
     args = p.parse_args()
@@ -109,7 +158,7 @@ def main() -> int:
         uvloop.run(_inner(args.inner, args.upstream))
         return 0
     if args.outer:
-        uvloop.run(_outer(args.outer, args.inner_port))
+        uvloop.run(_outer(args.outer, args.inner_port, args.hop))
         return 0
 
     s = next(x for x in SCENARIOS if x.name == args.scenario and x.kind == "stream")
@@ -125,7 +174,8 @@ def main() -> int:
     try:
         started.append(_start(["--inner", str(inner_port), "--upstream",
                                f"http://127.0.0.1:{mock.port}{mock.path(s.model, s.endpoint)}"], stack_core))
-        started.append(_start(["--outer", str(outer_port), "--inner-port", str(inner_port)], stack_core))
+        started.append(_start(["--outer", str(outer_port), "--inner-port", str(inner_port), "--hop", args.hop],
+                              stack_core))
         inner, outer = started
         path, body, rate = "/v1/chat/completions", body_bytes(s), s.concurrency / s.stream_s
 
@@ -147,7 +197,7 @@ def main() -> int:
     summary = summarise_streams(results, span)
     done = summary["completed"] or 1
     chunks = done * 20
-    print(f"{s.name}: {summary['completed']}/{summary['requests']} streams whole in {wall:.1f} s "
+    print(f"{s.name}, hop {args.hop}: {summary['completed']}/{summary['requests']} streams whole in {wall:.1f} s "
           f"({summary['rps']:.1f}/s), first chunk p50 {summary['ttft_p50_ms']:.2f} ms")
     print(f"{'process':<8} {'ms/stream':>10} {'us/chunk':>9}")
     for name, seconds in used.items():
