@@ -10,6 +10,8 @@ client (the same as `make bench`'s stream rows) on core 1, at the same rate and 
 
 What the two processes use per stream is what the two hops cost before chatkore does anything
 of its own: set it against the edge's and inference's CPU per stream in `make bench`.
+With `--scenario '1000 open streams'` the streams open over `--ramp` seconds, as in `make bench`,
+and the two processes' memory (PSS) is read at rest and again with every stream open.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from bench import procs, streams
+from bench.run import _raise_open_files
 from bench.scenarios import SCENARIOS, body_bytes, summarise_streams
 from bench.targets import Mock
 from tools.stack import free_port
@@ -152,6 +156,7 @@ def main() -> int:
                    help="one gRPC call per relayed stream, or one long-lived multiplexed stream (chatkore's)")
     p.add_argument("--scenario", default="stream c=16", help="a streamed scenario of `make bench`")
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--ramp", type=float, default=10.0, help="seconds over which a held scenario's streams open")
     args = p.parse_args()
     import uvloop
     if args.inner:
@@ -161,7 +166,8 @@ def main() -> int:
         uvloop.run(_outer(args.outer, args.inner_port, args.hop))
         return 0
 
-    s = next(x for x in SCENARIOS if x.name == args.scenario and x.kind == "stream")
+    s = next(x for x in SCENARIOS if x.name == args.scenario and x.kind in ("stream", "hold"))
+    _raise_open_files()
     pinned = procs.taskset_available()
     stack_core, load_core = (0, 1) if pinned else (None, None)
     if pinned:
@@ -177,16 +183,30 @@ def main() -> int:
         started.append(_start(["--outer", str(outer_port), "--inner-port", str(inner_port), "--hop", args.hop],
                               stack_core))
         inner, outer = started
-        path, body, rate = "/v1/chat/completions", body_bytes(s), s.concurrency / s.stream_s
+        held = s.kind == "hold"
+        path, body = "/v1/chat/completions", body_bytes(s)
+        rate = s.concurrency / (args.ramp if held else s.stream_s)
 
         async def load(seconds: float) -> tuple[list[streams.StreamResult], float]:
-            return await streams.open_loop("127.0.0.1", outer_port, path, body, None, rate=rate, duration_s=seconds)
+            return await streams.open_loop("127.0.0.1", outer_port, path, body, None, rate=rate, duration_s=seconds,
+                                           timeout_s=s.stream_s + 120)
 
-        asyncio.run(load(3))
+        def pss_mb() -> float:
+            return sum(m.pss_kb for m in (procs.memory(inner.pid), procs.memory(outer.pid)) if m) / 1024
+
+        if not held:
+            asyncio.run(load(3))
+        at_rest = pss_mb()
+        plateau: list[float] = []
+        # Every stream opened, none finished yet: where `make bench` reads the services' memory.
+        probe = threading.Timer(args.ramp + min(5.0, (s.stream_s - args.ramp) / 2), lambda: plateau.append(pss_mb()))
+        if held:
+            probe.start()
         before = {name: procs.cpu_seconds(proc.pid) or 0.0 for name, proc in (("inner", inner), ("outer", outer))}
         wall = time.perf_counter()
-        results, span = asyncio.run(load(args.seconds))
+        results, span = asyncio.run(load(args.ramp if held else args.seconds))
         wall = time.perf_counter() - wall
+        probe.cancel()
         used = {name: (procs.cpu_seconds(proc.pid) or 0.0) - before[name]
                 for name, proc in (("inner", inner), ("outer", outer))}
     finally:
@@ -204,6 +224,9 @@ def main() -> int:
         print(f"{name:<8} {1000 * seconds / done:>10.2f} {1e6 * seconds / chunks:>9.0f}")
     total = sum(used.values())
     print(f"{'both':<8} {1000 * total / done:>10.2f} {1e6 * total / chunks:>9.0f}")
+    print(f"memory of both (PSS): {at_rest:.1f} MB at rest" +
+          (f", {plateau[0]:.1f} MB with {s.concurrency} streams open "
+           f"({1024 * (plateau[0] - at_rest) / s.concurrency:.0f} KB a stream)" if plateau else ""))
     return 0
 
 
