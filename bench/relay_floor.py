@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from bench import procs, streams
-from bench.run import _raise_open_files
+from bench.mock import CHUNKS
+from bench.run import WORK, _pinning, _raise_open_files
 from bench.scenarios import SCENARIOS, body_bytes, summarise_streams
 from bench.targets import Mock
 from tools.stack import free_port
@@ -157,6 +158,7 @@ def main() -> int:
     p.add_argument("--scenario", default="stream c=16", help="a streamed scenario of `make bench`")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which a held scenario's streams open")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the relay and the load to separate cores")
     args = p.parse_args()
     import uvloop
     if args.inner:
@@ -166,13 +168,14 @@ def main() -> int:
         uvloop.run(_outer(args.outer, args.inner_port, args.hop))
         return 0
 
-    s = next(x for x in SCENARIOS if x.name == args.scenario and x.kind in ("stream", "hold"))
+    s = next((x for x in SCENARIOS if x.name == args.scenario and x.kind in ("stream", "hold")), None)
+    if s is None:
+        raise SystemExit(f"relay_floor: no streamed scenario {args.scenario!r}; "
+                         f"one of {[x.name for x in SCENARIOS if x.kind in ('stream', 'hold')]}")
     _raise_open_files()
-    pinned = procs.taskset_available()
-    stack_core, load_core = (0, 1) if pinned else (None, None)
-    if pinned:
-        os.sched_setaffinity(0, {1})
-    log_dir = ROOT / ".bench" / "logs"
+    stack_core, load_core, pinning = _pinning(args)
+    print(f"relay_floor: {pinning}", flush=True)
+    log_dir = WORK / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     mock = Mock(load_core, log_dir)
     inner_port, outer_port = free_port(), free_port()
@@ -216,7 +219,7 @@ def main() -> int:
         mock.stop()
     summary = summarise_streams(results, span)
     done = summary["completed"] or 1
-    chunks = done * 20
+    chunks = done * CHUNKS
     print(f"{s.name}, hop {args.hop}: {summary['completed']}/{summary['requests']} streams whole in {wall:.1f} s "
           f"({summary['rps']:.1f}/s), first chunk p50 {summary['ttft_p50_ms']:.2f} ms")
     print(f"{'process':<8} {'ms/stream':>10} {'us/chunk':>9}")
